@@ -1,0 +1,239 @@
+//! The hub's configuration: one serde struct with embedded defaults.
+//!
+//! The binary fills it from defaults, an optional TOML file, `SIGMAHUB_*` environment
+//! variables and flags (in rising precedence); a library user builds it in code:
+//!
+//! ```
+//! let mut config = sigmahub::Config::default();
+//! config.client_queue_capacity = 1024;
+//! config.validate().unwrap();
+//! ```
+//!
+//! Durations are written as humantime strings in TOML (`ping_interval = "30s"`).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::protocol::channel::{self, DEFAULT_CHANNELS};
+
+/// What to do with a client whose queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum SlowConsumerPolicy {
+    /// Close the connection with close code 4000 (`slow consumer`); the client reconnects and
+    /// resynchronizes. No event is ever silently missing from a live connection.
+    #[default]
+    Close,
+    /// Drop frames that do not fit and tell the client how many it lost with an `error`
+    /// message (`code: "frames_dropped"`, `dropped: N`); the connection stays open.
+    Drop,
+}
+
+/// sigmahub's configuration. Every field has a default; see each field for it and why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct Config {
+    /// Address to listen on. Default `127.0.0.1:12080`, SigmaVault's port, loopback only so
+    /// that nothing is exposed until an operator asks for it.
+    pub listen: SocketAddr,
+
+    /// Largest client message accepted, in bytes; larger ones close the connection with 1009.
+    /// Default 64 KiB (Skreaver's figure): far above any subscribe request.
+    pub max_message_size: usize,
+
+    /// Frames that may wait in one client's queue. Default 256, SigmaVault's per-client
+    /// buffer: about 5 s of events at 50 events/s.
+    pub client_queue_capacity: usize,
+
+    /// What happens when a client's queue is full. Default `close`.
+    pub slow_consumer: SlowConsumerPolicy,
+
+    /// Most channels one connection may be subscribed to at once, the 8 defaults included.
+    /// Default 50 (Skreaver's figure).
+    pub max_subscriptions_per_connection: usize,
+
+    /// Interval between WebSocket ping frames to each client. Default 30 s.
+    #[serde(with = "humantime_serde")]
+    pub ping_interval: Duration,
+
+    /// How long a client has to answer a ping before it is closed (4001). Default 10 s.
+    #[serde(with = "humantime_serde")]
+    pub pong_timeout: Duration,
+
+    /// Interval between `heartbeat` events on the `heartbeat` channel. Default 30 s.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+
+    /// On shutdown, how long clients get to receive what is queued for them before the
+    /// server exits anyway. Default 5 s.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+
+    /// Largest `POST /api/v1/publish` body, in bytes. Default 1 MiB.
+    pub max_publish_body_size: usize,
+
+    /// Channels every client is subscribed to on connect. Default: SigmaVault's 8 types.
+    pub default_subscriptions: Vec<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 12080)),
+            max_message_size: 64 * 1024,
+            client_queue_capacity: 256,
+            slow_consumer: SlowConsumerPolicy::Close,
+            max_subscriptions_per_connection: 50,
+            ping_interval: Duration::from_secs(30),
+            pong_timeout: Duration::from_secs(10),
+            heartbeat_interval: Duration::from_secs(30),
+            shutdown_timeout: Duration::from_secs(5),
+            max_publish_body_size: 1024 * 1024,
+            default_subscriptions: DEFAULT_CHANNELS.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+}
+
+/// A configuration value that cannot work.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A field is out of range; the message says which and why.
+    #[error("invalid `{field}`: {reason}")]
+    Invalid {
+        /// The config key.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The config file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The config file is not valid TOML for this struct.
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The TOML error, with line and column.
+        source: Box<toml::de::Error>,
+    },
+}
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field,
+        reason: reason.into(),
+    }
+}
+
+impl Config {
+    /// Reads a TOML file; missing keys keep their defaults, unknown keys are errors.
+    pub fn from_toml_file(path: &std::path::Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source: Box::new(source),
+        })
+    }
+
+    /// Checks that every value can work; call it before serving.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_message_size < 128 {
+            return Err(invalid("max_message_size", "must be at least 128 bytes"));
+        }
+        if self.client_queue_capacity == 0 {
+            return Err(invalid("client_queue_capacity", "must be at least 1"));
+        }
+        if self.max_subscriptions_per_connection == 0 {
+            return Err(invalid(
+                "max_subscriptions_per_connection",
+                "must be at least 1",
+            ));
+        }
+        for (field, d) in [
+            ("ping_interval", self.ping_interval),
+            ("pong_timeout", self.pong_timeout),
+            ("heartbeat_interval", self.heartbeat_interval),
+        ] {
+            if d.is_zero() {
+                return Err(invalid(field, "must be greater than zero"));
+            }
+        }
+        if self.max_publish_body_size < 128 {
+            return Err(invalid(
+                "max_publish_body_size",
+                "must be at least 128 bytes",
+            ));
+        }
+        if self.default_subscriptions.len() > self.max_subscriptions_per_connection {
+            return Err(invalid(
+                "default_subscriptions",
+                "more entries than max_subscriptions_per_connection",
+            ));
+        }
+        for name in &self.default_subscriptions {
+            channel::validate(name)
+                .map_err(|e| invalid("default_subscriptions", format!("{name:?}: {e}")))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn toml_overrides_only_what_it_names() {
+        let c: Config = toml::from_str(
+            "listen = \"0.0.0.0:9000\"\nping_interval = \"5s\"\nslow_consumer = \"drop\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.listen, "0.0.0.0:9000".parse().unwrap());
+        assert_eq!(c.ping_interval, Duration::from_secs(5));
+        assert_eq!(c.slow_consumer, SlowConsumerPolicy::Drop);
+        assert_eq!(c.client_queue_capacity, 256);
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        assert!(toml::from_str::<Config>("lisen = \"x\"").is_err());
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let c = Config {
+            client_queue_capacity: 0,
+            ..Config::default()
+        };
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("client_queue_capacity"));
+        let c = Config {
+            default_subscriptions: vec!["bad name".into()],
+            ..Config::default()
+        };
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("default_subscriptions"));
+    }
+}

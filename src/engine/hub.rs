@@ -1,0 +1,417 @@
+//! The hub: clients, their subscriptions, and publishing.
+//!
+//! A publish encodes its event once (see [`crate::frame`]), looks up the channel's
+//! subscriber bitset without locking, and pushes a refcounted clone of the frame into the
+//! outbox of every subscribed client. It never blocks and never allocates per subscriber.
+//!
+//! # Guarantees
+//! - A client receives an event only if it was subscribed to the event's channel at some
+//!   moment during the publish; an event published while a client subscribes or leaves is
+//!   delivered to it once or not at all, and never to another client that later takes the
+//!   same slot (see [`crate::engine::slots`]).
+//! - Events published one after another (one `publish` returning before the next starts)
+//!   reach each subscriber in that order.
+//! - A full client queue never slows the publisher: the slow-consumer policy applies.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+
+use super::outbox::{Closing, Outbox, Push};
+use super::slots::{Slots, SlotsExhausted};
+use super::topics::Topics;
+use crate::config::{Config, SlowConsumerPolicy};
+use crate::event::Event;
+use crate::protocol::channel::{self, Channel};
+use crate::protocol::close::CloseCode;
+
+/// The broadcast engine. Cheap to clone: clones share one hub.
+#[derive(Clone)]
+pub struct Hub {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    topics: Topics,
+    slots: Slots,
+    queue_capacity: usize,
+    policy: SlowConsumerPolicy,
+    max_subscriptions: usize,
+    next_client_id: AtomicU64,
+    clients: AtomicUsize,
+    published: AtomicU64,
+    delivered: AtomicU64,
+}
+
+/// What one publish did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Delivery {
+    /// Client queues the frame was put in.
+    pub queued: usize,
+    /// Clients whose queue overflowed and which are being closed as slow consumers.
+    pub overflowed: usize,
+    /// Clients whose queue was full and which lost this frame (`drop` policy).
+    pub dropped: usize,
+}
+
+impl std::ops::AddAssign for Delivery {
+    fn add_assign(&mut self, other: Self) {
+        self.queued += other.queued;
+        self.overflowed += other.overflowed;
+        self.dropped += other.dropped;
+    }
+}
+
+/// Counters over the hub's lifetime.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct HubStats {
+    /// Clients connected now.
+    pub clients: usize,
+    /// Events published.
+    pub published: u64,
+    /// Frames put in client queues by publishes.
+    pub delivered: u64,
+}
+
+/// A channel name refused by subscribe or unsubscribe, with the reason.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Rejection {
+    /// The name as the client sent it.
+    pub channel: String,
+    /// A stable machine-readable code.
+    pub code: &'static str,
+    /// A human-readable reason.
+    pub reason: String,
+}
+
+/// The outcome of [`Client::subscribe`] or [`Client::unsubscribe`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SubscriptionChange {
+    /// Channels whose subscription this call changed.
+    pub changed: Vec<Channel>,
+    /// Names refused, with reasons. The other names in the same call were still applied.
+    pub rejected: Vec<Rejection>,
+}
+
+impl Hub {
+    /// A hub with the queue and subscription settings of `config`.
+    pub fn new(config: &Config) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                topics: Topics::new(),
+                slots: Slots::new(),
+                queue_capacity: config.client_queue_capacity,
+                policy: config.slow_consumer,
+                max_subscriptions: config.max_subscriptions_per_connection,
+                next_client_id: AtomicU64::new(1),
+                clients: AtomicUsize::new(0),
+                published: AtomicU64::new(0),
+                delivered: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// Registers a new client with an empty outbox and no subscriptions.
+    pub fn connect(&self) -> Result<Client, SlotsExhausted> {
+        let outbox = Arc::new(Outbox::new(self.shared.queue_capacity, self.shared.policy));
+        let slot = self.shared.slots.insert(outbox.clone())?;
+        self.shared.clients.fetch_add(1, Ordering::Relaxed);
+        Ok(Client {
+            hub: self.clone(),
+            slot,
+            id: self.shared.next_client_id.fetch_add(1, Ordering::Relaxed),
+            outbox,
+            subscriptions: Vec::new(),
+        })
+    }
+
+    /// Publishes `event` stamped with the current time.
+    pub fn publish(&self, event: &Event) -> Delivery {
+        self.publish_at(event, SystemTime::now())
+    }
+
+    /// Publishes `event` stamped with `now`.
+    pub fn publish_at(&self, event: &Event, now: SystemTime) -> Delivery {
+        if self.subscriber_count(event.channel()) == 0 {
+            self.shared.published.fetch_add(1, Ordering::Relaxed);
+            return Delivery::default();
+        }
+        self.publish_frame(event.channel(), &event.to_frame(now))
+    }
+
+    /// Fans an already encoded frame out to the subscribers of `channel`.
+    #[inline]
+    pub fn publish_frame(&self, channel: &str, frame: &Bytes) -> Delivery {
+        let shared = &*self.shared;
+        let mut delivery = Delivery::default();
+        let guard = crossbeam_epoch::pin();
+        shared.topics.with_subscribers(channel, |set| {
+            set.for_each(|slot| {
+                let Some(entry) = shared.slots.get(slot, &guard) else {
+                    return;
+                };
+                let Some(outbox) = entry.as_deref() else {
+                    return;
+                };
+                match outbox.push(frame.clone()) {
+                    Push::Queued => delivery.queued += 1,
+                    Push::Overflowed => delivery.overflowed += 1,
+                    Push::Dropped => delivery.dropped += 1,
+                    Push::Closed => {}
+                }
+            })
+        });
+        drop(guard);
+        shared.published.fetch_add(1, Ordering::Relaxed);
+        shared
+            .delivered
+            .fetch_add(delivery.queued as u64, Ordering::Relaxed);
+        delivery
+    }
+
+    /// The number of clients subscribed to `channel`.
+    pub fn subscriber_count(&self, channel: &str) -> usize {
+        self.shared.topics.subscriber_count(channel)
+    }
+
+    /// Every channel with subscribers, with their counts, sorted by name.
+    pub fn channels(&self) -> Vec<(Channel, usize)> {
+        self.shared.topics.counts()
+    }
+
+    /// Lifetime counters.
+    pub fn stats(&self) -> HubStats {
+        HubStats {
+            clients: self.shared.clients.load(Ordering::Relaxed),
+            published: self.shared.published.load(Ordering::Relaxed),
+            delivered: self.shared.delivered.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Asks every connected client's writer to flush its queue and close with `code`.
+    pub fn close_all(&self, code: CloseCode) {
+        let guard = crossbeam_epoch::pin();
+        for slot in 0..self.shared.slots.high_water() {
+            if let Some(entry) = self.shared.slots.get(slot, &guard) {
+                if let Some(outbox) = entry.as_deref() {
+                    outbox.close(Closing::AfterFlush(code));
+                }
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub").field("stats", &self.stats()).finish()
+    }
+}
+
+/// One connected client: its slot, outbox and subscriptions. Dropping it unsubscribes it
+/// from everything and frees its slot.
+pub struct Client {
+    hub: Hub,
+    slot: u32,
+    id: u64,
+    outbox: Arc<Outbox>,
+    subscriptions: Vec<Channel>,
+}
+
+impl Client {
+    /// The client's id, unique for the hub's lifetime.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The client's outbox, drained by its writer.
+    pub fn outbox(&self) -> &Arc<Outbox> {
+        &self.outbox
+    }
+
+    /// The channels the client is subscribed to, in the order it subscribed.
+    pub fn subscriptions(&self) -> &[Channel] {
+        &self.subscriptions
+    }
+
+    /// Queues a frame for this client alone (a reply, a welcome).
+    pub fn send(&self, frame: Bytes) -> Push {
+        self.outbox.push(frame)
+    }
+
+    /// Subscribes to each valid name; invalid names, and names beyond the subscription
+    /// limit, are rejected without affecting the others. Already subscribed names are
+    /// accepted and left as they are.
+    pub fn subscribe<'a>(
+        &mut self,
+        names: impl IntoIterator<Item = &'a str>,
+    ) -> SubscriptionChange {
+        let mut change = SubscriptionChange::default();
+        for name in names {
+            if self.is_subscribed(name) {
+                continue;
+            }
+            let channel = match Channel::new(name) {
+                Ok(channel) => channel,
+                Err(e) => {
+                    change.rejected.push(Rejection {
+                        channel: name.to_owned(),
+                        code: e.code(),
+                        reason: e.to_string(),
+                    });
+                    continue;
+                }
+            };
+            if self.subscriptions.len() >= self.hub.shared.max_subscriptions {
+                change.rejected.push(Rejection {
+                    channel: name.to_owned(),
+                    code: "subscription_limit",
+                    reason: format!(
+                        "at most {} subscriptions per connection",
+                        self.hub.shared.max_subscriptions
+                    ),
+                });
+                continue;
+            }
+            self.hub.shared.topics.subscribe(&channel, self.slot);
+            self.subscriptions.push(channel.clone());
+            change.changed.push(channel);
+        }
+        change
+    }
+
+    /// Unsubscribes from each name. Names not subscribed are accepted as no-ops; invalid
+    /// names are rejected.
+    pub fn unsubscribe<'a>(
+        &mut self,
+        names: impl IntoIterator<Item = &'a str>,
+    ) -> SubscriptionChange {
+        let mut change = SubscriptionChange::default();
+        for name in names {
+            if let Err(e) = channel::validate(name) {
+                change.rejected.push(Rejection {
+                    channel: name.to_owned(),
+                    code: e.code(),
+                    reason: e.to_string(),
+                });
+                continue;
+            }
+            if let Some(i) = self.subscriptions.iter().position(|c| c.as_str() == name) {
+                let channel = self.subscriptions.remove(i);
+                self.hub.shared.topics.unsubscribe(&channel, self.slot);
+                change.changed.push(channel);
+            }
+        }
+        change
+    }
+
+    fn is_subscribed(&self, name: &str) -> bool {
+        self.subscriptions.iter().any(|c| c.as_str() == name)
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        let shared = &self.hub.shared;
+        for channel in self.subscriptions.drain(..) {
+            shared.topics.unsubscribe(&channel, self.slot);
+        }
+        shared.slots.release(self.slot);
+        shared.clients.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("id", &self.id)
+            .field("slot", &self.slot)
+            .field("subscriptions", &self.subscriptions)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hub() -> Hub {
+        Hub::new(&Config::default())
+    }
+
+    fn drain(client: &Client) -> Vec<Bytes> {
+        let mut out = Vec::new();
+        client.outbox().drain_into(&mut out, usize::MAX);
+        out
+    }
+
+    #[test]
+    fn publish_reaches_only_subscribers() {
+        let hub = hub();
+        let mut a = hub.connect().unwrap();
+        let mut b = hub.connect().unwrap();
+        a.subscribe(["orders"]);
+        b.subscribe(["billing"]);
+        let d = hub.publish_frame("orders", &Bytes::from_static(b"x"));
+        assert_eq!(d.queued, 1);
+        assert_eq!(drain(&a).len(), 1);
+        assert!(drain(&b).is_empty());
+    }
+
+    #[test]
+    fn unsubscribe_and_drop_stop_delivery() {
+        let hub = hub();
+        let mut a = hub.connect().unwrap();
+        a.subscribe(["orders", "billing"]);
+        a.unsubscribe(["orders"]);
+        assert_eq!(
+            hub.publish_frame("orders", &Bytes::from_static(b"x"))
+                .queued,
+            0
+        );
+        assert_eq!(
+            hub.publish_frame("billing", &Bytes::from_static(b"x"))
+                .queued,
+            1
+        );
+        drop(a);
+        assert_eq!(
+            hub.publish_frame("billing", &Bytes::from_static(b"x"))
+                .queued,
+            0
+        );
+        assert!(hub.channels().is_empty());
+        assert_eq!(hub.stats().clients, 0);
+    }
+
+    #[test]
+    fn invalid_and_excess_names_are_rejected_the_rest_applied() {
+        let config = Config {
+            max_subscriptions_per_connection: 2,
+            ..Config::default()
+        };
+        let hub = Hub::new(&config);
+        let mut a = hub.connect().unwrap();
+        let change = a.subscribe(["ok1", "bad name", "ok1", "ok2", "ok3"]);
+        assert_eq!(change.changed.len(), 2);
+        let codes: Vec<_> = change.rejected.iter().map(|r| r.code).collect();
+        assert_eq!(codes, ["invalid_channel", "subscription_limit"]);
+        assert_eq!(a.subscriptions().len(), 2);
+    }
+
+    #[test]
+    fn one_frame_is_shared_by_every_subscriber() {
+        let hub = hub();
+        let mut clients: Vec<_> = (0..10).map(|_| hub.connect().unwrap()).collect();
+        for c in &mut clients {
+            c.subscribe(["x"]);
+        }
+        let frame = Bytes::from(vec![1u8; 100]);
+        hub.publish_frame("x", &frame);
+        for c in &clients {
+            let got = drain(c);
+            assert_eq!(got[0].as_ptr(), frame.as_ptr(), "a copy was made");
+        }
+    }
+}

@@ -1,0 +1,13 @@
+//! The broadcast engine: sans-IO, clock-free, lock-free on the publish path.
+//!
+//! - [`hub`]: clients, subscriptions and publishing (the public [`Hub`](hub::Hub)).
+//! - [`topics`]: channel names to subscriber sets, sharded.
+//! - [`bitset`]: a channel's subscriber set, copy-on-write in chunks.
+//! - [`slots`]: slot ids to outboxes, with epoch-protected reuse.
+//! - [`outbox`]: a client's bounded queue of ready frames.
+
+pub mod bitset;
+pub mod hub;
+pub mod outbox;
+pub mod slots;
+pub(crate) mod topics;

@@ -1,0 +1,159 @@
+//! The topic table: channel names to their subscriber sets.
+//!
+//! Split into [`SHARDS`] shards by hash so that subscribes on one channel do not contend with
+//! subscribes on another. Each shard's map sits behind an `ArcSwap`: a publish looks its
+//! channel up and loads the subscriber set without taking any lock. Writers (subscribe,
+//! unsubscribe) serialize per shard on a mutex and publish new versions copy-on-write: the
+//! subscriber set of one topic on every change, the shard's map only when a topic is created
+//! or removed (its last subscriber left).
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+
+use super::bitset::SubscriberSet;
+use crate::protocol::channel::Channel;
+
+/// Number of shards.
+pub(crate) const SHARDS: usize = 64;
+
+/// One channel and its subscribers.
+pub(crate) struct Topic {
+    pub(crate) name: Channel,
+    pub(crate) subscribers: ArcSwap<SubscriberSet>,
+}
+
+type Map = HashMap<Channel, Arc<Topic>>;
+
+struct Shard {
+    map: ArcSwap<Map>,
+    writer: Mutex<()>,
+}
+
+pub(crate) struct Topics {
+    shards: Box<[Shard]>,
+    hasher: RandomState,
+}
+
+impl Topics {
+    pub(crate) fn new() -> Self {
+        Self {
+            shards: (0..SHARDS)
+                .map(|_| Shard {
+                    map: ArcSwap::from_pointee(Map::new()),
+                    writer: Mutex::new(()),
+                })
+                .collect(),
+            hasher: RandomState::new(),
+        }
+    }
+
+    fn shard(&self, name: &str) -> &Shard {
+        &self.shards[self.hasher.hash_one(name) as usize % SHARDS]
+    }
+
+    /// Calls `f` with the subscribers of `name`, lock-free; `None` if nobody is subscribed.
+    #[inline]
+    pub(crate) fn with_subscribers<R>(
+        &self,
+        name: &str,
+        f: impl FnOnce(&SubscriberSet) -> R,
+    ) -> Option<R> {
+        let map = self.shard(name).map.load();
+        let topic = map.get(name)?;
+        let set = topic.subscribers.load();
+        Some(f(&set))
+    }
+
+    /// Adds `slot` to `channel`'s subscribers; false if it was already there.
+    pub(crate) fn subscribe(&self, channel: &Channel, slot: u32) -> bool {
+        let shard = self.shard(channel);
+        let _writer = shard.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let map = shard.map.load();
+        let topic = match map.get(channel.as_str()) {
+            Some(topic) => topic.clone(),
+            None => {
+                let topic = Arc::new(Topic {
+                    name: channel.clone(),
+                    subscribers: ArcSwap::from_pointee(SubscriberSet::default()),
+                });
+                let mut next = Map::clone(&map);
+                next.insert(channel.clone(), topic.clone());
+                shard.map.store(Arc::new(next));
+                topic
+            }
+        };
+        match topic.subscribers.load().with(slot) {
+            Some(next) => {
+                topic.subscribers.store(Arc::new(next));
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Removes `slot` from `channel`'s subscribers; false if it was not there. A topic whose
+    /// last subscriber leaves is removed from the table.
+    pub(crate) fn unsubscribe(&self, channel: &str, slot: u32) -> bool {
+        let shard = self.shard(channel);
+        let _writer = shard.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let map = shard.map.load();
+        let Some(topic) = map.get(channel) else {
+            return false;
+        };
+        let Some(next) = topic.subscribers.load().without(slot) else {
+            return false;
+        };
+        let now_empty = next.is_empty();
+        topic.subscribers.store(Arc::new(next));
+        if now_empty {
+            let mut next_map = Map::clone(&map);
+            next_map.remove(channel);
+            shard.map.store(Arc::new(next_map));
+        }
+        true
+    }
+
+    /// The number of subscribers of `name`.
+    pub(crate) fn subscriber_count(&self, name: &str) -> usize {
+        self.with_subscribers(name, SubscriberSet::len).unwrap_or(0)
+    }
+
+    /// Every channel with at least one subscriber, with its subscriber count.
+    pub(crate) fn counts(&self) -> Vec<(Channel, usize)> {
+        let mut out = Vec::new();
+        for shard in self.shards.iter() {
+            for topic in shard.map.load().values() {
+                out.push((topic.name.clone(), topic.subscribers.load().len()));
+            }
+        }
+        out.sort();
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topics_appear_and_disappear_with_their_subscribers() {
+        let topics = Topics::new();
+        let ch = Channel::new("orders").unwrap();
+        assert!(topics.with_subscribers("orders", |_| ()).is_none());
+        assert!(topics.subscribe(&ch, 3));
+        assert!(!topics.subscribe(&ch, 3));
+        assert!(topics.subscribe(&ch, 7));
+        assert_eq!(
+            topics.with_subscribers("orders", |s| s.to_vec()),
+            Some(vec![3, 7])
+        );
+        assert!(topics.unsubscribe("orders", 3));
+        assert!(!topics.unsubscribe("orders", 3));
+        assert!(topics.unsubscribe("orders", 7));
+        assert!(topics.with_subscribers("orders", |_| ()).is_none());
+        assert!(topics.counts().is_empty());
+    }
+}

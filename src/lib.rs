@@ -1,0 +1,33 @@
+//! sigmahub: a lock-free WebSocket event-streaming hub.
+//!
+//! Clients connect to `/ws`, subscribe to channels (event types), and receive every event
+//! published on them, in the SigmaVault WebSocket Protocol v1.0 format. Each event is
+//! serialized once into a complete WebSocket frame and fanned out to subscribers as
+//! refcounted clones.
+//!
+//! Embedding the hub and publishing in-process:
+//!
+//! ```
+//! use sigmahub::{Config, Event, Hub};
+//!
+//! let hub = Hub::new(&Config::default());
+//! let mut client = hub.connect().unwrap();
+//! client.subscribe(["orders"]);
+//!
+//! let delivery = hub.publish(&Event::new("orders", &serde_json::json!({"id": 7})).unwrap());
+//! assert_eq!(delivery.queued, 1);
+//! ```
+//!
+//! To serve it over HTTP and WebSocket, see [`Server`].
+
+pub mod config;
+pub mod engine;
+pub mod event;
+pub mod frame;
+pub mod protocol;
+
+pub use config::{Config, ConfigError, SlowConsumerPolicy};
+pub use engine::hub::{Client, Delivery, Hub, HubStats};
+pub use event::{Event, EventError};
+pub use protocol::channel::Channel;
+pub use protocol::close::CloseCode;

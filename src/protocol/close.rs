@@ -1,0 +1,83 @@
+//! WebSocket close codes used by sigmahub, in one table.
+//!
+//! | code | name               | when                                                        | client should |
+//! |------|--------------------|-------------------------------------------------------------|---------------|
+//! | 1000 | `NORMAL`           | the client asked to close                                   | -             |
+//! | 1001 | `GOING_AWAY`       | the server is shutting down                                 | reconnect     |
+//! | 1002 | `PROTOCOL_ERROR`   | a frame broke RFC 6455 (reserved bits, bad fragments, …)    | fix client    |
+//! | 1003 | `UNSUPPORTED_DATA` | a binary message (sigmahub speaks JSON text only)           | fix client    |
+//! | 1007 | `INVALID_PAYLOAD`  | a text message that is not valid UTF-8                      | fix client    |
+//! | 1009 | `MESSAGE_TOO_BIG`  | a message over `max_message_size`                           | fix client    |
+//! | 1011 | `INTERNAL_ERROR`   | the server hit an unexpected condition                      | reconnect     |
+//! | 4000 | `SLOW_CONSUMER`    | the client's queue overflowed (`slow_consumer = "close"`)   | reconnect     |
+//! | 4001 | `KEEPALIVE_TIMEOUT`| no pong within `pong_timeout` after a ping                  | reconnect     |
+//!
+//! Codes in the 4000 range are sigmahub's own (RFC 6455 §7.4.2 reserves 4000-4999 for
+//! applications). The table is repeated in `docs/protocol.md`.
+
+/// A WebSocket close code with its reason text, as sigmahub sends it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CloseCode {
+    /// The numeric code sent in the close frame.
+    pub code: u16,
+    /// A short reason sent with it (at most 123 bytes, RFC 6455 §5.5).
+    pub reason: &'static str,
+}
+
+impl CloseCode {
+    /// The client asked to close.
+    pub const NORMAL: Self = Self::new(1000, "normal closure");
+    /// The server is shutting down; reconnect (to another node) after a pause.
+    pub const GOING_AWAY: Self = Self::new(1001, "server shutting down");
+    /// The client broke the WebSocket protocol.
+    pub const PROTOCOL_ERROR: Self = Self::new(1002, "protocol error");
+    /// The client sent a binary message.
+    pub const UNSUPPORTED_DATA: Self = Self::new(1003, "binary messages are not supported");
+    /// The client sent a text message that is not valid UTF-8.
+    pub const INVALID_PAYLOAD: Self = Self::new(1007, "invalid UTF-8");
+    /// The client sent a message larger than `max_message_size`.
+    pub const MESSAGE_TOO_BIG: Self = Self::new(1009, "message too big");
+    /// The server failed; reconnect.
+    pub const INTERNAL_ERROR: Self = Self::new(1011, "internal error");
+    /// The client did not read fast enough and its queue overflowed; reconnect.
+    pub const SLOW_CONSUMER: Self = Self::new(4000, "slow consumer");
+    /// The client did not answer a ping in time; reconnect.
+    pub const KEEPALIVE_TIMEOUT: Self = Self::new(4001, "keep-alive timeout");
+
+    const fn new(code: u16, reason: &'static str) -> Self {
+        Self { code, reason }
+    }
+
+    /// Whether a client that receives this code should reconnect (true) or fix itself first.
+    pub fn should_reconnect(self) -> bool {
+        matches!(self.code, 1001 | 1011 | 4000 | 4001)
+    }
+}
+
+impl std::fmt::Display for CloseCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.code, self.reason)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_fit_in_a_control_frame() {
+        for c in [
+            CloseCode::NORMAL,
+            CloseCode::GOING_AWAY,
+            CloseCode::PROTOCOL_ERROR,
+            CloseCode::UNSUPPORTED_DATA,
+            CloseCode::INVALID_PAYLOAD,
+            CloseCode::MESSAGE_TOO_BIG,
+            CloseCode::INTERNAL_ERROR,
+            CloseCode::SLOW_CONSUMER,
+            CloseCode::KEEPALIVE_TIMEOUT,
+        ] {
+            assert!(2 + c.reason.len() <= 125, "{c}");
+        }
+    }
+}

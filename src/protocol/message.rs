@@ -1,0 +1,270 @@
+//! Client-to-server messages: parsing and the errors sent back for bad ones.
+//!
+//! Client messages are parsed with simd-json in place (the frame payload is already an owned,
+//! mutable buffer), with nesting limited to [`MAX_DEPTH`]. A message is a JSON object with a
+//! string `type`; the rest depends on the type:
+//!
+//! | type          | fields                                                                      |
+//! |---------------|-----------------------------------------------------------------------------|
+//! | `subscribe`   | `data.events`, `data.types` or `data.channels`: array of channel names      |
+//! | `unsubscribe` | as `subscribe`                                                              |
+//! | `ping`        | none; answered by `pong`                                                    |
+//! | `pong`        | none; an application-level answer to a server ping, accepted and ignored    |
+//!
+//! Any message may carry a `correlation_id` (string or number, top level or in `data`) that
+//! the reply echoes.
+
+use serde_json::value::RawValue;
+use simd_json::prelude::*;
+use simd_json::BorrowedValue;
+
+/// Deepest nesting of arrays and objects accepted in a client message.
+pub const MAX_DEPTH: usize = 32;
+
+/// Longest `correlation_id` accepted, in bytes of JSON.
+pub const MAX_CORRELATION_ID_LEN: usize = 256;
+
+/// The list keys a subscribe or unsubscribe may use, in the order they are looked for:
+/// SigmaVault's documented `events`, the `types` its server reads, and Skreaver's `channels`.
+pub const LIST_KEYS: [&str; 3] = ["events", "types", "channels"];
+
+/// A request's `correlation_id` (a JSON string or number), echoed verbatim in the reply.
+#[derive(Debug, Clone)]
+pub struct CorrelationId(Box<RawValue>);
+
+impl CorrelationId {
+    /// The id as raw JSON.
+    pub fn as_raw(&self) -> &RawValue {
+        &self.0
+    }
+}
+
+impl PartialEq for CorrelationId {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.get() == other.0.get()
+    }
+}
+
+impl Eq for CorrelationId {}
+
+/// A parsed client message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientMessage {
+    /// Subscribe to channels.
+    Subscribe(ChannelList),
+    /// Unsubscribe from channels.
+    Unsubscribe(ChannelList),
+    /// Application-level ping; answered by `pong`.
+    Ping {
+        /// Echoed in the reply.
+        correlation_id: Option<CorrelationId>,
+    },
+    /// Application-level pong; ignored.
+    Pong,
+}
+
+/// The channel list of a subscribe or unsubscribe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelList {
+    /// The names as sent, not yet validated.
+    pub channels: Vec<String>,
+    /// Echoed in the reply.
+    pub correlation_id: Option<CorrelationId>,
+}
+
+/// Why a client message was refused; sent back as an `error` message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct MessageError {
+    /// Stable machine-readable code (see the protocol docs).
+    pub code: &'static str,
+    /// Human-readable detail.
+    pub message: String,
+    /// The request's correlation id, when it could be read.
+    pub correlation_id: Option<CorrelationId>,
+}
+
+fn error(code: &'static str, message: impl Into<String>) -> MessageError {
+    MessageError {
+        code,
+        message: message.into(),
+        correlation_id: None,
+    }
+}
+
+/// Parses one client text message. `payload` is used as simd-json's scratch space.
+pub fn parse(payload: &mut [u8]) -> Result<ClientMessage, MessageError> {
+    let mut buffers = simd_json::Buffers::with_max_depth(payload.len(), MAX_DEPTH);
+    let value = simd_json::to_borrowed_value_with_buffers(payload, &mut buffers)
+        .map_err(|e| error("invalid_json", format!("message is not valid JSON: {e}")))?;
+    let object = value
+        .as_object()
+        .ok_or_else(|| error("invalid_message", "message must be a JSON object"))?;
+    let data = object.get("data");
+    let correlation_id = correlation_id(object.get("correlation_id"))
+        .or_else(|| correlation_id(data.and_then(|d| d.get("correlation_id"))));
+    let with_id = |mut e: MessageError| {
+        e.correlation_id = correlation_id.clone();
+        e
+    };
+    let kind = match object.get("type") {
+        None => return Err(with_id(error("missing_type", "message has no `type`"))),
+        Some(t) => t
+            .as_str()
+            .ok_or_else(|| with_id(error("invalid_message", "`type` must be a string")))?,
+    };
+    match kind {
+        "subscribe" | "unsubscribe" => {
+            let channels = channel_list(kind, data).map_err(with_id)?;
+            let list = ChannelList {
+                channels,
+                correlation_id,
+            };
+            Ok(if kind == "subscribe" {
+                ClientMessage::Subscribe(list)
+            } else {
+                ClientMessage::Unsubscribe(list)
+            })
+        }
+        "ping" => Ok(ClientMessage::Ping { correlation_id }),
+        "pong" => Ok(ClientMessage::Pong),
+        other => Err(with_id(error(
+            "unknown_type",
+            format!("unknown message type {:?}", truncate(other, 64)),
+        ))),
+    }
+}
+
+fn channel_list(kind: &str, data: Option<&BorrowedValue<'_>>) -> Result<Vec<String>, MessageError> {
+    let missing = || {
+        error(
+            "invalid_message",
+            format!("{kind} needs `data.events` (or `data.types`, `data.channels`): an array of channel names"),
+        )
+    };
+    let data = data.ok_or_else(missing)?;
+    let (key, list) = LIST_KEYS
+        .iter()
+        .find_map(|k| data.get(*k).map(|v| (*k, v)))
+        .ok_or_else(missing)?;
+    let items = list
+        .as_array()
+        .ok_or_else(|| error("invalid_message", format!("`data.{key}` must be an array")))?;
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| {
+            item.as_str().map(str::to_owned).ok_or_else(|| {
+                error(
+                    "invalid_message",
+                    format!("`data.{key}[{i}]` must be a string"),
+                )
+            })
+        })
+        .collect()
+}
+
+fn correlation_id(value: Option<&BorrowedValue<'_>>) -> Option<CorrelationId> {
+    let value = value?;
+    if !(value.is_str() || value.is_number()) {
+        return None;
+    }
+    let json = value.encode();
+    if json.len() > MAX_CORRELATION_ID_LEN {
+        return None;
+    }
+    RawValue::from_string(json).ok().map(CorrelationId)
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_str(s: &str) -> Result<ClientMessage, MessageError> {
+        parse(&mut s.as_bytes().to_vec())
+    }
+
+    fn channels(m: ClientMessage) -> Vec<String> {
+        match m {
+            ClientMessage::Subscribe(l) | ClientMessage::Unsubscribe(l) => l.channels,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn all_three_list_spellings_are_read() {
+        for key in LIST_KEYS {
+            let m = parse_str(&format!(
+                r#"{{"type":"subscribe","data":{{"{key}":["a","b"]}}}}"#
+            ))
+            .unwrap();
+            assert_eq!(channels(m), ["a", "b"]);
+        }
+    }
+
+    #[test]
+    fn correlation_id_is_kept_from_top_level_or_data() {
+        let m = parse_str(r#"{"type":"unsubscribe","correlation_id":"r1","data":{"channels":[]}}"#)
+            .unwrap();
+        let ClientMessage::Unsubscribe(l) = m else {
+            panic!()
+        };
+        assert_eq!(l.correlation_id.unwrap().as_raw().get(), r#""r1""#);
+        let m = parse_str(r#"{"type":"ping","data":{"correlation_id":42}}"#).unwrap();
+        assert_eq!(
+            m,
+            ClientMessage::Ping {
+                correlation_id: Some(CorrelationId(RawValue::from_string("42".into()).unwrap()))
+            }
+        );
+    }
+
+    #[test]
+    fn bad_messages_get_their_codes() {
+        let cases = [
+            ("not json", "invalid_json"),
+            ("{\"type\":", "invalid_json"),
+            ("[1,2]", "invalid_message"),
+            ("{}", "missing_type"),
+            (r#"{"type":5}"#, "invalid_message"),
+            (r#"{"type":"launch"}"#, "unknown_type"),
+            (r#"{"type":"subscribe"}"#, "invalid_message"),
+            (
+                r#"{"type":"subscribe","data":{"events":"a"}}"#,
+                "invalid_message",
+            ),
+            (
+                r#"{"type":"subscribe","data":{"events":["a",1]}}"#,
+                "invalid_message",
+            ),
+        ];
+        for (input, code) in cases {
+            assert_eq!(parse_str(input).unwrap_err().code, code, "{input}");
+        }
+    }
+
+    #[test]
+    fn errors_keep_the_correlation_id() {
+        let e = parse_str(r#"{"type":"launch","correlation_id":"x"}"#).unwrap_err();
+        assert_eq!(e.correlation_id.unwrap().as_raw().get(), r#""x""#);
+    }
+
+    #[test]
+    fn nesting_bombs_are_refused() {
+        let bomb = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+        assert_eq!(parse_str(&bomb).unwrap_err().code, "invalid_json");
+        let ok = format!(
+            r#"{{"type":"ping","x":{}1{}}}"#,
+            "[".repeat(20),
+            "]".repeat(20)
+        );
+        assert!(parse_str(&ok).is_ok());
+    }
+}
