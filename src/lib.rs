@@ -25,9 +25,11 @@ pub mod engine;
 pub mod event;
 pub mod frame;
 pub mod protocol;
+pub mod server;
 
 pub use config::{Config, ConfigError, SlowConsumerPolicy};
 pub use engine::hub::{Client, Delivery, Hub, HubStats};
 pub use event::{Event, EventError};
 pub use protocol::channel::Channel;
 pub use protocol::close::CloseCode;
+pub use server::{ServeError, Server};

@@ -192,11 +192,37 @@ impl Hub {
 
     /// Asks every connected client's writer to flush its queue and close with `code`.
     pub fn close_all(&self, code: CloseCode) {
+        self.for_each_outbox(|outbox| outbox.close(Closing::AfterFlush(code)));
+    }
+
+    /// Queues the keep-alive ping `frame` for every client and starts its pong deadline.
+    /// Returns the number of clients pinged.
+    pub fn ping_all(&self, frame: &Bytes) -> usize {
+        let mut pinged = 0;
+        self.for_each_outbox(|outbox| {
+            if outbox.ping(frame.clone()) == Push::Queued {
+                pinged += 1;
+            }
+        });
+        pinged
+    }
+
+    /// Closes every client that has not answered the last ping since [`ping_all`]
+    /// (close code 4001). Returns the number closed.
+    ///
+    /// [`ping_all`]: Self::ping_all
+    pub fn expire_silent(&self) -> usize {
+        let mut expired = 0;
+        self.for_each_outbox(|outbox| expired += usize::from(outbox.expire_if_silent()));
+        expired
+    }
+
+    fn for_each_outbox(&self, mut f: impl FnMut(&Outbox)) {
         let guard = crossbeam_epoch::pin();
         for slot in 0..self.shared.slots.high_water() {
             if let Some(entry) = self.shared.slots.get(slot, &guard) {
                 if let Some(outbox) = entry.as_deref() {
-                    outbox.close(Closing::AfterFlush(code));
+                    f(outbox);
                 }
             }
         }
@@ -398,6 +424,18 @@ mod tests {
         let codes: Vec<_> = change.rejected.iter().map(|r| r.code).collect();
         assert_eq!(codes, ["invalid_channel", "subscription_limit"]);
         assert_eq!(a.subscriptions().len(), 2);
+    }
+
+    #[test]
+    fn ping_sweep_expires_only_silent_clients() {
+        let hub = hub();
+        let quiet = hub.connect().unwrap();
+        let chatty = hub.connect().unwrap();
+        assert_eq!(hub.ping_all(&Bytes::from_static(b"ping")), 2);
+        chatty.outbox().mark_alive();
+        assert_eq!(hub.expire_silent(), 1);
+        assert!(quiet.outbox().is_closing());
+        assert!(!chatty.outbox().is_closing());
     }
 
     #[test]

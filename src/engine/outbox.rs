@@ -21,7 +21,7 @@
 //! The queue is a `SegQueue`, which allocates its blocks on first use and frees them as they
 //! drain: an idle client's outbox holds no frame buffer.
 
-use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::task::{Context, Poll};
 
@@ -69,6 +69,7 @@ pub struct Outbox {
     state: AtomicU8,
     close_code: OnceLock<CloseCode>,
     dropped: AtomicU64,
+    awaiting_pong: AtomicBool,
 }
 
 impl Outbox {
@@ -83,6 +84,7 @@ impl Outbox {
             state: AtomicU8::new(OPEN),
             close_code: OnceLock::new(),
             dropped: AtomicU64::new(0),
+            awaiting_pong: AtomicBool::new(false),
         }
     }
 
@@ -111,6 +113,30 @@ impl Outbox {
             self.waker.wake();
         }
         Push::Queued
+    }
+
+    /// Queues a keep-alive ping and starts waiting for the client's answer.
+    pub fn ping(&self, frame: Bytes) -> Push {
+        self.awaiting_pong.store(true, Ordering::Release);
+        self.push(frame)
+    }
+
+    /// Records that the client is alive (it sent a pong, or anything else).
+    #[inline]
+    pub fn mark_alive(&self) {
+        if self.awaiting_pong.load(Ordering::Relaxed) {
+            self.awaiting_pong.store(false, Ordering::Release);
+        }
+    }
+
+    /// Closes the connection with [`CloseCode::KEEPALIVE_TIMEOUT`] if the last ping is still
+    /// unanswered; returns whether it did.
+    pub fn expire_if_silent(&self) -> bool {
+        if self.awaiting_pong.load(Ordering::Acquire) && !self.is_closing() {
+            self.close(Closing::Now(CloseCode::KEEPALIVE_TIMEOUT));
+            return true;
+        }
+        false
     }
 
     /// Asks the writer to close the connection. The first request wins; an immediate close
@@ -290,6 +316,18 @@ mod tests {
         outbox.close(Closing::AfterFlush(CloseCode::GOING_AWAY));
         outbox.close(Closing::Now(CloseCode::SLOW_CONSUMER));
         assert_eq!(outbox.closing(), Some(Closing::Now(CloseCode::GOING_AWAY)));
+    }
+
+    #[test]
+    fn silence_after_a_ping_expires_the_client() {
+        let outbox = Outbox::new(4, SlowConsumerPolicy::Close);
+        assert!(!outbox.expire_if_silent(), "no ping sent yet");
+        outbox.ping(frame(9));
+        outbox.mark_alive();
+        assert!(!outbox.expire_if_silent(), "answered");
+        outbox.ping(frame(9));
+        assert!(outbox.expire_if_silent());
+        assert_eq!(outbox.closing(), Some(Closing::Now(CloseCode::KEEPALIVE_TIMEOUT)));
     }
 
     #[test]

@@ -4,3 +4,4 @@
 pub mod channel;
 pub mod close;
 pub mod message;
+pub mod publish;

@@ -1,0 +1,160 @@
+//! Command-line options: one flag per config key, each also read from `SIGMAHUB_<KEY>`.
+//!
+//! Precedence is flag > environment > config file > default. clap resolves the first two
+//! (a flag beats its environment variable); [`Cli::into_config`] lays the result over the
+//! file, which already lies over the defaults.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use sigmahub::{Config, ConfigError, SlowConsumerPolicy};
+
+/// sigmahub: a WebSocket event-streaming server speaking the SigmaVault WebSocket Protocol
+/// v1.0. Clients connect to /ws, subscribe to channels, and receive every event published
+/// on them; events are published with POST /api/v1/publish.
+///
+/// With no options it serves on 127.0.0.1:12080 with embedded defaults. Every option can
+/// also be set as a SIGMAHUB_* environment variable or a key of the TOML file given with
+/// --config; flags win over the environment, which wins over the file.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about, max_term_width = 100)]
+pub(crate) struct Cli {
+    /// TOML config file; its keys are the long option names with `_` for `-`.
+    #[arg(long, env = "SIGMAHUB_CONFIG", value_name = "FILE")]
+    pub(crate) config: Option<PathBuf>,
+
+    /// Print the effective configuration as TOML and exit.
+    #[arg(long)]
+    pub(crate) print_config: bool,
+
+    /// Log filter (tracing EnvFilter syntax), e.g. `info` or `sigmahub=debug`.
+    #[arg(long, env = "SIGMAHUB_LOG", default_value = "info", value_name = "FILTER")]
+    pub(crate) log: String,
+
+    /// Address to listen on [default: 127.0.0.1:12080].
+    #[arg(long, env = "SIGMAHUB_LISTEN", value_name = "ADDR:PORT")]
+    listen: Option<SocketAddr>,
+
+    /// Largest client message in bytes; larger ones close with 1009 [default: 65536].
+    #[arg(long, env = "SIGMAHUB_MAX_MESSAGE_SIZE", value_name = "BYTES")]
+    max_message_size: Option<usize>,
+
+    /// Frames that may wait in one client's queue [default: 256].
+    #[arg(long, env = "SIGMAHUB_CLIENT_QUEUE_CAPACITY", value_name = "FRAMES")]
+    client_queue_capacity: Option<usize>,
+
+    /// On a full client queue: close the client (4000) or drop frames and report them
+    /// [default: close].
+    #[arg(long, env = "SIGMAHUB_SLOW_CONSUMER", value_enum)]
+    slow_consumer: Option<SlowConsumerPolicy>,
+
+    /// Most channels one connection may subscribe to, defaults included [default: 50].
+    #[arg(long, env = "SIGMAHUB_MAX_SUBSCRIPTIONS_PER_CONNECTION", value_name = "N")]
+    max_subscriptions_per_connection: Option<usize>,
+
+    /// Interval between WebSocket pings, e.g. `30s` [default: 30s].
+    #[arg(long, env = "SIGMAHUB_PING_INTERVAL", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    ping_interval: Option<Duration>,
+
+    /// Time a client has to answer a ping before it is closed (4001) [default: 10s].
+    #[arg(long, env = "SIGMAHUB_PONG_TIMEOUT", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pong_timeout: Option<Duration>,
+
+    /// Interval between `heartbeat` events [default: 30s].
+    #[arg(long, env = "SIGMAHUB_HEARTBEAT_INTERVAL", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    heartbeat_interval: Option<Duration>,
+
+    /// Time clients get to drain their queues on shutdown [default: 5s].
+    #[arg(long, env = "SIGMAHUB_SHUTDOWN_TIMEOUT", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    shutdown_timeout: Option<Duration>,
+
+    /// Largest publish request body in bytes [default: 1048576].
+    #[arg(long, env = "SIGMAHUB_MAX_PUBLISH_BODY_SIZE", value_name = "BYTES")]
+    max_publish_body_size: Option<usize>,
+
+    /// Channels every client is subscribed to on connect, comma-separated
+    /// [default: the 8 SigmaVault types].
+    #[arg(long, env = "SIGMAHUB_DEFAULT_SUBSCRIPTIONS", value_delimiter = ',', value_name = "CHANNELS")]
+    default_subscriptions: Option<Vec<String>>,
+}
+
+impl Cli {
+    /// The effective configuration: defaults, then the file, then environment and flags.
+    pub(crate) fn into_config(self) -> Result<Config, ConfigError> {
+        let mut config = match &self.config {
+            Some(path) => Config::from_toml_file(path)?,
+            None => Config::default(),
+        };
+        macro_rules! overlay {
+            ($($field:ident),* $(,)?) => {
+                $(if let Some(value) = self.$field { config.$field = value; })*
+            };
+        }
+        overlay!(
+            listen,
+            max_message_size,
+            client_queue_capacity,
+            slow_consumer,
+            max_subscriptions_per_connection,
+            ping_interval,
+            pong_timeout,
+            heartbeat_interval,
+            shutdown_timeout,
+            max_publish_body_size,
+            default_subscriptions,
+        );
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// Every config key has a flag of the same name (`_` -> `-`) and a SIGMAHUB_ variable.
+    #[test]
+    fn every_config_key_has_a_flag_and_an_env_var() {
+        let table = toml::Table::try_from(Config::default()).unwrap();
+        let command = Cli::command();
+        for key in table.keys() {
+            let long = key.replace('_', "-");
+            let arg = command
+                .get_arguments()
+                .find(|a| a.get_long() == Some(long.as_str()))
+                .unwrap_or_else(|| panic!("no --{long} flag for config key {key}"));
+            let env = format!("SIGMAHUB_{}", key.to_uppercase());
+            assert_eq!(arg.get_env().and_then(|e| e.to_str()), Some(env.as_str()));
+        }
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let dir = std::env::temp_dir().join(format!("sigmahub-cli-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("c.toml");
+        std::fs::write(&file, "listen = \"127.0.0.1:1\"\nclient_queue_capacity = 7\n").unwrap();
+        let cli = Cli::try_parse_from([
+            "sigmahub",
+            "--config",
+            file.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:2",
+            "--default-subscriptions",
+            "a,b",
+        ])
+        .unwrap();
+        let config = cli.into_config().unwrap();
+        assert_eq!(config.listen.port(), 2);
+        assert_eq!(config.client_queue_capacity, 7);
+        assert_eq!(config.default_subscriptions, ["a", "b"]);
+    }
+
+    #[test]
+    fn the_help_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+}

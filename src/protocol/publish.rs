@@ -1,0 +1,124 @@
+//! `POST /api/v1/publish` bodies: one event `{"type", "data"}` or a JSON array of them.
+//!
+//! The whole body is validated before anything is published: a request with one bad event
+//! publishes nothing and names the bad event's index. `data` is kept as raw JSON (never
+//! re-serialized); a missing or `null` `data` becomes `{}`.
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::event::Event;
+use crate::protocol::channel::Channel;
+
+/// Why a publish body was refused (HTTP 400).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct PublishError {
+    /// Stable machine-readable code: `invalid_json`, `invalid_body` or `invalid_event`.
+    pub code: &'static str,
+    /// Human-readable detail.
+    pub message: String,
+    /// The index of the offending event in an array body.
+    pub index: Option<usize>,
+}
+
+#[derive(Deserialize)]
+struct Incoming<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: std::borrow::Cow<'a, str>,
+    #[serde(default, borrow)]
+    data: Option<&'a RawValue>,
+}
+
+/// Parses and validates a publish body into events, in order.
+pub fn parse(body: &[u8]) -> Result<Vec<Event>, PublishError> {
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    match first {
+        Some(b'[') => {
+            let items: Vec<&RawValue> = serde_json::from_slice(body).map_err(invalid_json)?;
+            items
+                .into_iter()
+                .enumerate()
+                .map(|(i, raw)| event(raw.get().as_bytes(), Some(i)))
+                .collect()
+        }
+        Some(b'{') => {
+            // Validate the whole body as JSON first, so trailing garbage is an error.
+            let raw: &RawValue = serde_json::from_slice(body).map_err(invalid_json)?;
+            Ok(vec![event(raw.get().as_bytes(), None)?])
+        }
+        _ => Err(PublishError {
+            code: "invalid_body",
+            message: "body must be an event object or a JSON array of event objects".into(),
+            index: None,
+        }),
+    }
+}
+
+fn event(json: &[u8], index: Option<usize>) -> Result<Event, PublishError> {
+    let bad = |message: String| PublishError {
+        code: "invalid_event",
+        message: match index {
+            Some(i) => format!("event {i}: {message}"),
+            None => message,
+        },
+        index,
+    };
+    let incoming: Incoming<'_> = serde_json::from_slice(json).map_err(|e| bad(e.to_string()))?;
+    let channel = Channel::new(&incoming.kind).map_err(|e| bad(format!("`type`: {e}")))?;
+    let data = match incoming.data {
+        Some(raw) if raw.get() != "null" => raw.to_owned(),
+        _ => RawValue::from_string("{}".into()).expect("valid JSON"),
+    };
+    Ok(Event::from_raw(channel, data))
+}
+
+fn invalid_json(e: serde_json::Error) -> PublishError {
+    PublishError {
+        code: "invalid_json",
+        message: format!("body is not valid JSON: {e}"),
+        index: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_event_or_an_array() {
+        let one = parse(br#" {"type":"a","data":{"x":1}} "#).unwrap();
+        assert_eq!(one.len(), 1);
+        assert_eq!(one[0].data().get(), r#"{"x":1}"#);
+        let many = parse(br#"[{"type":"a"},{"type":"b","data":null},{"type":"c","data":[1]}]"#).unwrap();
+        let names: Vec<_> = many.iter().map(|e| e.channel().to_string()).collect();
+        assert_eq!(names, ["a", "b", "c"]);
+        assert_eq!(many[0].data().get(), "{}");
+        assert_eq!(many[1].data().get(), "{}");
+        assert!(parse(b"[]").unwrap().is_empty());
+    }
+
+    #[test]
+    fn bad_bodies_are_named() {
+        let cases: [(&[u8], &str, Option<usize>); 8] = [
+            (b"", "invalid_body", None),
+            (b"42", "invalid_body", None),
+            (b"{\"type\":\"a\"} trailing", "invalid_json", None),
+            (b"[{\"type\":\"a\"},", "invalid_json", None),
+            (b"{\"data\":{}}", "invalid_event", None),
+            (b"{\"type\":7}", "invalid_event", None),
+            (b"[{\"type\":\"ok\"},{\"type\":\"not ok\"}]", "invalid_event", Some(1)),
+            (b"[{\"type\":\"ok\"},5]", "invalid_event", Some(1)),
+        ];
+        for (body, code, index) in cases {
+            let e = parse(body).unwrap_err();
+            assert_eq!((e.code, e.index), (code, index), "{}", String::from_utf8_lossy(body));
+        }
+    }
+
+    #[test]
+    fn escaped_type_names_are_unescaped_then_validated() {
+        assert_eq!(parse(br#"{"type":"a\u002eb"}"#).unwrap()[0].channel().as_str(), "a.b");
+        assert!(parse(br#"{"type":"a\"b"}"#).is_err());
+    }
+}

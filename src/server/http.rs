@@ -1,0 +1,144 @@
+//! HTTP routing: the WebSocket upgrade at `/ws` and the REST API.
+//!
+//! | method | path               | answer                                                   |
+//! |--------|--------------------|----------------------------------------------------------|
+//! | GET    | `/ws`              | WebSocket upgrade (426 for a plain GET)                  |
+//! | POST   | `/api/v1/publish`  | publish one event or an array; 200 with counts, 400/413  |
+//! | GET    | `/healthz`         | 200 `{"status":"ok"}` while the process serves           |
+//!
+//! Every error body is `{"error": {"code": …, "message": …}}`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Body;
+use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use super::reader::Prefixed;
+use super::{session, Shared};
+use crate::engine::hub::Delivery;
+use crate::protocol::publish;
+
+/// The response body type of every sigmahub route.
+pub type ResponseBody = Full<Bytes>;
+
+/// Routes one request.
+pub(crate) async fn route<B>(shared: Arc<Shared>, req: Request<B>, peer: SocketAddr) -> Response<ResponseBody>
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/ws") => upgrade(shared, req, peer),
+        (_, "/ws") => method_not_allowed("GET"),
+        (&Method::POST, "/api/v1/publish") => publish(&shared, req).await,
+        (_, "/api/v1/publish") => method_not_allowed("POST"),
+        (&Method::GET, "/healthz") => json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
+        _ => error(StatusCode::NOT_FOUND, "not_found", "no such route"),
+    }
+}
+
+fn upgrade<B>(shared: Arc<Shared>, mut req: Request<B>, peer: SocketAddr) -> Response<ResponseBody> {
+    if !fastwebsockets::upgrade::is_upgrade_request(&req) {
+        return error(
+            StatusCode::UPGRADE_REQUIRED,
+            "upgrade_required",
+            "/ws speaks WebSocket only; connect with a WebSocket client",
+        );
+    }
+    let (response, upgrade) = match fastwebsockets::upgrade::upgrade(&mut req) {
+        Ok(pair) => pair,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_handshake", &e.to_string()),
+    };
+    let tasks = shared.tasks.clone();
+    tasks.spawn(async move {
+        let upgraded = match upgrade.await {
+            Ok(ws) => ws.into_inner().into_inner(),
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "upgrade failed");
+                return;
+            }
+        };
+        // On our own listener the socket is a TcpStream: split it into owned halves (no lock
+        // between reader and writer). Embedded in another server, fall back to a generic split.
+        match upgraded.downcast::<TokioIo<TcpStream>>() {
+            Ok(parts) => {
+                let (read, write) = parts.io.into_inner().into_split();
+                session::run(shared, Prefixed::new(parts.read_buf, read), write, peer).await
+            }
+            Err(upgraded) => {
+                let (read, write) = tokio::io::split(TokioIo::new(upgraded));
+                session::run(shared, Prefixed::new(Bytes::new(), read), write, peer).await
+            }
+        }
+    });
+    response.map(|_| Full::new(Bytes::new()))
+}
+
+async fn publish<B>(shared: &Shared, req: Request<B>) -> Response<ResponseBody>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let limit = shared.config.max_publish_body_size;
+    let body = match Limited::new(req.into_body(), limit).collect().await {
+        Ok(body) => body.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                &format!("publish bodies are limited to {limit} bytes"),
+            )
+        }
+        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_body", &e.to_string()),
+    };
+    let events = match publish::parse(&body) {
+        Ok(events) => events,
+        Err(e) => {
+            let mut body = serde_json::json!({"error": {"code": e.code, "message": e.message}});
+            if let Some(i) = e.index {
+                body["error"]["index"] = i.into();
+            }
+            return json(StatusCode::BAD_REQUEST, &body);
+        }
+    };
+    let now = SystemTime::now();
+    let mut total = Delivery::default();
+    for event in &events {
+        total += shared.hub.publish_at(event, now);
+    }
+    json(
+        StatusCode::OK,
+        &serde_json::json!({
+            "accepted": events.len(),
+            "delivered": total.queued,
+            "slow_consumers": total.overflowed,
+            "dropped": total.dropped,
+        }),
+    )
+}
+
+fn method_not_allowed(allow: &'static str) -> Response<ResponseBody> {
+    let mut response = error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", &format!("use {allow}"));
+    response.headers_mut().insert(ALLOW, HeaderValue::from_static(allow));
+    response
+}
+
+fn error(status: StatusCode, code: &str, message: &str) -> Response<ResponseBody> {
+    json(status, &serde_json::json!({"error": {"code": code, "message": message}}))
+}
+
+fn json(status: StatusCode, body: &serde_json::Value) -> Response<ResponseBody> {
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}

@@ -1,0 +1,206 @@
+//! The network server: hyper for HTTP and the upgrade, one task per WebSocket connection,
+//! and the hub-wide timers (heartbeat events, keep-alive pings).
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), sigmahub::ServeError> {
+//! let server = sigmahub::Server::bind(sigmahub::Config::default()).await?;
+//! let hub = server.hub();            // publish in-process through this handle
+//! server.run(async { tokio::signal::ctrl_c().await.ok(); }).await
+//! # }
+//! ```
+//!
+//! # Shutdown
+//! When the `shutdown` future given to [`Server::run`] completes, the server stops accepting,
+//! asks every client to flush its queue and close with 1001 (going away), and waits up to
+//! `shutdown_timeout` for them before returning.
+
+mod http;
+mod reader;
+mod session;
+mod writer;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use http::ResponseBody;
+pub use session::WELCOME_MESSAGE;
+
+use crate::config::{Config, ConfigError};
+use crate::engine::hub::Hub;
+use crate::event::{unix_seconds, Event};
+use crate::frame;
+use crate::protocol::close::CloseCode;
+
+/// Why the server could not start or keep serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The configuration is invalid; fix the named setting.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The listen address could not be bound (in use, or not permitted).
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// State shared by every connection task.
+pub(crate) struct Shared {
+    pub(crate) hub: Hub,
+    pub(crate) config: Arc<Config>,
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) tasks: TaskTracker,
+}
+
+/// A bound, not yet running sigmahub server.
+pub struct Server {
+    listener: TcpListener,
+    shared: Arc<Shared>,
+}
+
+impl Server {
+    /// Validates `config` and binds its listen address.
+    pub async fn bind(config: Config) -> Result<Self, ServeError> {
+        config.validate()?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| ServeError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        let hub = Hub::new(&config);
+        Ok(Self {
+            listener,
+            shared: Arc::new(Shared {
+                hub,
+                config: Arc::new(config),
+                shutdown: CancellationToken::new(),
+                tasks: TaskTracker::new(),
+            }),
+        })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// The hub, to publish in-process or inspect subscriptions.
+    pub fn hub(&self) -> Hub {
+        self.shared.hub.clone()
+    }
+
+    /// Serves until `shutdown` completes, then closes every client with 1001 and returns
+    /// once they are gone or `shutdown_timeout` has passed.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
+        let Self { listener, shared } = self;
+        tracing::info!(addr = %listener.local_addr().map_err(|source| ServeError::Bind { addr: shared.config.listen, source })?, "sigmahub listening");
+
+        let timers = tokio::spawn(run_timers(shared.clone()));
+        tokio::pin!(shutdown);
+        loop {
+            let (tcp, peer) = tokio::select! {
+                () = &mut shutdown => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        // Out of file descriptors or a transient error: back off briefly
+                        // instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = tcp.set_nodelay(true);
+            let conn_shared = shared.clone();
+            let service = service_fn(move |req| {
+                let shared = conn_shared.clone();
+                async move { Ok::<_, std::convert::Infallible>(http::route(shared, req, peer).await) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tcp), service)
+                .with_upgrades();
+            let stop = shared.shutdown.clone();
+            shared.tasks.spawn(async move {
+                tokio::pin!(conn);
+                let result = tokio::select! {
+                    result = conn.as_mut() => result,
+                    () = stop.cancelled() => {
+                        // Finish the request in flight, then close; upgraded sockets already
+                        // left this future and are closed by the hub.
+                        conn.as_mut().graceful_shutdown();
+                        conn.await
+                    }
+                };
+                if let Err(e) = result {
+                    tracing::debug!(%peer, error = %e, "http connection ended with an error");
+                }
+            });
+        }
+
+        tracing::info!("shutting down: closing every client with 1001");
+        drop(listener);
+        shared.shutdown.cancel();
+        timers.abort();
+        shared.hub.close_all(CloseCode::GOING_AWAY);
+        shared.tasks.close();
+        let deadline = shared.config.shutdown_timeout;
+        if tokio::time::timeout(deadline, shared.tasks.wait()).await.is_err() {
+            tracing::warn!(
+                remaining = shared.hub.stats().clients,
+                "shutdown deadline passed; dropping remaining connections"
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Heartbeat events and keep-alive pings until shutdown.
+async fn run_timers(shared: Arc<Shared>) {
+    tokio::join!(heartbeat(&shared), keepalive(&shared));
+}
+
+/// Publishes a `heartbeat` event every `heartbeat_interval`.
+async fn heartbeat(shared: &Shared) {
+    let period = shared.config.heartbeat_interval;
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let now = SystemTime::now();
+        let event = Event::new("heartbeat", &serde_json::json!({ "server_time": unix_seconds(now) }))
+            .expect("heartbeat is a valid channel");
+        shared.hub.publish_at(&event, now);
+    }
+}
+
+/// Pings every client every `ping_interval`; closes those silent for `pong_timeout` after it.
+async fn keepalive(shared: &Shared) {
+    let ping = frame::ping(b"");
+    let (interval, timeout) = (shared.config.ping_interval, shared.config.pong_timeout);
+    let mut round = tokio::time::Instant::now() + interval;
+    loop {
+        tokio::time::sleep_until(round).await;
+        let pinged = shared.hub.ping_all(&ping);
+        tokio::time::sleep(timeout).await;
+        round = (round + interval).max(tokio::time::Instant::now());
+        let expired = shared.hub.expire_silent();
+        if expired > 0 {
+            tracing::info!(pinged, expired, "closed clients that did not answer a ping");
+        }
+    }
+}

@@ -1,0 +1,226 @@
+//! Reading client frames: fastwebsockets parses and unmasks them; this module turns them into
+//! whole messages under sigmahub's limits.
+//!
+//! fastwebsockets checks each frame (reserved bits, opcodes, control frame size and
+//! fragmentation, per-frame size, UTF-8 of unfragmented text). What it leaves to us, and this
+//! module adds: a bound on the *total* size of a fragmented message (fastwebsockets'
+//! `FragmentCollectorRead` bounds only each fragment, so a fragment flood would grow without
+//! limit), UTF-8 validation of reassembled text, and the mapping of every failure to a close
+//! code. Control frames are returned as they come, so the session answers pings through the
+//! client's ordered queue.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes};
+use fastwebsockets::{OpCode, WebSocketError, WebSocketRead};
+use tokio::io::{AsyncRead, ReadBuf};
+
+use crate::protocol::close::CloseCode;
+
+/// A complete client message or control frame.
+#[derive(Debug)]
+pub(crate) enum Incoming {
+    /// A whole text message, valid UTF-8, at most `max_message_size` bytes.
+    Text(Vec<u8>),
+    /// A ping with its payload.
+    Ping(Bytes),
+    /// A pong.
+    Pong,
+    /// The client started the close handshake.
+    Close,
+}
+
+/// Why reading stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ReadEnd {
+    /// The peer went away without a close frame (EOF, reset).
+    Gone,
+    /// The peer broke a rule; close with this code.
+    Violation(CloseCode),
+}
+
+pub(crate) struct MessageReader<S> {
+    ws: WebSocketRead<S>,
+    max_message_size: usize,
+    partial: Option<Vec<u8>>,
+}
+
+impl<S: AsyncRead + Unpin> MessageReader<S> {
+    pub(crate) fn new(stream: S, max_message_size: usize) -> Self {
+        let (mut ws, _) = fastwebsockets::after_handshake_split(
+            stream,
+            tokio::io::sink(),
+            fastwebsockets::Role::Server,
+        );
+        ws.set_auto_close(false);
+        ws.set_auto_pong(false);
+        // fastwebsockets refuses a frame whose length is >= the limit.
+        ws.set_max_message_size(max_message_size + 1);
+        Self {
+            ws,
+            max_message_size,
+            partial: None,
+        }
+    }
+
+    /// Reads until a whole message or a control frame is available. Not cancel-safe: keep
+    /// the future alive until it completes.
+    pub(crate) async fn next(&mut self) -> Result<Incoming, ReadEnd> {
+        loop {
+            let frame = self
+                .ws
+                .read_frame(&mut |_| std::future::ready(Ok::<(), std::convert::Infallible>(())))
+                .await
+                .map_err(read_end)?;
+            match frame.opcode {
+                OpCode::Close => return Ok(Incoming::Close),
+                OpCode::Ping => return Ok(Incoming::Ping(Bytes::copy_from_slice(&frame.payload))),
+                OpCode::Pong => return Ok(Incoming::Pong),
+                OpCode::Binary => return Err(ReadEnd::Violation(CloseCode::UNSUPPORTED_DATA)),
+                OpCode::Text if self.partial.is_some() => {
+                    return Err(ReadEnd::Violation(CloseCode::PROTOCOL_ERROR))
+                }
+                OpCode::Text if frame.fin => {
+                    // fastwebsockets validated the UTF-8 of this unfragmented message.
+                    return Ok(Incoming::Text(frame.payload.into()));
+                }
+                OpCode::Text => self.partial = Some(frame.payload.into()),
+                OpCode::Continuation => {
+                    let Some(partial) = self.partial.as_mut() else {
+                        return Err(ReadEnd::Violation(CloseCode::PROTOCOL_ERROR));
+                    };
+                    if partial.len() + frame.payload.len() > self.max_message_size {
+                        return Err(ReadEnd::Violation(CloseCode::MESSAGE_TOO_BIG));
+                    }
+                    partial.extend_from_slice(&frame.payload);
+                    if frame.fin {
+                        let message = self.partial.take().expect("checked above");
+                        if std::str::from_utf8(&message).is_err() {
+                            return Err(ReadEnd::Violation(CloseCode::INVALID_PAYLOAD));
+                        }
+                        return Ok(Incoming::Text(message));
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn read_end(e: WebSocketError) -> ReadEnd {
+    use WebSocketError as E;
+    match e {
+        E::UnexpectedEOF | E::ConnectionClosed | E::IoError(_) => ReadEnd::Gone,
+        E::FrameTooLarge => ReadEnd::Violation(CloseCode::MESSAGE_TOO_BIG),
+        E::InvalidUTF8 => ReadEnd::Violation(CloseCode::INVALID_PAYLOAD),
+        _ => ReadEnd::Violation(CloseCode::PROTOCOL_ERROR),
+    }
+}
+
+/// A read half that first yields bytes the HTTP layer had already read past the handshake.
+pub(crate) struct Prefixed<R> {
+    prefix: Bytes,
+    inner: R,
+}
+
+impl<R> Prefixed<R> {
+    pub(crate) fn new(prefix: Bytes, inner: R) -> Self {
+        Self { prefix, inner }
+    }
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for Prefixed<R> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if self.prefix.has_remaining() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix[..n]);
+            self.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A masked client frame.
+    fn frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+        let mask = [1, 2, 3, 4];
+        let mut out = vec![(fin as u8) << 7 | opcode];
+        let len = payload.len();
+        if len < 126 {
+            out.push(0x80 | len as u8);
+        } else {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(len as u16).to_be_bytes());
+        }
+        out.extend_from_slice(&mask);
+        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        out
+    }
+
+    async fn read_all(wire: Vec<u8>, max: usize) -> Vec<Result<String, ReadEnd>> {
+        let (head, tail) = wire.split_at(wire.len() / 3);
+        let stream = Prefixed::new(Bytes::copy_from_slice(head), std::io::Cursor::new(tail.to_vec()));
+        let mut reader = MessageReader::new(stream, max);
+        let mut out = Vec::new();
+        loop {
+            match reader.next().await {
+                Ok(Incoming::Text(t)) => out.push(Ok(String::from_utf8(t).unwrap())),
+                Ok(other) => out.push(Ok(format!("{other:?}"))),
+                Err(e) => {
+                    out.push(Err(e));
+                    return out;
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn fragments_are_reassembled_across_the_prefix() {
+        let mut wire = frame(false, 1, b"hel");
+        wire.extend(frame(true, 9, b"p"));
+        wire.extend(frame(false, 0, b"lo "));
+        wire.extend(frame(true, 0, "wörld".as_bytes()));
+        wire.extend(frame(true, 8, &1000u16.to_be_bytes()));
+        let got = read_all(wire, 1024).await;
+        assert_eq!(got[0], Ok("Ping(b\"p\")".into()));
+        assert_eq!(got[1], Ok("hello wörld".into()));
+        assert_eq!(got[2], Ok("Close".into()));
+    }
+
+    #[tokio::test]
+    async fn limits_and_violations_map_to_close_codes() {
+        let cases: Vec<(Vec<u8>, CloseCode)> = vec![
+            (frame(true, 1, &[b'a'; 200]), CloseCode::MESSAGE_TOO_BIG),
+            (
+                [frame(false, 1, &[b'a'; 100]), frame(true, 0, &[b'a'; 100])].concat(),
+                CloseCode::MESSAGE_TOO_BIG,
+            ),
+            (frame(true, 2, b"bin"), CloseCode::UNSUPPORTED_DATA),
+            (frame(true, 1, &[0xff, 0xfe]), CloseCode::INVALID_PAYLOAD),
+            (
+                [frame(false, 1, &[0xe2, 0x82]), frame(true, 0, &[0x28])].concat(),
+                CloseCode::INVALID_PAYLOAD,
+            ),
+            (frame(true, 0, b"orphan"), CloseCode::PROTOCOL_ERROR),
+            (frame(false, 9, b"fragmented ping"), CloseCode::PROTOCOL_ERROR),
+            (vec![0xf1, 0x80, 0, 0, 0, 0], CloseCode::PROTOCOL_ERROR),
+        ];
+        for (wire, code) in cases {
+            let got = read_all(wire, 150).await;
+            assert_eq!(got.last(), Some(&Err(ReadEnd::Violation(code))), "{code}");
+        }
+    }
+
+    #[tokio::test]
+    async fn eof_is_gone() {
+        assert_eq!(read_all(frame(true, 1, b"x")[..3].to_vec(), 100).await, vec![Err(ReadEnd::Gone)]);
+    }
+}
