@@ -30,7 +30,12 @@ pub(crate) struct Cli {
     pub(crate) print_config: bool,
 
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `sigmahub=debug`.
-    #[arg(long, env = "SIGMAHUB_LOG", default_value = "info", value_name = "FILTER")]
+    #[arg(
+        long,
+        env = "SIGMAHUB_LOG",
+        default_value = "info",
+        value_name = "FILTER"
+    )]
     pub(crate) log: String,
 
     /// Address to listen on [default: 127.0.0.1:12080].
@@ -51,7 +56,11 @@ pub(crate) struct Cli {
     slow_consumer: Option<SlowConsumerPolicy>,
 
     /// Most channels one connection may subscribe to, defaults included [default: 50].
-    #[arg(long, env = "SIGMAHUB_MAX_SUBSCRIPTIONS_PER_CONNECTION", value_name = "N")]
+    #[arg(
+        long,
+        env = "SIGMAHUB_MAX_SUBSCRIPTIONS_PER_CONNECTION",
+        value_name = "N"
+    )]
     max_subscriptions_per_connection: Option<usize>,
 
     /// Interval between WebSocket pings, e.g. `30s` [default: 30s].
@@ -76,7 +85,12 @@ pub(crate) struct Cli {
 
     /// Channels every client is subscribed to on connect, comma-separated
     /// [default: the 8 SigmaVault types].
-    #[arg(long, env = "SIGMAHUB_DEFAULT_SUBSCRIPTIONS", value_delimiter = ',', value_name = "CHANNELS")]
+    #[arg(
+        long,
+        env = "SIGMAHUB_DEFAULT_SUBSCRIPTIONS",
+        value_delimiter = ',',
+        value_name = "CHANNELS"
+    )]
     default_subscriptions: Option<Vec<String>>,
 }
 
@@ -136,7 +150,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("sigmahub-cli-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("c.toml");
-        std::fs::write(&file, "listen = \"127.0.0.1:1\"\nclient_queue_capacity = 7\n").unwrap();
+        std::fs::write(
+            &file,
+            "listen = \"127.0.0.1:1\"\nclient_queue_capacity = 7\n",
+        )
+        .unwrap();
         let cli = Cli::try_parse_from([
             "sigmahub",
             "--config",

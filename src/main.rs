@@ -13,7 +13,10 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     let filter = EnvFilter::try_new(&cli.log).unwrap_or_else(|e| {
-        eprintln!("sigmahub: invalid --log filter {:?} ({e}); using `info`", cli.log);
+        eprintln!(
+            "sigmahub: invalid --log filter {:?} ({e}); using `info`",
+            cli.log
+        );
         EnvFilter::new("info")
     });
     tracing_subscriber::fmt()
@@ -30,11 +33,17 @@ fn main() -> ExitCode {
         }
     };
     if print_config {
-        print!("{}", toml::to_string(&config).expect("the config serializes"));
+        print!(
+            "{}",
+            toml::to_string(&config).expect("the config serializes")
+        );
         return ExitCode::SUCCESS;
     }
 
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("sigmahub: cannot start the runtime: {e}");

@@ -197,6 +197,21 @@ impl Outbox {
         }
     }
 
+    /// Ready once an immediate close was requested; otherwise registers the waker. The
+    /// writer polls this while a write is blocked on a full socket.
+    pub fn poll_close_now(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let now = || self.state.load(Ordering::Acquire) == CLOSE_NOW;
+        if now() {
+            return Poll::Ready(());
+        }
+        self.waker.register(cx.waker());
+        if now() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+
     /// Waits until [`poll_ready`](Self::poll_ready) is ready.
     pub async fn ready(&self) {
         std::future::poll_fn(|cx| self.poll_ready(cx)).await
@@ -327,7 +342,10 @@ mod tests {
         assert!(!outbox.expire_if_silent(), "answered");
         outbox.ping(frame(9));
         assert!(outbox.expire_if_silent());
-        assert_eq!(outbox.closing(), Some(Closing::Now(CloseCode::KEEPALIVE_TIMEOUT)));
+        assert_eq!(
+            outbox.closing(),
+            Some(Closing::Now(CloseCode::KEEPALIVE_TIMEOUT))
+        );
     }
 
     #[test]

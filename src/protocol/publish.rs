@@ -90,7 +90,8 @@ mod tests {
         let one = parse(br#" {"type":"a","data":{"x":1}} "#).unwrap();
         assert_eq!(one.len(), 1);
         assert_eq!(one[0].data().get(), r#"{"x":1}"#);
-        let many = parse(br#"[{"type":"a"},{"type":"b","data":null},{"type":"c","data":[1]}]"#).unwrap();
+        let many =
+            parse(br#"[{"type":"a"},{"type":"b","data":null},{"type":"c","data":[1]}]"#).unwrap();
         let names: Vec<_> = many.iter().map(|e| e.channel().to_string()).collect();
         assert_eq!(names, ["a", "b", "c"]);
         assert_eq!(many[0].data().get(), "{}");
@@ -107,18 +108,32 @@ mod tests {
             (b"[{\"type\":\"a\"},", "invalid_json", None),
             (b"{\"data\":{}}", "invalid_event", None),
             (b"{\"type\":7}", "invalid_event", None),
-            (b"[{\"type\":\"ok\"},{\"type\":\"not ok\"}]", "invalid_event", Some(1)),
+            (
+                b"[{\"type\":\"ok\"},{\"type\":\"not ok\"}]",
+                "invalid_event",
+                Some(1),
+            ),
             (b"[{\"type\":\"ok\"},5]", "invalid_event", Some(1)),
         ];
         for (body, code, index) in cases {
             let e = parse(body).unwrap_err();
-            assert_eq!((e.code, e.index), (code, index), "{}", String::from_utf8_lossy(body));
+            assert_eq!(
+                (e.code, e.index),
+                (code, index),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
         }
     }
 
     #[test]
     fn escaped_type_names_are_unescaped_then_validated() {
-        assert_eq!(parse(br#"{"type":"a\u002eb"}"#).unwrap()[0].channel().as_str(), "a.b");
+        assert_eq!(
+            parse(br#"{"type":"a\u002eb"}"#).unwrap()[0]
+                .channel()
+                .as_str(),
+            "a.b"
+        );
         assert!(parse(br#"{"type":"a\"b"}"#).is_err());
     }
 }

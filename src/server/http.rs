@@ -29,7 +29,11 @@ use crate::protocol::publish;
 pub type ResponseBody = Full<Bytes>;
 
 /// Routes one request.
-pub(crate) async fn route<B>(shared: Arc<Shared>, req: Request<B>, peer: SocketAddr) -> Response<ResponseBody>
+pub(crate) async fn route<B>(
+    shared: Arc<Shared>,
+    req: Request<B>,
+    peer: SocketAddr,
+) -> Response<ResponseBody>
 where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -44,7 +48,11 @@ where
     }
 }
 
-fn upgrade<B>(shared: Arc<Shared>, mut req: Request<B>, peer: SocketAddr) -> Response<ResponseBody> {
+fn upgrade<B>(
+    shared: Arc<Shared>,
+    mut req: Request<B>,
+    peer: SocketAddr,
+) -> Response<ResponseBody> {
     if !fastwebsockets::upgrade::is_upgrade_request(&req) {
         return error(
             StatusCode::UPGRADE_REQUIRED,
@@ -125,13 +133,22 @@ where
 }
 
 fn method_not_allowed(allow: &'static str) -> Response<ResponseBody> {
-    let mut response = error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", &format!("use {allow}"));
-    response.headers_mut().insert(ALLOW, HeaderValue::from_static(allow));
+    let mut response = error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        &format!("use {allow}"),
+    );
+    response
+        .headers_mut()
+        .insert(ALLOW, HeaderValue::from_static(allow));
     response
 }
 
 fn error(status: StatusCode, code: &str, message: &str) -> Response<ResponseBody> {
-    json(status, &serde_json::json!({"error": {"code": code, "message": message}}))
+    json(
+        status,
+        &serde_json::json!({"error": {"code": code, "message": message}}),
+    )
 }
 
 fn json(status: StatusCode, body: &serde_json::Value) -> Response<ResponseBody> {

@@ -73,12 +73,13 @@ impl Server {
     /// Validates `config` and binds its listen address.
     pub async fn bind(config: Config) -> Result<Self, ServeError> {
         config.validate()?;
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| ServeError::Bind {
-                addr: config.listen,
-                source,
-            })?;
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| ServeError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
         let hub = Hub::new(&config);
         Ok(Self {
             listener,
@@ -159,7 +160,10 @@ impl Server {
         shared.hub.close_all(CloseCode::GOING_AWAY);
         shared.tasks.close();
         let deadline = shared.config.shutdown_timeout;
-        if tokio::time::timeout(deadline, shared.tasks.wait()).await.is_err() {
+        if tokio::time::timeout(deadline, shared.tasks.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!(
                 remaining = shared.hub.stats().clients,
                 "shutdown deadline passed; dropping remaining connections"
@@ -182,8 +186,11 @@ async fn heartbeat(shared: &Shared) {
     loop {
         ticks.tick().await;
         let now = SystemTime::now();
-        let event = Event::new("heartbeat", &serde_json::json!({ "server_time": unix_seconds(now) }))
-            .expect("heartbeat is a valid channel");
+        let event = Event::new(
+            "heartbeat",
+            &serde_json::json!({ "server_time": unix_seconds(now) }),
+        )
+        .expect("heartbeat is a valid channel");
         shared.hub.publish_at(&event, now);
     }
 }

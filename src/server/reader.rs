@@ -167,7 +167,10 @@ mod tests {
 
     async fn read_all(wire: Vec<u8>, max: usize) -> Vec<Result<String, ReadEnd>> {
         let (head, tail) = wire.split_at(wire.len() / 3);
-        let stream = Prefixed::new(Bytes::copy_from_slice(head), std::io::Cursor::new(tail.to_vec()));
+        let stream = Prefixed::new(
+            Bytes::copy_from_slice(head),
+            std::io::Cursor::new(tail.to_vec()),
+        );
         let mut reader = MessageReader::new(stream, max);
         let mut out = Vec::new();
         loop {
@@ -210,7 +213,10 @@ mod tests {
                 CloseCode::INVALID_PAYLOAD,
             ),
             (frame(true, 0, b"orphan"), CloseCode::PROTOCOL_ERROR),
-            (frame(false, 9, b"fragmented ping"), CloseCode::PROTOCOL_ERROR),
+            (
+                frame(false, 9, b"fragmented ping"),
+                CloseCode::PROTOCOL_ERROR,
+            ),
             (vec![0xf1, 0x80, 0, 0, 0, 0], CloseCode::PROTOCOL_ERROR),
         ];
         for (wire, code) in cases {
@@ -221,6 +227,9 @@ mod tests {
 
     #[tokio::test]
     async fn eof_is_gone() {
-        assert_eq!(read_all(frame(true, 1, b"x")[..3].to_vec(), 100).await, vec![Err(ReadEnd::Gone)]);
+        assert_eq!(
+            read_all(frame(true, 1, b"x")[..3].to_vec(), 100).await,
+            vec![Err(ReadEnd::Gone)]
+        );
     }
 }

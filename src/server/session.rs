@@ -7,14 +7,14 @@
 //! close frame, the reader waits for the client's) before the socket is dropped.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::reader::{Incoming, MessageReader, ReadEnd};
-use super::writer;
+use super::writer::{self, CLOSE_LINGER};
 use super::Shared;
 use crate::engine::hub::{Client, Rejection, SubscriptionChange};
 use crate::engine::outbox::Closing;
@@ -24,22 +24,28 @@ use crate::protocol::channel::Channel;
 use crate::protocol::close::CloseCode;
 use crate::protocol::message::{self, ChannelList, ClientMessage, CorrelationId, MessageError};
 
-/// How long one half of a closing connection waits for the other.
-pub(crate) const CLOSE_LINGER: Duration = Duration::from_secs(2);
-
 /// The welcome text SigmaVault clients expect.
 pub const WELCOME_MESSAGE: &str = "Welcome to SigmaVault WebSocket";
 
 /// Serves one upgraded connection until it closes.
-pub(crate) async fn run<R, W>(shared: Arc<Shared>, read: R, mut write: W, peer: std::net::SocketAddr)
-where
+pub(crate) async fn run<R, W>(
+    shared: Arc<Shared>,
+    read: R,
+    mut write: W,
+    peer: std::net::SocketAddr,
+) where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
     let config = &shared.config;
     let Ok(mut client) = shared.hub.connect() else {
         tracing::warn!(%peer, "no free client slot; closing");
-        let _ = writer::write_frames(&mut write, &mut [frame::close(CloseCode::INTERNAL_ERROR)]).await;
+        let _ = writer::write_frames(
+            &mut write,
+            &mut [frame::close(CloseCode::INTERNAL_ERROR)],
+            None,
+        )
+        .await;
         return;
     };
     let started = std::time::Instant::now();
@@ -48,7 +54,9 @@ where
     welcome(&mut client, &config.default_subscriptions);
     if shared.shutdown.is_cancelled() {
         // Upgraded while the server was shutting down, possibly after `close_all` ran.
-        client.outbox().close(Closing::AfterFlush(CloseCode::GOING_AWAY));
+        client
+            .outbox()
+            .close(Closing::AfterFlush(CloseCode::GOING_AWAY));
     }
 
     let outbox = client.outbox().clone();
@@ -117,7 +125,10 @@ fn welcome(client: &mut Client, defaults: &[String]) {
 }
 
 /// Reads and answers client messages until the connection should end.
-async fn read_loop<S: AsyncRead + Unpin>(client: &mut Client, reader: &mut MessageReader<S>) -> ReadEnd {
+async fn read_loop<S: AsyncRead + Unpin>(
+    client: &mut Client,
+    reader: &mut MessageReader<S>,
+) -> ReadEnd {
     loop {
         let incoming = match reader.next().await {
             Ok(incoming) => incoming,
@@ -140,11 +151,25 @@ fn handle_message(client: &mut Client, payload: &mut [u8]) {
     let reply = match message::parse(payload) {
         Ok(ClientMessage::Subscribe(list)) => {
             let change = client.subscribe(list.channels.iter().map(String::as_str));
-            subscription_reply("subscribe_response", "subscribed", client, &list, change, now)
+            subscription_reply(
+                "subscribe_response",
+                "subscribed",
+                client,
+                &list,
+                change,
+                now,
+            )
         }
         Ok(ClientMessage::Unsubscribe(list)) => {
             let change = client.unsubscribe(list.channels.iter().map(String::as_str));
-            subscription_reply("unsubscribe_response", "unsubscribed", client, &list, change, now)
+            subscription_reply(
+                "unsubscribe_response",
+                "unsubscribed",
+                client,
+                &list,
+                change,
+                now,
+            )
         }
         Ok(ClientMessage::Ping { correlation_id }) => event::encode_serialize(
             "pong",
@@ -234,7 +259,8 @@ mod tests {
     fn subscribe_reply_lists_changes_rejections_and_the_id() {
         let hub = Hub::new(&Config::default());
         let mut client = hub.connect().unwrap();
-        let mut msg = br#"{"type":"subscribe","correlation_id":"c1","data":{"types":["a","b c"]}}"#.to_vec();
+        let mut msg =
+            br#"{"type":"subscribe","correlation_id":"c1","data":{"types":["a","b c"]}}"#.to_vec();
         handle_message(&mut client, &mut msg);
         let reply = &replies(&client)[0];
         assert_eq!(reply["type"], "subscribe_response");

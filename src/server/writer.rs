@@ -7,7 +7,8 @@
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;
-use std::time::SystemTime;
+use std::task::Poll;
+use std::time::{Duration, SystemTime};
 
 use bytes::{Buf, Bytes};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
@@ -23,8 +24,16 @@ pub(crate) const MAX_IOVECS: usize = 64;
 /// Frames taken from the queue per round.
 const MAX_BATCH: usize = 256;
 
+/// How long a closing connection may take to write its last frames.
+pub(crate) const CLOSE_LINGER: Duration = Duration::from_secs(2);
+
 /// Runs until the connection is closed (close frame written, write side shut down) or the
 /// socket fails. Returns the close code sent, if any.
+///
+/// A close requested with [`Closing::Now`] interrupts a write blocked on a full socket: the
+/// frame being written is completed (so the stream stays well-formed), the rest of the
+/// batch is discarded, and the close frame follows, all within [`CLOSE_LINGER`]. A client
+/// that reads nothing at all is then simply dropped.
 pub(crate) async fn run<W: AsyncWrite + Unpin>(
     outbox: &Outbox,
     socket: &mut W,
@@ -34,7 +43,7 @@ pub(crate) async fn run<W: AsyncWrite + Unpin>(
         outbox.ready().await;
         if let Some(Closing::Now(code)) = outbox.closing() {
             outbox.clear();
-            return finish(socket, code).await;
+            return finish(socket, Vec::new(), code).await;
         }
         let dropped = outbox.take_dropped();
         if dropped > 0 {
@@ -43,11 +52,20 @@ pub(crate) async fn run<W: AsyncWrite + Unpin>(
         outbox.drain_into(&mut batch, MAX_BATCH);
         if batch.is_empty() {
             if let Some(Closing::AfterFlush(code)) = outbox.closing() {
-                return finish(socket, code).await;
+                return finish(socket, Vec::new(), code).await;
             }
             continue;
         }
-        write_frames(socket, &mut batch).await?;
+        if let Written::Interrupted { partial } =
+            write_frames(socket, &mut batch, Some(outbox)).await?
+        {
+            outbox.clear();
+            let code = match outbox.closing() {
+                Some(Closing::Now(code) | Closing::AfterFlush(code)) => code,
+                None => CloseCode::INTERNAL_ERROR,
+            };
+            return finish(socket, partial.into_iter().collect(), code).await;
+        }
         if outbox.is_empty() {
             batch = Vec::new();
         } else {
@@ -56,10 +74,22 @@ pub(crate) async fn run<W: AsyncWrite + Unpin>(
     }
 }
 
-async fn finish<W: AsyncWrite + Unpin>(socket: &mut W, code: CloseCode) -> io::Result<CloseCode> {
-    socket.write_all(&frame::close(code)).await?;
-    socket.shutdown().await?;
-    Ok(code)
+/// Writes `tail` (the rest of an interrupted frame, if any) and the close frame, then shuts
+/// the write side down, giving up after [`CLOSE_LINGER`].
+async fn finish<W: AsyncWrite + Unpin>(
+    socket: &mut W,
+    mut tail: Vec<Bytes>,
+    code: CloseCode,
+) -> io::Result<CloseCode> {
+    tail.push(frame::close(code));
+    let close = async {
+        write_frames(socket, &mut tail, None).await?;
+        socket.shutdown().await
+    };
+    match tokio::time::timeout(CLOSE_LINGER, close).await {
+        Ok(result) => result.map(|()| code),
+        Err(_) => Err(io::ErrorKind::TimedOut.into()),
+    }
 }
 
 /// The `error` message that tells a client under the `drop` policy how many frames it lost.
@@ -76,23 +106,49 @@ fn dropped_notice(dropped: u64) -> Bytes {
     )
 }
 
+/// How a [`write_frames`] call ended.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Written {
+    /// Every frame was written.
+    All,
+    /// An immediate close was requested while the socket was full; `partial` is the unsent
+    /// rest of a frame that was already partly written.
+    Interrupted {
+        /// The remainder of the frame cut in the middle, if any.
+        partial: Option<Bytes>,
+    },
+}
+
 /// Writes every frame in `frames`, consuming them, with as few syscalls as the socket allows.
+/// With `interrupt`, a blocked write gives up when that outbox asks for an immediate close.
 pub(crate) async fn write_frames<W: AsyncWrite + Unpin>(
     socket: &mut W,
     frames: &mut [Bytes],
-) -> io::Result<()> {
+    interrupt: Option<&Outbox>,
+) -> io::Result<Written> {
     let mut first = 0;
+    let mut in_frame = false;
     while first < frames.len() {
         let pending = &frames[first..];
-        let mut written = std::future::poll_fn(|cx| {
+        let written = std::future::poll_fn(|cx| {
             let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
             let n = pending.len().min(MAX_IOVECS);
             for (slice, frame) in slices.iter_mut().zip(pending) {
                 *slice = IoSlice::new(frame);
             }
-            Pin::new(&mut *socket).poll_write_vectored(cx, &slices[..n])
+            match Pin::new(&mut *socket).poll_write_vectored(cx, &slices[..n]) {
+                Poll::Ready(result) => Poll::Ready(result.map(Some)),
+                Poll::Pending => match interrupt {
+                    Some(outbox) if outbox.poll_close_now(cx).is_ready() => Poll::Ready(Ok(None)),
+                    _ => Poll::Pending,
+                },
+            }
         })
         .await?;
+        let Some(mut written) = written else {
+            let partial = in_frame.then(|| std::mem::take(&mut frames[first]));
+            return Ok(Written::Interrupted { partial });
+        };
         if written == 0 {
             return Err(io::ErrorKind::WriteZero.into());
         }
@@ -102,20 +158,22 @@ pub(crate) async fn write_frames<W: AsyncWrite + Unpin>(
                 written -= frame.len();
                 *frame = Bytes::new();
                 first += 1;
+                in_frame = false;
             } else {
                 frame.advance(written);
                 written = 0;
+                in_frame = true;
             }
         }
     }
-    Ok(())
+    Ok(Written::All)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::SlowConsumerPolicy;
-    use std::task::{Context, Poll};
+    use std::task::Context;
 
     /// A socket that takes at most `chunk` bytes per write and counts the calls.
     struct Trickle {
@@ -125,7 +183,11 @@ mod tests {
     }
 
     impl AsyncWrite for Trickle {
-        fn poll_write(mut self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
             let n = buf.len().min(self.chunk);
             self.out.extend_from_slice(&buf[..n]);
             self.calls += 1;
@@ -160,22 +222,39 @@ mod tests {
     }
 
     fn frames(n: usize) -> Vec<Bytes> {
-        (0..n).map(|i| frame::text(format!("{{\"n\":{i}}}").as_bytes())).collect()
+        (0..n)
+            .map(|i| frame::text(format!("{{\"n\":{i}}}").as_bytes()))
+            .collect()
     }
 
     #[tokio::test]
     async fn partial_writes_keep_every_byte_in_order() {
         let frames_in = frames(200);
         let expected: Vec<u8> = frames_in.iter().flat_map(|f| f.to_vec()).collect();
-        let mut sock = Trickle { out: vec![], chunk: 37, calls: 0 };
-        write_frames(&mut sock, &mut frames_in.clone()).await.unwrap();
+        let mut sock = Trickle {
+            out: vec![],
+            chunk: 37,
+            calls: 0,
+        };
+        assert_eq!(
+            write_frames(&mut sock, &mut frames_in.clone(), None)
+                .await
+                .unwrap(),
+            Written::All
+        );
         assert_eq!(sock.out, expected);
     }
 
     #[tokio::test]
     async fn a_burst_is_one_write_when_the_socket_takes_it() {
-        let mut sock = Trickle { out: vec![], chunk: usize::MAX / 2, calls: 0 };
-        write_frames(&mut sock, &mut frames(MAX_IOVECS)).await.unwrap();
+        let mut sock = Trickle {
+            out: vec![],
+            chunk: usize::MAX / 2,
+            calls: 0,
+        };
+        write_frames(&mut sock, &mut frames(MAX_IOVECS), None)
+            .await
+            .unwrap();
         assert_eq!(sock.calls, 1);
     }
 
@@ -186,8 +265,15 @@ mod tests {
             outbox.push(f);
         }
         outbox.close(Closing::AfterFlush(CloseCode::GOING_AWAY));
-        let mut sock = Trickle { out: vec![], chunk: 1 << 20, calls: 0 };
-        assert_eq!(run(&outbox, &mut sock).await.unwrap(), CloseCode::GOING_AWAY);
+        let mut sock = Trickle {
+            out: vec![],
+            chunk: 1 << 20,
+            calls: 0,
+        };
+        assert_eq!(
+            run(&outbox, &mut sock).await.unwrap(),
+            CloseCode::GOING_AWAY
+        );
         let mut expected: Vec<u8> = frames(3).iter().flat_map(|f| f.to_vec()).collect();
         expected.extend_from_slice(&frame::close(CloseCode::GOING_AWAY));
         assert_eq!(sock.out, expected);
@@ -200,8 +286,85 @@ mod tests {
             outbox.push(f);
         }
         outbox.close(Closing::Now(CloseCode::SLOW_CONSUMER));
-        let mut sock = Trickle { out: vec![], chunk: 1 << 20, calls: 0 };
+        let mut sock = Trickle {
+            out: vec![],
+            chunk: 1 << 20,
+            calls: 0,
+        };
         run(&outbox, &mut sock).await.unwrap();
         assert_eq!(sock.out, frame::close(CloseCode::SLOW_CONSUMER).to_vec());
+    }
+
+    /// Takes `budget` bytes, then blocks forever (a client that stopped reading).
+    struct Stuck {
+        out: Vec<u8>,
+        budget: usize,
+    }
+
+    impl AsyncWrite for Stuck {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            let n = buf.len().min(self.budget);
+            if n == 0 {
+                return Poll::Pending;
+            }
+            self.budget -= n;
+            self.out.extend_from_slice(&buf[..n]);
+            Poll::Ready(Ok(n))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn close_now_interrupts_a_blocked_write_mid_frame() {
+        let outbox = Outbox::new(16, SlowConsumerPolicy::Close);
+        let mut sock = Stuck {
+            out: vec![],
+            budget: 5,
+        };
+        let mut batch = frames(3);
+        let first = batch[0].clone();
+        let write = write_frames(&mut sock, &mut batch, Some(&outbox));
+        tokio::pin!(write);
+        assert!(futures_poll(&mut write).is_pending());
+        outbox.close(Closing::Now(CloseCode::SLOW_CONSUMER));
+        let Poll::Ready(Ok(Written::Interrupted { partial })) = futures_poll(&mut write) else {
+            panic!("not interrupted");
+        };
+        assert_eq!(partial.unwrap(), first.slice(5..));
+    }
+
+    fn futures_poll<F: std::future::Future + Unpin>(f: &mut F) -> Poll<F::Output> {
+        let waker = std::task::Waker::noop();
+        Pin::new(f).poll(&mut Context::from_waker(waker))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_reads_nothing_is_dropped_after_the_linger() {
+        let outbox = Outbox::new(16, SlowConsumerPolicy::Close);
+        for f in frames(3) {
+            outbox.push(f);
+        }
+        let mut sock = Stuck {
+            out: vec![],
+            budget: 5,
+        };
+        let run = run(&outbox, &mut sock);
+        tokio::pin!(run);
+        tokio::select! {
+            _ = &mut run => panic!("finished while the socket is stuck"),
+            () = tokio::time::sleep(Duration::from_secs(60)) => {}
+        }
+        outbox.close(Closing::Now(CloseCode::SLOW_CONSUMER));
+        let err = run.await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
     }
 }

@@ -1,0 +1,228 @@
+//! Shared test harness: a real sigmahub server on an ephemeral port, real WebSocket and HTTP
+//! clients, and `eventually` for waiting without sleeps.
+#![allow(dead_code, unreachable_pub, missing_docs)]
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http_body_util::{BodyExt, Full};
+use serde_json::Value;
+use sigmahub::{Config, Hub, Server};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// How long any single wait in a test may take before the test fails.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub hub: Hub,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<Result<(), sigmahub::ServeError>>>,
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        Self::with(|_| {}).await
+    }
+
+    pub async fn with(adjust: impl FnOnce(&mut Config)) -> Self {
+        let mut config = Config::default();
+        config.listen = "127.0.0.1:0".parse().unwrap();
+        adjust(&mut config);
+        let server = Server::bind(config).await.expect("bind");
+        let addr = server.local_addr();
+        let hub = server.hub();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(server.run(async {
+            let _ = stopped.await;
+        }));
+        Self {
+            addr,
+            hub,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+
+    /// Connects a WebSocket client and reads its welcome message.
+    pub async fn client(&self) -> Client {
+        let mut client = self.raw_client().await;
+        let welcome = client.recv().await;
+        assert_eq!(welcome["type"], "notification", "{welcome}");
+        client
+    }
+
+    /// Connects a WebSocket client without reading anything.
+    pub async fn raw_client(&self) -> Client {
+        let (ws, _) = within(tokio_tungstenite::connect_async(self.ws_url()))
+            .await
+            .expect("connect");
+        Client { ws }
+    }
+
+    /// POSTs JSON to the publish API.
+    pub async fn publish(&self, body: &Value) -> (u16, Value) {
+        self.request("POST", "/api/v1/publish", body.to_string().into_bytes())
+            .await
+    }
+
+    /// Sends one HTTP/1.1 request with a real hyper client.
+    pub async fn request(&self, method: &str, path: &str, body: Vec<u8>) -> (u16, Value) {
+        let stream = TcpStream::connect(self.addr).await.expect("connect");
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .expect("handshake");
+        tokio::spawn(conn);
+        let req = hyper::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", self.addr.to_string())
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .unwrap();
+        let response = within(sender.send_request(req)).await.expect("request");
+        let status = response.status().as_u16();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        (status, json)
+    }
+
+    /// Stops the server as SIGTERM would, and waits for it to return.
+    pub async fn shutdown(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        let task = self.task.take().unwrap();
+        within(task).await.unwrap().unwrap();
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+pub struct Client {
+    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+/// What a client read next.
+#[derive(Debug)]
+pub enum Read {
+    Json(Value),
+    Ping,
+    Close(Option<u16>),
+    Ended,
+}
+
+impl Client {
+    /// The next data or control message.
+    pub async fn read(&mut self) -> Read {
+        loop {
+            match within(self.ws.next()).await {
+                None => return Read::Ended,
+                Some(Err(_)) => return Read::Ended,
+                Some(Ok(Message::Text(t))) => {
+                    return Read::Json(serde_json::from_str(&t).expect("server sent invalid JSON"))
+                }
+                Some(Ok(Message::Ping(_))) => return Read::Ping,
+                Some(Ok(Message::Close(frame))) => {
+                    return Read::Close(frame.map(|f| u16::from(f.code)))
+                }
+                Some(Ok(other)) => panic!("unexpected message {other:?}"),
+            }
+        }
+    }
+
+    /// The next JSON message, skipping pings.
+    pub async fn recv(&mut self) -> Value {
+        loop {
+            match self.read().await {
+                Read::Json(v) => return v,
+                Read::Ping => continue,
+                other => panic!("expected a message, got {other:?}"),
+            }
+        }
+    }
+
+    /// The next JSON message of type `kind`, skipping others (heartbeats, pings).
+    pub async fn recv_type(&mut self, kind: &str) -> Value {
+        loop {
+            let v = self.recv().await;
+            if v["type"] == kind {
+                return v;
+            }
+        }
+    }
+
+    /// Reads until the server closes, returning the close code (skipping anything before).
+    pub async fn closed(&mut self) -> Option<u16> {
+        loop {
+            match self.read().await {
+                Read::Close(code) => return code,
+                Read::Ended => return None,
+                _ => continue,
+            }
+        }
+    }
+
+    pub async fn send(&mut self, value: &Value) {
+        self.send_text(&value.to_string()).await;
+    }
+
+    pub async fn send_text(&mut self, text: &str) {
+        within(self.ws.send(Message::text(text)))
+            .await
+            .expect("send");
+    }
+
+    pub async fn send_message(&mut self, message: Message) {
+        within(self.ws.send(message)).await.expect("send");
+    }
+
+    /// Subscribes and returns the `subscribe_response`.
+    pub async fn subscribe(&mut self, channels: &[&str]) -> Value {
+        self.send(&serde_json::json!({"type": "subscribe", "data": {"channels": channels}}))
+            .await;
+        self.recv_type("subscribe_response").await
+    }
+
+    pub async fn close(mut self) {
+        let _ = self
+            .ws
+            .close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame {
+                code: CloseCode::Normal,
+                reason: "".into(),
+            }))
+            .await;
+    }
+}
+
+/// Awaits `f`, failing the test after [`DEADLINE`].
+pub async fn within<F: Future>(f: F) -> F::Output {
+    tokio::time::timeout(DEADLINE, f)
+        .await
+        .expect("timed out waiting")
+}
+
+/// Polls `check` until it returns true, failing the test after [`DEADLINE`].
+pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let start = tokio::time::Instant::now();
+    while !check() {
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
