@@ -14,6 +14,7 @@
 //! asks every client to flush its queue and close with 1001 (going away), and waits up to
 //! `shutdown_timeout` for them before returning.
 
+mod gate;
 mod http;
 mod reader;
 mod session;

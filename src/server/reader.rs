@@ -8,6 +8,11 @@
 //! limit), UTF-8 validation of reassembled text, and the mapping of every failure to a close
 //! code. Control frames are returned as they come, so the session answers pings through the
 //! client's ordered queue.
+//!
+//! # Memory
+//! The fastwebsockets reader (and its 8 KiB buffer) exists only while a message is being
+//! read: between messages the connection waits in [`FrameGate::wait`] with no buffer, and
+//! the gate guarantees that dropping the reader after a frame loses no bytes.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -16,6 +21,7 @@ use bytes::{Buf, Bytes};
 use fastwebsockets::{OpCode, WebSocketError, WebSocketRead};
 use tokio::io::{AsyncRead, ReadBuf};
 
+use super::gate::{FrameGate, UnmaskedFrame};
 use crate::protocol::close::CloseCode;
 
 /// A complete client message or control frame.
@@ -41,75 +47,100 @@ pub(crate) enum ReadEnd {
 }
 
 pub(crate) struct MessageReader<S> {
-    ws: WebSocketRead<S>,
+    gate: FrameGate<S>,
     max_message_size: usize,
     partial: Option<Vec<u8>>,
 }
 
 impl<S: AsyncRead + Unpin> MessageReader<S> {
     pub(crate) fn new(stream: S, max_message_size: usize) -> Self {
+        Self {
+            gate: FrameGate::new(stream),
+            max_message_size,
+            partial: None,
+        }
+    }
+
+    /// A fastwebsockets reader over the gate, configured for sigmahub.
+    fn frames(&mut self) -> WebSocketRead<&mut FrameGate<S>> {
         let (mut ws, _) = fastwebsockets::after_handshake_split(
-            stream,
+            &mut self.gate,
             tokio::io::sink(),
             fastwebsockets::Role::Server,
         );
         ws.set_auto_close(false);
         ws.set_auto_pong(false);
         // fastwebsockets refuses a frame whose length is >= the limit.
-        ws.set_max_message_size(max_message_size + 1);
-        Self {
-            ws,
-            max_message_size,
-            partial: None,
-        }
+        ws.set_max_message_size(self.max_message_size + 1);
+        ws
     }
 
     /// Reads until a whole message or a control frame is available. Not cancel-safe: keep
     /// the future alive until it completes.
     pub(crate) async fn next(&mut self) -> Result<Incoming, ReadEnd> {
-        loop {
-            let frame = self
-                .ws
+        if self.gate.at_boundary() {
+            match self.gate.wait().await {
+                Ok(true) => {}
+                Ok(false) => return Err(ReadEnd::Gone),
+                Err(e) => return Err(read_end(WebSocketError::IoError(e))),
+            }
+        }
+        let max_message_size = self.max_message_size;
+        let mut partial = self.partial.take();
+        let mut ws = self.frames();
+        let result = loop {
+            let frame = match ws
                 .read_frame(&mut |_| std::future::ready(Ok::<(), std::convert::Infallible>(())))
                 .await
-                .map_err(read_end)?;
+            {
+                Ok(frame) => frame,
+                Err(e) => break Err(read_end(e)),
+            };
             match frame.opcode {
-                OpCode::Close => return Ok(Incoming::Close),
-                OpCode::Ping => return Ok(Incoming::Ping(Bytes::copy_from_slice(&frame.payload))),
-                OpCode::Pong => return Ok(Incoming::Pong),
-                OpCode::Binary => return Err(ReadEnd::Violation(CloseCode::UNSUPPORTED_DATA)),
-                OpCode::Text if self.partial.is_some() => {
-                    return Err(ReadEnd::Violation(CloseCode::PROTOCOL_ERROR))
+                OpCode::Close => break Ok(Incoming::Close),
+                OpCode::Ping => break Ok(Incoming::Ping(Bytes::copy_from_slice(&frame.payload))),
+                OpCode::Pong => break Ok(Incoming::Pong),
+                OpCode::Binary => break Err(ReadEnd::Violation(CloseCode::UNSUPPORTED_DATA)),
+                OpCode::Text if partial.is_some() => {
+                    break Err(ReadEnd::Violation(CloseCode::PROTOCOL_ERROR))
                 }
                 OpCode::Text if frame.fin => {
                     // fastwebsockets validated the UTF-8 of this unfragmented message.
-                    return Ok(Incoming::Text(frame.payload.into()));
+                    break Ok(Incoming::Text(frame.payload.into()));
                 }
-                OpCode::Text => self.partial = Some(frame.payload.into()),
+                OpCode::Text => partial = Some(frame.payload.into()),
                 OpCode::Continuation => {
-                    let Some(partial) = self.partial.as_mut() else {
-                        return Err(ReadEnd::Violation(CloseCode::PROTOCOL_ERROR));
+                    let Some(message) = partial.as_mut() else {
+                        break Err(ReadEnd::Violation(CloseCode::PROTOCOL_ERROR));
                     };
-                    if partial.len() + frame.payload.len() > self.max_message_size {
-                        return Err(ReadEnd::Violation(CloseCode::MESSAGE_TOO_BIG));
+                    if message.len() + frame.payload.len() > max_message_size {
+                        break Err(ReadEnd::Violation(CloseCode::MESSAGE_TOO_BIG));
                     }
-                    partial.extend_from_slice(&frame.payload);
+                    message.extend_from_slice(&frame.payload);
                     if frame.fin {
-                        let message = self.partial.take().expect("checked above");
+                        let message = partial.take().expect("checked above");
                         if std::str::from_utf8(&message).is_err() {
-                            return Err(ReadEnd::Violation(CloseCode::INVALID_PAYLOAD));
+                            break Err(ReadEnd::Violation(CloseCode::INVALID_PAYLOAD));
                         }
-                        return Ok(Incoming::Text(message));
+                        break Ok(Incoming::Text(message));
                     }
                 }
             }
-        }
+        };
+        drop(ws);
+        // A fragmented message in progress survives the reader; the gate guarantees the
+        // reader buffered nothing beyond the frames it returned.
+        self.partial = partial;
+        result
     }
 }
 
 fn read_end(e: WebSocketError) -> ReadEnd {
     use WebSocketError as E;
     match e {
+        E::IoError(e) if e.get_ref().is_some_and(|inner| inner.is::<UnmaskedFrame>()) => {
+            ReadEnd::Violation(CloseCode::PROTOCOL_ERROR)
+        }
         E::UnexpectedEOF | E::ConnectionClosed | E::IoError(_) => ReadEnd::Gone,
         E::FrameTooLarge => ReadEnd::Violation(CloseCode::MESSAGE_TOO_BIG),
         E::InvalidUTF8 => ReadEnd::Violation(CloseCode::INVALID_PAYLOAD),
@@ -125,6 +156,13 @@ pub(crate) struct Prefixed<R> {
 
 impl<R> Prefixed<R> {
     pub(crate) fn new(prefix: Bytes, inner: R) -> Self {
+        // `prefix` is a slice of hyper's read buffer (8 KiB or more): keep it only while it
+        // holds bytes, so the connection does not pin that buffer for its whole life.
+        let prefix = if prefix.is_empty() {
+            Bytes::new()
+        } else {
+            prefix
+        };
         Self { prefix, inner }
     }
 }
@@ -139,6 +177,9 @@ impl<R: AsyncRead + Unpin> AsyncRead for Prefixed<R> {
             let n = self.prefix.len().min(buf.remaining());
             buf.put_slice(&self.prefix[..n]);
             self.prefix.advance(n);
+            if self.prefix.is_empty() {
+                self.prefix = Bytes::new();
+            }
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut self.inner).poll_read(cx, buf)
@@ -218,6 +259,7 @@ mod tests {
                 CloseCode::PROTOCOL_ERROR,
             ),
             (vec![0xf1, 0x80, 0, 0, 0, 0], CloseCode::PROTOCOL_ERROR),
+            (vec![0x81, 0x02, b'h', b'i'], CloseCode::PROTOCOL_ERROR),
         ];
         for (wire, code) in cases {
             let got = read_all(wire, 150).await;

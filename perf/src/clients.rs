@@ -1,0 +1,209 @@
+//! The subscribers: real WebSocket connections, spread over several source addresses.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures_util::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use serde::Deserialize;
+use tokio::net::TcpSocket;
+use tokio::sync::Semaphore;
+use tokio_tungstenite::tungstenite::Message;
+
+const SHARDS: usize = 16;
+
+/// Counters shared by every client.
+pub struct Tally {
+    pub connected: AtomicUsize,
+    pub ready: AtomicUsize,
+    pub failed: AtomicUsize,
+    pub received: AtomicU64,
+    pub gaps: AtomicU64,
+    pub duplicates: AtomicU64,
+    pub closed: Mutex<std::collections::BTreeMap<String, u64>>,
+    latency: Vec<Mutex<Histogram<u64>>>,
+}
+
+impl Tally {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self {
+            connected: AtomicUsize::new(0),
+            ready: AtomicUsize::new(0),
+            failed: AtomicUsize::new(0),
+            received: AtomicU64::new(0),
+            gaps: AtomicU64::new(0),
+            duplicates: AtomicU64::new(0),
+            closed: Mutex::new(Default::default()),
+            latency: (0..SHARDS)
+                .map(|_| Mutex::new(Histogram::new_with_bounds(1, 120_000_000, 3).unwrap()))
+                .collect(),
+        })
+    }
+
+    /// Publish-to-receipt latency of every event, in microseconds.
+    pub fn latency(&self) -> Histogram<u64> {
+        let mut all = Histogram::new_with_bounds(1, 120_000_000, 3).unwrap();
+        for shard in &self.latency {
+            all.add(&*shard.lock().unwrap()).unwrap();
+        }
+        all
+    }
+
+    fn closed(&self, why: String) {
+        *self.closed.lock().unwrap().entry(why).or_default() += 1;
+    }
+}
+
+#[derive(Deserialize)]
+struct Envelope {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    data: Option<Data>,
+}
+
+#[derive(Deserialize)]
+struct Data {
+    seq: Option<u64>,
+    t: Option<u64>,
+}
+
+pub struct Plan {
+    pub server: SocketAddr,
+    pub sources: Vec<IpAddr>,
+    pub channel: String,
+    pub clients: usize,
+}
+
+/// Opens every connection (at most 256 handshakes at a time) and runs each until `stop`.
+pub async fn spawn_all(
+    plan: Plan,
+    tally: Arc<Tally>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let gate = Arc::new(Semaphore::new(256));
+    let plan = Arc::new(plan);
+    (0..plan.clients)
+        .map(|i| {
+            let (plan, tally, gate, stop) =
+                (plan.clone(), tally.clone(), gate.clone(), stop.clone());
+            tokio::spawn(async move {
+                let permit = gate.acquire_owned().await.unwrap();
+                let source = plan.sources[i % plan.sources.len()];
+                match run(i, &plan, source, &tally, permit, stop).await {
+                    Ok(()) => {}
+                    Err(e) => {
+                        tally.failed.fetch_add(1, Ordering::Relaxed);
+                        tally.closed(format!("error: {e}"));
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
+async fn run(
+    i: usize,
+    plan: &Plan,
+    source: IpAddr,
+    tally: &Tally,
+    permit: tokio::sync::OwnedSemaphorePermit,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let socket = TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(source, 0))?;
+    let stream = socket.connect(plan.server).await?;
+    let url = format!("ws://{}/ws", plan.server);
+    let (mut ws, _) = tokio_tungstenite::client_async(url, stream).await?;
+    tally.connected.fetch_add(1, Ordering::Relaxed);
+    let subscribe = serde_json::json!({"type": "subscribe", "data": {"channels": [plan.channel]}});
+    ws.send(Message::text(subscribe.to_string())).await?;
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(t))) if t.contains("\"subscribe_response\"") => break,
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => return Err(e.into()),
+            None => return Err("closed before subscribing".into()),
+        }
+    }
+    drop(permit);
+    tally.ready.fetch_add(1, Ordering::Relaxed);
+
+    let shard = &tally.latency[i % SHARDS];
+    let mut samples: Vec<u64> = Vec::new();
+    let mut last_seq: Option<u64> = None;
+    let flush = |samples: &mut Vec<u64>| {
+        if !samples.is_empty() {
+            let mut h = shard.lock().unwrap();
+            for s in samples.drain(..) {
+                let _ = h.record(s.max(1));
+            }
+        }
+    };
+    loop {
+        let message = tokio::select! {
+            m = ws.next() => m,
+            _ = stop.changed() => break,
+        };
+        match message {
+            Some(Ok(Message::Text(text))) => {
+                let now = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos() as u64;
+                let Ok(envelope) = serde_json::from_str::<Envelope>(&text) else {
+                    continue;
+                };
+                if envelope.kind != plan.channel {
+                    continue;
+                }
+                let Some(Data {
+                    seq: Some(seq),
+                    t: Some(sent),
+                }) = envelope.data
+                else {
+                    continue;
+                };
+                tally.received.fetch_add(1, Ordering::Relaxed);
+                match last_seq {
+                    Some(last) if seq <= last => {
+                        tally.duplicates.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Some(last) if seq > last + 1 => {
+                        tally.gaps.fetch_add(seq - last - 1, Ordering::Relaxed);
+                    }
+                    _ => {}
+                }
+                last_seq = Some(seq);
+                samples.push(now.saturating_sub(sent) / 1_000);
+                if samples.len() >= 256 {
+                    flush(&mut samples);
+                }
+            }
+            Some(Ok(Message::Close(frame))) => {
+                flush(&mut samples);
+                tally.closed(format!(
+                    "close {}",
+                    frame.map(|f| u16::from(f.code)).unwrap_or(1005)
+                ));
+                return Ok(());
+            }
+            Some(Ok(_)) => {}
+            Some(Err(e)) => {
+                flush(&mut samples);
+                tally.closed(format!("error: {e}"));
+                return Ok(());
+            }
+            None => {
+                flush(&mut samples);
+                tally.closed("eof".into());
+                return Ok(());
+            }
+        }
+    }
+    flush(&mut samples);
+    let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(None)).await;
+    Ok(())
+}

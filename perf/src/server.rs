@@ -1,0 +1,101 @@
+//! The server under test: spawned by the generator, or an existing process by pid. Its CPU
+//! time and resident memory are read from /proc.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::process::{Child, Command};
+
+/// CPU seconds (user + system) and resident set size of a process.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Usage {
+    pub cpu_seconds: f64,
+    pub rss_bytes: u64,
+}
+
+pub struct Server {
+    pub pid: u32,
+    child: Option<Child>,
+    ticks_per_second: f64,
+}
+
+impl Server {
+    /// Spawns `binary` listening on `listen` with `args`, and waits until it accepts.
+    pub async fn spawn(binary: &str, listen: &str, args: &[String]) -> std::io::Result<Self> {
+        let child = Command::new(binary)
+            .arg("--listen")
+            .arg(listen)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()?;
+        let pid = child.id().expect("a spawned child has a pid");
+        for _ in 0..200 {
+            if tokio::net::TcpStream::connect(listen).await.is_ok() {
+                return Ok(Self {
+                    pid,
+                    child: Some(child),
+                    ticks_per_second: ticks_per_second(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        Err(std::io::Error::other(format!(
+            "{binary} did not start listening on {listen}"
+        )))
+    }
+
+    /// An already running server.
+    pub fn existing(pid: u32) -> Self {
+        Self {
+            pid,
+            child: None,
+            ticks_per_second: ticks_per_second(),
+        }
+    }
+
+    pub fn usage(&self) -> Usage {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).unwrap_or_default();
+        // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+        let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        let ticks = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|f| f.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        let cpu_seconds = (ticks(11) + ticks(12)) / self.ticks_per_second;
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid)).unwrap_or_default();
+        let rss_kib = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            .unwrap_or(0);
+        Usage {
+            cpu_seconds,
+            rss_bytes: rss_kib * 1024,
+        }
+    }
+
+    /// Stops a spawned server with SIGTERM and waits for it.
+    pub async fn stop(mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &self.pid.to_string()])
+                .status();
+            let _ = tokio::time::timeout(Duration::from_secs(15), child.wait()).await;
+        }
+    }
+}
+
+fn ticks_per_second() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok()?.trim().parse().ok())
+        .unwrap_or(100.0)
+}
