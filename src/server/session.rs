@@ -69,7 +69,7 @@ pub(crate) async fn run<R, W>(
         written = &mut write_half => {
             // Our close frame is out (or the socket failed): give the client a moment to
             // answer it, so the socket is not reset under the close frame.
-            let _ = tokio::time::timeout(CLOSE_LINGER, &mut read_half).await;
+            let _ = Box::pin(tokio::time::timeout(CLOSE_LINGER, &mut read_half)).await;
             match written {
                 Ok(code) => format!("closed by server: {code}"),
                 Err(e) => format!("write failed: {e}"),
@@ -81,7 +81,7 @@ pub(crate) async fn run<R, W>(
                 ReadEnd::Gone => CloseCode::NORMAL,
             };
             outbox.close(Closing::Now(code));
-            let _ = tokio::time::timeout(CLOSE_LINGER, &mut write_half).await;
+            let _ = Box::pin(tokio::time::timeout(CLOSE_LINGER, &mut write_half)).await;
             match end {
                 ReadEnd::Gone => "client went away".to_owned(),
                 ReadEnd::Violation(code) => format!("closed: {code}"),

@@ -43,7 +43,7 @@ pub(crate) async fn run<W: AsyncWrite + Unpin>(
         outbox.ready().await;
         if let Some(Closing::Now(code)) = outbox.closing() {
             outbox.clear();
-            return finish(socket, Vec::new(), code).await;
+            return Box::pin(finish(socket, Vec::new(), code)).await;
         }
         let dropped = outbox.take_dropped();
         if dropped > 0 {
@@ -52,7 +52,7 @@ pub(crate) async fn run<W: AsyncWrite + Unpin>(
         outbox.drain_into(&mut batch, MAX_BATCH);
         if batch.is_empty() {
             if let Some(Closing::AfterFlush(code)) = outbox.closing() {
-                return finish(socket, Vec::new(), code).await;
+                return Box::pin(finish(socket, Vec::new(), code)).await;
             }
             continue;
         }
@@ -64,7 +64,7 @@ pub(crate) async fn run<W: AsyncWrite + Unpin>(
                 Some(Closing::Now(code) | Closing::AfterFlush(code)) => code,
                 None => CloseCode::INTERNAL_ERROR,
             };
-            return finish(socket, partial.into_iter().collect(), code).await;
+            return Box::pin(finish(socket, partial.into_iter().collect(), code)).await;
         }
         if outbox.is_empty() {
             batch = Vec::new();
@@ -75,7 +75,8 @@ pub(crate) async fn run<W: AsyncWrite + Unpin>(
 }
 
 /// Writes `tail` (the rest of an interrupted frame, if any) and the close frame, then shuts
-/// the write side down, giving up after [`CLOSE_LINGER`].
+/// the write side down, giving up after [`CLOSE_LINGER`]. Callers box this future: it runs
+/// once per connection, and keeping it out of line keeps every idle connection smaller.
 async fn finish<W: AsyncWrite + Unpin>(
     socket: &mut W,
     mut tail: Vec<Bytes>,
