@@ -1,7 +1,7 @@
 //! Events and the one function that writes sigmahub's message envelope.
 //!
 //! Every server message is `{"type": T, "timestamp": "<RFC 3339 UTC>", "data": {…}}`, with an
-//! optional top-level `correlation_id` on replies. [`encode`] writes that envelope straight
+//! optional top-level `correlation_id` on replies. One function writes that envelope straight
 //! into a [`FrameBuf`], so an event becomes a ready-to-send frame in one pass.
 
 use std::time::SystemTime;

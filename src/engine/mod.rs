@@ -1,7 +1,7 @@
 //! The broadcast engine: sans-IO, clock-free, lock-free on the publish path.
 //!
 //! - [`hub`]: clients, subscriptions and publishing (the public [`Hub`](hub::Hub)).
-//! - [`topics`]: channel names to subscriber sets, sharded.
+//! - `topics`: channel names to subscriber sets, sharded (private).
 //! - [`bitset`]: a channel's subscriber set, copy-on-write in chunks.
 //! - [`slots`]: slot ids to outboxes, with epoch-protected reuse.
 //! - [`outbox`]: a client's bounded queue of ready frames.

@@ -131,19 +131,14 @@ pub enum Read {
 impl Client {
     /// The next data or control message.
     pub async fn read(&mut self) -> Read {
-        loop {
-            match within(self.ws.next()).await {
-                None => return Read::Ended,
-                Some(Err(_)) => return Read::Ended,
-                Some(Ok(Message::Text(t))) => {
-                    return Read::Json(serde_json::from_str(&t).expect("server sent invalid JSON"))
-                }
-                Some(Ok(Message::Ping(_))) => return Read::Ping,
-                Some(Ok(Message::Close(frame))) => {
-                    return Read::Close(frame.map(|f| u16::from(f.code)))
-                }
-                Some(Ok(other)) => panic!("unexpected message {other:?}"),
+        match within(self.ws.next()).await {
+            None | Some(Err(_)) => Read::Ended,
+            Some(Ok(Message::Text(t))) => {
+                Read::Json(serde_json::from_str(&t).expect("server sent invalid JSON"))
             }
+            Some(Ok(Message::Ping(_))) => Read::Ping,
+            Some(Ok(Message::Close(frame))) => Read::Close(frame.map(|f| u16::from(f.code))),
+            Some(Ok(other)) => panic!("unexpected message {other:?}"),
         }
     }
 

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Every check and test of sigmahub: what CI runs, and what to run before every commit.
+# Works on a fresh machine of ours with only the Rust toolchain; it installs anything else
+# it needs. The test suites run last, so the closing lines are cargo's test summary.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "format"
+cargo fmt --all -- --check
+
+step "clippy (all targets, warnings are errors)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "docs (warnings are errors)"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
+
+step "benchmarks and the load generator build"
+cargo bench --workspace --no-run --locked
+
+step "the embedding example runs"
+cargo run --locked --example embedded -- --once
+
+step "tests"
+cargo test --workspace --locked
