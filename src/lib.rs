@@ -33,3 +33,8 @@ pub use event::{Event, EventError};
 pub use protocol::channel::Channel;
 pub use protocol::close::CloseCode;
 pub use server::{ServeError, Server};
+
+/// The README's Rust examples, compiled as doc tests so that they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

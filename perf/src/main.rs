@@ -130,8 +130,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         }
         (Some(published), server.usage())
     };
-    let _ = stop.send(true);
+    // Clients that ended before the stop signal were closed by the server (see `closed`).
     let still_connected = handles.iter().filter(|h| !h.is_finished()).count();
+    let _ = stop.send(true);
     for handle in handles {
         let _ = handle.await;
     }

@@ -55,6 +55,7 @@ pub async fn run(
             .header("host", server.to_string())
             .header("content-type", "application/json")
             .body(Full::new(Bytes::from(body)))?;
+        sender.ready().await?;
         let response = sender.send_request(request).await?;
         let status = response.status();
         let reply: serde_json::Value =

@@ -141,9 +141,55 @@ impl Hub {
         self.publish_frame(event.channel(), &event.to_frame(now))
     }
 
+    /// Publishes `events` in order, all stamped with `now`.
+    ///
+    /// Every event is queued for every subscriber before any writer is woken, so a writer
+    /// finds the whole batch in its queue and sends it with one vectored write instead of
+    /// racing the publisher frame by frame.
+    pub fn publish_batch(&self, events: &[Event], now: SystemTime) -> Delivery {
+        if let [event] = events {
+            return self.publish_at(event, now);
+        }
+        thread_local! {
+            static OWED: std::cell::RefCell<Vec<Arc<Outbox>>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        OWED.with(|owed| {
+            let mut owed = owed.borrow_mut();
+            let mut delivery = Delivery::default();
+            for event in events {
+                if self.subscriber_count(event.channel()) == 0 {
+                    self.shared.published.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                let frame = event.to_frame(now);
+                delivery += self.fan_out(event.channel(), &frame, |outbox, frame| {
+                    let (push, wake) = outbox.push_deferred(frame);
+                    if wake {
+                        owed.push(Arc::clone(outbox));
+                    }
+                    push
+                });
+            }
+            for outbox in owed.drain(..) {
+                outbox.wake();
+            }
+            delivery
+        })
+    }
+
     /// Fans an already encoded frame out to the subscribers of `channel`.
     #[inline]
     pub fn publish_frame(&self, channel: &str, frame: &Bytes) -> Delivery {
+        self.fan_out(channel, frame, |outbox, frame| outbox.push(frame))
+    }
+
+    #[inline]
+    fn fan_out(
+        &self,
+        channel: &str,
+        frame: &Bytes,
+        mut push: impl FnMut(&Arc<Outbox>, Bytes) -> Push,
+    ) -> Delivery {
         let shared = &*self.shared;
         let mut delivery = Delivery::default();
         let guard = crossbeam_epoch::pin();
@@ -152,10 +198,10 @@ impl Hub {
                 let Some(entry) = shared.slots.get(slot, &guard) else {
                     return;
                 };
-                let Some(outbox) = entry.as_deref() else {
+                let Some(outbox) = entry.as_ref() else {
                     return;
                 };
-                match outbox.push(frame.clone()) {
+                match push(outbox, frame.clone()) {
                     Push::Queued => delivery.queued += 1,
                     Push::Overflowed => delivery.overflowed += 1,
                     Push::Dropped => delivery.dropped += 1,
@@ -424,6 +470,24 @@ mod tests {
         let codes: Vec<_> = change.rejected.iter().map(|r| r.code).collect();
         assert_eq!(codes, ["invalid_channel", "subscription_limit"]);
         assert_eq!(a.subscriptions().len(), 2);
+    }
+
+    #[test]
+    fn a_batch_is_queued_in_order_and_counted() {
+        let hub = hub();
+        let mut a = hub.connect().unwrap();
+        let mut b = hub.connect().unwrap();
+        a.subscribe(["x", "y"]);
+        b.subscribe(["y"]);
+        let events: Vec<_> = ["x", "y", "z", "x"]
+            .iter()
+            .map(|c| Event::new(c, &serde_json::json!({"c": c})).unwrap())
+            .collect();
+        let d = hub.publish_batch(&events, SystemTime::UNIX_EPOCH);
+        assert_eq!(d.queued, 4);
+        assert_eq!(drain(&a).len(), 3);
+        assert_eq!(drain(&b).len(), 1);
+        assert_eq!(hub.stats().published, 4);
     }
 
     #[test]

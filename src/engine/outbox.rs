@@ -88,11 +88,24 @@ impl Outbox {
         }
     }
 
-    /// Queues `frame`, applying the slow-consumer policy when the queue is full.
+    /// Queues `frame`, applying the slow-consumer policy when the queue is full, and wakes
+    /// the writer if the queue was empty.
     #[inline]
     pub fn push(&self, frame: Bytes) -> Push {
+        let (push, wake) = self.push_deferred(frame);
+        if wake {
+            self.wake();
+        }
+        push
+    }
+
+    /// Queues `frame` like [`push`](Self::push) but leaves the wake-up to the caller: when
+    /// the second value is true the queue was empty, and the caller must call
+    /// [`wake`](Self::wake) once it has queued the rest of its batch.
+    #[inline]
+    pub fn push_deferred(&self, frame: Bytes) -> (Push, bool) {
         if self.state.load(Ordering::Acquire) != OPEN {
-            return Push::Closed;
+            return (Push::Closed, false);
         }
         let before = self.len.fetch_add(1, Ordering::AcqRel);
         if before >= self.capacity {
@@ -100,19 +113,22 @@ impl Outbox {
             return match self.policy {
                 SlowConsumerPolicy::Close => {
                     self.close(Closing::Now(CloseCode::SLOW_CONSUMER));
-                    Push::Overflowed
+                    (Push::Overflowed, false)
                 }
                 SlowConsumerPolicy::Drop => {
                     self.dropped.fetch_add(1, Ordering::Relaxed);
-                    Push::Dropped
+                    (Push::Dropped, false)
                 }
             };
         }
         self.queue.push(frame);
-        if before == 0 {
-            self.waker.wake();
-        }
-        Push::Queued
+        (Push::Queued, before == 0)
+    }
+
+    /// Wakes the writer.
+    #[inline]
+    pub fn wake(&self) {
+        self.waker.wake();
     }
 
     /// Queues a keep-alive ping and starts waiting for the client's answer.
@@ -298,6 +314,19 @@ mod tests {
         assert!(outbox.poll_ready(&mut cx).is_pending());
         outbox.push(frame(4));
         assert_eq!(counter.0.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn deferred_pushes_owe_one_wake() {
+        let outbox = Outbox::new(8, SlowConsumerPolicy::Close);
+        let counter = Arc::new(Counter(AtomicUsize::new(0)));
+        let waker = std::task::Waker::from(counter.clone());
+        assert!(outbox.poll_ready(&mut Context::from_waker(&waker)).is_pending());
+        assert_eq!(outbox.push_deferred(frame(1)), (Push::Queued, true));
+        assert_eq!(outbox.push_deferred(frame(2)), (Push::Queued, false));
+        assert_eq!(counter.0.load(Ordering::SeqCst), 0);
+        outbox.wake();
+        assert_eq!(counter.0.load(Ordering::SeqCst), 1);
     }
 
     #[test]

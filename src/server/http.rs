@@ -22,7 +22,6 @@ use tokio::net::TcpStream;
 
 use super::reader::Prefixed;
 use super::{session, Shared};
-use crate::engine::hub::Delivery;
 use crate::protocol::publish;
 
 /// The response body type of every sigmahub route.
@@ -116,11 +115,7 @@ where
             return json(StatusCode::BAD_REQUEST, &body);
         }
     };
-    let now = SystemTime::now();
-    let mut total = Delivery::default();
-    for event in &events {
-        total += shared.hub.publish_at(event, now);
-    }
+    let total = shared.hub.publish_batch(&events, SystemTime::now());
     json(
         StatusCode::OK,
         &serde_json::json!({
