@@ -1,6 +1,9 @@
 //! Subscribe and unsubscribe while 100k clients are subscribed to the same channel: the
 //! copy-on-write cost must stay proportional to one chunk, not to the client count.
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use sigmahub::{Config, Hub};
 

@@ -2,6 +2,9 @@
 //! queue (as its writer would) inside the timed region. Throughput is in delivered frames.
 
 use bytes::Bytes;
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use sigmahub::{Config, Hub};
 

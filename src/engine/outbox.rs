@@ -321,7 +321,9 @@ mod tests {
         let outbox = Outbox::new(8, SlowConsumerPolicy::Close);
         let counter = Arc::new(Counter(AtomicUsize::new(0)));
         let waker = std::task::Waker::from(counter.clone());
-        assert!(outbox.poll_ready(&mut Context::from_waker(&waker)).is_pending());
+        assert!(outbox
+            .poll_ready(&mut Context::from_waker(&waker))
+            .is_pending());
         assert_eq!(outbox.push_deferred(frame(1)), (Push::Queued, true));
         assert_eq!(outbox.push_deferred(frame(2)), (Push::Queued, false));
         assert_eq!(counter.0.load(Ordering::SeqCst), 0);
