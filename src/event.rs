@@ -118,13 +118,6 @@ pub(crate) fn encode_serialize(
     })
 }
 
-/// Formats `now` as RFC 3339 UTC with milliseconds.
-pub fn rfc3339(now: SystemTime) -> String {
-    let mut s = FrameBuf::with_capacity(24);
-    write_timestamp(&mut s, now);
-    String::from_utf8(s.payload().to_vec()).expect("timestamps are ASCII")
-}
-
 fn write_timestamp(buf: &mut FrameBuf, now: SystemTime) {
     OffsetDateTime::from(now)
         .format_into(&mut buf.writer(), RFC3339_MILLIS)

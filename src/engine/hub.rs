@@ -132,13 +132,14 @@ impl Hub {
         self.publish_at(event, SystemTime::now())
     }
 
-    /// Publishes `event` stamped with `now`.
+    /// Publishes `event` stamped with `now`. The event is encoded only if it has
+    /// subscribers.
     pub fn publish_at(&self, event: &Event, now: SystemTime) -> Delivery {
-        if self.subscriber_count(event.channel()) == 0 {
-            self.shared.published.fetch_add(1, Ordering::Relaxed);
-            return Delivery::default();
-        }
-        self.publish_frame(event.channel(), &event.to_frame(now))
+        self.fan_out(
+            event.channel(),
+            || event.to_frame(now),
+            |outbox, frame| outbox.push(frame),
+        )
     }
 
     /// Publishes `events` in order, all stamped with `now`.
@@ -157,12 +158,8 @@ impl Hub {
             let mut owed = owed.borrow_mut();
             let mut delivery = Delivery::default();
             for event in events {
-                if self.subscriber_count(event.channel()) == 0 {
-                    self.shared.published.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                }
-                let frame = event.to_frame(now);
-                delivery += self.fan_out(event.channel(), &frame, |outbox, frame| {
+                let frame = || event.to_frame(now);
+                delivery += self.fan_out(event.channel(), frame, |outbox, frame| {
                     let (push, wake) = outbox.push_deferred(frame);
                     if wake {
                         owed.push(Arc::clone(outbox));
@@ -180,20 +177,30 @@ impl Hub {
     /// Fans an already encoded frame out to the subscribers of `channel`.
     #[inline]
     pub fn publish_frame(&self, channel: &str, frame: &Bytes) -> Delivery {
-        self.fan_out(channel, frame, |outbox, frame| outbox.push(frame))
+        self.fan_out(
+            channel,
+            || frame.clone(),
+            |outbox, frame| outbox.push(frame),
+        )
     }
 
+    /// One channel lookup; `frame` is called (the event encoded) only if there are
+    /// subscribers; `push` queues a clone of it for each.
     #[inline]
     fn fan_out(
         &self,
         channel: &str,
-        frame: &Bytes,
+        frame: impl FnOnce() -> Bytes,
         mut push: impl FnMut(&Arc<Outbox>, Bytes) -> Push,
     ) -> Delivery {
         let shared = &*self.shared;
         let mut delivery = Delivery::default();
         let guard = crossbeam_epoch::pin();
         shared.topics.with_subscribers(channel, |set| {
+            if set.is_empty() {
+                return;
+            }
+            let frame = frame();
             set.for_each(|slot| {
                 let Some(entry) = shared.slots.get(slot, &guard) else {
                     return;
