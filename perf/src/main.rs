@@ -153,6 +153,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         "server_rss_before_bytes": before.rss_bytes,
         "server_rss_connected_bytes": connected.rss_bytes,
         "server_rss_per_connection_bytes": rss_per_connection.round(),
+        "server_rss_end_bytes": after.rss_bytes,
         "server_cpu_seconds": round(cpu),
         "closed": closed,
     });
