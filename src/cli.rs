@@ -92,6 +92,43 @@ pub(crate) struct Cli {
         value_name = "CHANNELS"
     )]
     default_subscriptions: Option<Vec<String>>,
+
+    /// Publish this machine's `system.status` and `storage.update` [default: true].
+    #[arg(long, env = "SIGMAHUB_HOST_ENABLED", value_name = "BOOL")]
+    host_enabled: Option<bool>,
+
+    /// Interval between `system.status` events from this host [default: 5s].
+    #[arg(long, env = "SIGMAHUB_HOST_STATUS_INTERVAL", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    host_status_interval: Option<Duration>,
+
+    /// Interval between `storage.update` events from this host [default: 30s].
+    #[arg(long, env = "SIGMAHUB_HOST_STORAGE_INTERVAL", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    host_storage_interval: Option<Duration>,
+
+    /// Base URL of a SigmaVault engine to poll over JSON-RPC (`{url}/rpc`), e.g.
+    /// http://127.0.0.1:5000/api/v1 [default: none].
+    #[arg(long, env = "SIGMAHUB_ENGINE_URL", value_name = "URL")]
+    engine_url: Option<String>,
+
+    /// Interval between calls of each engine method [default: 5s].
+    #[arg(long, env = "SIGMAHUB_ENGINE_POLL_INTERVAL", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    engine_poll_interval: Option<Duration>,
+
+    /// Longest an engine call may take before it fails [default: 5s].
+    #[arg(long, env = "SIGMAHUB_ENGINE_TIMEOUT", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    engine_timeout: Option<Duration>,
+
+    /// Consecutive failures of a method that open its circuit breaker [default: 5].
+    #[arg(long, env = "SIGMAHUB_ENGINE_BREAKER_THRESHOLD", value_name = "N")]
+    engine_breaker_threshold: Option<u32>,
+
+    /// How long an open breaker waits before one trial call [default: 5m].
+    #[arg(long, env = "SIGMAHUB_ENGINE_BREAKER_RESET", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    engine_breaker_reset: Option<Duration>,
+
+    /// Least time between two `rpc_error` events of one method [default: 60s].
+    #[arg(long, env = "SIGMAHUB_ENGINE_ERROR_REPORT_INTERVAL", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    engine_error_report_interval: Option<Duration>,
 }
 
 impl Cli {
@@ -119,6 +156,22 @@ impl Cli {
             max_publish_body_size,
             default_subscriptions,
         );
+        macro_rules! overlay_in {
+            ($section:ident: $($flag:ident => $field:ident),* $(,)?) => {
+                $(if let Some(value) = self.$flag { config.$section.$field = value; })*
+            };
+        }
+        overlay_in!(host: host_enabled => enabled, host_status_interval => status_interval, host_storage_interval => storage_interval);
+        overlay_in!(engine:
+            engine_poll_interval => poll_interval,
+            engine_timeout => timeout,
+            engine_breaker_threshold => breaker_threshold,
+            engine_breaker_reset => breaker_reset,
+            engine_error_report_interval => error_report_interval,
+        );
+        if let Some(url) = self.engine_url {
+            config.engine.url = Some(url);
+        }
         config.validate()?;
         Ok(config)
     }
@@ -129,12 +182,23 @@ mod tests {
     use super::*;
     use clap::CommandFactory;
 
-    /// Every config key has a flag of the same name (`_` -> `-`) and a SIGMAHUB_ variable.
+    /// Every config key has a flag of the same name (`_` -> `-`, `section.key` ->
+    /// `section-key`) and a SIGMAHUB_ variable.
     #[test]
     fn every_config_key_has_a_flag_and_an_env_var() {
-        let table = toml::Table::try_from(Config::default()).unwrap();
+        let mut config = Config::default();
+        config.engine.url = Some("http://127.0.0.1:5000/api/v1".into());
+        let table = toml::Table::try_from(config).unwrap();
+        let mut keys = Vec::new();
+        for (key, value) in &table {
+            match value.as_table() {
+                Some(section) => keys.extend(section.keys().map(|k| format!("{key}_{k}"))),
+                None => keys.push(key.clone()),
+            }
+        }
+        assert!(keys.contains(&"engine_url".to_string()));
         let command = Cli::command();
-        for key in table.keys() {
+        for key in &keys {
             let long = key.replace('_', "-");
             let arg = command
                 .get_arguments()

@@ -77,6 +77,77 @@ pub struct Config {
 
     /// Channels every client is subscribed to on connect. Default: SigmaVault's 8 types.
     pub default_subscriptions: Vec<String>,
+
+    /// The host source: `system.status` and `storage.update` from this machine.
+    pub host: HostConfig,
+
+    /// The upstream SigmaVault engine, polled over JSON-RPC when `engine.url` is set.
+    pub engine: EngineConfig,
+}
+
+/// The host source (TOML section `[host]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct HostConfig {
+    /// Whether sigmahub publishes this machine's status at all. Default true.
+    pub enabled: bool,
+    /// Interval between `system.status` events from the host. Default 5 s (SigmaVault's).
+    /// Not used when an engine is configured: its `system.status` replaces the host's.
+    #[serde(with = "humantime_serde")]
+    pub status_interval: Duration,
+    /// Interval between `storage.update` events. Default 30 s: disks change slowly.
+    #[serde(with = "humantime_serde")]
+    pub storage_interval: Duration,
+}
+
+impl Default for HostConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            status_interval: Duration::from_secs(5),
+            storage_interval: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The upstream engine (TOML section `[engine]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct EngineConfig {
+    /// Base URL of SigmaVault's engine; calls go to `{url}/rpc`. Default: none (no engine;
+    /// SigmaVault's own default base is `http://127.0.0.1:5000/api/v1`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Interval between calls of each polled method. Default 5 s (SigmaVault's).
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// Longest a call may take before it counts as a failure. Default 5 s.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Consecutive failures of a method that open its circuit breaker. Default 5.
+    pub breaker_threshold: u32,
+    /// How long an open breaker waits before one trial call. Default 5 min.
+    #[serde(with = "humantime_serde")]
+    pub breaker_reset: Duration,
+    /// Least time between two `rpc_error` events for one method during an outage (the
+    /// first failure and every breaker change are always reported). Default 60 s.
+    #[serde(with = "humantime_serde")]
+    pub error_report_interval: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            poll_interval: Duration::from_secs(5),
+            timeout: Duration::from_secs(5),
+            breaker_threshold: 5,
+            breaker_reset: Duration::from_secs(300),
+            error_report_interval: Duration::from_secs(60),
+        }
+    }
 }
 
 impl Default for Config {
@@ -93,6 +164,8 @@ impl Default for Config {
             shutdown_timeout: Duration::from_secs(5),
             max_publish_body_size: 1024 * 1024,
             default_subscriptions: DEFAULT_CHANNELS.iter().map(|s| s.to_string()).collect(),
+            host: HostConfig::default(),
+            engine: EngineConfig::default(),
         }
     }
 }
@@ -164,6 +237,10 @@ impl Config {
             ("ping_interval", self.ping_interval),
             ("pong_timeout", self.pong_timeout),
             ("heartbeat_interval", self.heartbeat_interval),
+            ("host.status_interval", self.host.status_interval),
+            ("host.storage_interval", self.host.storage_interval),
+            ("engine.poll_interval", self.engine.poll_interval),
+            ("engine.timeout", self.engine.timeout),
         ] {
             if d.is_zero() {
                 return Err(invalid(field, "must be greater than zero"));
@@ -180,6 +257,13 @@ impl Config {
                 "default_subscriptions",
                 "more entries than max_subscriptions_per_connection",
             ));
+        }
+        if self.engine.breaker_threshold == 0 {
+            return Err(invalid("engine.breaker_threshold", "must be at least 1"));
+        }
+        if let Some(url) = &self.engine.url {
+            crate::upstream::rpc::RpcClient::new(url, self.engine.timeout)
+                .map_err(|e| invalid("engine.url", e))?;
         }
         for name in &self.default_subscriptions {
             channel::validate(name)
@@ -208,6 +292,29 @@ mod tests {
         assert_eq!(c.ping_interval, Duration::from_secs(5));
         assert_eq!(c.slow_consumer, SlowConsumerPolicy::Drop);
         assert_eq!(c.client_queue_capacity, 256);
+    }
+
+    #[test]
+    fn sections_read_from_toml() {
+        let c: Config = toml::from_str(
+            "[engine]\nurl = \"http://127.0.0.1:5000/api/v1\"\nbreaker_reset = \"2m\"\n[host]\nstorage_interval = \"1m\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.engine.url.as_deref(),
+            Some("http://127.0.0.1:5000/api/v1")
+        );
+        assert_eq!(c.engine.breaker_reset, Duration::from_secs(120));
+        assert_eq!(c.engine.breaker_threshold, 5);
+        assert_eq!(c.host.storage_interval, Duration::from_secs(60));
+        c.validate().unwrap();
+        let mut bad = c.clone();
+        bad.engine.url = Some("ftp://x".into());
+        assert!(bad
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("engine.url"));
     }
 
     #[test]

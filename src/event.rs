@@ -118,6 +118,13 @@ pub(crate) fn encode_serialize(
     })
 }
 
+/// Formats `now` as RFC 3339 UTC with milliseconds, e.g. `2025-12-23T13:08:37.123Z`.
+pub fn rfc3339(now: SystemTime) -> String {
+    OffsetDateTime::from(now)
+        .format(RFC3339_MILLIS)
+        .expect("a SystemTime always formats")
+}
+
 fn write_timestamp(buf: &mut FrameBuf, now: SystemTime) {
     OffsetDateTime::from(now)
         .format_into(&mut buf.writer(), RFC3339_MILLIS)

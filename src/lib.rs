@@ -26,6 +26,7 @@ pub mod event;
 pub mod frame;
 pub mod protocol;
 pub mod server;
+pub mod upstream;
 
 pub use config::{Config, ConfigError, SlowConsumerPolicy};
 pub use engine::hub::{Client, Delivery, Hub, HubStats};

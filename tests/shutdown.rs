@@ -5,7 +5,7 @@ mod common;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
-use common::{Read, TestServer};
+use common::TestServer;
 use serde_json::json;
 
 #[tokio::test]
@@ -68,7 +68,7 @@ async fn the_binary_exits_cleanly_on_sigterm() {
         .status()
         .unwrap();
     assert!(status.success());
-    assert!(matches!(client.read().await, Read::Close(Some(1001))));
+    assert_eq!(client.closed().await, Some(1001));
     let exit = tokio::task::spawn_blocking(move || child.wait())
         .await
         .unwrap()

@@ -326,9 +326,21 @@ impl Client {
         &mut self,
         names: impl IntoIterator<Item = &'a str>,
     ) -> SubscriptionChange {
+        let change = self.plan_subscribe(names);
+        self.apply_subscribe(&change);
+        change
+    }
+
+    /// What [`subscribe`](Self::subscribe) would do, without doing it. Lets a caller queue
+    /// its reply (and snapshots) before the subscription lets any event through.
+    pub fn plan_subscribe<'a>(
+        &self,
+        names: impl IntoIterator<Item = &'a str>,
+    ) -> SubscriptionChange {
         let mut change = SubscriptionChange::default();
+        let limit = self.hub.shared.max_subscriptions;
         for name in names {
-            if self.is_subscribed(name) {
+            if self.is_subscribed(name) || change.changed.iter().any(|c| c.as_str() == name) {
                 continue;
             }
             let channel = match Channel::new(name) {
@@ -342,22 +354,27 @@ impl Client {
                     continue;
                 }
             };
-            if self.subscriptions.len() >= self.hub.shared.max_subscriptions {
+            if self.subscriptions.len() + change.changed.len() >= limit {
                 change.rejected.push(Rejection {
                     channel: name.to_owned(),
                     code: "subscription_limit",
-                    reason: format!(
-                        "at most {} subscriptions per connection",
-                        self.hub.shared.max_subscriptions
-                    ),
+                    reason: format!("at most {limit} subscriptions per connection"),
                 });
                 continue;
             }
-            self.hub.shared.topics.subscribe(&channel, self.slot);
-            self.subscriptions.push(channel.clone());
             change.changed.push(channel);
         }
         change
+    }
+
+    /// Applies a change made by [`plan_subscribe`](Self::plan_subscribe).
+    pub fn apply_subscribe(&mut self, change: &SubscriptionChange) {
+        for channel in &change.changed {
+            if !self.is_subscribed(channel) {
+                self.hub.shared.topics.subscribe(channel, self.slot);
+                self.subscriptions.push(channel.clone());
+            }
+        }
     }
 
     /// Unsubscribes from each name. Names not subscribed are accepted as no-ops; invalid

@@ -5,6 +5,9 @@
 //! | GET    | `/ws`              | WebSocket upgrade (426 for a plain GET)                  |
 //! | POST   | `/api/v1/publish`  | publish one event or an array; 200 with counts, 400/413  |
 //! | GET    | `/healthz`         | 200 `{"status":"ok"}` while the process serves           |
+//! | GET    | `/api/v1/snapshot` | every status type's latest snapshot                      |
+//! | GET    | `/api/v1/snapshot/{type}` | one type's snapshot; 404 if none yet              |
+//! | GET    | `/api/v1/stats`    | connections, counters, channels, breakers, snapshot ages |
 //!
 //! Every error body is `{"error": {"code": …, "message": …}}`.
 
@@ -43,6 +46,22 @@ where
         (&Method::POST, "/api/v1/publish") => publish(&shared, req).await,
         (_, "/api/v1/publish") => method_not_allowed("POST"),
         (&Method::GET, "/healthz") => json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
+        (&Method::GET, "/api/v1/snapshot") => {
+            let all: Vec<_> = shared.snapshots.all().iter().map(|s| s.to_json()).collect();
+            json(StatusCode::OK, &serde_json::json!({ "snapshots": all }))
+        }
+        (&Method::GET, path) if path.starts_with("/api/v1/snapshot/") => {
+            let kind = &path["/api/v1/snapshot/".len()..];
+            match shared.snapshots.get(kind) {
+                Some(snapshot) => json(StatusCode::OK, &snapshot.to_json()),
+                None => error(
+                    StatusCode::NOT_FOUND,
+                    "no_snapshot",
+                    &format!("no snapshot of {kind:?} yet"),
+                ),
+            }
+        }
+        (&Method::GET, "/api/v1/stats") => json(StatusCode::OK, &stats(&shared)),
         _ => error(StatusCode::NOT_FOUND, "not_found", "no such route"),
     }
 }
@@ -125,6 +144,31 @@ where
             "dropped": total.dropped,
         }),
     )
+}
+
+/// Counters and upstream state (`GET /api/v1/stats`).
+fn stats(shared: &Shared) -> serde_json::Value {
+    let hub = shared.hub.stats();
+    let channels: serde_json::Map<String, serde_json::Value> = shared
+        .hub
+        .channels()
+        .into_iter()
+        .map(|(channel, n)| (channel.to_string(), n.into()))
+        .collect();
+    serde_json::json!({
+        "active_connections": hub.clients,
+        "events_published": hub.published,
+        "frames_delivered": hub.delivered,
+        "channels": channels,
+        "upstream": {
+            "breakers": shared.breakers.all(),
+            "snapshots": shared.snapshots.all().iter().map(|s| (s.channel.to_string(), serde_json::json!({
+                "stale": s.stale.is_some(),
+                "error_code": s.stale.map(|st| st.error_code),
+                "last_update": crate::event::rfc3339(s.last_update),
+            }))).collect::<serde_json::Map<_, _>>(),
+        },
+    })
 }
 
 fn method_not_allowed(allow: &'static str) -> Response<ResponseBody> {

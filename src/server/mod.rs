@@ -39,6 +39,9 @@ use crate::engine::hub::Hub;
 use crate::event::{unix_seconds, Event};
 use crate::frame;
 use crate::protocol::close::CloseCode;
+use crate::upstream::poller::Outlet;
+use crate::upstream::snapshot::SnapshotCache;
+use crate::upstream::{self, BreakerBoard};
 
 /// Why the server could not start or keep serving.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +62,8 @@ pub enum ServeError {
 /// State shared by every connection task.
 pub(crate) struct Shared {
     pub(crate) hub: Hub,
+    pub(crate) snapshots: Arc<SnapshotCache>,
+    pub(crate) breakers: Arc<BreakerBoard>,
     pub(crate) config: Arc<Config>,
     pub(crate) shutdown: CancellationToken,
     pub(crate) tasks: TaskTracker,
@@ -86,6 +91,8 @@ impl Server {
             listener,
             shared: Arc::new(Shared {
                 hub,
+                snapshots: Arc::default(),
+                breakers: Arc::default(),
                 config: Arc::new(config),
                 shutdown: CancellationToken::new(),
                 tasks: TaskTracker::new(),
@@ -105,6 +112,16 @@ impl Server {
         self.shared.hub.clone()
     }
 
+    /// The snapshot cache: the latest value of each status type.
+    pub fn snapshots(&self) -> Arc<SnapshotCache> {
+        self.shared.snapshots.clone()
+    }
+
+    /// The circuit breakers of the upstream pollers.
+    pub fn breakers(&self) -> Arc<BreakerBoard> {
+        self.shared.breakers.clone()
+    }
+
     /// Serves until `shutdown` completes, then closes every client with 1001 and returns
     /// once they are gone or `shutdown_timeout` has passed.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
@@ -112,6 +129,16 @@ impl Server {
         tracing::info!(addr = %listener.local_addr().map_err(|source| ServeError::Bind { addr: shared.config.listen, source })?, "sigmahub listening");
 
         let timers = tokio::spawn(run_timers(shared.clone()));
+        let mut pollers = tokio::task::JoinSet::new();
+        upstream::start(
+            &shared.config,
+            Outlet {
+                hub: shared.hub.clone(),
+                snapshots: shared.snapshots.clone(),
+                breakers: shared.breakers.clone(),
+            },
+            &mut pollers,
+        );
         tokio::pin!(shutdown);
         loop {
             let (tcp, peer) = tokio::select! {
@@ -158,6 +185,8 @@ impl Server {
         drop(listener);
         shared.shutdown.cancel();
         timers.abort();
+        // Pollers loop forever and hold no client state: dropping the set aborts them.
+        drop(pollers);
         shared.hub.close_all(CloseCode::GOING_AWAY);
         shared.tasks.close();
         let deadline = shared.config.shutdown_timeout;

@@ -23,6 +23,7 @@ use crate::frame;
 use crate::protocol::channel::Channel;
 use crate::protocol::close::CloseCode;
 use crate::protocol::message::{self, ChannelList, ClientMessage, CorrelationId, MessageError};
+use crate::upstream::snapshot::SnapshotCache;
 
 /// The welcome text SigmaVault clients expect.
 pub const WELCOME_MESSAGE: &str = "Welcome to SigmaVault WebSocket";
@@ -51,7 +52,11 @@ pub(crate) async fn run<R, W>(
     let started = std::time::Instant::now();
     let client_id = client.id();
     tracing::debug!(client_id, %peer, "client connected");
-    welcome(&mut client, &config.default_subscriptions);
+    welcome(
+        &mut client,
+        &config.default_subscriptions,
+        &shared.snapshots,
+    );
     if shared.shutdown.is_cancelled() {
         // Upgraded while the server was shutting down, possibly after `close_all` ran.
         client
@@ -61,7 +66,7 @@ pub(crate) async fn run<R, W>(
 
     let outbox = client.outbox().clone();
     let mut reader = MessageReader::new(read, config.max_message_size);
-    let read_half = read_loop(&mut client, &mut reader);
+    let read_half = read_loop(&mut client, &mut reader, &shared.snapshots);
     let write_half = writer::run(&outbox, &mut write);
     tokio::pin!(read_half, write_half);
 
@@ -97,9 +102,9 @@ pub(crate) async fn run<R, W>(
     );
 }
 
-/// Queues the welcome notification, then subscribes to the defaults, so that the welcome is
-/// the first message the client sees.
-fn welcome(client: &mut Client, defaults: &[String]) {
+/// Queues the welcome notification and the defaults' snapshots, then subscribes to the
+/// defaults, so that the welcome is the first message the client sees.
+fn welcome(client: &mut Client, defaults: &[String], snapshots: &SnapshotCache) {
     #[derive(Serialize)]
     struct Welcome<'a> {
         message: &'static str,
@@ -121,13 +126,28 @@ fn welcome(client: &mut Client, defaults: &[String]) {
             server_time: unix_seconds(now),
         },
     ));
-    client.subscribe(defaults.iter().map(String::as_str));
+    let change = client.plan_subscribe(defaults.iter().map(String::as_str));
+    send_snapshots(client, &change, snapshots);
+    client.apply_subscribe(&change);
+}
+
+/// Queues the current snapshot of every channel in `change` (before the subscription is
+/// applied, so that nothing newer can arrive ahead of it).
+fn send_snapshots(client: &Client, change: &SubscriptionChange, snapshots: &SnapshotCache) {
+    for channel in &change.changed {
+        if let Some(snapshot) = snapshots.get(channel) {
+            for frame in snapshot.frames.iter() {
+                client.send(frame.clone());
+            }
+        }
+    }
 }
 
 /// Reads and answers client messages until the connection should end.
 async fn read_loop<S: AsyncRead + Unpin>(
     client: &mut Client,
     reader: &mut MessageReader<S>,
+    snapshots: &SnapshotCache,
 ) -> ReadEnd {
     loop {
         let incoming = match reader.next().await {
@@ -136,7 +156,7 @@ async fn read_loop<S: AsyncRead + Unpin>(
         };
         client.outbox().mark_alive();
         match incoming {
-            Incoming::Text(mut payload) => handle_message(client, &mut payload),
+            Incoming::Text(mut payload) => handle_message(client, &mut payload, snapshots),
             Incoming::Ping(payload) => {
                 client.send(frame::pong(&payload));
             }
@@ -146,28 +166,39 @@ async fn read_loop<S: AsyncRead + Unpin>(
     }
 }
 
-fn handle_message(client: &mut Client, payload: &mut [u8]) {
+fn handle_message(client: &mut Client, payload: &mut [u8], snapshots: &SnapshotCache) {
     let now = SystemTime::now();
     let reply = match message::parse(payload) {
         Ok(ClientMessage::Subscribe(list)) => {
-            let change = client.subscribe(list.channels.iter().map(String::as_str));
-            subscription_reply(
+            // Reply, then snapshots, then subscribe: the client sees the reply before any
+            // event the subscription lets through.
+            let change = client.plan_subscribe(list.channels.iter().map(String::as_str));
+            let after: Vec<Channel> = client
+                .subscriptions()
+                .iter()
+                .chain(&change.changed)
+                .cloned()
+                .collect();
+            client.send(subscription_reply(
                 "subscribe_response",
                 "subscribed",
-                client,
+                &after,
                 &list,
-                change,
+                &change,
                 now,
-            )
+            ));
+            send_snapshots(client, &change, snapshots);
+            client.apply_subscribe(&change);
+            return;
         }
         Ok(ClientMessage::Unsubscribe(list)) => {
             let change = client.unsubscribe(list.channels.iter().map(String::as_str));
             subscription_reply(
                 "unsubscribe_response",
                 "unsubscribed",
-                client,
+                client.subscriptions(),
                 &list,
-                change,
+                &change,
                 now,
             )
         }
@@ -186,9 +217,9 @@ fn handle_message(client: &mut Client, payload: &mut [u8]) {
 fn subscription_reply(
     kind: &str,
     changed_key: &'static str,
-    client: &Client,
+    subscriptions: &[Channel],
     request: &ChannelList,
-    change: SubscriptionChange,
+    change: &SubscriptionChange,
     now: SystemTime,
 ) -> Bytes {
     #[derive(Serialize)]
@@ -207,7 +238,7 @@ fn subscription_reply(
         &Reply {
             success: change.rejected.is_empty(),
             changed: [(changed_key, change.changed.as_slice())].into(),
-            subscriptions: client.subscriptions(),
+            subscriptions,
             rejected: &change.rejected,
         },
     )
@@ -247,7 +278,11 @@ mod tests {
     fn welcome_comes_first_and_lists_the_defaults() {
         let hub = Hub::new(&Config::default());
         let mut client = hub.connect().unwrap();
-        welcome(&mut client, &Config::default().default_subscriptions);
+        welcome(
+            &mut client,
+            &Config::default().default_subscriptions,
+            &SnapshotCache::default(),
+        );
         let got = replies(&client);
         assert_eq!(got[0]["type"], "notification");
         assert_eq!(got[0]["data"]["message"], WELCOME_MESSAGE);
@@ -261,7 +296,7 @@ mod tests {
         let mut client = hub.connect().unwrap();
         let mut msg =
             br#"{"type":"subscribe","correlation_id":"c1","data":{"types":["a","b c"]}}"#.to_vec();
-        handle_message(&mut client, &mut msg);
+        handle_message(&mut client, &mut msg, &SnapshotCache::default());
         let reply = &replies(&client)[0];
         assert_eq!(reply["type"], "subscribe_response");
         assert_eq!(reply["correlation_id"], "c1");

@@ -35,6 +35,9 @@ impl TestServer {
     pub async fn with(adjust: impl FnOnce(&mut Config)) -> Self {
         let mut config = Config::default();
         config.listen = "127.0.0.1:0".parse().unwrap();
+        // Host metrics would interleave with what most tests read; tests/upstream.rs turns
+        // them on.
+        config.host.enabled = false;
         adjust(&mut config);
         let server = Server::bind(config).await.expect("bind");
         let addr = server.local_addr();

@@ -1,0 +1,215 @@
+//! One poller: fetch a source on an interval, behind its circuit breaker, and turn each
+//! result into snapshots and broadcasts, or, on failure, re-send the last good data stale.
+//!
+//! A poller awaits each call before the next tick (no overlapping calls), and every call is
+//! bounded by a timeout, so a hung engine delays nothing but its own poller.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use serde_json::value::RawValue;
+
+use super::breaker::{Breaker, BreakerState, Transition};
+use super::rpc::UpstreamError;
+use super::snapshot::{Snapshot, SnapshotCache};
+use super::BreakerBoard;
+use crate::engine::hub::Hub;
+use crate::event::{unix_seconds, Event};
+use crate::protocol::channel::Channel;
+
+/// `error_code` while a breaker is open.
+pub(crate) const CIRCUIT_BREAKER_OPEN: &str = "CIRCUIT_BREAKER_OPEN";
+/// `error_code` when the engine cannot be reached at all.
+pub(crate) const RPC_DISCONNECT: &str = "RPC_DISCONNECT";
+
+/// A fetch's result: the raw JSON result, or why it failed.
+pub(crate) type Fetched = Result<Box<RawValue>, UpstreamError>;
+
+/// Starts one fetch.
+pub(crate) type Fetch =
+    Box<dyn Fn() -> Pin<Box<dyn Future<Output = Fetched> + Send>> + Send + Sync>;
+
+/// Turns a result into `(channel, items)` groups; an `Err` is an invalid result.
+pub(crate) type Shape = fn(&RawValue) -> Result<Vec<(&'static str, Vec<Box<RawValue>>)>, String>;
+
+/// What a poller polls.
+pub(crate) struct PollSpec {
+    /// The method (or host reading) name, for logs, events and the breaker board.
+    pub(crate) name: &'static str,
+    /// `error_code` of a failed call that is not a disconnect.
+    pub(crate) error_code: &'static str,
+    /// The channels whose snapshots this poller writes (re-sent stale on failure).
+    pub(crate) channels: &'static [&'static str],
+    pub(crate) interval: Duration,
+    pub(crate) fetch: Fetch,
+    pub(crate) shape: Shape,
+}
+
+/// Where results go.
+#[derive(Clone)]
+pub(crate) struct Outlet {
+    pub(crate) hub: Hub,
+    pub(crate) snapshots: Arc<SnapshotCache>,
+    pub(crate) breakers: Arc<BreakerBoard>,
+}
+
+/// Breaker and reporting settings.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Policy {
+    pub(crate) breaker_threshold: u32,
+    pub(crate) breaker_reset: Duration,
+    pub(crate) error_report_interval: Duration,
+}
+
+/// Runs `spec` until its source reports the method does not exist (JSON-RPC -32601).
+pub(crate) async fn run(spec: PollSpec, outlet: Outlet, policy: Policy) {
+    let mut breaker = Breaker::new(policy.breaker_threshold, policy.breaker_reset);
+    outlet.breakers.record(spec.name, &breaker);
+    let mut ticks = tokio::time::interval(spec.interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_report: Option<Instant> = None;
+    loop {
+        ticks.tick().await;
+        let (allowed, transition) = breaker.permit(Instant::now());
+        if let Some(t) = transition {
+            outlet.breaker_changed(&spec, &breaker, t);
+        }
+        if !allowed {
+            outlet.republish_stale(spec.channels, CIRCUIT_BREAKER_OPEN);
+            continue;
+        }
+        let outcome = (spec.fetch)()
+            .await
+            .and_then(|result| (spec.shape)(&result).map_err(UpstreamError::InvalidResponse));
+        match outcome {
+            Ok(groups) => {
+                let now = SystemTime::now();
+                for (channel, items) in groups {
+                    outlet.publish_fresh(channel, items, now);
+                }
+                if let Some(t) = breaker.on_success() {
+                    outlet.breaker_changed(&spec, &breaker, t);
+                }
+                outlet.breakers.record(spec.name, &breaker);
+                last_report = None;
+            }
+            Err(e) if e.is_method_not_found() => {
+                tracing::warn!(method = spec.name, error = %e, "the engine has no such method; its poller stops");
+                return;
+            }
+            Err(e) => {
+                let now = Instant::now();
+                let transition = breaker.on_failure(now);
+                if let Some(t) = transition {
+                    outlet.breaker_changed(&spec, &breaker, t);
+                }
+                outlet.breakers.record(spec.name, &breaker);
+                let code = if e.is_disconnect() {
+                    RPC_DISCONNECT
+                } else {
+                    spec.error_code
+                };
+                let stale_code = if breaker.state() == BreakerState::Open {
+                    CIRCUIT_BREAKER_OPEN
+                } else {
+                    code
+                };
+                outlet.republish_stale(spec.channels, stale_code);
+                let due = last_report
+                    .is_none_or(|t| now.duration_since(t) >= policy.error_report_interval);
+                if due || transition.is_some() {
+                    tracing::warn!(method = spec.name, error = %e, failures = breaker.consecutive_failures(), "upstream call failed");
+                    outlet.report_error(&spec, &e, code, breaker.consecutive_failures());
+                    last_report = Some(now);
+                }
+            }
+        }
+    }
+}
+
+impl Outlet {
+    fn publish_fresh(&self, channel: &'static str, items: Vec<Box<RawValue>>, now: SystemTime) {
+        let channel = Channel::new(channel).expect("pollers use valid channel names");
+        let snapshot = self
+            .snapshots
+            .store(Snapshot::new(channel, items.into(), now, None, now));
+        self.broadcast(&snapshot);
+    }
+
+    fn republish_stale(&self, channels: &[&str], error_code: &'static str) {
+        let now = SystemTime::now();
+        for channel in channels {
+            if let Some(previous) = self.snapshots.get(channel) {
+                let snapshot = self.snapshots.store(previous.to_stale(error_code, now));
+                self.broadcast(&snapshot);
+            }
+        }
+    }
+
+    fn broadcast(&self, snapshot: &Snapshot) {
+        for frame in snapshot.frames.iter() {
+            self.hub.publish_frame(&snapshot.channel, frame);
+        }
+    }
+
+    fn report_error(&self, spec: &PollSpec, e: &UpstreamError, code: &str, failures: u32) {
+        let now = SystemTime::now();
+        let reason = if e.is_disconnect() {
+            "rpc_disconnect"
+        } else {
+            "rpc_failed"
+        };
+        let data = serde_json::json!({
+            "reason": reason,
+            "error_code": code,
+            "consecutive_failures": failures,
+            "method": spec.name,
+            "message": e.to_string(),
+            "timestamp": unix_seconds(now),
+        });
+        if let Ok(event) = Event::new("rpc_error", &data) {
+            self.hub.publish_at(&event, now);
+        }
+    }
+
+    fn breaker_changed(&self, spec: &PollSpec, breaker: &Breaker, t: Transition) {
+        self.breakers.record(spec.name, breaker);
+        let (level, message) = match t.to {
+            BreakerState::Open => (
+                "warning",
+                format!(
+                    "circuit breaker for {} opened; serving cached data",
+                    spec.name
+                ),
+            ),
+            BreakerState::HalfOpen => (
+                "info",
+                format!(
+                    "circuit breaker for {} half-open; trying one call",
+                    spec.name
+                ),
+            ),
+            BreakerState::Closed => (
+                "info",
+                format!("circuit breaker for {} closed; fresh data again", spec.name),
+            ),
+        };
+        tracing::info!(method = spec.name, from = ?t.from, to = ?t.to, "circuit breaker changed");
+        let now = SystemTime::now();
+        let data = serde_json::json!({
+            "message": message,
+            "level": level,
+            "breaker": {
+                "method": spec.name,
+                "state": t.to,
+                "previous": t.from,
+                "consecutive_failures": breaker.consecutive_failures(),
+            },
+        });
+        if let Ok(event) = Event::new("notification", &data) {
+            self.hub.publish_at(&event, now);
+        }
+    }
+}

@@ -1,0 +1,214 @@
+//! The snapshot cache: the latest value of each status type, read lock-free.
+//!
+//! Pollers write a [`Snapshot`] per status type (`system.status`, `agent.status`, …) each
+//! time they broadcast it, fresh or stale. Readers (new subscribers, the REST API) load the
+//! whole map through one `ArcSwap` without locking. A snapshot keeps the frames that were
+//! broadcast, so a client that subscribes gets exactly what subscribers got, as refcount
+//! clones, without any encoding on the subscribe path.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use serde_json::value::RawValue;
+
+use crate::event;
+use crate::protocol::channel::Channel;
+
+/// Why a snapshot is stale.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Staleness {
+    /// `RPC_DISCONNECT`, `SYSTEM_STATUS_FAILED`, `COMPRESSION_JOBS_FAILED`,
+    /// `AGENT_STATUS_FAILED` or `CIRCUIT_BREAKER_OPEN`.
+    pub error_code: &'static str,
+}
+
+/// The latest value of one status type.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// The status type (channel).
+    pub channel: Channel,
+    /// The data of each event that makes up the value (one for `system.status`, one per
+    /// agent for `agent.status`, …), without stale fields.
+    pub items: Arc<[Box<RawValue>]>,
+    /// When the data was last fresh.
+    pub last_update: SystemTime,
+    /// `None` while fresh.
+    pub stale: Option<Staleness>,
+    /// The frames as broadcast (stale fields included when stale).
+    pub frames: Arc<[Bytes]>,
+}
+
+impl Snapshot {
+    /// Builds a snapshot and its frames, stamped `now`.
+    pub fn new(
+        channel: Channel,
+        items: Arc<[Box<RawValue>]>,
+        last_update: SystemTime,
+        stale: Option<Staleness>,
+        now: SystemTime,
+    ) -> Self {
+        let frames = items
+            .iter()
+            .map(|data| encode_item(&channel, data, last_update, stale, now))
+            .collect();
+        Self {
+            channel,
+            items,
+            last_update,
+            stale,
+            frames,
+        }
+    }
+
+    /// The same data marked stale with `error_code`, stamped `now`.
+    pub fn to_stale(&self, error_code: &'static str, now: SystemTime) -> Self {
+        Self::new(
+            self.channel.clone(),
+            self.items.clone(),
+            self.last_update,
+            Some(Staleness { error_code }),
+            now,
+        )
+    }
+
+    /// The snapshot as the REST API shows it.
+    pub fn to_json(&self) -> serde_json::Value {
+        let items: Vec<serde_json::Value> = self
+            .items
+            .iter()
+            .map(|i| serde_json::from_str(i.get()).unwrap_or(serde_json::Value::Null))
+            .collect();
+        serde_json::json!({
+            "type": self.channel,
+            "stale": self.stale.is_some(),
+            "error_code": self.stale.map(|s| s.error_code),
+            "last_update": event::rfc3339(self.last_update),
+            "items": items,
+        })
+    }
+}
+
+/// Writes one item's frame: its data object, with `stale`, `error_code` and `last_update`
+/// added in front of the cached fields when stale.
+fn encode_item(
+    channel: &Channel,
+    data: &RawValue,
+    last_update: SystemTime,
+    stale: Option<Staleness>,
+    now: SystemTime,
+) -> Bytes {
+    let raw = data.get();
+    event::encode(channel, now, None, raw.len() + 96, |buf| match stale {
+        None => buf.extend_from_slice(raw.as_bytes()),
+        Some(s) => {
+            let fields = format!(
+                "{{\"stale\":true,\"error_code\":\"{}\",\"last_update\":\"{}\"",
+                s.error_code,
+                event::rfc3339(last_update)
+            );
+            buf.extend_from_slice(fields.as_bytes());
+            // `raw` is a JSON object (pollers only cache objects): splice its members in.
+            let inner = raw.trim().strip_prefix('{').unwrap_or("}").trim_start();
+            if !inner.starts_with('}') {
+                buf.extend_from_slice(b",");
+            }
+            buf.extend_from_slice(inner.as_bytes());
+        }
+    })
+}
+
+/// Every status type's latest snapshot.
+#[derive(Default)]
+pub struct SnapshotCache {
+    map: ArcSwap<BTreeMap<Channel, Arc<Snapshot>>>,
+}
+
+impl SnapshotCache {
+    /// The snapshot of `channel`, if any.
+    pub fn get(&self, channel: &str) -> Option<Arc<Snapshot>> {
+        self.map.load().get(channel).cloned()
+    }
+
+    /// Every snapshot, by channel name.
+    pub fn all(&self) -> Vec<Arc<Snapshot>> {
+        self.map.load().values().cloned().collect()
+    }
+
+    /// Replaces the snapshot of its channel.
+    pub fn store(&self, snapshot: Snapshot) -> Arc<Snapshot> {
+        let snapshot = Arc::new(snapshot);
+        self.map.rcu(|map| {
+            let mut map = BTreeMap::clone(map);
+            map.insert(snapshot.channel.clone(), snapshot.clone());
+            map
+        });
+        snapshot
+    }
+}
+
+impl std::fmt::Debug for SnapshotCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.map.load().keys()).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn payload(frame: &Bytes) -> serde_json::Value {
+        let start = if frame[1] == 126 { 4 } else { 2 };
+        serde_json::from_slice(&frame[start..]).unwrap()
+    }
+
+    fn raw(s: &str) -> Box<RawValue> {
+        RawValue::from_string(s.into()).unwrap()
+    }
+
+    #[test]
+    fn stale_frames_carry_the_seed_fields_and_the_cached_data() {
+        let fresh_at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_703_336_700);
+        let now = fresh_at + Duration::from_secs(60);
+        let snap = Snapshot::new(
+            Channel::new("system.status").unwrap(),
+            vec![raw(r#"{ "hostname": "h", "cpu_usage": 1.5 }"#), raw("{}")].into(),
+            fresh_at,
+            None,
+            fresh_at,
+        );
+        assert_eq!(payload(&snap.frames[0])["data"]["hostname"], "h");
+        assert!(payload(&snap.frames[0])["data"].get("stale").is_none());
+
+        let stale = snap.to_stale("RPC_DISCONNECT", now);
+        let data = payload(&stale.frames[0])["data"].clone();
+        assert_eq!(data["stale"], true);
+        assert_eq!(data["error_code"], "RPC_DISCONNECT");
+        assert_eq!(data["last_update"], "2023-12-23T13:05:00.000Z");
+        assert_eq!(data["hostname"], "h");
+        assert_eq!(data["cpu_usage"], 1.5);
+        assert_eq!(payload(&stale.frames[1])["data"]["stale"], true);
+        assert_eq!(
+            payload(&stale.frames[0])["timestamp"],
+            "2023-12-23T13:06:00.000Z"
+        );
+    }
+
+    #[test]
+    fn the_cache_replaces_per_channel() {
+        let cache = SnapshotCache::default();
+        let t = SystemTime::UNIX_EPOCH;
+        let make = |c: &str, v: &str| {
+            Snapshot::new(Channel::new(c).unwrap(), vec![raw(v)].into(), t, None, t)
+        };
+        cache.store(make("a", r#"{"v":1}"#));
+        cache.store(make("b", r#"{"v":2}"#));
+        cache.store(make("a", r#"{"v":3}"#));
+        assert_eq!(cache.get("a").unwrap().items[0].get(), r#"{"v":3}"#);
+        assert_eq!(cache.all().len(), 2);
+        assert!(cache.get("c").is_none());
+    }
+}
