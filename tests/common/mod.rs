@@ -2,6 +2,8 @@
 //! clients, and `eventually` for waiting without sleeps.
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
+pub mod engine;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -158,9 +160,22 @@ impl Client {
 
     /// The next JSON message of type `kind`, skipping others (heartbeats, pings).
     pub async fn recv_type(&mut self, kind: &str) -> Value {
+        self.recv_until(&format!("a {kind} message"), |v| v["type"] == kind)
+            .await
+    }
+
+    /// The next JSON message for which `wanted` is true, skipping others; fails the test if
+    /// none comes within [`DEADLINE`], however many others do.
+    pub async fn recv_until(
+        &mut self,
+        what: &str,
+        mut wanted: impl FnMut(&Value) -> bool,
+    ) -> Value {
+        let start = tokio::time::Instant::now();
         loop {
+            assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
             let v = self.recv().await;
-            if v["type"] == kind {
+            if wanted(&v) {
                 return v;
             }
         }

@@ -1,0 +1,358 @@
+//! Pollers, circuit breakers and the snapshot cache against a real JSON-RPC engine (an HTTP
+//! server started here), with real WebSocket clients: seed 003's scenarios and more.
+
+mod common;
+
+use std::time::Duration;
+
+use common::engine::{default_answer, Behavior, Engine};
+use common::{Client, TestServer};
+use serde_json::Value;
+
+async fn server_for(engine: &Engine, threshold: u32, reset: Duration) -> TestServer {
+    let url = engine.url();
+    TestServer::with(move |c| {
+        c.engine.url = Some(url);
+        c.engine.poll_interval = Duration::from_millis(100);
+        c.engine.timeout = Duration::from_millis(500);
+        c.engine.breaker_threshold = threshold;
+        c.engine.breaker_reset = reset;
+    })
+    .await
+}
+
+/// The next `system.status` event.
+async fn status(client: &mut Client) -> Value {
+    client.recv_type("system.status").await
+}
+
+/// Reads until a `notification` about `method`'s breaker reaching `state`.
+async fn breaker_event(client: &mut Client, method: &str, state: &str) -> Value {
+    client
+        .recv_until(&format!("{method}'s breaker to be {state}"), |n| {
+            n["type"] == "notification"
+                && n["data"]["breaker"]["method"] == method
+                && n["data"]["breaker"]["state"] == state
+        })
+        .await
+}
+
+/// The next `system.status` event without stale fields.
+async fn fresh_status(client: &mut Client) -> Value {
+    client
+        .recv_until("a fresh system.status", |s| {
+            s["type"] == "system.status" && s["data"].get("stale").is_none()
+        })
+        .await
+}
+
+#[tokio::test]
+async fn normal_operation_sends_fresh_engine_data() {
+    let engine = Engine::start().await;
+    let server = server_for(&engine, 5, Duration::from_secs(300)).await;
+    let mut client = server.client().await;
+
+    let s = status(&mut client).await;
+    assert_eq!(s["data"]["hostname"], "engine-host");
+    assert_eq!(
+        s["data"]["load_average"],
+        serde_json::json!([0.5, 0.4, 0.3])
+    );
+    assert!(s["data"].get("stale").is_none(), "{s}");
+
+    // compression.update: one event per job, then the summary; read one whole cycle.
+    client
+        .recv_until("a compression summary", |m| {
+            m["type"] == "compression.update" && m["data"].get("jobs").is_some()
+        })
+        .await;
+    let job1 = client.recv_type("compression.update").await;
+    let job2 = client.recv_type("compression.update").await;
+    let summary = client.recv_type("compression.update").await;
+    assert_eq!(job1["data"]["job_id"], "job-1");
+    assert_eq!(job1["data"]["progress"], 45.2);
+    assert_eq!(job2["data"]["job_id"], "job-2");
+    assert_eq!(summary["data"]["total_jobs"], 15);
+    assert_eq!(summary["data"]["jobs"].as_array().unwrap().len(), 2);
+
+    let mut agents = std::collections::BTreeSet::new();
+    let start = std::time::Instant::now();
+    while agents.len() < 2 {
+        assert!(start.elapsed() < common::DEADLINE, "agents: {agents:?}");
+        let a = client.recv_type("agent.status").await;
+        agents.insert(a["data"]["agent_id"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(
+        agents.into_iter().collect::<Vec<_>>(),
+        ["STREAM-01", "TENSOR-07"]
+    );
+    common::eventually("one health check", || engine.calls("health.check") == 1).await;
+}
+
+#[tokio::test]
+async fn a_single_failure_sends_stale_data_then_fresh_again() {
+    let engine = Engine::start().await;
+    // A threshold out of reach: this test is about one failure, not the breaker.
+    let server = server_for(&engine, 1_000, Duration::from_secs(300)).await;
+    let mut client = server.client().await;
+    let fresh = status(&mut client).await;
+    assert!(fresh["data"].get("stale").is_none());
+
+    engine.set("system.status", Behavior::HttpError(500));
+    let mut stale = None;
+    let mut report = None;
+    let start = std::time::Instant::now();
+    while stale.is_none() || report.is_none() {
+        assert!(
+            start.elapsed() < common::DEADLINE,
+            "no stale event or no report"
+        );
+        let m = client.recv().await;
+        match m["type"].as_str() {
+            Some("system.status") if m["data"]["stale"] == true => stale = Some(m),
+            Some("rpc_error") if m["data"]["method"] == "system.status" => report = Some(m),
+            _ => {}
+        }
+    }
+    engine.set(
+        "system.status",
+        Behavior::Answer(default_answer("system.status").unwrap()),
+    );
+    let (stale, report) = (stale.unwrap(), report.unwrap());
+    assert_eq!(stale["data"]["error_code"], "SYSTEM_STATUS_FAILED");
+    assert_eq!(
+        stale["data"]["hostname"], "engine-host",
+        "the cached data goes on"
+    );
+    assert!(stale["data"]["last_update"]
+        .as_str()
+        .unwrap()
+        .ends_with('Z'));
+    assert_eq!(report["data"]["reason"], "rpc_failed");
+    assert_eq!(report["data"]["error_code"], "SYSTEM_STATUS_FAILED");
+    assert_eq!(report["data"]["consecutive_failures"], 1);
+
+    let s = fresh_status(&mut client).await;
+    assert_eq!(s["data"]["hostname"], "engine-host");
+}
+
+/// Seed 003 scenarios 3 to 6: the breaker opens after 5 failures, serves cached data while
+/// open without calling the engine, half-opens after the reset for exactly one call, and
+/// closes when the engine is back.
+#[tokio::test]
+async fn the_breaker_opens_half_opens_and_closes() {
+    let engine = Engine::start().await;
+    let reset = Duration::from_secs(2);
+    let server = server_for(&engine, 5, reset).await;
+    let mut client = server.client().await;
+    status(&mut client).await;
+
+    engine.set("system.status", Behavior::HttpError(503));
+    let opened = breaker_event(&mut client, "system.status", "open").await;
+    let calls_when_open = engine.calls("system.status");
+    assert_eq!(opened["data"]["level"], "warning");
+    assert_eq!(opened["data"]["breaker"]["consecutive_failures"], 5);
+    let (_, stats) = server.request("GET", "/api/v1/stats", vec![]).await;
+    assert_eq!(
+        stats["upstream"]["breakers"]["system.status"]["state"], "open",
+        "{stats}"
+    );
+    // The other methods keep their own closed breakers.
+    assert_eq!(
+        stats["upstream"]["breakers"]["agents.list"]["state"],
+        "closed"
+    );
+
+    // While open: cached data, CIRCUIT_BREAKER_OPEN, and no calls.
+    for _ in 0..3 {
+        let s = client
+            .recv_until("a CIRCUIT_BREAKER_OPEN status", |s| {
+                s["type"] == "system.status" && s["data"]["error_code"] == "CIRCUIT_BREAKER_OPEN"
+            })
+            .await;
+        assert_eq!(s["data"]["stale"], true);
+        assert_eq!(s["data"]["hostname"], "engine-host");
+    }
+    assert_eq!(
+        engine.calls("system.status"),
+        calls_when_open,
+        "called while open"
+    );
+
+    // After the reset: one trial call, which fails and re-opens the breaker.
+    breaker_event(&mut client, "system.status", "half_open").await;
+    breaker_event(&mut client, "system.status", "open").await;
+    assert_eq!(
+        engine.calls("system.status"),
+        calls_when_open + 1,
+        "exactly one trial"
+    );
+
+    // The engine is back: the next trial closes the breaker, and fresh data flows.
+    engine.set(
+        "system.status",
+        Behavior::Answer(default_answer("system.status").unwrap()),
+    );
+    let closed = breaker_event(&mut client, "system.status", "closed").await;
+    assert_eq!(closed["data"]["level"], "info");
+    fresh_status(&mut client).await;
+    let (_, stats) = server.request("GET", "/api/v1/stats", vec![]).await;
+    assert_eq!(
+        stats["upstream"]["breakers"]["system.status"]["state"],
+        "closed"
+    );
+    assert_eq!(
+        stats["upstream"]["snapshots"]["system.status"]["stale"],
+        false
+    );
+}
+
+#[tokio::test]
+async fn rpc_errors_are_reported_at_a_bounded_rate() {
+    let engine = Engine::start().await;
+    let server = server_for(&engine, 1_000, Duration::from_secs(300)).await;
+    let mut client = server.client().await;
+    client.recv_type("agent.status").await; // cached once before the outage
+    engine.set("agents.list", Behavior::RpcError(-32000));
+    let mut stale_events = 0;
+    let mut reports = 0;
+    let start = std::time::Instant::now();
+    while stale_events < 20 {
+        assert!(
+            start.elapsed() < common::DEADLINE,
+            "only {stale_events} stale events"
+        );
+        let m = client.recv().await;
+        match m["type"].as_str() {
+            Some("agent.status") if m["data"]["stale"] == true => {
+                assert_eq!(m["data"]["error_code"], "AGENT_STATUS_FAILED");
+                stale_events += 1;
+            }
+            Some("rpc_error") => reports += 1,
+            _ => {}
+        }
+    }
+    // 10 failed polls (2 agents each): one report, not ten.
+    assert_eq!(reports, 1);
+}
+
+#[tokio::test]
+async fn a_hung_engine_delays_neither_heartbeats_nor_publishes() {
+    let engine = Engine::start().await;
+    for method in [
+        "system.status",
+        "compression.queue.running",
+        "agents.list",
+        "health.check",
+    ] {
+        engine.set(method, Behavior::Hang);
+    }
+    let url = engine.url();
+    let server = TestServer::with(move |c| {
+        c.engine.url = Some(url);
+        c.engine.timeout = Duration::from_millis(300);
+        c.engine.poll_interval = Duration::from_millis(100);
+        c.heartbeat_interval = Duration::from_millis(100);
+    })
+    .await;
+    let mut client = server.client().await;
+    for _ in 0..3 {
+        client.recv_type("heartbeat").await;
+    }
+    let (status, reply) = server
+        .publish(&serde_json::json!({"type": "notification", "data": {"during": "outage"}}))
+        .await;
+    assert_eq!((status, reply["delivered"].as_u64()), (200, Some(1)));
+    client
+        .recv_until("the published notification", |n| {
+            n["data"]["during"] == "outage"
+        })
+        .await;
+    // The calls time out: reported as a disconnect.
+    let report = client.recv_type("rpc_error").await;
+    assert_eq!(report["data"]["reason"], "rpc_disconnect");
+    assert_eq!(report["data"]["error_code"], "RPC_DISCONNECT");
+}
+
+#[tokio::test]
+async fn a_subscriber_joining_during_an_outage_gets_the_stale_snapshot_at_once() {
+    let engine = Engine::start().await;
+    let server = server_for(&engine, 5, Duration::from_secs(300)).await;
+    let mut first = server.client().await;
+    status(&mut first).await;
+    engine.set("system.status", Behavior::HttpError(500));
+    breaker_event(&mut first, "system.status", "open").await;
+
+    // The defaults start with system.status: its snapshot follows the welcome directly.
+    let mut late = server.client().await;
+    let s = late.recv().await;
+    assert_eq!(s["type"], "system.status", "{s}");
+    assert_eq!(s["data"]["stale"], true);
+    assert_eq!(s["data"]["error_code"], "CIRCUIT_BREAKER_OPEN");
+
+    // The REST API shows the same snapshot.
+    let (code, snap) = server
+        .request("GET", "/api/v1/snapshot/system.status", vec![])
+        .await;
+    assert_eq!(code, 200);
+    assert_eq!(snap["stale"], true);
+    assert_eq!(snap["error_code"], "CIRCUIT_BREAKER_OPEN");
+    assert_eq!(snap["last_update"], s["data"]["last_update"]);
+    for (key, value) in snap["items"][0].as_object().unwrap() {
+        assert_eq!(&s["data"][key], value, "{key}");
+    }
+    let (_, all) = server.request("GET", "/api/v1/snapshot", vec![]).await;
+    let types: Vec<_> = all["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["type"].clone())
+        .collect();
+    assert!(types.contains(&"agent.status".into()) && types.contains(&"compression.update".into()));
+    let (code, _) = server
+        .request("GET", "/api/v1/snapshot/nothing.here", vec![])
+        .await;
+    assert_eq!(code, 404);
+}
+
+#[tokio::test]
+async fn a_method_the_engine_lacks_stops_its_poller_without_an_outage() {
+    let engine = Engine::start().await;
+    engine.set("agents.list", Behavior::RpcError(-32601));
+    let server = server_for(&engine, 1, Duration::from_secs(300)).await;
+    let _client = server.client().await;
+    common::eventually("several polls", || engine.calls("system.status") >= 5).await;
+    assert_eq!(engine.calls("agents.list"), 1, "polled again after -32601");
+    let (_, stats) = server.request("GET", "/api/v1/stats", vec![]).await;
+    assert_eq!(
+        stats["upstream"]["breakers"]["agents.list"]["state"], "closed",
+        "{stats}"
+    );
+    assert_eq!(
+        stats["upstream"]["breakers"]["agents.list"]["consecutive_failures"],
+        0
+    );
+}
+
+#[tokio::test]
+async fn the_host_source_gives_plausible_values() {
+    let server = TestServer::with(|c| {
+        c.host.enabled = true;
+        c.host.status_interval = Duration::from_millis(100);
+        c.host.storage_interval = Duration::from_millis(100);
+    })
+    .await;
+    let mut client = server.client().await;
+    let s = status(&mut client).await;
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    assert_eq!(s["data"]["hostname"], hostname.trim());
+    assert!(s["data"]["memory_total"].as_u64().unwrap() > 0);
+    assert!(s["data"]["uptime"].as_u64().unwrap() > 0);
+    assert_eq!(s["data"]["load_average"].as_array().unwrap().len(), 3);
+    let storage = client.recv_type("storage.update").await;
+    assert!(storage["data"]["disks"].is_array());
+    let (_, snap) = server
+        .request("GET", "/api/v1/snapshot/storage.update", vec![])
+        .await;
+    assert_eq!(snap["stale"], false);
+}
