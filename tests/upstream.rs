@@ -356,3 +356,88 @@ async fn the_host_source_gives_plausible_values() {
         .await;
     assert_eq!(snap["stale"], false);
 }
+
+/// The default breaker settings end to end, in paused time: an unreachable engine opens
+/// each breaker after 5 polls (25 s); it stays open, untried, for 5 minutes; then one trial
+/// call half-opens it, fails, and re-opens it.
+#[tokio::test(start_paused = true)]
+async fn the_default_five_minute_reset_in_paused_time() {
+    // A port nothing listens on: every call fails (refused, or timed out).
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/api/v1", closed.local_addr().unwrap());
+    drop(closed);
+    let mut config = sigmahub::Config::default();
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.host.enabled = false;
+    config.engine.url = Some(url);
+    let server = sigmahub::Server::bind(config).await.unwrap();
+    let breakers = server.breakers();
+    let hub = server.hub();
+    let mut client = hub.connect().unwrap();
+    client.subscribe(["notification"]);
+    let _serving = tokio::spawn(server.run(std::future::pending()));
+
+    let state = |b: &sigmahub::upstream::BreakerBoard| match b.all().get("system.status") {
+        Some(s) => (format!("{:?}", s.state), s.consecutive_failures),
+        None => ("not started".to_string(), 0),
+    };
+    // Step through paused time a second at a time, answering keep-alive pings as a live
+    // client would (else the sweep closes it with 4001 after 40 s).
+    let mut elapsed = 0u64;
+    let outbox = client.outbox().clone();
+    let step = || {
+        outbox.mark_alive();
+        tokio::time::sleep(Duration::from_secs(1))
+    };
+    while state(&breakers).0 != "Open" {
+        assert!(
+            elapsed < 60,
+            "not open after {elapsed} s: {:?}",
+            state(&breakers)
+        );
+        assert!(state(&breakers).1 < 5, "5 failures without opening");
+        step().await;
+        elapsed += 1;
+    }
+    assert_eq!(state(&breakers), ("Open".into(), 5));
+    let opened_at = elapsed;
+    // Open, untried, until the 5 minutes are over: the failure count does not move.
+    while elapsed < opened_at + 299 {
+        assert_eq!(state(&breakers), ("Open".into(), 5), "at {elapsed} s");
+        step().await;
+        elapsed += 1;
+    }
+    // The reset passes: one trial, which fails, and the breaker is open again.
+    while state(&breakers).1 < 6 {
+        assert!(elapsed < opened_at + 320, "no trial by {elapsed} s");
+        step().await;
+        elapsed += 1;
+    }
+    assert_eq!(state(&breakers), ("Open".into(), 6));
+
+    // The notifications told clients every step.
+    let mut frames = Vec::new();
+    client.outbox().drain_into(&mut frames, usize::MAX);
+    let states: Vec<String> = frames
+        .iter()
+        .filter(|f| f[0] == 0x81) // text frames; keep-alive pings are also queued
+        .map(|f| {
+            let start = if f[1] == 126 { 4 } else { 2 };
+            let v: Value = serde_json::from_slice(&f[start..]).unwrap();
+            format!(
+                "{}:{}",
+                v["data"]["breaker"]["method"].as_str().unwrap_or(""),
+                v["data"]["breaker"]["state"].as_str().unwrap_or("")
+            )
+        })
+        .filter(|s| s.starts_with("system.status:"))
+        .collect();
+    assert_eq!(
+        states,
+        [
+            "system.status:open",
+            "system.status:half_open",
+            "system.status:open"
+        ]
+    );
+}

@@ -72,7 +72,7 @@ pub(crate) async fn run(spec: PollSpec, outlet: Outlet, policy: Policy) {
     let mut last_report: Option<Instant> = None;
     loop {
         ticks.tick().await;
-        let (allowed, transition) = breaker.permit(Instant::now());
+        let (allowed, transition) = breaker.permit(now());
         if let Some(t) = transition {
             outlet.breaker_changed(&spec, &breaker, t);
         }
@@ -100,7 +100,7 @@ pub(crate) async fn run(spec: PollSpec, outlet: Outlet, policy: Policy) {
                 return;
             }
             Err(e) => {
-                let now = Instant::now();
+                let now = now();
                 let transition = breaker.on_failure(now);
                 if let Some(t) = transition {
                     outlet.breaker_changed(&spec, &breaker, t);
@@ -127,6 +127,12 @@ pub(crate) async fn run(spec: PollSpec, outlet: Outlet, policy: Policy) {
             }
         }
     }
+}
+
+/// The runtime's clock (paused in tests), as the breaker's `Instant`: the breaker and the
+/// poll ticks must read the same clock.
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
 }
 
 impl Outlet {
