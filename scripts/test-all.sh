@@ -19,6 +19,9 @@ RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
 step "benchmarks and the load generator build"
 cargo bench --workspace --no-run --locked
 
+step "fuzz targets build (fuzz/ is its own workspace; run them with cargo +nightly fuzz)"
+cargo build --manifest-path fuzz/Cargo.toml --locked
+
 step "the embedding example runs"
 cargo run --locked --example embedded -- --once
 

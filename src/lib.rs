@@ -28,6 +28,10 @@ pub mod protocol;
 pub mod server;
 pub mod upstream;
 
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
+
 pub use config::{Config, ConfigError, SlowConsumerPolicy};
 pub use engine::hub::{Client, Delivery, Hub, HubStats};
 pub use event::{Event, EventError};

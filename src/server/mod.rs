@@ -16,7 +16,7 @@
 
 mod gate;
 mod http;
-mod reader;
+pub(crate) mod reader;
 mod session;
 mod writer;
 
