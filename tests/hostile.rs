@@ -1,0 +1,202 @@
+//! Hostile input over real sockets, some of it impossible to produce with a well-behaved
+//! client library (so the handshake and frames are written by hand here). Each gets its
+//! documented answer, and a well-behaved client connected through the whole suite receives
+//! every event published to it.
+
+mod common;
+
+use common::TestServer;
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Opens a WebSocket by hand and returns the socket just after the 101 response.
+async fn raw_ws(server: &TestServer) -> TcpStream {
+    let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+    let request = format!(
+        "GET /ws HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        server.addr
+    );
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        common::within(tcp.read_exact(&mut byte)).await.unwrap();
+        head.push(byte[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    tcp
+}
+
+/// A client frame with the given first byte, masked or not.
+fn frame(first: u8, payload: &[u8], masked: bool) -> Vec<u8> {
+    let mut out = vec![first];
+    let bit = if masked { 0x80 } else { 0 };
+    match payload.len() {
+        n if n < 126 => out.push(bit | n as u8),
+        n if n < 65536 => {
+            out.push(bit | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(bit | 127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    if masked {
+        let key = [7, 1, 9, 3];
+        out.extend_from_slice(&key);
+        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    } else {
+        out.extend_from_slice(payload);
+    }
+    out
+}
+
+/// Reads server frames until a close frame (returning its code) or the end of the stream.
+async fn close_code(tcp: &mut TcpStream) -> Option<u16> {
+    let mut buf = Vec::new();
+    let read_all = async {
+        let mut chunk = [0u8; 4096];
+        loop {
+            match tcp.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(common::DEADLINE, read_all).await;
+    // Walk the server's (unmasked) frames.
+    let mut at = 0;
+    while at + 2 <= buf.len() {
+        let opcode = buf[at] & 0x0f;
+        let (len, header) = match buf[at + 1] & 0x7f {
+            126 => (u16::from_be_bytes([buf[at + 2], buf[at + 3]]) as usize, 4),
+            127 => (
+                u64::from_be_bytes(buf[at + 2..at + 10].try_into().unwrap()) as usize,
+                10,
+            ),
+            n => (n as usize, 2),
+        };
+        let payload = &buf[at + header..(at + header + len).min(buf.len())];
+        if opcode == 0x8 {
+            return payload.get(..2).map(|c| u16::from_be_bytes([c[0], c[1]]));
+        }
+        at += header + len;
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_clients_get_their_answer_and_a_bystander_gets_everything() {
+    let server = TestServer::with(|c| c.max_message_size = 64 * 1024).await;
+    let mut bystander = server.client().await;
+    let mut published = 0u64;
+    let mut publish = || {
+        published += 1;
+        json!({"type": "notification", "data": {"n": published}})
+    };
+
+    let cases: Vec<(&str, Vec<u8>, u16)> = vec![
+        (
+            "unmasked text frame",
+            frame(0x81, br#"{"type":"ping"}"#, false),
+            1002,
+        ),
+        (
+            "control frame over 125 bytes",
+            frame(0x89, &[b'p'; 126], true),
+            1002,
+        ),
+        ("fragmented control frame", frame(0x09, b"p", true), 1002),
+        ("reserved bits set", frame(0xf1, b"{}", true), 1002),
+        ("unknown opcode", frame(0x83, b"{}", true), 1002),
+        (
+            "fragment flood past the message limit",
+            std::iter::once(frame(0x01, &[b' '; 1000], true))
+                .chain((0..100).map(|_| frame(0x00, &[b' '; 1000], true)))
+                .flatten()
+                .collect(),
+            1009,
+        ),
+        (
+            "one frame declaring 2^62 bytes",
+            {
+                let mut f = vec![0x81, 0x80 | 127];
+                f.extend_from_slice(&(1u64 << 62).to_be_bytes());
+                f.extend_from_slice(&[0, 0, 0, 0]);
+                f
+            },
+            1009,
+        ),
+    ];
+    for (what, bytes, code) in cases {
+        let mut tcp = raw_ws(&server).await;
+        // The server may close before everything is written.
+        let _ = tcp.write_all(&bytes).await;
+        assert_eq!(close_code(&mut tcp).await, Some(code), "{what}");
+        server.publish(&publish()).await;
+    }
+
+    // JSON bombs and oversize subscribe requests are answered without closing.
+    let mut client = server.client().await;
+    client
+        .send_text(&format!("{}{}", "[".repeat(20_000), "]".repeat(20_000)))
+        .await;
+    assert_eq!(
+        client.recv_type("error").await["data"]["code"],
+        "invalid_json"
+    );
+    // 10,000 channels make a message over the 64 KiB limit: closed with 1009.
+    let mut greedy = server.client().await;
+    let ten_thousand: Vec<String> = (0..10_000).map(|i| format!("ch{i}")).collect();
+    greedy
+        .send(&json!({"type": "subscribe", "data": {"channels": ten_thousand}}))
+        .await;
+    assert_eq!(greedy.closed().await, Some(1009));
+    // 2,000 fit in a message: 8 defaults + 42 = the limit of 50; the rest are refused by
+    // name, and the connection stays.
+    let two_thousand: Vec<String> = (0..2_000).map(|i| format!("ch{i}")).collect();
+    client
+        .send(&json!({"type": "subscribe", "data": {"channels": two_thousand}}))
+        .await;
+    let reply = client.recv_type("subscribe_response").await;
+    assert_eq!(reply["data"]["subscribed"].as_array().unwrap().len(), 42);
+    assert_eq!(
+        reply["data"]["rejected"].as_array().unwrap().len(),
+        2_000 - 42
+    );
+    assert_eq!(reply["data"]["rejected"][0]["code"], "subscription_limit");
+
+    // Subscribe/unsubscribe churn leaves nothing behind.
+    for i in 0..200 {
+        let ch = format!("churn{}", i % 5);
+        client
+            .send(&json!({"type": "unsubscribe", "data": {"channels": ["ch0"]}}))
+            .await;
+        client
+            .send(&json!({"type": "subscribe", "data": {"channels": [ch]}}))
+            .await;
+        client
+            .send(&json!({"type": "unsubscribe", "data": {"channels": [ch]}}))
+            .await;
+    }
+    client.send(&json!({"type": "ping"})).await;
+    client.recv_type("pong").await;
+    common::eventually("churned channels gone", || {
+        (0..5).all(|i| server.hub.subscriber_count(&format!("churn{i}")) == 0)
+    })
+    .await;
+
+    // The bystander received every event, in order.
+    server.publish(&publish()).await;
+    for n in 1..=published {
+        let event = bystander.recv_type("notification").await;
+        assert_eq!(event["data"]["n"], n);
+    }
+}
