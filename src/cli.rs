@@ -93,6 +93,18 @@ pub(crate) struct Cli {
     )]
     default_subscriptions: Option<Vec<String>>,
 
+    /// Longest a client may take to send its request head, upgrade included [default: 10s].
+    #[arg(long, env = "SIGMAHUB_HANDSHAKE_TIMEOUT", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    handshake_timeout: Option<Duration>,
+
+    /// Messages a connection may send per minute on average [default: 100].
+    #[arg(long, env = "SIGMAHUB_MAX_INBOUND_PER_MINUTE", value_name = "N")]
+    max_inbound_per_minute: Option<u32>,
+
+    /// Messages a connection may send in a burst above that average [default: 10].
+    #[arg(long, env = "SIGMAHUB_INBOUND_BURST", value_name = "N")]
+    inbound_burst: Option<u32>,
+
     /// Publish this machine's `system.status` and `storage.update` [default: true].
     #[arg(long, env = "SIGMAHUB_HOST_ENABLED", value_name = "BOOL")]
     host_enabled: Option<bool>,
@@ -155,6 +167,9 @@ impl Cli {
             shutdown_timeout,
             max_publish_body_size,
             default_subscriptions,
+            handshake_timeout,
+            max_inbound_per_minute,
+            inbound_burst,
         );
         macro_rules! overlay_in {
             ($section:ident: $($flag:ident => $field:ident),* $(,)?) => {

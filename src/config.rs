@@ -75,6 +75,18 @@ pub struct Config {
     /// Largest `POST /api/v1/publish` body, in bytes. Default 1 MiB.
     pub max_publish_body_size: usize,
 
+    /// Longest a client may take to send its HTTP request head (the upgrade included)
+    /// before the connection is dropped: the defence against slowloris. Default 10 s.
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+
+    /// Messages a connection may send per minute on average (seed 002's 100). Past it the
+    /// client gets a `rate_limited` error, then a close with 1008 if it goes on.
+    pub max_inbound_per_minute: u32,
+
+    /// Messages a connection may send in a burst above that average. Default 10 (seed 002).
+    pub inbound_burst: u32,
+
     /// Channels every client is subscribed to on connect. Default: SigmaVault's 8 types.
     pub default_subscriptions: Vec<String>,
 
@@ -163,6 +175,9 @@ impl Default for Config {
             heartbeat_interval: Duration::from_secs(30),
             shutdown_timeout: Duration::from_secs(5),
             max_publish_body_size: 1024 * 1024,
+            handshake_timeout: Duration::from_secs(10),
+            max_inbound_per_minute: 100,
+            inbound_burst: 10,
             default_subscriptions: DEFAULT_CHANNELS.iter().map(|s| s.to_string()).collect(),
             host: HostConfig::default(),
             engine: EngineConfig::default(),
@@ -237,6 +252,7 @@ impl Config {
             ("ping_interval", self.ping_interval),
             ("pong_timeout", self.pong_timeout),
             ("heartbeat_interval", self.heartbeat_interval),
+            ("handshake_timeout", self.handshake_timeout),
             ("host.status_interval", self.host.status_interval),
             ("host.storage_interval", self.host.storage_interval),
             ("engine.poll_interval", self.engine.poll_interval),
@@ -256,6 +272,12 @@ impl Config {
             return Err(invalid(
                 "default_subscriptions",
                 "more entries than max_subscriptions_per_connection",
+            ));
+        }
+        if self.max_inbound_per_minute == 0 || self.inbound_burst == 0 {
+            return Err(invalid(
+                "max_inbound_per_minute",
+                "max_inbound_per_minute and inbound_burst must be at least 1",
             ));
         }
         if self.engine.breaker_threshold == 0 {

@@ -7,6 +7,7 @@
 //! | 1002 | `PROTOCOL_ERROR`   | a frame broke RFC 6455 (reserved bits, bad fragments, …)    | fix client    |
 //! | 1003 | `UNSUPPORTED_DATA` | a binary message (sigmahub speaks JSON text only)           | fix client    |
 //! | 1007 | `INVALID_PAYLOAD`  | a text message that is not valid UTF-8                      | fix client    |
+//! | 1008 | `POLICY_VIOLATION` | kept sending over the inbound rate limit after a warning    | slow down     |
 //! | 1009 | `MESSAGE_TOO_BIG`  | a message over `max_message_size`                           | fix client    |
 //! | 1011 | `INTERNAL_ERROR`   | the server hit an unexpected condition                      | reconnect     |
 //! | 4000 | `SLOW_CONSUMER`    | the client's queue overflowed (`slow_consumer = "close"`)   | reconnect     |
@@ -35,6 +36,8 @@ impl CloseCode {
     pub const UNSUPPORTED_DATA: Self = Self::new(1003, "binary messages are not supported");
     /// The client sent a text message that is not valid UTF-8.
     pub const INVALID_PAYLOAD: Self = Self::new(1007, "invalid UTF-8");
+    /// The client kept sending over its inbound rate limit after a `rate_limited` error.
+    pub const POLICY_VIOLATION: Self = Self::new(1008, "rate limit exceeded");
     /// The client sent a message larger than `max_message_size`.
     pub const MESSAGE_TOO_BIG: Self = Self::new(1009, "message too big");
     /// The server failed; reconnect.
@@ -72,6 +75,7 @@ mod tests {
             CloseCode::PROTOCOL_ERROR,
             CloseCode::UNSUPPORTED_DATA,
             CloseCode::INVALID_PAYLOAD,
+            CloseCode::POLICY_VIOLATION,
             CloseCode::MESSAGE_TOO_BIG,
             CloseCode::INTERNAL_ERROR,
             CloseCode::SLOW_CONSUMER,

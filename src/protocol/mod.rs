@@ -5,3 +5,4 @@ pub mod channel;
 pub mod close;
 pub mod message;
 pub mod publish;
+pub mod rate;

@@ -161,6 +161,8 @@ impl Server {
                 async move { Ok::<_, std::convert::Infallible>(http::route(shared, req, peer).await) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(shared.config.handshake_timeout)
                 .serve_connection(TokioIo::new(tcp), service)
                 .with_upgrades();
             let stop = shared.shutdown.clone();

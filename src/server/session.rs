@@ -23,6 +23,7 @@ use crate::frame;
 use crate::protocol::channel::Channel;
 use crate::protocol::close::CloseCode;
 use crate::protocol::message::{self, ChannelList, ClientMessage, CorrelationId, MessageError};
+use crate::protocol::rate::{TokenBucket, Verdict};
 use crate::upstream::snapshot::SnapshotCache;
 
 /// The welcome text SigmaVault clients expect.
@@ -66,7 +67,12 @@ pub(crate) async fn run<R, W>(
 
     let outbox = client.outbox().clone();
     let mut reader = MessageReader::new(read, config.max_message_size);
-    let read_half = read_loop(&mut client, &mut reader, &shared.snapshots);
+    let limit = TokenBucket::new(
+        config.max_inbound_per_minute,
+        config.inbound_burst,
+        tokio::time::Instant::now().into_std(),
+    );
+    let read_half = read_loop(&mut client, &mut reader, &shared.snapshots, limit);
     let write_half = writer::run(&outbox, &mut write);
     tokio::pin!(read_half, write_half);
 
@@ -148,6 +154,7 @@ async fn read_loop<S: AsyncRead + Unpin>(
     client: &mut Client,
     reader: &mut MessageReader<S>,
     snapshots: &SnapshotCache,
+    mut limit: TokenBucket,
 ) -> ReadEnd {
     loop {
         let incoming = match reader.next().await {
@@ -156,7 +163,25 @@ async fn read_loop<S: AsyncRead + Unpin>(
         };
         client.outbox().mark_alive();
         match incoming {
-            Incoming::Text(mut payload) => handle_message(client, &mut payload, snapshots),
+            Incoming::Text(mut payload) => {
+                match limit.take(tokio::time::Instant::now().into_std()) {
+                    Verdict::Allow => handle_message(client, &mut payload, snapshots),
+                    Verdict::Warn => {
+                        let retry_after_ms = limit.retry_after().as_millis() as u64;
+                        client.send(event::encode_serialize(
+                            "error",
+                            SystemTime::now(),
+                            None,
+                            &serde_json::json!({
+                                "code": "rate_limited",
+                                "message": "too many messages; this one was ignored, and more now close the connection (1008)",
+                                "retry_after_ms": retry_after_ms,
+                            }),
+                        ));
+                    }
+                    Verdict::Close => return ReadEnd::Violation(CloseCode::POLICY_VIOLATION),
+                }
+            }
             Incoming::Ping(payload) => {
                 client.send(frame::pong(&payload));
             }

@@ -40,6 +40,9 @@ impl TestServer {
         // Host metrics would interleave with what most tests read; tests/upstream.rs turns
         // them on.
         config.host.enabled = false;
+        // Most suites send messages in quick bursts; tests/limits.rs checks the default.
+        config.max_inbound_per_minute = 1_000_000;
+        config.inbound_burst = 100_000;
         adjust(&mut config);
         let server = Server::bind(config).await.expect("bind");
         let addr = server.local_addr();
