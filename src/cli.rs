@@ -97,6 +97,32 @@ pub(crate) struct Cli {
     #[arg(long, env = "SIGMAHUB_HANDSHAKE_TIMEOUT", value_parser = humantime::parse_duration, value_name = "DURATION")]
     handshake_timeout: Option<Duration>,
 
+    /// Most WebSocket connections at once, 0 for no limit [default: 100000].
+    #[arg(long, env = "SIGMAHUB_MAX_CONNECTIONS", value_name = "N")]
+    max_connections: Option<usize>,
+
+    /// Most connections from one client address, 0 for no limit [default: 10].
+    #[arg(long, env = "SIGMAHUB_MAX_CONNECTIONS_PER_IP", value_name = "N")]
+    max_connections_per_ip: Option<usize>,
+
+    /// New connections one address may open per minute, 0 for no limit [default: 60].
+    #[arg(long, env = "SIGMAHUB_CONNECTION_RATE_PER_IP", value_name = "N")]
+    connection_rate_per_ip: Option<u32>,
+
+    /// New connections one address may open in a burst [default: 20].
+    #[arg(long, env = "SIGMAHUB_CONNECTION_BURST_PER_IP", value_name = "N")]
+    connection_burst_per_ip: Option<u32>,
+
+    /// Reverse proxies (IP addresses, comma-separated) whose X-Forwarded-For is believed
+    /// [default: none].
+    #[arg(
+        long,
+        env = "SIGMAHUB_TRUSTED_PROXIES",
+        value_delimiter = ',',
+        value_name = "ADDRESSES"
+    )]
+    trusted_proxies: Option<Vec<std::net::IpAddr>>,
+
     /// Messages a connection may send per minute on average [default: 100].
     #[arg(long, env = "SIGMAHUB_MAX_INBOUND_PER_MINUTE", value_name = "N")]
     max_inbound_per_minute: Option<u32>,
@@ -168,6 +194,11 @@ impl Cli {
             max_publish_body_size,
             default_subscriptions,
             handshake_timeout,
+            max_connections,
+            max_connections_per_ip,
+            connection_rate_per_ip,
+            connection_burst_per_ip,
+            trusted_proxies,
             max_inbound_per_minute,
             inbound_burst,
         );

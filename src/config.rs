@@ -80,6 +80,25 @@ pub struct Config {
     #[serde(with = "humantime_serde")]
     pub handshake_timeout: Duration,
 
+    /// Most WebSocket connections at once; more are refused with HTTP 503. 0 is unlimited.
+    /// Default 100,000 (one process holds what its open-file limit allows anyway).
+    pub max_connections: usize,
+
+    /// Most connections from one client address; more are refused with HTTP 429. 0 is
+    /// unlimited. Default 10 (Skreaver's).
+    pub max_connections_per_ip: usize,
+
+    /// New connections one address may open per minute on average (reconnect storms);
+    /// faster ones are refused with HTTP 429 and `Retry-After`. 0 is unlimited. Default 60.
+    pub connection_rate_per_ip: u32,
+
+    /// New connections one address may open in a burst above that rate. Default 20.
+    pub connection_burst_per_ip: u32,
+
+    /// Reverse proxies whose `X-Forwarded-For` names the client address. Default none:
+    /// the peer address is the client's.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
+
     /// Messages a connection may send per minute on average (seed 002's 100). Past it the
     /// client gets a `rate_limited` error, then a close with 1008 if it goes on.
     pub max_inbound_per_minute: u32,
@@ -176,6 +195,11 @@ impl Default for Config {
             shutdown_timeout: Duration::from_secs(5),
             max_publish_body_size: 1024 * 1024,
             handshake_timeout: Duration::from_secs(10),
+            max_connections: 100_000,
+            max_connections_per_ip: 10,
+            connection_rate_per_ip: 60,
+            connection_burst_per_ip: 20,
+            trusted_proxies: Vec::new(),
             max_inbound_per_minute: 100,
             inbound_burst: 10,
             default_subscriptions: DEFAULT_CHANNELS.iter().map(|s| s.to_string()).collect(),

@@ -62,3 +62,83 @@ async fn a_slowloris_handshake_is_dropped_after_the_deadline() {
     client.send(&json!({"type": "ping"})).await;
     assert_eq!(client.recv_type("pong").await["type"], "pong");
 }
+
+/// Tries to open a WebSocket; on refusal returns the HTTP status and `Retry-After`.
+async fn refused(server: &TestServer) -> Option<(u16, String)> {
+    match common::within(tokio_tungstenite::connect_async(server.ws_url())).await {
+        Ok(_) => None,
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => Some((
+            response.status().as_u16(),
+            response
+                .headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap().to_owned())
+                .unwrap_or_default(),
+        )),
+        Err(e) => panic!("unexpected error {e}"),
+    }
+}
+
+#[tokio::test]
+async fn the_eleventh_connection_from_one_address_gets_429_with_retry_after() {
+    // The defaults: 10 per address.
+    let server = TestServer::with(|c| {
+        c.max_connections_per_ip = 10;
+        c.connection_rate_per_ip = 0;
+    })
+    .await;
+    let mut clients = Vec::new();
+    for _ in 0..10 {
+        clients.push(server.client().await);
+    }
+    let (status, retry_after) = refused(&server).await.expect("the 11th was admitted");
+    assert_eq!(status, 429);
+    assert!(retry_after.parse::<u64>().unwrap() >= 1);
+    // A place frees when a client leaves.
+    clients.pop().unwrap().close().await;
+    common::eventually("a free place", || server.hub.stats().clients == 9).await;
+    let mut again = None;
+    for _ in 0..100 {
+        if let Ok((ws, _)) = tokio_tungstenite::connect_async(server.ws_url()).await {
+            again = Some(ws);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(again.is_some(), "no place after a client left");
+    let (_, stats) = server.request("GET", "/api/v1/stats", vec![]).await;
+    assert!(
+        stats["refused"]["too_many_connections_from_address"]
+            .as_u64()
+            .unwrap()
+            >= 1
+    );
+}
+
+#[tokio::test]
+async fn a_full_server_answers_503_and_a_reconnect_storm_429() {
+    let server = TestServer::with(|c| {
+        c.max_connections = 2;
+        c.max_connections_per_ip = 0;
+        c.connection_rate_per_ip = 0;
+    })
+    .await;
+    let _a = server.client().await;
+    let _b = server.client().await;
+    let (status, retry_after) = refused(&server).await.expect("a third was admitted");
+    assert_eq!((status, retry_after.as_str()), (503, "5"));
+
+    let storm = TestServer::with(|c| {
+        c.max_connections_per_ip = 0;
+        c.connection_rate_per_ip = 60;
+        c.connection_burst_per_ip = 5;
+    })
+    .await;
+    for _ in 0..5 {
+        storm.client().await.close().await;
+    }
+    let (status, _) = refused(&storm).await.expect("the storm was not slowed");
+    assert_eq!(status, 429);
+    let (_, stats) = storm.request("GET", "/api/v1/stats", vec![]).await;
+    assert_eq!(stats["refused"]["connection_rate_exceeded"], 1);
+}

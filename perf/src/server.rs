@@ -25,6 +25,13 @@ impl Server {
         let child = Command::new(binary)
             .arg("--listen")
             .arg(listen)
+            // The generator opens thousands of connections from a few addresses.
+            .args([
+                "--max-connections-per-ip",
+                "0",
+                "--connection-rate-per-ip",
+                "0",
+            ])
             .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())

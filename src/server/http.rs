@@ -18,11 +18,12 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Body;
-use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE};
+use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE, RETRY_AFTER};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+use super::admission::Refusal;
 use super::reader::Prefixed;
 use super::{session, Shared};
 use crate::protocol::publish;
@@ -78,12 +79,37 @@ fn upgrade<B>(
             "/ws speaks WebSocket only; connect with a WebSocket client",
         );
     }
+    let address = shared.admission.client_address(peer, req.headers());
+    let ticket = match shared.admission.admit(address, std::time::Instant::now()) {
+        Ok(ticket) => ticket,
+        Err(refusal) => {
+            tracing::debug!(%peer, %address, reason = refusal.code(), "upgrade refused");
+            let (status, message) = match refusal {
+                Refusal::ServerFull => (StatusCode::SERVICE_UNAVAILABLE, "the server is full"),
+                Refusal::TooManyFromAddress => (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too many connections from your address",
+                ),
+                Refusal::TooFast(_) => (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too many new connections from your address",
+                ),
+            };
+            let mut response = error(status, refusal.code(), message);
+            let seconds = refusal.retry_after().as_secs().max(1);
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from(seconds));
+            return response;
+        }
+    };
     let (response, upgrade) = match fastwebsockets::upgrade::upgrade(&mut req) {
         Ok(pair) => pair,
         Err(e) => return error(StatusCode::BAD_REQUEST, "bad_handshake", &e.to_string()),
     };
     let tasks = shared.tasks.clone();
     tasks.spawn(async move {
+        let _ticket = ticket;
         let upgraded = match upgrade.await {
             Ok(ws) => ws.into_inner().into_inner(),
             Err(e) => {
@@ -160,6 +186,11 @@ fn stats(shared: &Shared) -> serde_json::Value {
         "events_published": hub.published,
         "frames_delivered": hub.delivered,
         "channels": channels,
+        "refused": {
+            "server_full": shared.admission.refused.server_full.load(std::sync::atomic::Ordering::Relaxed),
+            "too_many_connections_from_address": shared.admission.refused.per_address.load(std::sync::atomic::Ordering::Relaxed),
+            "connection_rate_exceeded": shared.admission.refused.rate.load(std::sync::atomic::Ordering::Relaxed),
+        },
         "upstream": {
             "breakers": shared.breakers.all(),
             "snapshots": shared.snapshots.all().iter().map(|s| (s.channel.to_string(), serde_json::json!({

@@ -14,6 +14,7 @@
 //! asks every client to flush its queue and close with 1001 (going away), and waits up to
 //! `shutdown_timeout` for them before returning.
 
+mod admission;
 mod gate;
 mod http;
 pub(crate) mod reader;
@@ -62,6 +63,7 @@ pub enum ServeError {
 /// State shared by every connection task.
 pub(crate) struct Shared {
     pub(crate) hub: Hub,
+    pub(crate) admission: Arc<admission::Admission>,
     pub(crate) snapshots: Arc<SnapshotCache>,
     pub(crate) breakers: Arc<BreakerBoard>,
     pub(crate) config: Arc<Config>,
@@ -91,6 +93,7 @@ impl Server {
             listener,
             shared: Arc::new(Shared {
                 hub,
+                admission: Arc::new(admission::Admission::new(&config)),
                 snapshots: Arc::default(),
                 breakers: Arc::default(),
                 config: Arc::new(config),

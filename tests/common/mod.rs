@@ -43,6 +43,9 @@ impl TestServer {
         // Most suites send messages in quick bursts; tests/limits.rs checks the default.
         config.max_inbound_per_minute = 1_000_000;
         config.inbound_burst = 100_000;
+        // Every test client comes from 127.0.0.1; tests/limits.rs checks admission.
+        config.max_connections_per_ip = 0;
+        config.connection_rate_per_ip = 0;
         adjust(&mut config);
         let server = Server::bind(config).await.expect("bind");
         let addr = server.local_addr();

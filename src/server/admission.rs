@@ -1,0 +1,240 @@
+//! Admission control for WebSocket upgrades: total and per-IP connection limits, a per-IP
+//! connection rate (a token bucket against reconnect storms), and the client address behind
+//! trusted reverse proxies.
+//!
+//! A refused upgrade is answered before the 101 with HTTP 503 (server full) or 429 (this
+//! address), each with `Retry-After`. Every refusal is counted.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hyper::HeaderMap;
+
+use crate::config::Config;
+use crate::protocol::rate::{TokenBucket, Verdict};
+
+/// Why an upgrade was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// `max_connections` reached: HTTP 503.
+    ServerFull,
+    /// `max_connections_per_ip` reached for this address: HTTP 429.
+    TooManyFromAddress,
+    /// This address connects faster than `connection_rate_per_ip`: HTTP 429.
+    TooFast(Duration),
+}
+
+impl Refusal {
+    /// The stable code in the refusal's JSON body and in the stats.
+    pub(crate) fn code(self) -> &'static str {
+        match self {
+            Self::ServerFull => "server_full",
+            Self::TooManyFromAddress => "too_many_connections_from_address",
+            Self::TooFast(_) => "connection_rate_exceeded",
+        }
+    }
+
+    /// How long the client should wait before trying again.
+    pub(crate) fn retry_after(self) -> Duration {
+        match self {
+            Self::ServerFull => Duration::from_secs(5),
+            Self::TooManyFromAddress => Duration::from_secs(10),
+            Self::TooFast(wait) => wait.max(Duration::from_secs(1)),
+        }
+    }
+}
+
+struct PerAddress {
+    active: usize,
+    rate: TokenBucket,
+}
+
+/// Refusal counters, by reason.
+#[derive(Debug, Default)]
+pub(crate) struct Refused {
+    pub(crate) server_full: AtomicU64,
+    pub(crate) per_address: AtomicU64,
+    pub(crate) rate: AtomicU64,
+}
+
+pub(crate) struct Admission {
+    max_connections: usize,
+    max_per_address: usize,
+    rate_per_minute: u32,
+    rate_burst: u32,
+    trusted_proxies: Vec<IpAddr>,
+    active: AtomicUsize,
+    addresses: Mutex<HashMap<IpAddr, PerAddress>>,
+    pub(crate) refused: Refused,
+}
+
+/// An admitted connection's place; dropping it frees the place.
+pub(crate) struct Ticket {
+    admission: Arc<Admission>,
+    address: IpAddr,
+}
+
+impl Admission {
+    pub(crate) fn new(config: &Config) -> Self {
+        Self {
+            max_connections: config.max_connections,
+            max_per_address: config.max_connections_per_ip,
+            rate_per_minute: config.connection_rate_per_ip,
+            rate_burst: config.connection_burst_per_ip,
+            trusted_proxies: config.trusted_proxies.clone(),
+            active: AtomicUsize::new(0),
+            addresses: Mutex::new(HashMap::new()),
+            refused: Refused::default(),
+        }
+    }
+
+    /// The client's address: the peer, or, when the peer is a trusted proxy, the nearest
+    /// untrusted address in `X-Forwarded-For` (read from the right).
+    pub(crate) fn client_address(&self, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
+        let peer = peer.ip().to_canonical();
+        if !self.trusted_proxies.contains(&peer) {
+            return peer;
+        }
+        let forwarded = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|a| a.trim().parse::<IpAddr>().ok())
+            .map(|a| a.to_canonical())
+            .collect::<Vec<_>>();
+        forwarded
+            .into_iter()
+            .rev()
+            .find(|a| !self.trusted_proxies.contains(a))
+            .unwrap_or(peer)
+    }
+
+    /// Admits a connection from `address` at `now`, or says why not.
+    pub(crate) fn admit(
+        self: &Arc<Self>,
+        address: IpAddr,
+        now: Instant,
+    ) -> Result<Ticket, Refusal> {
+        let mut addresses = self.addresses.lock().unwrap_or_else(|e| e.into_inner());
+        if self.max_connections > 0 && self.active.load(Ordering::Relaxed) >= self.max_connections {
+            self.refused.server_full.fetch_add(1, Ordering::Relaxed);
+            return Err(Refusal::ServerFull);
+        }
+        if addresses.len() > 10_000 {
+            // Forget idle addresses whose rate bucket has refilled.
+            addresses.retain(|_, a| a.active > 0 || a.rate.retry_after() > Duration::ZERO);
+        }
+        let (per_minute, burst) = (self.rate_per_minute, self.rate_burst);
+        let entry = addresses.entry(address).or_insert_with(|| PerAddress {
+            active: 0,
+            rate: TokenBucket::new(per_minute.max(1), burst.max(1), now),
+        });
+        if self.max_per_address > 0 && entry.active >= self.max_per_address {
+            self.refused.per_address.fetch_add(1, Ordering::Relaxed);
+            return Err(Refusal::TooManyFromAddress);
+        }
+        if per_minute > 0 && entry.rate.take(now) != Verdict::Allow {
+            self.refused.rate.fetch_add(1, Ordering::Relaxed);
+            return Err(Refusal::TooFast(entry.rate.retry_after()));
+        }
+        entry.active += 1;
+        self.active.fetch_add(1, Ordering::Relaxed);
+        Ok(Ticket {
+            admission: self.clone(),
+            address,
+        })
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        let mut addresses = self
+            .admission
+            .addresses
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(entry) = addresses.get_mut(&self.address) {
+            entry.active -= 1;
+        }
+        self.admission.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn admission(f: impl FnOnce(&mut Config)) -> Arc<Admission> {
+        let mut config = Config::default();
+        f(&mut config);
+        Arc::new(Admission::new(&config))
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn per_address_and_total_limits_free_on_drop() {
+        let a = admission(|c| {
+            c.max_connections = 3;
+            c.max_connections_per_ip = 2;
+            c.connection_rate_per_ip = 0;
+        });
+        let now = Instant::now();
+        let t1 = a.admit(ip("10.0.0.1"), now).unwrap();
+        let _t2 = a.admit(ip("10.0.0.1"), now).unwrap();
+        assert_eq!(
+            a.admit(ip("10.0.0.1"), now).err(),
+            Some(Refusal::TooManyFromAddress)
+        );
+        let _t3 = a.admit(ip("10.0.0.2"), now).unwrap();
+        assert_eq!(
+            a.admit(ip("10.0.0.3"), now).err(),
+            Some(Refusal::ServerFull)
+        );
+        drop(t1);
+        assert!(a.admit(ip("10.0.0.1"), now).is_ok());
+        assert_eq!(a.refused.per_address.load(Ordering::Relaxed), 1);
+        assert_eq!(a.refused.server_full.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn reconnect_storms_hit_the_rate_limit() {
+        let a = admission(|c| {
+            c.max_connections_per_ip = 0;
+            c.connection_rate_per_ip = 60;
+            c.connection_burst_per_ip = 3;
+        });
+        let now = Instant::now();
+        for _ in 0..3 {
+            drop(a.admit(ip("10.0.0.1"), now).unwrap());
+        }
+        let Err(Refusal::TooFast(wait)) = a.admit(ip("10.0.0.1"), now) else {
+            panic!("not refused")
+        };
+        assert!(wait > Duration::ZERO);
+        assert!(a
+            .admit(ip("10.0.0.1"), now + Duration::from_secs(1))
+            .is_ok());
+    }
+
+    #[test]
+    fn forwarded_for_counts_only_behind_a_trusted_proxy() {
+        let a = admission(|c| c.trusted_proxies = vec![ip("10.9.9.9")]);
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "x-forwarded-for",
+            "203.0.113.7, 198.51.100.1, 10.9.9.9".parse().unwrap(),
+        );
+        let proxy: SocketAddr = "10.9.9.9:4000".parse().unwrap();
+        let stranger: SocketAddr = "192.0.2.1:4000".parse().unwrap();
+        assert_eq!(a.client_address(proxy, &headers), ip("198.51.100.1"));
+        assert_eq!(a.client_address(stranger, &headers), ip("192.0.2.1"));
+        assert_eq!(a.client_address(proxy, &HeaderMap::new()), ip("10.9.9.9"));
+    }
+}
