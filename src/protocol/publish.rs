@@ -3,6 +3,10 @@
 //! The whole body is validated before anything is published: a request with one bad event
 //! publishes nothing and names the bad event's index. `data` is kept as raw JSON (never
 //! re-serialized); a missing or `null` `data` becomes `{}`.
+//!
+//! Numbers must fit a double (RFC 8259 §6's interoperable range): `1e999` is valid JSON
+//! syntax, but forwarded as is it would be unreadable to every subscriber whose JSON parser
+//! refuses it (serde_json does). Found by the `publish_body` fuzz target.
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -66,11 +70,71 @@ fn event(json: &[u8], index: Option<usize>) -> Result<Event, PublishError> {
     };
     let incoming: Incoming<'_> = serde_json::from_slice(json).map_err(|e| bad(e.to_string()))?;
     let channel = Channel::new(&incoming.kind).map_err(|e| bad(format!("`type`: {e}")))?;
+    if let Some(data) = incoming.data {
+        serde_json::from_str::<Interoperable>(data.get())
+            .map_err(|e| bad(format!("`data`: {e}")))?;
+    }
     let data = match incoming.data {
         Some(raw) if raw.get() != "null" => raw.to_owned(),
         _ => RawValue::from_string("{}".into()).expect("valid JSON"),
     };
     Ok(Event::from_raw(channel, data))
+}
+
+/// Deserializes any JSON value, keeping nothing, and fails on numbers outside a double's
+/// range (serde_json reads every number it is asked to visit).
+struct Interoperable;
+
+impl<'de> Deserialize<'de> for Interoperable {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Interoperable;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Interoperable, E> {
+                Ok(Interoperable)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Interoperable, E> {
+                Ok(Interoperable)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Interoperable, E> {
+                Ok(Interoperable)
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Interoperable, E> {
+                if v.is_finite() {
+                    Ok(Interoperable)
+                } else {
+                    Err(E::custom("number out of range"))
+                }
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Interoperable, E> {
+                Ok(Interoperable)
+            }
+            fn visit_unit<E>(self) -> Result<Interoperable, E> {
+                Ok(Interoperable)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Interoperable, A::Error> {
+                while seq.next_element::<Interoperable>()?.is_some() {}
+                Ok(Interoperable)
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Interoperable, A::Error> {
+                while map
+                    .next_entry::<serde::de::IgnoredAny, Interoperable>()?
+                    .is_some()
+                {}
+                Ok(Interoperable)
+            }
+        }
+        d.deserialize_any(Visit)
+    }
 }
 
 fn invalid_json(e: serde_json::Error) -> PublishError {
@@ -124,6 +188,31 @@ mod tests {
                 String::from_utf8_lossy(body)
             );
         }
+    }
+
+    /// Regression: fuzz/artifacts/publish_body/crash-317d5095…, a number that overflows a
+    /// double, was forwarded and broke serde_json subscribers.
+    #[test]
+    fn numbers_outside_a_double_are_refused() {
+        let crash = b"{\"type\":\"o\",\"data\":{\"id[\"\n\n:  \n [\t8e95990\n \t]\n }}";
+        let e = parse(crash).unwrap_err();
+        assert_eq!(e.code, "invalid_event");
+        assert!(e.message.contains("out of range"), "{}", e.message);
+        for bad in [
+            &b"{\"type\":\"a\",\"data\":{\"x\":1e999}}"[..],
+            b"[{\"type\":\"a\",\"data\":[-1e400]}]",
+        ] {
+            assert!(parse(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
+        // Big, small and precise numbers that a double holds are fine, and stay verbatim.
+        let ok = parse(
+            br#"{"type":"a","data":{"x":1e308,"y":-1e-400,"z":12345678901234567890,"w":0.1}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            ok[0].data().get(),
+            r#"{"x":1e308,"y":-1e-400,"z":12345678901234567890,"w":0.1}"#
+        );
     }
 
     #[test]
