@@ -142,3 +142,19 @@ async fn a_full_server_answers_503_and_a_reconnect_storm_429() {
     let (_, stats) = storm.request("GET", "/api/v1/stats", vec![]).await;
     assert_eq!(stats["refused"]["connection_rate_exceeded"], 1);
 }
+
+#[tokio::test]
+async fn a_ping_frame_flood_counts_against_the_same_limit() {
+    let server = TestServer::with(|c| {
+        c.max_inbound_per_minute = 100;
+        c.inbound_burst = 10;
+    })
+    .await;
+    let mut flooder = server.client().await;
+    for _ in 0..12 {
+        let ping = tokio_tungstenite::tungstenite::Message::Ping(b"x"[..].into());
+        // The server may close before the last ping is sent.
+        let _ = futures_util::SinkExt::send(&mut flooder.ws, ping).await;
+    }
+    assert_eq!(flooder.closed().await, Some(1008));
+}

@@ -162,26 +162,19 @@ async fn read_loop<S: AsyncRead + Unpin>(
             Err(end) => return end,
         };
         client.outbox().mark_alive();
-        match incoming {
-            Incoming::Text(mut payload) => {
-                match limit.take(tokio::time::Instant::now().into_std()) {
-                    Verdict::Allow => handle_message(client, &mut payload, snapshots),
-                    Verdict::Warn => {
-                        let retry_after_ms = limit.retry_after().as_millis() as u64;
-                        client.send(event::encode_serialize(
-                            "error",
-                            SystemTime::now(),
-                            None,
-                            &serde_json::json!({
-                                "code": "rate_limited",
-                                "message": "too many messages; this one was ignored, and more now close the connection (1008)",
-                                "retry_after_ms": retry_after_ms,
-                            }),
-                        ));
-                    }
-                    Verdict::Close => return ReadEnd::Violation(CloseCode::POLICY_VIOLATION),
+        // Text messages and pings (each answered) count against the inbound limit.
+        if matches!(incoming, Incoming::Text(_) | Incoming::Ping(_)) {
+            match limit.take(tokio::time::Instant::now().into_std()) {
+                Verdict::Allow => {}
+                Verdict::Warn => {
+                    client.send(rate_limited(limit.retry_after()));
+                    continue;
                 }
+                Verdict::Close => return ReadEnd::Violation(CloseCode::POLICY_VIOLATION),
             }
+        }
+        match incoming {
+            Incoming::Text(mut payload) => handle_message(client, &mut payload, snapshots),
             Incoming::Ping(payload) => {
                 client.send(frame::pong(&payload));
             }
@@ -189,6 +182,20 @@ async fn read_loop<S: AsyncRead + Unpin>(
             Incoming::Close => return ReadEnd::Violation(CloseCode::NORMAL),
         }
     }
+}
+
+/// The `error` sent for the first message over the inbound limit.
+fn rate_limited(retry_after: std::time::Duration) -> Bytes {
+    event::encode_serialize(
+        "error",
+        SystemTime::now(),
+        None,
+        &serde_json::json!({
+            "code": "rate_limited",
+            "message": "too many messages; this one was ignored, and more now close the connection (1008)",
+            "retry_after_ms": retry_after.as_millis() as u64,
+        }),
+    )
 }
 
 fn handle_message(client: &mut Client, payload: &mut [u8], snapshots: &SnapshotCache) {
