@@ -42,7 +42,7 @@ async fn a_client_that_never_reads_is_closed_while_a_normal_client_gets_everythi
     let code = loop {
         match stalled.read().await {
             Read::Json(event) => last_seq = event["data"]["seq"].as_u64().or(last_seq),
-            Read::Ping => {}
+            Read::Ping | Read::Pong => {}
             Read::Close(code) => break code,
             Read::Ended => break None,
         }

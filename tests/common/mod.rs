@@ -135,6 +135,7 @@ pub struct Client {
 pub enum Read {
     Json(Value),
     Ping,
+    Pong,
     Close(Option<u16>),
     Ended,
 }
@@ -148,6 +149,7 @@ impl Client {
                 Read::Json(serde_json::from_str(&t).expect("server sent invalid JSON"))
             }
             Some(Ok(Message::Ping(_))) => Read::Ping,
+            Some(Ok(Message::Pong(_))) => Read::Pong,
             Some(Ok(Message::Close(frame))) => Read::Close(frame.map(|f| u16::from(f.code))),
             Some(Ok(other)) => panic!("unexpected message {other:?}"),
         }
@@ -158,7 +160,7 @@ impl Client {
         loop {
             match self.read().await {
                 Read::Json(v) => return v,
-                Read::Ping => continue,
+                Read::Ping | Read::Pong => continue,
                 other => panic!("expected a message, got {other:?}"),
             }
         }
