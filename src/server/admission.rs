@@ -60,6 +60,18 @@ pub(crate) struct Refused {
     pub(crate) rate: AtomicU64,
 }
 
+impl Refused {
+    /// The counts keyed by each refusal's code, as the stats API shows them.
+    pub(crate) fn to_json(&self) -> serde_json::Value {
+        let count = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        serde_json::json!({
+            Refusal::ServerFull.code(): count(&self.server_full),
+            Refusal::TooManyFromAddress.code(): count(&self.per_address),
+            Refusal::TooFast(Duration::ZERO).code(): count(&self.rate),
+        })
+    }
+}
+
 pub(crate) struct Admission {
     max_connections: usize,
     max_per_address: usize,

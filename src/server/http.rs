@@ -186,18 +186,15 @@ fn stats(shared: &Shared) -> serde_json::Value {
         "events_published": hub.published,
         "frames_delivered": hub.delivered,
         "channels": channels,
-        "refused": {
-            "server_full": shared.admission.refused.server_full.load(std::sync::atomic::Ordering::Relaxed),
-            "too_many_connections_from_address": shared.admission.refused.per_address.load(std::sync::atomic::Ordering::Relaxed),
-            "connection_rate_exceeded": shared.admission.refused.rate.load(std::sync::atomic::Ordering::Relaxed),
-        },
+        "refused": shared.admission.refused.to_json(),
         "upstream": {
             "breakers": shared.breakers.all(),
-            "snapshots": shared.snapshots.all().iter().map(|s| (s.channel.to_string(), serde_json::json!({
-                "stale": s.stale.is_some(),
-                "error_code": s.stale.map(|st| st.error_code),
-                "last_update": crate::event::rfc3339(s.last_update),
-            }))).collect::<serde_json::Map<_, _>>(),
+            "snapshots": shared
+                .snapshots
+                .all()
+                .iter()
+                .map(|s| (s.channel.to_string(), s.status()))
+                .collect::<serde_json::Map<_, _>>(),
         },
     })
 }

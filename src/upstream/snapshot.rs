@@ -74,20 +74,26 @@ impl Snapshot {
         )
     }
 
-    /// The snapshot as the REST API shows it.
+    /// Freshness alone: `stale`, `error_code`, `last_update` (the stats API shows this).
+    pub fn status(&self) -> serde_json::Value {
+        serde_json::json!({
+            "stale": self.stale.is_some(),
+            "error_code": self.stale.map(|s| s.error_code),
+            "last_update": event::rfc3339(self.last_update),
+        })
+    }
+
+    /// The snapshot as the REST API shows it: its status, `type` and `items`.
     pub fn to_json(&self) -> serde_json::Value {
         let items: Vec<serde_json::Value> = self
             .items
             .iter()
             .map(|i| serde_json::from_str(i.get()).unwrap_or(serde_json::Value::Null))
             .collect();
-        serde_json::json!({
-            "type": self.channel,
-            "stale": self.stale.is_some(),
-            "error_code": self.stale.map(|s| s.error_code),
-            "last_update": event::rfc3339(self.last_update),
-            "items": items,
-        })
+        let mut json = self.status();
+        json["type"] = serde_json::json!(self.channel);
+        json["items"] = items.into();
+        json
     }
 }
 
