@@ -143,6 +143,71 @@ pub(crate) struct Cli {
     #[arg(long, env = "SIGMAHUB_HOST_STORAGE_INTERVAL", value_parser = humantime::parse_duration, value_name = "DURATION")]
     host_storage_interval: Option<Duration>,
 
+    /// Most clients subscribed to one channel, 0 for no limit [default: 0].
+    #[arg(long, env = "SIGMAHUB_MAX_SUBSCRIBERS_PER_CHANNEL", value_name = "N")]
+    max_subscribers_per_channel: Option<usize>,
+
+    /// Close connections that send no message for this long (4005), 0 for never; pongs do
+    /// not count [default: 0].
+    #[arg(long, env = "SIGMAHUB_IDLE_TIMEOUT", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    idle_timeout: Option<Duration>,
+
+    /// HS256 secret for client JWTs (at least 32 bytes); makes a token mandatory on /ws.
+    /// Prefer the environment variable, so the secret stays out of `ps` [default: none].
+    #[arg(
+        long,
+        env = "SIGMAHUB_AUTH_JWT_SECRET",
+        value_name = "SECRET",
+        hide_env_values = true
+    )]
+    auth_jwt_secret: Option<String>,
+
+    /// RS256 public key (PEM file) for client JWTs; makes a token mandatory on /ws
+    /// [default: none].
+    #[arg(long, env = "SIGMAHUB_AUTH_JWT_PUBLIC_KEY_FILE", value_name = "FILE")]
+    auth_jwt_public_key_file: Option<PathBuf>,
+
+    /// Required `iss` claim of client JWTs [default: not checked].
+    #[arg(long, env = "SIGMAHUB_AUTH_ISSUER", value_name = "ISSUER")]
+    auth_issuer: Option<String>,
+
+    /// Required `aud` claim of client JWTs [default: not checked].
+    #[arg(long, env = "SIGMAHUB_AUTH_AUDIENCE", value_name = "AUDIENCE")]
+    auth_audience: Option<String>,
+
+    /// Clock skew allowed on `exp` and `nbf` [default: 30s].
+    #[arg(long, env = "SIGMAHUB_AUTH_LEEWAY", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    auth_leeway: Option<Duration>,
+
+    /// Time a client without a token has to send an `auth` message (4002) [default: 10s].
+    #[arg(long, env = "SIGMAHUB_AUTH_TIMEOUT", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    auth_timeout: Option<Duration>,
+
+    /// Keys for POST /api/v1/publish, comma-separated (several, for rotation; each at least
+    /// 16 bytes) [default: none, publishing is open].
+    #[arg(
+        long,
+        env = "SIGMAHUB_AUTH_PUBLISH_KEYS",
+        value_delimiter = ',',
+        value_name = "KEYS",
+        hide_env_values = true
+    )]
+    auth_publish_keys: Option<Vec<String>>,
+
+    /// Serve without authentication on a non-loopback address [default: false].
+    #[arg(long, env = "SIGMAHUB_AUTH_ALLOW_ANONYMOUS", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    auth_allow_anonymous: Option<bool>,
+
+    /// Browser origins allowed to open WebSockets, comma-separated; globs like
+    /// https://*.example.com [default: any].
+    #[arg(
+        long,
+        env = "SIGMAHUB_AUTH_ALLOWED_ORIGINS",
+        value_delimiter = ',',
+        value_name = "ORIGINS"
+    )]
+    auth_allowed_origins: Option<Vec<String>>,
+
     /// Base URL of a SigmaVault engine to poll over JSON-RPC (`{url}/rpc`), e.g.
     /// http://127.0.0.1:5000/api/v1 [default: none].
     #[arg(long, env = "SIGMAHUB_ENGINE_URL", value_name = "URL")]
@@ -201,6 +266,8 @@ impl Cli {
             trusted_proxies,
             max_inbound_per_minute,
             inbound_burst,
+            max_subscribers_per_channel,
+            idle_timeout,
         );
         macro_rules! overlay_in {
             ($section:ident: $($flag:ident => $field:ident),* $(,)?) => {
@@ -215,9 +282,27 @@ impl Cli {
             engine_breaker_reset => breaker_reset,
             engine_error_report_interval => error_report_interval,
         );
+        overlay_in!(auth:
+            auth_leeway => leeway,
+            auth_timeout => timeout,
+            auth_publish_keys => publish_keys,
+            auth_allow_anonymous => allow_anonymous,
+            auth_allowed_origins => allowed_origins,
+        );
         if let Some(url) = self.engine_url {
             config.engine.url = Some(url);
         }
+        macro_rules! overlay_some {
+            ($section:ident: $($flag:ident => $field:ident),* $(,)?) => {
+                $(if let Some(value) = self.$flag { config.$section.$field = Some(value); })*
+            };
+        }
+        overlay_some!(auth:
+            auth_jwt_secret => jwt_secret,
+            auth_jwt_public_key_file => jwt_public_key_file,
+            auth_issuer => issuer,
+            auth_audience => audience,
+        );
         config.validate()?;
         Ok(config)
     }
@@ -234,6 +319,10 @@ mod tests {
     fn every_config_key_has_a_flag_and_an_env_var() {
         let mut config = Config::default();
         config.engine.url = Some("http://127.0.0.1:5000/api/v1".into());
+        config.auth.jwt_secret = Some("s".into());
+        config.auth.jwt_public_key_file = Some("k.pem".into());
+        config.auth.issuer = Some("i".into());
+        config.auth.audience = Some("a".into());
         let table = toml::Table::try_from(config).unwrap();
         let mut keys = Vec::new();
         for (key, value) in &table {

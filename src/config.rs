@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::auth::keys::MIN_KEY_LEN;
 use crate::protocol::channel::{self, DEFAULT_CHANNELS};
 
 /// What to do with a client whose queue is full.
@@ -106,14 +107,122 @@ pub struct Config {
     /// Messages a connection may send in a burst above that average. Default 10 (seed 002).
     pub inbound_burst: u32,
 
-    /// Channels every client is subscribed to on connect. Default: SigmaVault's 8 types.
+    /// Channels every client is subscribed to on connect (those its token allows).
+    /// Default: SigmaVault's 8 types.
     pub default_subscriptions: Vec<String>,
+
+    /// Most clients subscribed to one channel; further subscribes get `channel_full`.
+    /// 0 is unlimited, the default: Skreaver's 10,000 would refuse the default channels to
+    /// the 10,001st client of a node built to hold 19,900.
+    pub max_subscribers_per_channel: usize,
+
+    /// Close a connection (4005) that sends no message for this long; pongs to keep-alive
+    /// pings do not count. 0, the default, turns it off: subscribers are normally silent,
+    /// and dead peers are found by the keep-alive pings. Set it where clients must send
+    /// application-level `ping`s.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+
+    /// Authentication, permissions and the origin allowlist (TOML section `[auth]`).
+    pub auth: AuthConfig,
 
     /// The host source: `system.status` and `storage.update` from this machine.
     pub host: HostConfig,
 
     /// The upstream SigmaVault engine, polled over JSON-RPC when `engine.url` is set.
     pub engine: EngineConfig,
+}
+
+/// Authentication (TOML section `[auth]`). With none of it set, clients are anonymous:
+/// fine on loopback, refused on any other address unless `allow_anonymous` is true.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct AuthConfig {
+    /// HS256 secret for client JWTs, at least 32 bytes. Setting it (or
+    /// `jwt_public_key_file`) makes a token mandatory on `/ws`. Default: none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwt_secret: Option<String>,
+    /// RS256 public key (PEM file) for client JWTs. Default: none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwt_public_key_file: Option<std::path::PathBuf>,
+    /// Required `iss` claim. Default: not checked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    /// Required `aud` claim. Default: not checked (and tokens carrying one are refused).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audience: Option<String>,
+    /// Clock skew allowed on `exp` and `nbf`. Default 30 s.
+    #[serde(with = "humantime_serde")]
+    pub leeway: Duration,
+    /// How long a client that connected without a token has to send an `auth` message
+    /// before it is closed (4002). Default 10 s.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Keys for `POST /api/v1/publish` (several, for rotation), each at least 16 bytes.
+    /// Once any is set, publishing needs one. A key also works as a WebSocket token with
+    /// every permission. Default: none.
+    pub publish_keys: Vec<String>,
+    /// Serve without authentication on a non-loopback address. Default false: such a
+    /// server refuses to start without `jwt_secret`/`jwt_public_key_file` and `publish_keys`.
+    pub allow_anonymous: bool,
+    /// Origins allowed to open WebSockets from a browser (`https://app.example.com`, or a
+    /// glob like `https://*.example.com`); others get HTTP 403. Default: empty, any origin.
+    pub allowed_origins: Vec<String>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            jwt_secret: None,
+            jwt_public_key_file: None,
+            issuer: None,
+            audience: None,
+            leeway: Duration::from_secs(30),
+            timeout: Duration::from_secs(10),
+            publish_keys: Vec::new(),
+            allow_anonymous: false,
+            allowed_origins: Vec::new(),
+        }
+    }
+}
+
+impl AuthConfig {
+    /// Whether WebSocket clients must authenticate.
+    pub fn has_token_auth(&self) -> bool {
+        self.jwt_secret.is_some() || self.jwt_public_key_file.is_some()
+    }
+
+    /// A copy with the secrets replaced, for printing and logging.
+    pub fn redacted(&self) -> Self {
+        const HIDDEN: &str = "<redacted>";
+        Self {
+            jwt_secret: self.jwt_secret.as_ref().map(|_| HIDDEN.to_owned()),
+            publish_keys: self
+                .publish_keys
+                .iter()
+                .map(|_| HIDDEN.to_owned())
+                .collect(),
+            ..self.clone()
+        }
+    }
+}
+
+impl std::fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let shown = self.redacted();
+        f.debug_struct("AuthConfig")
+            .field("jwt_secret", &shown.jwt_secret)
+            .field("jwt_public_key_file", &shown.jwt_public_key_file)
+            .field("issuer", &shown.issuer)
+            .field("audience", &shown.audience)
+            .field("leeway", &shown.leeway)
+            .field("timeout", &shown.timeout)
+            .field("publish_keys", &shown.publish_keys)
+            .field("allow_anonymous", &shown.allow_anonymous)
+            .field("allowed_origins", &shown.allowed_origins)
+            .finish()
+    }
 }
 
 /// The host source (TOML section `[host]`).
@@ -203,6 +312,9 @@ impl Default for Config {
             max_inbound_per_minute: 100,
             inbound_burst: 10,
             default_subscriptions: DEFAULT_CHANNELS.iter().map(|s| s.to_string()).collect(),
+            max_subscribers_per_channel: 0,
+            idle_timeout: Duration::ZERO,
+            auth: AuthConfig::default(),
             host: HostConfig::default(),
             engine: EngineConfig::default(),
         }
@@ -281,6 +393,7 @@ impl Config {
             ("host.storage_interval", self.host.storage_interval),
             ("engine.poll_interval", self.engine.poll_interval),
             ("engine.timeout", self.engine.timeout),
+            ("auth.timeout", self.auth.timeout),
         ] {
             if d.is_zero() {
                 return Err(invalid(field, "must be greater than zero"));
@@ -315,7 +428,50 @@ impl Config {
             channel::validate(name)
                 .map_err(|e| invalid("default_subscriptions", format!("{name:?}: {e}")))?;
         }
-        Ok(())
+        self.validate_auth()
+    }
+
+    /// The `[auth]` checks, secure-by-default included.
+    fn validate_auth(&self) -> Result<(), ConfigError> {
+        let auth = &self.auth;
+        if let Some(secret) = &auth.jwt_secret {
+            if secret.len() < 32 {
+                return Err(invalid(
+                    "auth.jwt_secret",
+                    "must be at least 32 bytes (RFC 7518 §3.2: a key as long as the hash)",
+                ));
+            }
+        }
+        if auth.publish_keys.iter().any(|k| k.len() < MIN_KEY_LEN) {
+            return Err(invalid(
+                "auth.publish_keys",
+                format!("each key must be at least {MIN_KEY_LEN} bytes"),
+            ));
+        }
+        if self.listen.ip().is_loopback() || auth.allow_anonymous {
+            return Ok(());
+        }
+        let missing: Vec<&str> = [
+            (!auth.has_token_auth())
+                .then_some("client tokens (auth.jwt_secret or auth.jwt_public_key_file)"),
+            auth.publish_keys
+                .is_empty()
+                .then_some("publish keys (auth.publish_keys)"),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        Err(invalid(
+            "auth",
+            format!(
+                "{} is not a loopback address and there are no {}; configure them, or set auth.allow_anonymous = true (--auth-allow-anonymous) to serve without authentication",
+                self.listen,
+                missing.join(" and no ")
+            ),
+        ))
     }
 }
 
@@ -361,6 +517,49 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("engine.url"));
+    }
+
+    #[test]
+    fn public_addresses_need_auth_or_an_explicit_opt_out() {
+        let public = Config {
+            listen: "0.0.0.0:12080".parse().unwrap(),
+            ..Config::default()
+        };
+        let err = public.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("auth.jwt_secret") && err.contains("publish_keys"),
+            "{err}"
+        );
+
+        let mut open = public.clone();
+        open.auth.allow_anonymous = true;
+        open.validate().unwrap();
+
+        let mut secured = public.clone();
+        secured.auth.jwt_secret = Some("x".repeat(32));
+        secured.auth.publish_keys = vec!["k".repeat(16)];
+        secured.validate().unwrap();
+
+        let mut half = public;
+        half.auth.jwt_secret = Some("x".repeat(32));
+        let err = half.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("publish_keys") && !err.contains("jwt_secret"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn weak_secrets_are_refused_and_never_printed() {
+        let mut c = Config::default();
+        c.auth.jwt_secret = Some("short".into());
+        assert!(c.validate().unwrap_err().to_string().contains("32 bytes"));
+        c.auth.jwt_secret = Some("s".repeat(40));
+        c.auth.publish_keys = vec!["tiny".into()];
+        assert!(c.validate().unwrap_err().to_string().contains("16 bytes"));
+        c.auth.publish_keys = vec!["k".repeat(20)];
+        let shown = format!("{c:?}");
+        assert!(!shown.contains(&"s".repeat(40)) && !shown.contains(&"k".repeat(20)));
     }
 
     #[test]

@@ -20,6 +20,7 @@
 //!
 //! To serve it over HTTP and WebSocket, see [`Server`].
 
+pub mod auth;
 pub mod config;
 pub mod engine;
 pub mod event;
@@ -32,7 +33,7 @@ pub mod upstream;
 #[doc(hidden)]
 pub mod fuzzing;
 
-pub use config::{Config, ConfigError, SlowConsumerPolicy};
+pub use config::{AuthConfig, Config, ConfigError, SlowConsumerPolicy};
 pub use engine::hub::{Client, Delivery, Hub, HubStats};
 pub use event::{Event, EventError};
 pub use protocol::channel::Channel;

@@ -34,9 +34,11 @@ fn main() -> ExitCode {
         }
     };
     if print_config {
+        let mut shown = config.clone();
+        shown.auth = config.auth.redacted();
         print!(
             "{}",
-            toml::to_string(&config).expect("the config serializes")
+            toml::to_string(&shown).expect("the config serializes")
         );
         return ExitCode::SUCCESS;
     }

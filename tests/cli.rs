@@ -104,3 +104,42 @@ fn bad_configuration_is_a_clear_error_not_a_crash() {
     assert!(!ok);
     assert!(err.contains("--ping-interval"), "{err}");
 }
+
+#[test]
+fn a_public_address_without_auth_refuses_to_start() {
+    let (ok, _, err) = sigmahub(&["--listen", "0.0.0.0:0", "--print-config"], &[]);
+    assert!(!ok);
+    assert!(err.contains("not a loopback address"), "{err}");
+    assert!(err.contains("--auth-allow-anonymous"), "{err}");
+
+    // Asked for explicitly, it starts (here: prints its config and exits).
+    let (ok, config, err) = sigmahub(
+        &[
+            "--listen",
+            "0.0.0.0:0",
+            "--auth-allow-anonymous",
+            "--print-config",
+        ],
+        &[],
+    );
+    assert!(ok, "{err}");
+    assert!(config.contains("allow_anonymous = true"), "{config}");
+
+    // With a JWT secret and publish keys, from the environment, it starts too, and never
+    // prints them.
+    let secret = "an-environment-secret-of-32-bytes";
+    let key = "an-environment-publish-key";
+    let (ok, config, err) = sigmahub(
+        &["--listen", "0.0.0.0:0", "--print-config"],
+        &[
+            ("SIGMAHUB_AUTH_JWT_SECRET", secret),
+            ("SIGMAHUB_AUTH_PUBLISH_KEYS", key),
+        ],
+    );
+    assert!(ok, "{err}");
+    assert!(config.contains("jwt_secret = \"<redacted>\""), "{config}");
+    assert!(
+        !config.contains(secret) && !config.contains(key),
+        "{config}"
+    );
+}

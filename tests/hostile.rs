@@ -200,3 +200,134 @@ async fn hostile_clients_get_their_answer_and_a_bystander_gets_everything() {
         assert_eq!(event["data"]["n"], n);
     }
 }
+
+/// The suite's second half: hostile credentials, forbidden publishing and a connection
+/// flood from one address, against a server with authentication on and the default
+/// admission limits. The bystander is an authenticated client on another address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_credentials_and_floods_leave_an_authenticated_bystander_whole() {
+    use jsonwebtoken::{encode, EncodingKey, Header};
+    const SECRET: &str = "hostile-suite-secret-of-32-bytes!";
+    const KEY: &str = "hostile-suite-publish-key";
+    let server = TestServer::with(|c| {
+        c.auth.jwt_secret = Some(SECRET.into());
+        c.auth.publish_keys = vec![KEY.into()];
+        let defaults = sigmahub::Config::default();
+        c.max_connections_per_ip = defaults.max_connections_per_ip;
+        c.connection_rate_per_ip = defaults.connection_rate_per_ip;
+        c.connection_burst_per_ip = defaults.connection_burst_per_ip;
+    })
+    .await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let sign = |claims: serde_json::Value, secret: &str| {
+        encode(
+            &Header::default(),
+            &claims,
+            &EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .unwrap()
+    };
+    let good = sign(
+        json!({"sub": "bystander", "exp": now + 3600, "subscribe": ["*"]}),
+        SECRET,
+    );
+    let mut bystander = server
+        .connect_from([127, 0, 0, 2].into(), &format!("?token={good}"))
+        .await
+        .unwrap();
+    assert_eq!(bystander.recv().await["type"], "auth_response");
+    assert_eq!(bystander.recv().await["type"], "notification");
+
+    let mut published = 0u64;
+    let mut publish = || {
+        published += 1;
+        json!({"type": "notification", "data": {"n": published}})
+    };
+
+    let hostile_tokens = [
+        (
+            "expired",
+            sign(json!({"sub": "x", "exp": now - 3600}), SECRET),
+            4004,
+        ),
+        (
+            "forged",
+            sign(
+                json!({"sub": "x", "exp": now + 3600, "subscribe": ["*"]}),
+                "a-guessed-secret-a-guessed-secret",
+            ),
+            4003,
+        ),
+        // {"alg":"none"}: unsigned.
+        (
+            "unsigned",
+            "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJ4IiwiZXhwIjo0MTAyNDQ0ODAwfQ."
+                .to_owned(),
+            4003,
+        ),
+        ("garbage", "%00%FF..".to_owned(), 4003),
+    ];
+    for (what, token, code) in hostile_tokens {
+        let mut client = server
+            .connect_from([127, 0, 0, 3].into(), &format!("?token={token}"))
+            .await
+            .unwrap();
+        assert_eq!(client.recv().await["data"]["success"], false, "{what}");
+        assert_eq!(client.closed().await, Some(code), "{what}");
+        server.publish_with_key(KEY, &publish()).await;
+    }
+
+    // A client whose token allows no publishing tries anyway; so does an HTTP client
+    // without the key. Neither reaches the bystander.
+    let reader = sign(json!({"sub": "reader", "exp": now + 3600}), SECRET);
+    let mut sneaky = server
+        .connect_from([127, 0, 0, 3].into(), &format!("?token={reader}"))
+        .await
+        .unwrap();
+    sneaky
+        .send(
+            &json!({"type": "publish", "data": {"type": "notification", "data": {"n": "forged"}}}),
+        )
+        .await;
+    assert_eq!(sneaky.recv_type("error").await["data"]["code"], "forbidden");
+    let (status, _) = server
+        .publish(&json!({"type": "notification", "data": {"n": "forged"}}))
+        .await;
+    assert_eq!(status, 401);
+    server.publish_with_key(KEY, &publish()).await;
+
+    // A connection flood from one address at the default limits (10 at once, bursts of
+    // 20): every attempt is upgraded or refused with 429 and Retry-After before the 101.
+    let mut admitted = Vec::new();
+    let mut refused = 0;
+    for _ in 0..40 {
+        match tokio_tungstenite::connect_async(format!("{}?token={good}", server.ws_url())).await {
+            Ok((ws, _)) => admitted.push(ws),
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                assert_eq!(response.status().as_u16(), 429);
+                assert!(response.headers().contains_key("retry-after"));
+                refused += 1;
+            }
+            Err(e) => panic!("the flood got {e} instead of a 429"),
+        }
+    }
+    assert_eq!(admitted.len(), 10);
+    assert_eq!(refused, 30);
+    server.publish_with_key(KEY, &publish()).await;
+
+    // The bystander received every event published to it, in order, and nothing else.
+    server
+        .publish_with_key(KEY, &json!({"type": "notification", "data": {"n": "end"}}))
+        .await;
+    for n in 1..=published {
+        let event = bystander.recv_type("notification").await;
+        assert_eq!(event["data"]["n"], n, "{event}");
+    }
+    assert_eq!(
+        bystander.recv_type("notification").await["data"]["n"],
+        "end"
+    );
+}

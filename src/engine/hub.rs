@@ -39,6 +39,7 @@ struct Shared {
     queue_capacity: usize,
     policy: SlowConsumerPolicy,
     max_subscriptions: usize,
+    max_subscribers: usize,
     next_client_id: AtomicU64,
     clients: AtomicUsize,
     published: AtomicU64,
@@ -105,6 +106,7 @@ impl Hub {
                 queue_capacity: config.client_queue_capacity,
                 policy: config.slow_consumer,
                 max_subscriptions: config.max_subscriptions_per_connection,
+                max_subscribers: config.max_subscribers_per_channel,
                 next_client_id: AtomicU64::new(1),
                 clients: AtomicUsize::new(0),
                 published: AtomicU64::new(0),
@@ -326,8 +328,12 @@ impl Client {
         &mut self,
         names: impl IntoIterator<Item = &'a str>,
     ) -> SubscriptionChange {
-        let change = self.plan_subscribe(names);
-        self.apply_subscribe(&change);
+        let mut change = self.plan_subscribe(names);
+        let late = self.apply_subscribe(&change);
+        change
+            .changed
+            .retain(|c| !late.iter().any(|r| r.channel == c.as_str()));
+        change.rejected.extend(late);
         change
     }
 
@@ -362,19 +368,37 @@ impl Client {
                 });
                 continue;
             }
+            let full = self.hub.shared.max_subscribers;
+            if full > 0 && self.hub.shared.topics.subscriber_count(name) >= full {
+                change.rejected.push(channel_full(name, full));
+                continue;
+            }
             change.changed.push(channel);
         }
         change
     }
 
-    /// Applies a change made by [`plan_subscribe`](Self::plan_subscribe).
-    pub fn apply_subscribe(&mut self, change: &SubscriptionChange) {
+    /// Applies a change made by [`plan_subscribe`](Self::plan_subscribe). Returns the
+    /// channels that filled up (`max_subscribers_per_channel`) between the plan and now,
+    /// which are not subscribed; empty unless other clients subscribed concurrently.
+    pub fn apply_subscribe(&mut self, change: &SubscriptionChange) -> Vec<Rejection> {
+        let limit = self.hub.shared.max_subscribers;
+        let mut late = Vec::new();
         for channel in &change.changed {
-            if !self.is_subscribed(channel) {
-                self.hub.shared.topics.subscribe(channel, self.slot);
-                self.subscriptions.push(channel.clone());
+            if self.is_subscribed(channel) {
+                continue;
+            }
+            match self
+                .hub
+                .shared
+                .topics
+                .subscribe_within(channel, self.slot, limit)
+            {
+                Ok(_) => self.subscriptions.push(channel.clone()),
+                Err(_) => late.push(channel_full(channel, limit)),
             }
         }
+        late
     }
 
     /// Unsubscribes from each name. Names not subscribed are accepted as no-ops; invalid
@@ -404,6 +428,14 @@ impl Client {
 
     fn is_subscribed(&self, name: &str) -> bool {
         self.subscriptions.iter().any(|c| c.as_str() == name)
+    }
+}
+
+fn channel_full(name: &str, limit: usize) -> Rejection {
+    Rejection {
+        channel: name.to_owned(),
+        code: "channel_full",
+        reason: format!("the channel has its maximum of {limit} subscribers"),
     }
 }
 
@@ -524,6 +556,34 @@ mod tests {
         assert_eq!(hub.expire_silent(), 1);
         assert!(quiet.outbox().is_closing());
         assert!(!chatty.outbox().is_closing());
+    }
+
+    #[test]
+    fn a_full_channel_refuses_more_subscribers() {
+        let hub = Hub::new(&Config {
+            max_subscribers_per_channel: 2,
+            ..Config::default()
+        });
+        let mut clients: Vec<_> = (0..3).map(|_| hub.connect().unwrap()).collect();
+        assert!(clients[0].subscribe(["x"]).rejected.is_empty());
+        assert!(clients[1].subscribe(["x", "y"]).rejected.is_empty());
+        let third = clients[2].subscribe(["x", "y"]);
+        assert_eq!(third.rejected.len(), 1);
+        assert_eq!(third.rejected[0].code, "channel_full");
+        assert_eq!(third.changed.len(), 1);
+        assert_eq!(hub.subscriber_count("x"), 2);
+
+        // Filled between plan and apply: the apply refuses it.
+        let plan = clients[2].plan_subscribe(["z"]);
+        clients[0].subscribe(["z"]);
+        clients[1].subscribe(["z"]);
+        let late = clients[2].apply_subscribe(&plan);
+        assert_eq!(late.len(), 1);
+        assert_eq!(hub.subscriber_count("z"), 2);
+        assert!(!clients[2].subscriptions().iter().any(|c| c.as_str() == "z"));
+
+        drop(clients.remove(0));
+        assert!(clients[1].subscribe(["x"]).rejected.is_empty());
     }
 
     #[test]

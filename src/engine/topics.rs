@@ -16,6 +16,10 @@ use arc_swap::ArcSwap;
 use super::bitset::SubscriberSet;
 use crate::protocol::channel::Channel;
 
+/// A subscribe refused because the channel has `max_subscribers_per_channel` subscribers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ChannelFull;
+
 /// Number of shards.
 pub(crate) const SHARDS: usize = 64;
 
@@ -68,12 +72,31 @@ impl Topics {
     }
 
     /// Adds `slot` to `channel`'s subscribers; false if it was already there.
+    #[cfg(test)]
     pub(crate) fn subscribe(&self, channel: &Channel, slot: u32) -> bool {
+        self.subscribe_within(channel, slot, 0) == Ok(true)
+    }
+
+    /// Adds `slot` to `channel`'s subscribers unless the channel already has `limit`
+    /// (0: no limit). Checked under the shard's writer lock, so the limit is exact.
+    /// `Ok(false)` if `slot` was already there.
+    pub(crate) fn subscribe_within(
+        &self,
+        channel: &Channel,
+        slot: u32,
+        limit: usize,
+    ) -> Result<bool, ChannelFull> {
         let shard = self.shard(channel);
         let _writer = shard.writer.lock().unwrap_or_else(|e| e.into_inner());
         let map = shard.map.load();
         let topic = match map.get(channel.as_str()) {
-            Some(topic) => topic.clone(),
+            Some(topic) => {
+                let set = topic.subscribers.load();
+                if limit > 0 && set.len() >= limit && !set.contains(slot) {
+                    return Err(ChannelFull);
+                }
+                topic.clone()
+            }
             None => {
                 let topic = Arc::new(Topic {
                     name: channel.clone(),
@@ -88,9 +111,9 @@ impl Topics {
         match topic.subscribers.load().with(slot) {
             Some(next) => {
                 topic.subscribers.store(Arc::new(next));
-                true
+                Ok(true)
             }
-            None => false,
+            None => Ok(false),
         }
     }
 

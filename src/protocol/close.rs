@@ -12,6 +12,10 @@
 //! | 1011 | `INTERNAL_ERROR`   | the server hit an unexpected condition                      | reconnect     |
 //! | 4000 | `SLOW_CONSUMER`    | the client's queue overflowed (`slow_consumer = "close"`)   | reconnect     |
 //! | 4001 | `KEEPALIVE_TIMEOUT`| no pong within `pong_timeout` after a ping                  | reconnect     |
+//! | 4002 | `AUTH_TIMEOUT`     | no credentials within `auth.timeout` (token required)       | send `auth` sooner |
+//! | 4003 | `AUTH_FAILED`      | the token is invalid: forged, malformed, wrong issuer, …    | get a new token |
+//! | 4004 | `TOKEN_EXPIRED`    | the token expired, at connect or while connected            | refresh, reconnect |
+//! | 4005 | `IDLE_TIMEOUT`     | no message within `idle_timeout` (off by default)           | reconnect     |
 //!
 //! Codes in the 4000 range are sigmahub's own (RFC 6455 §7.4.2 reserves 4000-4999 for
 //! applications). The table is repeated in `docs/protocol.md`.
@@ -46,14 +50,23 @@ impl CloseCode {
     pub const SLOW_CONSUMER: Self = Self::new(4000, "slow consumer");
     /// The client did not answer a ping in time; reconnect.
     pub const KEEPALIVE_TIMEOUT: Self = Self::new(4001, "keep-alive timeout");
+    /// A token is required and none arrived within `auth.timeout`.
+    pub const AUTH_TIMEOUT: Self = Self::new(4002, "authentication timeout");
+    /// The token was refused; reconnecting with the same one is pointless.
+    pub const AUTH_FAILED: Self = Self::new(4003, "invalid token");
+    /// The token expired; reconnect with a fresh one.
+    pub const TOKEN_EXPIRED: Self = Self::new(4004, "token expired");
+    /// The client sent no message within `idle_timeout`.
+    pub const IDLE_TIMEOUT: Self = Self::new(4005, "idle timeout");
 
     const fn new(code: u16, reason: &'static str) -> Self {
         Self { code, reason }
     }
 
     /// Whether a client that receives this code should reconnect (true) or fix itself first.
+    /// After 4004 it reconnects with a fresh token.
     pub fn should_reconnect(self) -> bool {
-        matches!(self.code, 1001 | 1011 | 4000 | 4001)
+        matches!(self.code, 1001 | 1011 | 4000 | 4001 | 4002 | 4004 | 4005)
     }
 }
 
@@ -80,6 +93,10 @@ mod tests {
             CloseCode::INTERNAL_ERROR,
             CloseCode::SLOW_CONSUMER,
             CloseCode::KEEPALIVE_TIMEOUT,
+            CloseCode::AUTH_TIMEOUT,
+            CloseCode::AUTH_FAILED,
+            CloseCode::TOKEN_EXPIRED,
+            CloseCode::IDLE_TIMEOUT,
         ] {
             assert!(2 + c.reason.len() <= 125, "{c}");
         }

@@ -10,6 +10,8 @@
 //! | `unsubscribe` | as `subscribe`                                                              |
 //! | `ping`        | none; answered by `pong`                                                    |
 //! | `pong`        | none; an application-level answer to a server ping, accepted and ignored    |
+//! | `auth`        | `data.token`: a JWT or key; answered by `auth_response`                     |
+//! | `publish`     | `data`: one event `{"type", "data"}` or an array, as `POST /api/v1/publish` |
 //!
 //! Any message may carry a `correlation_id` (string or number, top level or in `data`) that
 //! the reply echoes.
@@ -61,6 +63,21 @@ pub enum ClientMessage {
     },
     /// Application-level pong; ignored.
     Pong,
+    /// Credentials: the first message when a token is required, or a refresh later.
+    Auth {
+        /// The token as sent.
+        token: String,
+        /// Echoed in the reply.
+        correlation_id: Option<CorrelationId>,
+    },
+    /// Events to publish, where the client's permissions allow it.
+    Publish {
+        /// `data` re-encoded as JSON, in the form of a publish body (see
+        /// [`crate::protocol::publish`]).
+        body: String,
+        /// Echoed in the reply.
+        correlation_id: Option<CorrelationId>,
+    },
 }
 
 /// The channel list of a subscribe or unsubscribe.
@@ -128,6 +145,35 @@ pub fn parse(payload: &mut [u8]) -> Result<ClientMessage, MessageError> {
         }
         "ping" => Ok(ClientMessage::Ping { correlation_id }),
         "pong" => Ok(ClientMessage::Pong),
+        "auth" => {
+            let token = data
+                .and_then(|d| d.get("token"))
+                .and_then(|t| t.as_str())
+                .ok_or_else(|| {
+                    with_id(error(
+                        "invalid_message",
+                        "auth needs `data.token`: a string",
+                    ))
+                })?;
+            Ok(ClientMessage::Auth {
+                token: token.to_owned(),
+                correlation_id,
+            })
+        }
+        "publish" => {
+            let body =
+                match data {
+                    Some(d) if d.is_object() || d.is_array() => d.encode(),
+                    _ => return Err(with_id(error(
+                        "invalid_message",
+                        "publish needs `data`: an event {\"type\", \"data\"} or an array of them",
+                    ))),
+                };
+            Ok(ClientMessage::Publish {
+                body,
+                correlation_id,
+            })
+        }
         other => Err(with_id(error(
             "unknown_type",
             format!("unknown message type {:?}", truncate(other, 64)),
@@ -189,6 +235,31 @@ mod tests {
 
     fn parse_str(s: &str) -> Result<ClientMessage, MessageError> {
         parse(&mut s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn auth_and_publish_carry_their_payloads() {
+        match parse_str(r#"{"type":"auth","data":{"token":"abc"},"correlation_id":1}"#).unwrap() {
+            ClientMessage::Auth {
+                token,
+                correlation_id,
+            } => {
+                assert_eq!(token, "abc");
+                assert_eq!(correlation_id.unwrap().as_raw().get(), "1");
+            }
+            other => panic!("{other:?}"),
+        }
+        let e = parse_str(r#"{"type":"auth","data":{"token":7}}"#).unwrap_err();
+        assert_eq!(e.code, "invalid_message");
+        match parse_str(r#"{"type":"publish","data":{"type":"chat","data":{"n":1}}}"#).unwrap() {
+            ClientMessage::Publish { body, .. } => {
+                let events = crate::protocol::publish::parse(body.as_bytes()).unwrap();
+                assert_eq!(events[0].channel().as_str(), "chat");
+            }
+            other => panic!("{other:?}"),
+        }
+        let e = parse_str(r#"{"type":"publish","data":"x"}"#).unwrap_err();
+        assert_eq!(e.code, "invalid_message");
     }
 
     fn channels(m: ClientMessage) -> Vec<String> {

@@ -2,14 +2,18 @@
 //!
 //! | method | path               | answer                                                   |
 //! |--------|--------------------|----------------------------------------------------------|
-//! | GET    | `/ws`              | WebSocket upgrade (426 for a plain GET)                  |
-//! | POST   | `/api/v1/publish`  | publish one event or an array; 200 with counts, 400/413  |
+//! | GET    | `/ws`              | WebSocket upgrade (426 for a plain GET, 403 origin, 429/503 admission) |
+//! | POST   | `/api/v1/publish`  | publish one event or an array; 200 with counts, 400/401/413 |
 //! | GET    | `/healthz`         | 200 `{"status":"ok"}` while the process serves           |
 //! | GET    | `/api/v1/snapshot` | every status type's latest snapshot                      |
 //! | GET    | `/api/v1/snapshot/{type}` | one type's snapshot; 404 if none yet              |
 //! | GET    | `/api/v1/stats`    | connections, counters, channels, breakers, snapshot ages |
 //!
 //! Every error body is `{"error": {"code": …, "message": …}}`.
+//!
+//! The upgrade's credentials are `Authorization: Bearer <token>` or `?token=<token>` (for
+//! browsers, which cannot set headers on a WebSocket); the header wins when both are given.
+//! Publishing takes a key as `Authorization: Bearer <key>` or `X-API-Key: <key>`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,12 +22,15 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Body;
-use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE, RETRY_AFTER};
+use hyper::header::{
+    HeaderValue, ALLOW, AUTHORIZATION, CONTENT_TYPE, ORIGIN, RETRY_AFTER, WWW_AUTHENTICATE,
+};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use super::admission::Refusal;
+use super::counters::Limit;
 use super::reader::Prefixed;
 use super::{session, Shared};
 use crate::protocol::publish;
@@ -79,6 +86,17 @@ fn upgrade<B>(
             "/ws speaks WebSocket only; connect with a WebSocket client",
         );
     }
+    let origin = req.headers().get(ORIGIN).map(HeaderValue::as_bytes);
+    if !shared.auth.origin_allowed(origin) {
+        shared.counters.hit(Limit::OriginRefused);
+        tracing::debug!(%peer, origin = ?origin.map(String::from_utf8_lossy), "upgrade refused: origin");
+        return error(
+            StatusCode::FORBIDDEN,
+            "origin_not_allowed",
+            "this origin may not open WebSockets here",
+        );
+    }
+    let token = upgrade_token(&req);
     let address = shared.admission.client_address(peer, req.headers());
     let ticket = match shared.admission.admit(address, std::time::Instant::now()) {
         Ok(ticket) => ticket,
@@ -122,15 +140,41 @@ fn upgrade<B>(
         match upgraded.downcast::<TokioIo<TcpStream>>() {
             Ok(parts) => {
                 let (read, write) = parts.io.into_inner().into_split();
-                session::run(shared, Prefixed::new(parts.read_buf, read), write, peer).await
+                let read = Prefixed::new(parts.read_buf, read);
+                session::run(shared, read, write, peer, token).await
             }
             Err(upgraded) => {
                 let (read, write) = tokio::io::split(TokioIo::new(upgraded));
-                session::run(shared, Prefixed::new(Bytes::new(), read), write, peer).await
+                let read = Prefixed::new(Bytes::new(), read);
+                session::run(shared, read, write, peer, token).await
             }
         }
     });
     response.map(|_| Full::new(Bytes::new()))
+}
+
+/// The token of a WebSocket upgrade: `Authorization: Bearer`, else `?token=`.
+fn upgrade_token<B>(req: &Request<B>) -> Option<String> {
+    bearer(req.headers()).map(str::to_owned).or_else(|| {
+        form_urlencoded::parse(req.uri().query()?.as_bytes())
+            .find(|(key, _)| key == "token")
+            .map(|(_, value)| value.into_owned())
+    })
+}
+
+fn bearer(headers: &hyper::HeaderMap) -> Option<&str> {
+    let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// Whether a publish request carries one of the publish keys (when any is configured).
+fn publish_authorized(shared: &Shared, headers: &hyper::HeaderMap) -> bool {
+    if !shared.auth.publish_needs_key() {
+        return true;
+    }
+    let key = bearer(headers).or_else(|| headers.get("x-api-key")?.to_str().ok());
+    key.is_some_and(|k| shared.auth.is_publish_key(k))
 }
 
 async fn publish<B>(shared: &Shared, req: Request<B>) -> Response<ResponseBody>
@@ -138,15 +182,28 @@ where
     B: Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    if !publish_authorized(shared, req.headers()) {
+        shared.counters.hit(Limit::PublishKeyRefused);
+        let mut response = error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "publishing needs a key: `Authorization: Bearer <key>` or `X-API-Key: <key>`",
+        );
+        response
+            .headers_mut()
+            .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return response;
+    }
     let limit = shared.config.max_publish_body_size;
     let body = match Limited::new(req.into_body(), limit).collect().await {
         Ok(body) => body.to_bytes(),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            shared.counters.hit(Limit::PublishBodyTooLarge);
             return error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "body_too_large",
                 &format!("publish bodies are limited to {limit} bytes"),
-            )
+            );
         }
         Err(e) => return error(StatusCode::BAD_REQUEST, "bad_body", &e.to_string()),
     };
@@ -175,6 +232,7 @@ where
 /// Counters and upstream state (`GET /api/v1/stats`).
 fn stats(shared: &Shared) -> serde_json::Value {
     let hub = shared.hub.stats();
+    let counters = shared.counters.to_json();
     let channels: serde_json::Map<String, serde_json::Value> = shared
         .hub
         .channels()
@@ -187,6 +245,8 @@ fn stats(shared: &Shared) -> serde_json::Value {
         "frames_delivered": hub.delivered,
         "channels": channels,
         "refused": shared.admission.refused.to_json(),
+        "limits": counters["limits"],
+        "closes": counters["closes"],
         "upstream": {
             "breakers": shared.breakers.all(),
             "snapshots": shared

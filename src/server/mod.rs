@@ -15,6 +15,8 @@
 //! `shutdown_timeout` for them before returning.
 
 mod admission;
+mod counters;
+mod deadline;
 mod gate;
 mod http;
 pub(crate) mod reader;
@@ -35,6 +37,7 @@ use tokio_util::task::TaskTracker;
 pub use http::ResponseBody;
 pub use session::WELCOME_MESSAGE;
 
+use crate::auth::Authenticator;
 use crate::config::{Config, ConfigError};
 use crate::engine::hub::Hub;
 use crate::event::{unix_seconds, Event};
@@ -63,12 +66,31 @@ pub enum ServeError {
 /// State shared by every connection task.
 pub(crate) struct Shared {
     pub(crate) hub: Hub,
+    pub(crate) auth: Authenticator,
+    pub(crate) counters: counters::Counters,
     pub(crate) admission: Arc<admission::Admission>,
     pub(crate) snapshots: Arc<SnapshotCache>,
     pub(crate) breakers: Arc<BreakerBoard>,
     pub(crate) config: Arc<Config>,
     pub(crate) shutdown: CancellationToken,
     pub(crate) tasks: TaskTracker,
+}
+
+impl Shared {
+    /// The state of a server with this (validated) configuration.
+    pub(crate) fn new(config: Config) -> Result<Self, ConfigError> {
+        Ok(Self {
+            hub: Hub::new(&config),
+            auth: Authenticator::new(&config.auth, &config.default_subscriptions)?,
+            counters: counters::Counters::default(),
+            admission: Arc::new(admission::Admission::new(&config)),
+            snapshots: Arc::default(),
+            breakers: Arc::default(),
+            config: Arc::new(config),
+            shutdown: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+        })
+    }
 }
 
 /// A bound, not yet running sigmahub server.
@@ -81,26 +103,12 @@ impl Server {
     /// Validates `config` and binds its listen address.
     pub async fn bind(config: Config) -> Result<Self, ServeError> {
         config.validate()?;
-        let listener =
-            TcpListener::bind(config.listen)
-                .await
-                .map_err(|source| ServeError::Bind {
-                    addr: config.listen,
-                    source,
-                })?;
-        let hub = Hub::new(&config);
-        Ok(Self {
-            listener,
-            shared: Arc::new(Shared {
-                hub,
-                admission: Arc::new(admission::Admission::new(&config)),
-                snapshots: Arc::default(),
-                breakers: Arc::default(),
-                config: Arc::new(config),
-                shutdown: CancellationToken::new(),
-                tasks: TaskTracker::new(),
-            }),
-        })
+        let shared = Arc::new(Shared::new(config)?);
+        let addr = shared.config.listen;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServeError::Bind { addr, source })?;
+        Ok(Self { listener, shared })
     }
 
     /// The address actually bound (useful with port 0).

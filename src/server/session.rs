@@ -1,4 +1,10 @@
-//! One WebSocket connection: welcome, default subscriptions, then the reader and the writer.
+//! One WebSocket connection: authentication, welcome, default subscriptions, then the
+//! reader and the writer.
+//!
+//! A client is known once it has authenticated: at once with the upgrade's token or as an
+//! anonymous client of a server without token auth, or by its first `auth` message when a
+//! token is required (until then only `auth` and `ping` are answered). Its grant decides
+//! which channels it may subscribe to and publish on; a refreshed token replaces the grant.
 //!
 //! Both halves run as two futures inside one task. The writer drains the client's outbox;
 //! the reader parses client messages and answers them by pushing replies into the same
@@ -13,34 +19,40 @@ use bytes::Bytes;
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use super::counters::Limit;
+use super::deadline::Deadlines;
 use super::reader::{Incoming, MessageReader, ReadEnd};
 use super::writer::{self, CLOSE_LINGER};
 use super::Shared;
+use crate::auth::permissions::{Identity, Method};
 use crate::engine::hub::{Client, Rejection, SubscriptionChange};
 use crate::engine::outbox::Closing;
 use crate::event::{self, unix_seconds};
 use crate::frame;
-use crate::protocol::channel::Channel;
+use crate::protocol::channel::{self, Channel};
 use crate::protocol::close::CloseCode;
 use crate::protocol::message::{self, ChannelList, ClientMessage, CorrelationId, MessageError};
+use crate::protocol::publish;
 use crate::protocol::rate::{TokenBucket, Verdict};
 use crate::upstream::snapshot::SnapshotCache;
 
 /// The welcome text SigmaVault clients expect.
 pub const WELCOME_MESSAGE: &str = "Welcome to SigmaVault WebSocket";
 
-/// Serves one upgraded connection until it closes.
+/// Serves one upgraded connection until it closes. `token` is the credential given with
+/// the upgrade (`?token=` or `Authorization: Bearer`), if any.
 pub(crate) async fn run<R, W>(
     shared: Arc<Shared>,
     read: R,
     mut write: W,
     peer: std::net::SocketAddr,
+    token: Option<String>,
 ) where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
     let config = &shared.config;
-    let Ok(mut client) = shared.hub.connect() else {
+    let Ok(client) = shared.hub.connect() else {
         tracing::warn!(%peer, "no free client slot; closing");
         let _ = writer::write_frames(
             &mut write,
@@ -53,52 +65,65 @@ pub(crate) async fn run<R, W>(
     let started = std::time::Instant::now();
     let client_id = client.id();
     tracing::debug!(client_id, %peer, "client connected");
-    welcome(
-        &mut client,
-        &config.default_subscriptions,
-        &shared.snapshots,
-    );
+    let outbox = client.outbox().clone();
+    let mut session = Session {
+        shared: &shared,
+        client,
+        identity: None,
+        limit: TokenBucket::new(
+            config.max_inbound_per_minute,
+            config.inbound_burst,
+            tokio::time::Instant::now().into_std(),
+        ),
+        deadlines: Deadlines::new(config.idle_timeout),
+    };
+    let refused = session.start(token);
     if shared.shutdown.is_cancelled() {
         // Upgraded while the server was shutting down, possibly after `close_all` ran.
-        client
-            .outbox()
-            .close(Closing::AfterFlush(CloseCode::GOING_AWAY));
+        outbox.close(Closing::AfterFlush(CloseCode::GOING_AWAY));
     }
 
-    let outbox = client.outbox().clone();
     let mut reader = MessageReader::new(read, config.max_message_size);
-    let limit = TokenBucket::new(
-        config.max_inbound_per_minute,
-        config.inbound_burst,
-        tokio::time::Instant::now().into_std(),
-    );
-    let read_half = read_loop(&mut client, &mut reader, &shared.snapshots, limit);
+    let read_half = async {
+        match refused {
+            Some(code) => Ending::Refused(code),
+            None => session.read_loop(&mut reader).await,
+        }
+    };
     let write_half = writer::run(&outbox, &mut write);
     tokio::pin!(read_half, write_half);
 
-    let reason = tokio::select! {
+    let (code, reason) = tokio::select! {
         written = &mut write_half => {
             // Our close frame is out (or the socket failed): give the client a moment to
             // answer it, so the socket is not reset under the close frame.
             let _ = Box::pin(tokio::time::timeout(CLOSE_LINGER, &mut read_half)).await;
             match written {
-                Ok(code) => format!("closed by server: {code}"),
-                Err(e) => format!("write failed: {e}"),
+                Ok(code) => (Some(code), format!("closed by server: {code}")),
+                Err(e) => (None, format!("write failed: {e}")),
             }
         }
         end = &mut read_half => {
-            let code = match end {
-                ReadEnd::Violation(code) => code,
-                ReadEnd::Gone => CloseCode::NORMAL,
+            let (closing, reason) = match end {
+                Ending::Read(ReadEnd::Gone) => {
+                    (Closing::Now(CloseCode::NORMAL), "client went away".to_owned())
+                }
+                Ending::Read(ReadEnd::Violation(code)) => {
+                    (Closing::Now(code), format!("closed: {code}"))
+                }
+                Ending::Refused(code) => (Closing::AfterFlush(code), format!("refused: {code}")),
             };
-            outbox.close(Closing::Now(code));
+            outbox.close(closing);
+            let code = match closing {
+                Closing::Now(code) | Closing::AfterFlush(code) => code,
+            };
             let _ = Box::pin(tokio::time::timeout(CLOSE_LINGER, &mut write_half)).await;
-            match end {
-                ReadEnd::Gone => "client went away".to_owned(),
-                ReadEnd::Violation(code) => format!("closed: {code}"),
-            }
+            (Some(code).filter(|_| end != Ending::Read(ReadEnd::Gone)), reason)
         }
     };
+    if let Some(code) = code {
+        shared.counters.closed(code);
+    }
     tracing::debug!(
         client_id,
         %peer,
@@ -108,33 +133,388 @@ pub(crate) async fn run<R, W>(
     );
 }
 
-/// Queues the welcome notification and the defaults' snapshots, then subscribes to the
-/// defaults, so that the welcome is the first message the client sees.
-fn welcome(client: &mut Client, defaults: &[String], snapshots: &SnapshotCache) {
-    #[derive(Serialize)]
-    struct Welcome<'a> {
-        message: &'static str,
-        level: &'static str,
-        client_id: String,
-        subscriptions: &'a [String],
-        server_time: u64,
+/// Why the reading side ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    /// The reader stopped: the peer left or broke a rule (or a deadline passed).
+    Read(ReadEnd),
+    /// Credentials were refused: close with this code once the reply has been sent.
+    Refused(CloseCode),
+}
+
+/// One connection's state on the reading side.
+struct Session<'a> {
+    shared: &'a Shared,
+    client: Client,
+    /// `None` until the client has authenticated (only when a token is required).
+    identity: Option<Arc<Identity>>,
+    limit: TokenBucket,
+    deadlines: Deadlines,
+}
+
+impl Session<'_> {
+    /// Authenticates with the upgrade's token, or starts waiting for an `auth` message,
+    /// and welcomes the client once it is known. Returns the close code of a refused token.
+    fn start(&mut self, token: Option<String>) -> Option<CloseCode> {
+        let auth = &self.shared.auth;
+        match token {
+            Some(token) => return self.authenticate(&token, None),
+            None if auth.requires_token() => {
+                self.deadlines.await_auth(self.shared.config.auth.timeout);
+            }
+            None => {
+                self.identity = Some(auth.anonymous());
+                self.welcome();
+            }
+        }
+        None
     }
-    let now = SystemTime::now();
-    client.send(event::encode_serialize(
-        "notification",
-        now,
-        None,
-        &Welcome {
-            message: WELCOME_MESSAGE,
-            level: "info",
-            client_id: client.id().to_string(),
-            subscriptions: defaults,
-            server_time: unix_seconds(now),
-        },
-    ));
-    let change = client.plan_subscribe(defaults.iter().map(String::as_str));
-    send_snapshots(client, &change, snapshots);
-    client.apply_subscribe(&change);
+
+    /// Checks `token`, answers with `auth_response`, and on success welcomes the client
+    /// (first time) or applies the refreshed grant. Returns the close code of a refusal.
+    fn authenticate(
+        &mut self,
+        token: &str,
+        correlation_id: Option<&CorrelationId>,
+    ) -> Option<CloseCode> {
+        let now = SystemTime::now();
+        let id = correlation_id.map(CorrelationId::as_raw);
+        let identity = match self.shared.auth.verify(token) {
+            Ok(identity) => identity,
+            Err(e) => {
+                tracing::debug!(client_id = self.client.id(), error = %e, "authentication refused");
+                let body = serde_json::json!({
+                    "success": false,
+                    "error": { "code": e.code(), "message": e.to_string() },
+                });
+                self.client
+                    .send(event::encode_serialize("auth_response", now, id, &body));
+                return Some(e.close_code());
+            }
+        };
+        let first = self.identity.is_none();
+        if let Some(current) = &self.identity {
+            if identity.subject != current.subject && current.method != Method::Anonymous {
+                let e = MessageError {
+                    code: "auth_subject_changed",
+                    message: format!(
+                        "a refreshed token must be for {:?}; connect again to change identity",
+                        current.subject
+                    ),
+                    correlation_id: correlation_id.cloned(),
+                };
+                self.client.send(error_reply(&e, now));
+                return None;
+            }
+        }
+        // A refreshed grant may be narrower: leave what it no longer allows.
+        let revoked: Vec<String> = self
+            .client
+            .subscriptions()
+            .iter()
+            .filter(|c| !identity.may_subscribe(c))
+            .map(|c| c.to_string())
+            .collect();
+        let revoked = self.client.unsubscribe(revoked.iter().map(String::as_str));
+        #[derive(Serialize)]
+        struct Granted<'a> {
+            success: bool,
+            subject: &'a str,
+            method: Method,
+            expires_at: Option<String>,
+            subscribe: Vec<String>,
+            publish: Vec<String>,
+            unsubscribed: &'a [Channel],
+        }
+        self.client.send(event::encode_serialize(
+            "auth_response",
+            now,
+            id,
+            &Granted {
+                success: true,
+                subject: &identity.subject,
+                method: identity.method,
+                expires_at: identity.expires_at.map(event::rfc3339),
+                subscribe: identity.subscribe.to_strings(),
+                publish: identity.publish.to_strings(),
+                unsubscribed: &revoked.changed,
+            },
+        ));
+        self.deadlines.authenticated(identity.expires_at);
+        self.identity = Some(identity);
+        if first {
+            self.welcome();
+        }
+        None
+    }
+
+    /// Queues the welcome notification and the defaults' snapshots, then subscribes to the
+    /// defaults the client may have, so that the welcome comes before any event.
+    fn welcome(&mut self) {
+        #[derive(Serialize)]
+        struct Welcome<'a> {
+            message: &'static str,
+            level: &'static str,
+            client_id: String,
+            subscriptions: &'a [Channel],
+            server_time: u64,
+        }
+        let identity = self
+            .identity
+            .clone()
+            .expect("welcome follows authentication");
+        let defaults = &self.shared.config.default_subscriptions;
+        let change = self.client.plan_subscribe(
+            defaults
+                .iter()
+                .map(String::as_str)
+                .filter(|c| identity.may_subscribe(c)),
+        );
+        let now = SystemTime::now();
+        self.client.send(event::encode_serialize(
+            "notification",
+            now,
+            None,
+            &Welcome {
+                message: WELCOME_MESSAGE,
+                level: "info",
+                client_id: self.client.id().to_string(),
+                subscriptions: &change.changed,
+                server_time: unix_seconds(now),
+            },
+        ));
+        send_snapshots(&self.client, &change, &self.shared.snapshots);
+        self.count_rejections(&change.rejected);
+        let late = self.client.apply_subscribe(&change);
+        self.report_late(late);
+    }
+
+    /// Reads and answers client messages until the connection should end.
+    async fn read_loop<S: AsyncRead + Unpin>(&mut self, reader: &mut MessageReader<S>) -> Ending {
+        loop {
+            let incoming = tokio::select! {
+                next = reader.next() => match next {
+                    Ok(incoming) => incoming,
+                    Err(end) => return Ending::Read(end),
+                },
+                code = self.deadlines.passed() => return Ending::Read(ReadEnd::Violation(code)),
+            };
+            self.client.outbox().mark_alive();
+            // Text messages and pings (each answered) count against the inbound limit.
+            if matches!(incoming, Incoming::Text(_) | Incoming::Ping(_)) {
+                match self.limit.take(tokio::time::Instant::now().into_std()) {
+                    Verdict::Allow => {}
+                    Verdict::Warn => {
+                        self.shared.counters.hit(Limit::RateLimited);
+                        self.client.send(rate_limited(self.limit.retry_after()));
+                        continue;
+                    }
+                    Verdict::Close => {
+                        return Ending::Read(ReadEnd::Violation(CloseCode::POLICY_VIOLATION))
+                    }
+                }
+            }
+            match incoming {
+                Incoming::Text(mut payload) => {
+                    self.deadlines.message_received();
+                    if let Some(code) = self.handle_message(&mut payload) {
+                        return Ending::Refused(code);
+                    }
+                }
+                Incoming::Ping(payload) => {
+                    self.client.send(frame::pong(&payload));
+                }
+                Incoming::Pong => {}
+                Incoming::Close => return Ending::Read(ReadEnd::Violation(CloseCode::NORMAL)),
+            }
+        }
+    }
+
+    /// Answers one text message. Returns a close code when the connection must end after
+    /// the reply (refused credentials).
+    fn handle_message(&mut self, payload: &mut [u8]) -> Option<CloseCode> {
+        let now = SystemTime::now();
+        let message = match message::parse(payload) {
+            Ok(message) => message,
+            Err(e) => {
+                self.client.send(error_reply(&e, now));
+                return None;
+            }
+        };
+        let Some(identity) = self.identity.clone() else {
+            return self.before_auth(message, now);
+        };
+        match message {
+            ClientMessage::Subscribe(list) => self.subscribe(&identity, &list, now),
+            ClientMessage::Unsubscribe(list) => {
+                let change = self
+                    .client
+                    .unsubscribe(list.channels.iter().map(String::as_str));
+                self.client.send(subscription_reply(
+                    "unsubscribe_response",
+                    "unsubscribed",
+                    self.client.subscriptions(),
+                    &list,
+                    &change,
+                    now,
+                ));
+            }
+            ClientMessage::Ping { correlation_id } => self.pong(correlation_id.as_ref(), now),
+            ClientMessage::Pong => {}
+            ClientMessage::Auth {
+                token,
+                correlation_id,
+            } => return self.authenticate(&token, correlation_id.as_ref()),
+            ClientMessage::Publish {
+                body,
+                correlation_id,
+            } => self.publish(&identity, &body, correlation_id.as_ref(), now),
+        }
+        None
+    }
+
+    /// Before authentication only `auth` and `ping` are answered.
+    fn before_auth(&mut self, message: ClientMessage, now: SystemTime) -> Option<CloseCode> {
+        let correlation_id = match message {
+            ClientMessage::Auth {
+                token,
+                correlation_id,
+            } => return self.authenticate(&token, correlation_id.as_ref()),
+            ClientMessage::Ping { correlation_id } => {
+                self.pong(correlation_id.as_ref(), now);
+                return None;
+            }
+            ClientMessage::Pong => return None,
+            ClientMessage::Subscribe(list) | ClientMessage::Unsubscribe(list) => {
+                list.correlation_id
+            }
+            ClientMessage::Publish { correlation_id, .. } => correlation_id,
+        };
+        let e = MessageError {
+            code: "auth_required",
+            message: "authenticate first: {\"type\":\"auth\",\"data\":{\"token\":…}}".to_owned(),
+            correlation_id,
+        };
+        self.client.send(error_reply(&e, now));
+        None
+    }
+
+    fn pong(&self, correlation_id: Option<&CorrelationId>, now: SystemTime) {
+        self.client.send(event::encode_serialize(
+            "pong",
+            now,
+            correlation_id.map(CorrelationId::as_raw),
+            &serde_json::json!({ "server_time": unix_seconds(now) }),
+        ));
+    }
+
+    /// Reply, then snapshots, then subscribe: the client sees the reply before any event
+    /// the subscription lets through. Channels the grant does not allow are refused.
+    fn subscribe(&mut self, identity: &Identity, list: &ChannelList, now: SystemTime) {
+        let (allowed, forbidden): (Vec<&str>, Vec<&str>) = list
+            .channels
+            .iter()
+            .map(String::as_str)
+            .partition(|name| channel::validate(name).is_err() || identity.may_subscribe(name));
+        let mut change = self.client.plan_subscribe(allowed);
+        change
+            .rejected
+            .extend(forbidden.into_iter().map(|name| Rejection {
+                channel: name.to_owned(),
+                code: "forbidden",
+                reason: "your token does not allow this channel".to_owned(),
+            }));
+        self.count_rejections(&change.rejected);
+        let after: Vec<Channel> = self
+            .client
+            .subscriptions()
+            .iter()
+            .chain(&change.changed)
+            .cloned()
+            .collect();
+        self.client.send(subscription_reply(
+            "subscribe_response",
+            "subscribed",
+            &after,
+            list,
+            &change,
+            now,
+        ));
+        send_snapshots(&self.client, &change, &self.shared.snapshots);
+        let late = self.client.apply_subscribe(&change);
+        self.report_late(late);
+    }
+
+    /// Publishes the client's events if its grant allows every one of them (all or none).
+    fn publish(
+        &mut self,
+        identity: &Identity,
+        body: &str,
+        correlation_id: Option<&CorrelationId>,
+        now: SystemTime,
+    ) {
+        let fail = |code: &'static str, message: String| MessageError {
+            code,
+            message,
+            correlation_id: correlation_id.cloned(),
+        };
+        let events = match publish::parse(body.as_bytes()) {
+            Ok(events) => events,
+            Err(e) => {
+                self.client.send(error_reply(&fail(e.code, e.message), now));
+                return;
+            }
+        };
+        if let Some((i, event)) = events
+            .iter()
+            .enumerate()
+            .find(|(_, e)| !identity.may_publish(e.channel()))
+        {
+            self.shared.counters.hit(Limit::ForbiddenPublish);
+            let e = fail(
+                "forbidden",
+                format!(
+                    "event {i}: your token does not allow publishing on {:?}; nothing was published",
+                    event.channel().as_str()
+                ),
+            );
+            self.client.send(error_reply(&e, now));
+            return;
+        }
+        let delivery = self.shared.hub.publish_batch(&events, now);
+        self.client.send(event::encode_serialize(
+            "publish_response",
+            now,
+            correlation_id.map(CorrelationId::as_raw),
+            &serde_json::json!({
+                "success": true,
+                "accepted": events.len(),
+                "delivered": delivery.queued,
+            }),
+        ));
+    }
+
+    fn count_rejections(&self, rejected: &[Rejection]) {
+        for r in rejected {
+            if let Some(limit) = Limit::of_rejection(r.code) {
+                self.shared.counters.hit(limit);
+            }
+        }
+    }
+
+    /// Channels that filled up between the reply and the subscription (rare): an `error`
+    /// for each, so the client knows the subscription did not take.
+    fn report_late(&self, late: Vec<Rejection>) {
+        for r in late {
+            self.shared.counters.hit(Limit::ChannelFull);
+            let e = MessageError {
+                code: r.code,
+                message: format!("not subscribed to {:?}: {}", r.channel, r.reason),
+                correlation_id: None,
+            };
+            self.client.send(error_reply(&e, SystemTime::now()));
+        }
+    }
 }
 
 /// Queues the current snapshot of every channel in `change` (before the subscription is
@@ -145,41 +525,6 @@ fn send_snapshots(client: &Client, change: &SubscriptionChange, snapshots: &Snap
             for frame in snapshot.frames.iter() {
                 client.send(frame.clone());
             }
-        }
-    }
-}
-
-/// Reads and answers client messages until the connection should end.
-async fn read_loop<S: AsyncRead + Unpin>(
-    client: &mut Client,
-    reader: &mut MessageReader<S>,
-    snapshots: &SnapshotCache,
-    mut limit: TokenBucket,
-) -> ReadEnd {
-    loop {
-        let incoming = match reader.next().await {
-            Ok(incoming) => incoming,
-            Err(end) => return end,
-        };
-        client.outbox().mark_alive();
-        // Text messages and pings (each answered) count against the inbound limit.
-        if matches!(incoming, Incoming::Text(_) | Incoming::Ping(_)) {
-            match limit.take(tokio::time::Instant::now().into_std()) {
-                Verdict::Allow => {}
-                Verdict::Warn => {
-                    client.send(rate_limited(limit.retry_after()));
-                    continue;
-                }
-                Verdict::Close => return ReadEnd::Violation(CloseCode::POLICY_VIOLATION),
-            }
-        }
-        match incoming {
-            Incoming::Text(mut payload) => handle_message(client, &mut payload, snapshots),
-            Incoming::Ping(payload) => {
-                client.send(frame::pong(&payload));
-            }
-            Incoming::Pong => {}
-            Incoming::Close => return ReadEnd::Violation(CloseCode::NORMAL),
         }
     }
 }
@@ -196,54 +541,6 @@ fn rate_limited(retry_after: std::time::Duration) -> Bytes {
             "retry_after_ms": retry_after.as_millis() as u64,
         }),
     )
-}
-
-fn handle_message(client: &mut Client, payload: &mut [u8], snapshots: &SnapshotCache) {
-    let now = SystemTime::now();
-    let reply = match message::parse(payload) {
-        Ok(ClientMessage::Subscribe(list)) => {
-            // Reply, then snapshots, then subscribe: the client sees the reply before any
-            // event the subscription lets through.
-            let change = client.plan_subscribe(list.channels.iter().map(String::as_str));
-            let after: Vec<Channel> = client
-                .subscriptions()
-                .iter()
-                .chain(&change.changed)
-                .cloned()
-                .collect();
-            client.send(subscription_reply(
-                "subscribe_response",
-                "subscribed",
-                &after,
-                &list,
-                &change,
-                now,
-            ));
-            send_snapshots(client, &change, snapshots);
-            client.apply_subscribe(&change);
-            return;
-        }
-        Ok(ClientMessage::Unsubscribe(list)) => {
-            let change = client.unsubscribe(list.channels.iter().map(String::as_str));
-            subscription_reply(
-                "unsubscribe_response",
-                "unsubscribed",
-                client.subscriptions(),
-                &list,
-                &change,
-                now,
-            )
-        }
-        Ok(ClientMessage::Ping { correlation_id }) => event::encode_serialize(
-            "pong",
-            now,
-            correlation_id.as_ref().map(CorrelationId::as_raw),
-            &serde_json::json!({ "server_time": unix_seconds(now) }),
-        ),
-        Ok(ClientMessage::Pong) => return,
-        Err(e) => error_reply(&e, now),
-    };
-    client.send(reply);
 }
 
 fn subscription_reply(
@@ -289,7 +586,8 @@ fn error_reply(e: &MessageError, now: SystemTime) -> Bytes {
 mod tests {
     use super::*;
     use crate::config::Config;
-    use crate::engine::hub::Hub;
+
+    const SECRET: &str = "a-test-secret-that-is-32-bytes!!";
 
     fn json(frame: &Bytes) -> serde_json::Value {
         let start = match frame[1] {
@@ -306,30 +604,57 @@ mod tests {
         out.iter().map(json).collect()
     }
 
-    #[test]
-    fn welcome_comes_first_and_lists_the_defaults() {
-        let hub = Hub::new(&Config::default());
-        let mut client = hub.connect().unwrap();
-        welcome(
-            &mut client,
-            &Config::default().default_subscriptions,
-            &SnapshotCache::default(),
-        );
-        let got = replies(&client);
+    fn session(shared: &Shared) -> Session<'_> {
+        Session {
+            shared,
+            client: shared.hub.connect().unwrap(),
+            identity: None,
+            limit: TokenBucket::new(100, 10, std::time::Instant::now()),
+            deadlines: Deadlines::default(),
+        }
+    }
+
+    fn send(session: &mut Session<'_>, message: &str) -> Option<CloseCode> {
+        session.handle_message(&mut message.as_bytes().to_vec())
+    }
+
+    fn token(claims: serde_json::Value) -> String {
+        let key = jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes());
+        jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap()
+    }
+
+    fn in_an_hour() -> u64 {
+        unix_seconds(SystemTime::now()) + 3600
+    }
+
+    fn with_jwt() -> Shared {
+        let mut config = Config::default();
+        config.auth.jwt_secret = Some(SECRET.to_owned());
+        Shared::new(config).unwrap()
+    }
+
+    #[tokio::test]
+    async fn welcome_comes_first_and_lists_the_defaults() {
+        let shared = Shared::new(Config::default()).unwrap();
+        let mut s = session(&shared);
+        assert_eq!(s.start(None), None);
+        let got = replies(&s.client);
         assert_eq!(got[0]["type"], "notification");
         assert_eq!(got[0]["data"]["message"], WELCOME_MESSAGE);
         assert_eq!(got[0]["data"]["subscriptions"].as_array().unwrap().len(), 8);
-        assert_eq!(client.subscriptions().len(), 8);
+        assert_eq!(s.client.subscriptions().len(), 8);
     }
 
-    #[test]
-    fn subscribe_reply_lists_changes_rejections_and_the_id() {
-        let hub = Hub::new(&Config::default());
-        let mut client = hub.connect().unwrap();
-        let mut msg =
-            br#"{"type":"subscribe","correlation_id":"c1","data":{"types":["a","b c"]}}"#.to_vec();
-        handle_message(&mut client, &mut msg, &SnapshotCache::default());
-        let reply = &replies(&client)[0];
+    #[tokio::test]
+    async fn subscribe_reply_lists_changes_rejections_and_the_id() {
+        let shared = Shared::new(Config::default()).unwrap();
+        let mut s = session(&shared);
+        s.identity = Some(Identity::anonymous());
+        send(
+            &mut s,
+            r#"{"type":"subscribe","correlation_id":"c1","data":{"types":["a","b c"]}}"#,
+        );
+        let reply = &replies(&s.client)[0];
         assert_eq!(reply["type"], "subscribe_response");
         assert_eq!(reply["correlation_id"], "c1");
         assert_eq!(reply["data"]["success"], false);
@@ -337,5 +662,159 @@ mod tests {
         assert_eq!(reply["data"]["subscriptions"], serde_json::json!(["a"]));
         assert_eq!(reply["data"]["rejected"][0]["channel"], "b c");
         assert_eq!(reply["data"]["rejected"][0]["code"], "invalid_channel");
+    }
+
+    #[tokio::test]
+    async fn a_required_token_holds_everything_back_until_auth() {
+        let shared = with_jwt();
+        let mut s = session(&shared);
+        assert_eq!(s.start(None), None);
+        assert!(replies(&s.client).is_empty(), "nothing before auth");
+        send(
+            &mut s,
+            r#"{"type":"subscribe","data":{"events":["x"]},"correlation_id":3}"#,
+        );
+        let got = replies(&s.client);
+        assert_eq!(got[0]["data"]["code"], "auth_required");
+        assert_eq!(got[0]["correlation_id"], 3);
+        assert!(s.client.subscriptions().is_empty());
+
+        let t = token(serde_json::json!({
+            "sub": "alice", "exp": in_an_hour(), "subscribe": ["notification", "agent.*"],
+        }));
+        let auth = format!(r#"{{"type":"auth","data":{{"token":"{t}"}},"correlation_id":"a"}}"#);
+        assert_eq!(send(&mut s, &auth), None);
+        let got = replies(&s.client);
+        assert_eq!(got[0]["type"], "auth_response");
+        assert_eq!(got[0]["correlation_id"], "a");
+        assert_eq!(got[0]["data"]["success"], true);
+        assert_eq!(got[0]["data"]["subject"], "alice");
+        assert_eq!(got[1]["data"]["message"], WELCOME_MESSAGE);
+        // Only the defaults the token allows.
+        assert_eq!(
+            got[1]["data"]["subscriptions"],
+            serde_json::json!(["agent.status", "notification"])
+        );
+    }
+
+    #[tokio::test]
+    async fn denied_channels_are_listed_and_the_rest_subscribed() {
+        let shared = with_jwt();
+        let mut s = session(&shared);
+        let t =
+            token(serde_json::json!({"sub": "a", "exp": in_an_hour(), "subscribe": ["orders.*"]}));
+        assert_eq!(s.start(Some(t)), None);
+        replies(&s.client);
+        send(
+            &mut s,
+            r#"{"type":"subscribe","data":{"channels":["orders.eu","billing","bad name"]}}"#,
+        );
+        let reply = &replies(&s.client)[0];
+        assert_eq!(
+            reply["data"]["subscribed"],
+            serde_json::json!(["orders.eu"])
+        );
+        let rejected = reply["data"]["rejected"].as_array().unwrap();
+        let codes: Vec<_> = rejected
+            .iter()
+            .map(|r| (r["channel"].as_str().unwrap(), r["code"].as_str().unwrap()))
+            .collect();
+        assert_eq!(
+            codes,
+            [("bad name", "invalid_channel"), ("billing", "forbidden")]
+        );
+        assert_eq!(shared.counters.get(Limit::ForbiddenSubscribe), 1);
+    }
+
+    #[tokio::test]
+    async fn socket_publish_needs_the_grant_for_every_event() {
+        let shared = with_jwt();
+        let mut s = session(&shared);
+        let t = token(
+            serde_json::json!({"sub": "a", "exp": in_an_hour(), "subscribe": ["chat.*"], "publish": ["chat.a"]}),
+        );
+        s.start(Some(t));
+        send(
+            &mut s,
+            r#"{"type":"subscribe","data":{"channels":["chat.a","chat.b"]}}"#,
+        );
+        replies(&s.client);
+
+        send(
+            &mut s,
+            r#"{"type":"publish","data":[{"type":"chat.a"},{"type":"chat.b"}],"correlation_id":9}"#,
+        );
+        let got = replies(&s.client);
+        assert_eq!(got.len(), 1, "nothing was published: {got:?}");
+        assert_eq!(got[0]["data"]["code"], "forbidden");
+        assert_eq!(got[0]["correlation_id"], 9);
+
+        send(
+            &mut s,
+            r#"{"type":"publish","data":{"type":"chat.a","data":{"text":"hi"}}}"#,
+        );
+        let got = replies(&s.client);
+        assert_eq!(got[0]["type"], "chat.a");
+        assert_eq!(got[0]["data"]["text"], "hi");
+        assert_eq!(got[1]["type"], "publish_response");
+        assert_eq!(got[1]["data"]["accepted"], 1);
+    }
+
+    #[tokio::test]
+    async fn bad_tokens_are_answered_then_closed_with_their_code() {
+        let shared = with_jwt();
+        let mut s = session(&shared);
+        let expired = token(serde_json::json!({"sub": "a", "exp": 1_000_000_000}));
+        assert_eq!(s.start(Some(expired)), Some(CloseCode::TOKEN_EXPIRED));
+        let got = replies(&s.client);
+        assert_eq!(got[0]["data"]["error"]["code"], "token_expired");
+        assert!(s.client.subscriptions().is_empty());
+
+        let mut s = session(&shared);
+        assert_eq!(
+            s.start(Some("garbage".into())),
+            Some(CloseCode::AUTH_FAILED)
+        );
+        assert_eq!(
+            replies(&s.client)[0]["data"]["error"]["code"],
+            "invalid_token"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refresh_keeps_the_subject_and_drops_what_is_no_longer_allowed() {
+        let shared = with_jwt();
+        let mut s = session(&shared);
+        let wide = token(serde_json::json!({"sub": "a", "exp": in_an_hour(), "subscribe": ["*"]}));
+        s.start(Some(wide));
+        send(
+            &mut s,
+            r#"{"type":"subscribe","data":{"channels":["secret"]}}"#,
+        );
+        replies(&s.client);
+
+        let other = token(serde_json::json!({"sub": "b", "exp": in_an_hour()}));
+        send(
+            &mut s,
+            &format!(r#"{{"type":"auth","data":{{"token":"{other}"}}}}"#),
+        );
+        assert_eq!(
+            replies(&s.client)[0]["data"]["code"],
+            "auth_subject_changed"
+        );
+
+        let narrow = token(
+            serde_json::json!({"sub": "a", "exp": in_an_hour(), "subscribe": ["notification"]}),
+        );
+        send(
+            &mut s,
+            &format!(r#"{{"type":"auth","data":{{"token":"{narrow}"}}}}"#),
+        );
+        let got = replies(&s.client);
+        assert_eq!(got[0]["data"]["success"], true);
+        let dropped = got[0]["data"]["unsubscribed"].as_array().unwrap();
+        assert!(dropped.contains(&"secret".into()));
+        assert_eq!(s.client.subscriptions().len(), 1);
+        assert_eq!(got.len(), 1, "no second welcome");
     }
 }

@@ -82,14 +82,77 @@ impl TestServer {
         Client { ws }
     }
 
+    /// Opens a WebSocket to `/ws{query}` with extra request headers; the handshake's error
+    /// (an HTTP refusal) is returned, not a panic.
+    pub async fn connect_with(
+        &self,
+        query: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Client, tokio_tungstenite::tungstenite::Error> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut request = format!("{}{query}", self.ws_url())
+            .into_client_request()
+            .unwrap();
+        for (name, value) in headers {
+            request.headers_mut().insert(
+                hyper::header::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                value.parse().unwrap(),
+            );
+        }
+        let (ws, _) = within(tokio_tungstenite::connect_async(request)).await?;
+        Ok(Client { ws })
+    }
+
+    /// Opens a WebSocket to `/ws{query}` from the loopback address `source` (the server
+    /// counts per-address limits by it).
+    pub async fn connect_from(
+        &self,
+        source: std::net::IpAddr,
+        query: &str,
+    ) -> Result<Client, tokio_tungstenite::tungstenite::Error> {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::new(source, 0)).unwrap();
+        let stream = within(socket.connect(self.addr)).await.expect("connect");
+        let url = format!("{}{query}", self.ws_url());
+        let (ws, _) = within(tokio_tungstenite::client_async(
+            url,
+            MaybeTlsStream::Plain(stream),
+        ))
+        .await?;
+        Ok(Client { ws })
+    }
+
     /// POSTs JSON to the publish API.
     pub async fn publish(&self, body: &Value) -> (u16, Value) {
         self.request("POST", "/api/v1/publish", body.to_string().into_bytes())
             .await
     }
 
+    /// POSTs JSON to the publish API with a publish key.
+    pub async fn publish_with_key(&self, key: &str, body: &Value) -> (u16, Value) {
+        let bearer = format!("Bearer {key}");
+        self.request_with(
+            "POST",
+            "/api/v1/publish",
+            body.to_string().into_bytes(),
+            &[("authorization", &bearer)],
+        )
+        .await
+    }
+
     /// Sends one HTTP/1.1 request with a real hyper client.
     pub async fn request(&self, method: &str, path: &str, body: Vec<u8>) -> (u16, Value) {
+        self.request_with(method, path, body, &[]).await
+    }
+
+    /// As [`request`](Self::request), with extra headers.
+    pub async fn request_with(
+        &self,
+        method: &str,
+        path: &str,
+        body: Vec<u8>,
+        headers: &[(&str, &str)],
+    ) -> (u16, Value) {
         let stream = TcpStream::connect(self.addr).await.expect("connect");
         let (mut sender, conn) =
             hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
@@ -100,7 +163,10 @@ impl TestServer {
             .method(method)
             .uri(path)
             .header("host", self.addr.to_string())
-            .header("content-type", "application/json")
+            .header("content-type", "application/json");
+        let req = headers
+            .iter()
+            .fold(req, |req, (name, value)| req.header(*name, *value))
             .body(Full::new(Bytes::from(body)))
             .unwrap();
         let response = within(sender.send_request(req)).await.expect("request");

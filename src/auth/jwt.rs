@@ -1,0 +1,250 @@
+//! JWT verification (HS256 with a shared secret, RS256 with a PEM public key).
+//!
+//! The key is chosen by the token's `alg` among the configured ones, so an RS256 public key
+//! can never be used as an HMAC secret (the classic algorithm-confusion attack), and `none`
+//! is never accepted. Required claims: `sub` and `exp`; `nbf` is honoured; `iss` and `aud`
+//! are checked when configured. sigmahub's own claims:
+//!
+//! | claim       | meaning                                                        | absent    |
+//! |-------------|----------------------------------------------------------------|-----------|
+//! | `subscribe` | channel globs the client may subscribe to (alias `channels`)   | the server's default channels |
+//! | `publish`   | channel globs the client may publish on over the WebSocket     | none      |
+
+use std::collections::HashSet;
+use std::time::{Duration, SystemTime};
+
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+
+use super::permissions::{Identity, Method, PatternError, Patterns};
+use super::AuthError;
+
+/// The claims sigmahub reads.
+#[derive(Debug, Deserialize)]
+struct Claims {
+    sub: String,
+    exp: u64,
+    #[serde(default, alias = "channels")]
+    subscribe: Option<Vec<String>>,
+    #[serde(default)]
+    publish: Vec<String>,
+}
+
+/// Verifies tokens against the configured keys.
+pub(crate) struct JwtVerifier {
+    hs256: Option<DecodingKey>,
+    rs256: Option<DecodingKey>,
+    validation: Validation,
+    default_subscribe: Patterns,
+}
+
+impl std::fmt::Debug for JwtVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JwtVerifier")
+            .field("hs256", &self.hs256.is_some())
+            .field("rs256", &self.rs256.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The parts of the configuration a verifier needs.
+pub(crate) struct JwtSettings<'a> {
+    pub(crate) hs256_secret: Option<&'a [u8]>,
+    pub(crate) rs256_public_pem: Option<&'a [u8]>,
+    pub(crate) issuer: Option<&'a str>,
+    pub(crate) audience: Option<&'a str>,
+    pub(crate) leeway: Duration,
+    /// Patterns granted when a token has no `subscribe` claim.
+    pub(crate) default_subscribe: Patterns,
+}
+
+impl JwtVerifier {
+    /// A verifier, or `None` when no key is configured. Fails on an unreadable PEM key.
+    pub(crate) fn new(
+        settings: JwtSettings<'_>,
+    ) -> Result<Option<Self>, jsonwebtoken::errors::Error> {
+        let hs256 = settings.hs256_secret.map(DecodingKey::from_secret);
+        let rs256 = settings
+            .rs256_public_pem
+            .map(DecodingKey::from_rsa_pem)
+            .transpose()?;
+        if hs256.is_none() && rs256.is_none() {
+            return Ok(None);
+        }
+        // The algorithm is set per token (see `verify`); this one is a placeholder.
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.required_spec_claims = HashSet::from(["exp".to_owned(), "sub".to_owned()]);
+        validation.leeway = settings.leeway.as_secs();
+        validation.validate_nbf = true;
+        match settings.audience {
+            Some(aud) => validation.set_audience(&[aud]),
+            None => validation.validate_aud = false,
+        }
+        if let Some(iss) = settings.issuer {
+            validation.set_issuer(&[iss]);
+        }
+        Ok(Some(Self {
+            hs256,
+            rs256,
+            validation,
+            default_subscribe: settings.default_subscribe,
+        }))
+    }
+
+    /// Checks `token` and returns the identity it grants.
+    pub(crate) fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|e| invalid(&e))?;
+        let key = match header.alg {
+            Algorithm::HS256 => self.hs256.as_ref(),
+            Algorithm::RS256 => self.rs256.as_ref(),
+            _ => None,
+        }
+        .ok_or_else(|| {
+            AuthError::Invalid(format!(
+                "tokens signed with {:?} are not accepted",
+                header.alg
+            ))
+        })?;
+        let mut validation = self.validation.clone();
+        validation.algorithms = vec![header.alg];
+        let claims = jsonwebtoken::decode::<Claims>(token, key, &validation)
+            .map_err(|e| match e.kind() {
+                ErrorKind::ExpiredSignature => AuthError::Expired,
+                _ => invalid(&e),
+            })?
+            .claims;
+        let patterns = |p: Result<Patterns, PatternError>, claim: &str| {
+            p.map_err(|e| AuthError::Invalid(format!("`{claim}` claim: {e}")))
+        };
+        let subscribe = match &claims.subscribe {
+            Some(list) => patterns(Patterns::new(list), "subscribe")?,
+            None => self.default_subscribe.clone(),
+        };
+        let publish = patterns(Patterns::new(&claims.publish), "publish")?;
+        Ok(Identity {
+            subject: claims.sub,
+            method: Method::Jwt,
+            expires_at: Some(SystemTime::UNIX_EPOCH + Duration::from_secs(claims.exp)),
+            subscribe,
+            publish,
+        })
+    }
+}
+
+fn invalid(e: &jsonwebtoken::errors::Error) -> AuthError {
+    let reason = match e.kind() {
+        ErrorKind::InvalidSignature => "bad signature".to_owned(),
+        ErrorKind::InvalidIssuer => "wrong issuer".to_owned(),
+        ErrorKind::InvalidAudience => "wrong audience".to_owned(),
+        ErrorKind::ImmatureSignature => "not valid yet (nbf)".to_owned(),
+        ErrorKind::MissingRequiredClaim(c) => format!("missing claim `{c}`"),
+        ErrorKind::InvalidAlgorithm => "algorithm does not match the key".to_owned(),
+        _ => format!("malformed token: {e}"),
+    };
+    AuthError::Invalid(reason)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
+    use jsonwebtoken::{encode, EncodingKey, Header};
+
+    const SECRET: &[u8] = b"a-test-secret-that-is-32-bytes!!";
+
+    fn verifier() -> JwtVerifier {
+        JwtVerifier::new(JwtSettings {
+            hs256_secret: Some(SECRET),
+            rs256_public_pem: None,
+            issuer: Some("sigmahub-tests"),
+            audience: None,
+            leeway: Duration::ZERO,
+            default_subscribe: Patterns::new(&["notification"]).unwrap(),
+        })
+        .unwrap()
+        .unwrap()
+    }
+
+    fn now() -> u64 {
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    }
+
+    fn token(claims: serde_json::Value) -> String {
+        encode(
+            &Header::default(),
+            &claims,
+            &EncodingKey::from_secret(SECRET),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_good_token_grants_its_claims() {
+        let t = token(serde_json::json!({
+            "sub": "alice", "exp": now() + 60, "iss": "sigmahub-tests",
+            "subscribe": ["agent.*"], "publish": ["chat.alice"],
+        }));
+        let id = verifier().verify(&t).unwrap();
+        assert_eq!(id.subject, "alice");
+        assert!(id.may_subscribe("agent.status"));
+        assert!(!id.may_subscribe("system.status"));
+        assert!(id.may_publish("chat.alice"));
+        assert!(!id.may_publish("chat.bob"));
+    }
+
+    #[test]
+    fn missing_channel_claims_fall_back_to_the_defaults() {
+        let t = token(serde_json::json!({"sub": "a", "exp": now() + 60, "iss": "sigmahub-tests"}));
+        let id = verifier().verify(&t).unwrap();
+        assert!(id.may_subscribe("notification"));
+        assert!(!id.may_subscribe("agent.status"));
+        assert!(!id.may_publish("notification"));
+    }
+
+    #[test]
+    fn bad_tokens_say_why() {
+        let v = verifier();
+        let expired =
+            token(serde_json::json!({"sub": "a", "exp": now() - 10, "iss": "sigmahub-tests"}));
+        assert_eq!(v.verify(&expired).unwrap_err(), AuthError::Expired);
+        let wrong_iss = token(serde_json::json!({"sub": "a", "exp": now() + 60, "iss": "other"}));
+        assert!(matches!(v.verify(&wrong_iss), Err(AuthError::Invalid(r)) if r.contains("issuer")));
+        let no_sub = token(serde_json::json!({"exp": now() + 60, "iss": "sigmahub-tests"}));
+        assert!(matches!(v.verify(&no_sub), Err(AuthError::Invalid(r)) if r.contains("sub")));
+        let forged = encode(
+            &Header::default(),
+            &serde_json::json!({"sub": "a", "exp": now() + 60, "iss": "sigmahub-tests"}),
+            &EncodingKey::from_secret(b"another-secret-another-secret-!!"),
+        )
+        .unwrap();
+        assert!(matches!(v.verify(&forged), Err(AuthError::Invalid(r)) if r.contains("signature")));
+        assert!(matches!(v.verify("not.a.jwt"), Err(AuthError::Invalid(_))));
+        assert!(matches!(v.verify(""), Err(AuthError::Invalid(_))));
+    }
+
+    #[test]
+    fn unsigned_and_unconfigured_algorithms_are_refused() {
+        // {"alg":"none"} with a valid-looking body and no signature.
+        let unsigned =
+            "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJhIiwiZXhwIjo0MTAyNDQ0ODAwfQ.";
+        assert!(matches!(
+            verifier().verify(unsigned),
+            Err(AuthError::Invalid(_))
+        ));
+        let rs = Header::new(Algorithm::RS256);
+        let mut parts: Vec<String> = token(serde_json::json!({"sub": "a", "exp": now() + 60}))
+            .split('.')
+            .map(str::to_owned)
+            .collect();
+        parts[0] = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&rs).unwrap());
+        let relabelled = parts.join(".");
+        assert!(
+            matches!(verifier().verify(&relabelled), Err(AuthError::Invalid(r)) if r.contains("RS256"))
+        );
+    }
+}

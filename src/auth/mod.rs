@@ -1,0 +1,206 @@
+//! Who may connect, subscribe and publish.
+//!
+//! - **WebSocket clients** authenticate with a JWT (see [`jwt`]) given as `?token=` on the
+//!   upgrade, as `Authorization: Bearer`, or in an `auth` message within `auth.timeout`.
+//!   A publish API key works as a token too and grants everything (a trusted service).
+//!   Without any JWT key configured, clients are anonymous: they may subscribe to any
+//!   channel and publish on none over the socket.
+//! - **`POST /api/v1/publish`** needs one of `auth.publish_keys` (as `Authorization: Bearer`
+//!   or `X-API-Key`) once any is configured.
+//! - **Browsers** may be held to an origin allowlist (see [`origin`]).
+//!
+//! Secure by default: a server listening on a non-loopback address refuses to start
+//! without token authentication and publish keys, unless `auth.allow_anonymous` says that
+//! open access is intended (see [`crate::Config::validate`]).
+
+pub mod jwt;
+pub mod keys;
+pub mod origin;
+pub mod permissions;
+
+use std::sync::Arc;
+
+use crate::config::{AuthConfig, ConfigError};
+use crate::protocol::close::CloseCode;
+use jwt::{JwtSettings, JwtVerifier};
+use keys::ApiKeys;
+use origin::OriginPolicy;
+use permissions::{Identity, Method, Patterns};
+
+/// Why credentials were refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// The token is malformed, forged, for another issuer or audience, or not accepted here.
+    #[error("invalid token: {0}")]
+    Invalid(String),
+    /// The token's `exp` has passed.
+    #[error("token expired")]
+    Expired,
+    /// No credentials arrived within `auth.timeout`.
+    #[error("no credentials within the authentication timeout")]
+    Timeout,
+}
+
+impl AuthError {
+    /// The stable code sent in `auth_response` and counted in the stats.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Invalid(_) => "invalid_token",
+            Self::Expired => "token_expired",
+            Self::Timeout => "auth_timeout",
+        }
+    }
+
+    /// The close code the connection ends with.
+    pub fn close_code(&self) -> CloseCode {
+        match self {
+            Self::Invalid(_) => CloseCode::AUTH_FAILED,
+            Self::Expired => CloseCode::TOKEN_EXPIRED,
+            Self::Timeout => CloseCode::AUTH_TIMEOUT,
+        }
+    }
+}
+
+/// The server's authentication policy, built once from [`AuthConfig`].
+#[derive(Debug)]
+pub struct Authenticator {
+    jwt: Option<JwtVerifier>,
+    keys: ApiKeys,
+    origins: OriginPolicy,
+    anonymous: Arc<Identity>,
+    service: Arc<Identity>,
+}
+
+impl Authenticator {
+    /// Builds the policy; reads the RS256 public key file if one is configured.
+    pub fn new(config: &AuthConfig, default_channels: &[String]) -> Result<Self, ConfigError> {
+        let pem = match &config.jwt_public_key_file {
+            Some(path) => Some(std::fs::read(path).map_err(|source| ConfigError::Read {
+                path: path.clone(),
+                source,
+            })?),
+            None => None,
+        };
+        let default_subscribe =
+            Patterns::new(default_channels).map_err(|e| ConfigError::Invalid {
+                field: "default_subscriptions",
+                reason: e.to_string(),
+            })?;
+        let jwt = JwtVerifier::new(JwtSettings {
+            hs256_secret: config.jwt_secret.as_deref().map(str::as_bytes),
+            rs256_public_pem: pem.as_deref(),
+            issuer: config.issuer.as_deref(),
+            audience: config.audience.as_deref(),
+            leeway: config.leeway,
+            default_subscribe,
+        })
+        .map_err(|e| ConfigError::Invalid {
+            field: "auth.jwt_public_key_file",
+            reason: format!("not an RSA public key in PEM form: {e}"),
+        })?;
+        Ok(Self {
+            jwt,
+            keys: ApiKeys::new(&config.publish_keys),
+            origins: OriginPolicy::new(&config.allowed_origins),
+            anonymous: Identity::anonymous(),
+            service: Arc::new(Identity {
+                subject: "api-key".to_owned(),
+                method: Method::ApiKey,
+                expires_at: None,
+                subscribe: Patterns::All,
+                publish: Patterns::All,
+            }),
+        })
+    }
+
+    /// Whether WebSocket clients must present a token (a JWT key is configured).
+    pub fn requires_token(&self) -> bool {
+        self.jwt.is_some()
+    }
+
+    /// The identity of a client that presents no token, when [`requires_token`] is false.
+    ///
+    /// [`requires_token`]: Self::requires_token
+    pub fn anonymous(&self) -> Arc<Identity> {
+        self.anonymous.clone()
+    }
+
+    /// Checks a WebSocket client's token: a publish key, or a JWT when a key is configured.
+    /// On a server without either, a token is ignored and the client is anonymous.
+    pub fn verify(&self, token: &str) -> Result<Arc<Identity>, AuthError> {
+        if self.keys.find(token).is_some() {
+            return Ok(self.service.clone());
+        }
+        match &self.jwt {
+            Some(jwt) => jwt.verify(token).map(Arc::new),
+            None if self.keys.is_empty() => Ok(self.anonymous.clone()),
+            None => Err(AuthError::Invalid(
+                "not a known key, and this server accepts no JWTs".to_owned(),
+            )),
+        }
+    }
+
+    /// Whether `POST /api/v1/publish` needs a key.
+    pub fn publish_needs_key(&self) -> bool {
+        !self.keys.is_empty()
+    }
+
+    /// Whether `key` is one of the publish keys (constant time).
+    pub fn is_publish_key(&self, key: &str) -> bool {
+        self.keys.find(key).is_some()
+    }
+
+    /// Whether a WebSocket upgrade with this `Origin` header may proceed.
+    pub fn origin_allowed(&self, origin: Option<&[u8]>) -> bool {
+        self.origins.allows(origin)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn defaults() -> Vec<String> {
+        vec!["notification".to_owned()]
+    }
+
+    #[test]
+    fn without_keys_everyone_is_anonymous() {
+        let auth = Authenticator::new(&AuthConfig::default(), &defaults()).unwrap();
+        assert!(!auth.requires_token());
+        assert!(!auth.publish_needs_key());
+        assert_eq!(auth.verify("whatever").unwrap().method, Method::Anonymous);
+    }
+
+    #[test]
+    fn a_publish_key_is_a_service_token() {
+        let config = AuthConfig {
+            publish_keys: vec!["service-key-0123456789".into()],
+            ..AuthConfig::default()
+        };
+        let auth = Authenticator::new(&config, &defaults()).unwrap();
+        let id = auth.verify("service-key-0123456789").unwrap();
+        assert_eq!(id.method, Method::ApiKey);
+        assert!(id.may_publish("anything"));
+        assert!(matches!(auth.verify("guess"), Err(AuthError::Invalid(_))));
+        assert!(auth.is_publish_key("service-key-0123456789"));
+        assert!(!auth.is_publish_key("service-key-012345678"));
+    }
+
+    #[test]
+    fn a_missing_key_file_is_a_config_error() {
+        let config = AuthConfig {
+            jwt_public_key_file: Some("/nonexistent/key.pem".into()),
+            ..AuthConfig::default()
+        };
+        let err = Authenticator::new(&config, &defaults()).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/key.pem"), "{err}");
+    }
+
+    #[test]
+    fn errors_map_to_documented_codes() {
+        assert_eq!(AuthError::Expired.close_code().code, 4004);
+        assert_eq!(AuthError::Invalid(String::new()).close_code().code, 4003);
+        assert_eq!(AuthError::Timeout.close_code().code, 4002);
+    }
+}

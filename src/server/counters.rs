@@ -1,0 +1,149 @@
+//! Counts of every limit hit, refusal and close, for the stats API and metrics.
+//!
+//! Admission refusals (HTTP 429/503) are counted by [`super::admission`]; everything after
+//! the upgrade, and the other HTTP refusals, here.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::protocol::close::CloseCode;
+
+/// One thing that can be refused or limited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Limit {
+    /// A message over the inbound rate limit answered with `rate_limited`.
+    RateLimited,
+    /// A channel refused: `max_subscriptions_per_connection` reached.
+    TooManySubscriptions,
+    /// A channel refused: `max_subscribers_per_channel` reached.
+    ChannelFull,
+    /// A subscribe to a channel the client's token does not allow.
+    ForbiddenSubscribe,
+    /// A socket publish on a channel the client's token does not allow.
+    ForbiddenPublish,
+    /// A WebSocket upgrade from an origin not on the allowlist (HTTP 403).
+    OriginRefused,
+    /// A `POST /api/v1/publish` without a valid key (HTTP 401).
+    PublishKeyRefused,
+    /// A `POST /api/v1/publish` body over `max_publish_body_size` (HTTP 413).
+    PublishBodyTooLarge,
+}
+
+impl Limit {
+    const ALL: [Self; 8] = [
+        Self::RateLimited,
+        Self::TooManySubscriptions,
+        Self::ChannelFull,
+        Self::ForbiddenSubscribe,
+        Self::ForbiddenPublish,
+        Self::OriginRefused,
+        Self::PublishKeyRefused,
+        Self::PublishBodyTooLarge,
+    ];
+
+    /// The name in the stats and metrics.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Self::RateLimited => "rate_limited",
+            Self::TooManySubscriptions => "subscription_limit",
+            Self::ChannelFull => "channel_full",
+            Self::ForbiddenSubscribe => "forbidden_subscribe",
+            Self::ForbiddenPublish => "forbidden_publish",
+            Self::OriginRefused => "origin_not_allowed",
+            Self::PublishKeyRefused => "publish_key_refused",
+            Self::PublishBodyTooLarge => "publish_body_too_large",
+        }
+    }
+
+    /// The limit a subscribe rejection's code stands for, if it is one.
+    pub(crate) fn of_rejection(code: &str) -> Option<Self> {
+        match code {
+            "subscription_limit" => Some(Self::TooManySubscriptions),
+            "channel_full" => Some(Self::ChannelFull),
+            "forbidden" => Some(Self::ForbiddenSubscribe),
+            _ => None,
+        }
+    }
+}
+
+/// The close codes counted, one counter each.
+const CLOSES: [CloseCode; 14] = [
+    CloseCode::NORMAL,
+    CloseCode::GOING_AWAY,
+    CloseCode::PROTOCOL_ERROR,
+    CloseCode::UNSUPPORTED_DATA,
+    CloseCode::INVALID_PAYLOAD,
+    CloseCode::POLICY_VIOLATION,
+    CloseCode::MESSAGE_TOO_BIG,
+    CloseCode::INTERNAL_ERROR,
+    CloseCode::SLOW_CONSUMER,
+    CloseCode::KEEPALIVE_TIMEOUT,
+    CloseCode::AUTH_TIMEOUT,
+    CloseCode::AUTH_FAILED,
+    CloseCode::TOKEN_EXPIRED,
+    CloseCode::IDLE_TIMEOUT,
+];
+
+/// The counters; all relaxed atomics.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    limits: [AtomicU64; Limit::ALL.len()],
+    closes: [AtomicU64; CLOSES.len()],
+}
+
+impl Counters {
+    /// Counts one hit of `limit`.
+    pub(crate) fn hit(&self, limit: Limit) {
+        self.hit_n(limit, 1);
+    }
+
+    /// Counts `n` hits of `limit`.
+    pub(crate) fn hit_n(&self, limit: Limit, n: u64) {
+        self.limits[limit as usize].fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts a connection the server closed with `code`.
+    pub(crate) fn closed(&self, code: CloseCode) {
+        if let Some(i) = CLOSES.iter().position(|c| c.code == code.code) {
+            self.closes[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// How often `limit` was hit.
+    pub(crate) fn get(&self, limit: Limit) -> u64 {
+        self.limits[limit as usize].load(Ordering::Relaxed)
+    }
+
+    /// `{"limits": {name: n}, "closes": {"4000": n, …}}` for the stats API.
+    pub(crate) fn to_json(&self) -> serde_json::Value {
+        let limits: serde_json::Map<_, _> = Limit::ALL
+            .iter()
+            .map(|l| (l.name().to_owned(), self.get(*l).into()))
+            .collect();
+        let closes: serde_json::Map<_, _> = CLOSES
+            .iter()
+            .zip(&self.closes)
+            .map(|(c, n)| (c.code.to_string(), n.load(Ordering::Relaxed).into()))
+            .collect();
+        serde_json::json!({ "limits": limits, "closes": closes })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_limit_has_its_own_counter() {
+        let c = Counters::default();
+        for (i, limit) in Limit::ALL.iter().enumerate() {
+            c.hit_n(*limit, i as u64 + 1);
+        }
+        for (i, limit) in Limit::ALL.iter().enumerate() {
+            assert_eq!(c.get(*limit), i as u64 + 1, "{limit:?}");
+        }
+        c.closed(CloseCode::TOKEN_EXPIRED);
+        let json = c.to_json();
+        assert_eq!(json["closes"]["4004"], 1);
+        assert_eq!(json["limits"]["forbidden_publish"], 5);
+    }
+}

@@ -1,0 +1,400 @@
+//! Authentication and permissions against a real server: JWTs (HS256 and RS256) by query,
+//! header and message; refusals with their close codes; expiry while connected; channel
+//! grants for subscribe and socket publish; publish keys; the origin allowlist; the idle
+//! timeout; and the counters every refusal leaves in the stats.
+
+mod common;
+
+use std::time::{Duration, SystemTime};
+
+use common::{Client, TestServer};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{json, Value};
+
+const SECRET: &str = "integration-test-secret-32-bytes!";
+const KEY_OLD: &str = "publish-key-old-0123456789";
+const KEY_NEW: &str = "publish-key-new-0123456789";
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn hs256(claims: Value) -> String {
+    jsonwebtoken::encode(
+        &Header::default(),
+        &claims,
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+fn alice() -> String {
+    hs256(json!({
+        "sub": "alice", "exp": now() + 3600,
+        "subscribe": ["notification", "orders.*"], "publish": ["orders.alice"],
+    }))
+}
+
+async fn secured() -> TestServer {
+    TestServer::with(|c| {
+        c.auth.jwt_secret = Some(SECRET.into());
+        c.auth.publish_keys = vec![KEY_OLD.into(), KEY_NEW.into()];
+        c.auth.leeway = Duration::ZERO;
+    })
+    .await
+}
+
+/// Reads `auth_response` then the welcome; returns the welcome's subscriptions.
+async fn accepted(client: &mut Client) -> Value {
+    let reply = client.recv().await;
+    assert_eq!(reply["type"], "auth_response", "{reply}");
+    assert_eq!(reply["data"]["success"], true, "{reply}");
+    let welcome = client.recv().await;
+    assert_eq!(welcome["type"], "notification", "{welcome}");
+    welcome["data"]["subscriptions"].clone()
+}
+
+/// Reads the refusal and the close code that follows it.
+async fn refused(client: &mut Client) -> (String, Option<u16>) {
+    let reply = client.recv().await;
+    assert_eq!(reply["type"], "auth_response", "{reply}");
+    assert_eq!(reply["data"]["success"], false, "{reply}");
+    let code = reply["data"]["error"]["code"].as_str().unwrap().to_owned();
+    (code, client.closed().await)
+}
+
+#[tokio::test]
+async fn a_token_in_the_query_the_header_or_a_message_authenticates() {
+    let server = secured().await;
+    let token = alice();
+    let defaults = json!(["notification"]);
+
+    let mut by_query = server
+        .connect_with(&format!("?token={token}"), &[])
+        .await
+        .unwrap();
+    assert_eq!(accepted(&mut by_query).await, defaults);
+
+    let bearer = format!("Bearer {token}");
+    let mut by_header = server
+        .connect_with("", &[("authorization", &bearer)])
+        .await
+        .unwrap();
+    assert_eq!(accepted(&mut by_header).await, defaults);
+
+    let mut by_message = server.raw_client().await;
+    by_message
+        .send(&json!({"type": "subscribe", "data": {"channels": ["orders.eu"]}}))
+        .await;
+    assert_eq!(by_message.recv().await["data"]["code"], "auth_required");
+    by_message
+        .send(&json!({"type": "auth", "data": {"token": token}, "correlation_id": "a1"}))
+        .await;
+    let reply = by_message.recv().await;
+    assert_eq!(reply["correlation_id"], "a1");
+    assert_eq!(reply["data"]["subject"], "alice");
+    assert_eq!(reply["data"]["publish"], json!(["orders.alice"]));
+    assert_eq!(by_message.recv().await["data"]["subscriptions"], defaults);
+
+    server
+        .publish_with_key(KEY_NEW, &json!({"type": "notification", "data": {"n": 1}}))
+        .await;
+    for client in [&mut by_query, &mut by_header, &mut by_message] {
+        assert_eq!(client.recv_type("notification").await["data"]["n"], 1);
+    }
+}
+
+#[tokio::test]
+async fn rs256_tokens_are_checked_against_the_public_key() {
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let server = TestServer::with(|c| {
+        c.auth.jwt_public_key_file = Some(fixtures.join("test-rsa-public.pem"));
+        c.auth.issuer = Some("issuer.example".into());
+    })
+    .await;
+    let private = std::fs::read(fixtures.join("test-rsa-private.pem")).unwrap();
+    let claims =
+        json!({"sub": "svc", "exp": now() + 60, "iss": "issuer.example", "subscribe": ["*"]});
+    let token = jsonwebtoken::encode(
+        &Header::new(Algorithm::RS256),
+        &claims,
+        &EncodingKey::from_rsa_pem(&private).unwrap(),
+    )
+    .unwrap();
+    let mut client = server
+        .connect_with(&format!("?token={token}"), &[])
+        .await
+        .unwrap();
+    assert_eq!(accepted(&mut client).await.as_array().unwrap().len(), 8);
+
+    // An HS256 token is refused outright: no HMAC key is configured here, and the public
+    // key is never used as one.
+    let mut confused = server
+        .connect_with(&format!("?token={}", hs256(claims)), &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        refused(&mut confused).await,
+        ("invalid_token".into(), Some(4003))
+    );
+}
+
+#[tokio::test]
+async fn bad_credentials_get_their_documented_close_codes() {
+    let server = TestServer::with(|c| {
+        c.auth.jwt_secret = Some(SECRET.into());
+        c.auth.timeout = Duration::from_millis(300);
+        c.auth.leeway = Duration::ZERO;
+    })
+    .await;
+    let mut bystander = server
+        .connect_with(&format!("?token={}", alice()), &[])
+        .await
+        .unwrap();
+    accepted(&mut bystander).await;
+
+    let expired = hs256(json!({"sub": "a", "exp": now() - 60}));
+    let mut client = server
+        .connect_with(&format!("?token={expired}"), &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        refused(&mut client).await,
+        ("token_expired".into(), Some(4004))
+    );
+
+    let forged = jsonwebtoken::encode(
+        &Header::default(),
+        &json!({"sub": "admin", "exp": now() + 60, "subscribe": ["*"]}),
+        &EncodingKey::from_secret(b"not-the-server-secret-not-at-all!"),
+    )
+    .unwrap();
+    let mut client = server
+        .connect_with(&format!("?token={forged}"), &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        refused(&mut client).await,
+        ("invalid_token".into(), Some(4003))
+    );
+
+    let mut client = server.raw_client().await;
+    client
+        .send(&json!({"type": "auth", "data": {"token": "x.y.z"}}))
+        .await;
+    assert_eq!(
+        refused(&mut client).await,
+        ("invalid_token".into(), Some(4003))
+    );
+
+    // Silence after connecting without a token: closed when `auth.timeout` passes.
+    let mut silent = server.raw_client().await;
+    assert_eq!(silent.closed().await, Some(4002));
+
+    // A token that runs out while connected ends the connection.
+    let short = hs256(json!({"sub": "a", "exp": now() + 2}));
+    let mut client = server
+        .connect_with(&format!("?token={short}"), &[])
+        .await
+        .unwrap();
+    accepted(&mut client).await;
+    assert_eq!(client.closed().await, Some(4004));
+
+    // A refresh before expiry keeps it open.
+    let short = hs256(json!({"sub": "a", "exp": now() + 2}));
+    let mut client = server
+        .connect_with(&format!("?token={short}"), &[])
+        .await
+        .unwrap();
+    accepted(&mut client).await;
+    let fresh = hs256(json!({"sub": "a", "exp": now() + 3600}));
+    client
+        .send(&json!({"type": "auth", "data": {"token": fresh}}))
+        .await;
+    assert_eq!(
+        client.recv_type("auth_response").await["data"]["success"],
+        true
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    client.send(&json!({"type": "ping"})).await;
+    assert_eq!(client.recv_type("pong").await["type"], "pong");
+
+    // The bystander saw none of it.
+    bystander.send(&json!({"type": "ping"})).await;
+    assert_eq!(bystander.recv_type("pong").await["type"], "pong");
+    let stats = server.request("GET", "/api/v1/stats", Vec::new()).await.1;
+    assert_eq!(stats["closes"]["4002"], 1, "{stats}");
+    assert_eq!(stats["closes"]["4003"], 2, "{stats}");
+    assert_eq!(stats["closes"]["4004"], 2, "{stats}");
+}
+
+#[tokio::test]
+async fn grants_decide_subscriptions_and_socket_publishing() {
+    let server = secured().await;
+    let mut alice = server
+        .connect_with(&format!("?token={}", alice()), &[])
+        .await
+        .unwrap();
+    accepted(&mut alice).await;
+    let bob = hs256(json!({"sub": "bob", "exp": now() + 3600, "subscribe": ["orders.*"]}));
+    let mut bob = server
+        .connect_with(&format!("?token={bob}"), &[])
+        .await
+        .unwrap();
+    accepted(&mut bob).await;
+    bob.subscribe(&["orders.alice"]).await;
+
+    alice
+        .send(&json!({"type": "subscribe", "data": {"channels": ["orders.eu", "billing", "system.status"]}}))
+        .await;
+    let reply = alice.recv_type("subscribe_response").await;
+    assert_eq!(reply["data"]["subscribed"], json!(["orders.eu"]));
+    let denied: Vec<_> = reply["data"]["rejected"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["channel"].as_str().unwrap().to_owned(),
+                r["code"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        denied,
+        [
+            ("billing".into(), "forbidden".into()),
+            ("system.status".into(), "forbidden".into())
+        ]
+    );
+
+    // Alice may publish on orders.alice only; bob on nothing.
+    alice
+        .send(&json!({"type": "publish", "data": {"type": "orders.bob", "data": {}}}))
+        .await;
+    assert_eq!(alice.recv_type("error").await["data"]["code"], "forbidden");
+    alice
+        .send(&json!({"type": "publish", "data": {"type": "orders.alice", "data": {"qty": 3}}, "correlation_id": 5}))
+        .await;
+    let done = alice.recv_type("publish_response").await;
+    assert_eq!(done["correlation_id"], 5);
+    assert_eq!(done["data"]["delivered"], 1);
+    assert_eq!(bob.recv_type("orders.alice").await["data"]["qty"], 3);
+    bob.send(&json!({"type": "publish", "data": {"type": "orders.alice"}}))
+        .await;
+    assert_eq!(bob.recv_type("error").await["data"]["code"], "forbidden");
+
+    let stats = server.request("GET", "/api/v1/stats", Vec::new()).await.1;
+    assert_eq!(stats["limits"]["forbidden_subscribe"], 2, "{stats}");
+    assert_eq!(stats["limits"]["forbidden_publish"], 2, "{stats}");
+}
+
+#[tokio::test]
+async fn publishing_over_http_needs_one_of_the_keys() {
+    let server = secured().await;
+    let mut client = server
+        .connect_with("", &[("authorization", &format!("Bearer {KEY_OLD}"))])
+        .await
+        .unwrap();
+    let reply = client.recv().await;
+    assert_eq!(
+        reply["data"]["method"], "api_key",
+        "a key is a service token: {reply}"
+    );
+    client.recv_type("notification").await;
+
+    let event = json!({"type": "notification", "data": {"k": 1}});
+    let (status, body) = server.publish(&event).await;
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(body["error"]["code"], "unauthorized");
+    let (status, _) = server
+        .publish_with_key("publish-key-wrong-0123456789", &event)
+        .await;
+    assert_eq!(status, 401);
+    // Both keys work during a rotation, as a bearer token or an X-API-Key.
+    assert_eq!(server.publish_with_key(KEY_OLD, &event).await.0, 200);
+    let (status, _) = server
+        .request_with(
+            "POST",
+            "/api/v1/publish",
+            event.to_string().into_bytes(),
+            &[("x-api-key", KEY_NEW)],
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(client.recv_type("notification").await["data"]["k"], 1);
+    assert_eq!(client.recv_type("notification").await["data"]["k"], 1);
+    let stats = server.request("GET", "/api/v1/stats", Vec::new()).await.1;
+    assert_eq!(stats["limits"]["publish_key_refused"], 2, "{stats}");
+}
+
+#[tokio::test]
+async fn only_allowed_origins_may_upgrade() {
+    let server = TestServer::with(|c| {
+        c.auth.allowed_origins = vec![
+            "https://app.example.com".into(),
+            "https://*.example.org".into(),
+        ];
+    })
+    .await;
+    for origin in ["https://app.example.com", "https://eu.example.org"] {
+        let mut client = server
+            .connect_with("", &[("origin", origin)])
+            .await
+            .unwrap();
+        assert_eq!(client.recv().await["type"], "notification", "{origin}");
+    }
+    match server
+        .connect_with("", &[("origin", "https://evil.example")])
+        .await
+    {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status().as_u16(), 403)
+        }
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(_) => panic!("an unlisted origin was upgraded"),
+    }
+    // Non-browser clients send no Origin.
+    server.client().await;
+}
+
+#[tokio::test]
+async fn a_silent_client_is_closed_after_the_idle_timeout() {
+    let server = TestServer::with(|c| c.idle_timeout = Duration::from_millis(800)).await;
+    let mut chatty = server.client().await;
+    let mut silent = server.client().await;
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        chatty.send(&json!({"type": "ping"})).await;
+        chatty.recv_type("pong").await;
+    }
+    assert_eq!(silent.closed().await, Some(4005));
+    chatty.send(&json!({"type": "ping"})).await;
+    assert_eq!(chatty.recv_type("pong").await["type"], "pong");
+}
+
+#[tokio::test]
+async fn a_full_channel_refuses_further_subscribers() {
+    let server = TestServer::with(|c| {
+        c.max_subscribers_per_channel = 2;
+        c.default_subscriptions = Vec::new();
+    })
+    .await;
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        clients.push(server.client().await);
+    }
+    for (i, client) in clients.iter_mut().enumerate() {
+        let reply = client.subscribe(&["popular"]).await;
+        let expected = if i < 2 { json!(["popular"]) } else { json!([]) };
+        assert_eq!(reply["data"]["subscribed"], expected, "{reply}");
+        if i == 2 {
+            assert_eq!(reply["data"]["rejected"][0]["code"], "channel_full");
+        }
+    }
+    let stats = server.request("GET", "/api/v1/stats", Vec::new()).await.1;
+    assert_eq!(stats["limits"]["channel_full"], 1, "{stats}");
+}
