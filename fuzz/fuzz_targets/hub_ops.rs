@@ -1,6 +1,7 @@
 //! Sequences of hub operations against a model: after every publish, exactly the clients
-//! subscribed to the channel received the frame, once; subscriber counts match; nothing is
-//! left behind when every client has gone.
+//! subscribed to the channel received the frame, once; subscriber counts match and never
+//! pass the per-channel limit, which refuses only a full channel; nothing is left behind
+//! when every client has gone.
 #![no_main]
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -11,6 +12,7 @@ use libfuzzer_sys::fuzz_target;
 use sigmahub::{Client, Config, Hub};
 
 const CHANNELS: [&str; 4] = ["a", "b", "system.status", "bad name"];
+const MAX_PER_CHANNEL: usize = 4;
 
 #[derive(Arbitrary, Debug)]
 enum Op {
@@ -24,6 +26,7 @@ enum Op {
 fuzz_target!(|ops: Vec<Op>| {
     let mut config = Config::default();
     config.max_subscriptions_per_connection = 3;
+    config.max_subscribers_per_channel = MAX_PER_CHANNEL;
     config.client_queue_capacity = 1 << 16;
     let hub = Hub::new(&config);
     let mut clients: Vec<(Client, BTreeSet<&str>)> = Vec::new();
@@ -37,9 +40,19 @@ fuzz_target!(|ops: Vec<Op>| {
                     continue;
                 };
                 let names: Vec<&str> = channels.iter().map(|c| CHANNELS[*c as usize % 4]).collect();
+                let holders = |name: &str| clients.iter().filter(|(_, m)| m.contains(name)).count();
+                let full: Vec<bool> = CHANNELS.iter().map(|n| holders(n) >= MAX_PER_CHANNEL).collect();
                 let (c, model) = &mut clients[i];
                 let change = c.subscribe(names.iter().copied());
+                for r in &change.rejected {
+                    if r.code == "channel_full" {
+                        let k = CHANNELS.iter().position(|n| *n == r.channel).unwrap();
+                        assert!(full[k], "{} refused while not full", r.channel);
+                    }
+                }
                 for ch in &change.changed {
+                    let k = CHANNELS.iter().position(|n| *n == ch.as_str()).unwrap();
+                    assert!(!full[k], "{ch} accepted past the limit");
                     assert!(model.insert(CHANNELS.iter().find(|n| **n == ch.as_str()).unwrap()));
                 }
                 assert!(model.len() <= 3);
@@ -91,6 +104,7 @@ fuzz_target!(|ops: Vec<Op>| {
                 hub.subscriber_count(ch),
                 counts.get(ch).copied().unwrap_or(0)
             );
+            assert!(hub.subscriber_count(ch) <= MAX_PER_CHANNEL);
         }
     }
     clients.clear();
