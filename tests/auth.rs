@@ -47,6 +47,21 @@ async fn secured() -> TestServer {
     .await
 }
 
+/// `GET /api/v1/stats` with a publish key (needed once keys are configured).
+async fn stats(server: &TestServer) -> Value {
+    let bearer = format!("Bearer {KEY_NEW}");
+    let (status, body) = server
+        .request_with(
+            "GET",
+            "/api/v1/stats",
+            Vec::new(),
+            &[("authorization", &bearer)],
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
 /// Reads `auth_response` then the welcome; returns the welcome's subscriptions.
 async fn accepted(client: &mut Client) -> Value {
     let reply = client.recv().await;
@@ -225,7 +240,7 @@ async fn bad_credentials_get_their_documented_close_codes() {
     // The bystander saw none of it.
     bystander.send(&json!({"type": "ping"})).await;
     assert_eq!(bystander.recv_type("pong").await["type"], "pong");
-    let stats = server.request("GET", "/api/v1/stats", Vec::new()).await.1;
+    let stats = stats(&server).await;
     assert_eq!(stats["closes"]["4002"], 1, "{stats}");
     assert_eq!(stats["closes"]["4003"], 2, "{stats}");
     assert_eq!(stats["closes"]["4004"], 2, "{stats}");
@@ -287,7 +302,7 @@ async fn grants_decide_subscriptions_and_socket_publishing() {
         .await;
     assert_eq!(bob.recv_type("error").await["data"]["code"], "forbidden");
 
-    let stats = server.request("GET", "/api/v1/stats", Vec::new()).await.1;
+    let stats = stats(&server).await;
     assert_eq!(stats["limits"]["forbidden_subscribe"], 2, "{stats}");
     assert_eq!(stats["limits"]["forbidden_publish"], 2, "{stats}");
 }
@@ -327,8 +342,8 @@ async fn publishing_over_http_needs_one_of_the_keys() {
     assert_eq!(status, 200);
     assert_eq!(client.recv_type("notification").await["data"]["k"], 1);
     assert_eq!(client.recv_type("notification").await["data"]["k"], 1);
-    let stats = server.request("GET", "/api/v1/stats", Vec::new()).await.1;
-    assert_eq!(stats["limits"]["publish_key_refused"], 2, "{stats}");
+    let stats = stats(&server).await;
+    assert_eq!(stats["limits"]["unauthorized"], 2, "{stats}");
 }
 
 #[tokio::test]
@@ -395,6 +410,73 @@ async fn a_full_channel_refuses_further_subscribers() {
             assert_eq!(reply["data"]["rejected"][0]["code"], "channel_full");
         }
     }
-    let stats = server.request("GET", "/api/v1/stats", Vec::new()).await.1;
+    let stats = stats(&server).await;
     assert_eq!(stats["limits"]["channel_full"], 1, "{stats}");
+}
+
+#[tokio::test]
+async fn snapshots_and_stats_are_no_way_around_permissions() {
+    let server = TestServer::with(|c| {
+        c.auth.jwt_secret = Some(SECRET.into());
+        c.auth.publish_keys = vec![KEY_NEW.into()];
+        c.host.enabled = true;
+    })
+    .await;
+    let get = |path: &'static str, auth: Option<String>| {
+        let server = &server;
+        async move {
+            let headers: Vec<(&str, String)> =
+                auth.into_iter().map(|a| ("authorization", a)).collect();
+            let headers: Vec<(&str, &str)> =
+                headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            server.request_with("GET", path, Vec::new(), &headers).await
+        }
+    };
+    let key = Some(format!("Bearer {KEY_NEW}"));
+    // The host source fills both snapshots shortly after start.
+    for _ in 0..200 {
+        let (_, all) = get("/api/v1/snapshot", key.clone()).await;
+        if all["snapshots"].as_array().map_or(0, Vec::len) >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let status_only =
+        hs256(json!({"sub": "ops", "exp": now() + 60, "subscribe": ["system.status"]}));
+    let token = Some(format!("Bearer {status_only}"));
+
+    assert_eq!(get("/api/v1/snapshot", None).await.0, 401);
+    assert_eq!(get("/api/v1/snapshot/system.status", None).await.0, 401);
+    let (status, all) = get("/api/v1/snapshot", token.clone()).await;
+    assert_eq!(status, 200);
+    let types: Vec<_> = all["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["type"].clone())
+        .collect();
+    assert_eq!(types, [json!("system.status")]);
+    assert_eq!(
+        get("/api/v1/snapshot/system.status", token.clone()).await.0,
+        200
+    );
+    assert_eq!(
+        get("/api/v1/snapshot/storage.update", token.clone())
+            .await
+            .0,
+        403
+    );
+    assert_eq!(
+        get("/api/v1/snapshot/storage.update", key.clone()).await.0,
+        200
+    );
+
+    // Stats are an operator's view: a publish key, not a client token.
+    assert_eq!(get("/api/v1/stats", None).await.0, 401);
+    assert_eq!(get("/api/v1/stats", token).await.0, 401);
+    let (status, stats) = get("/api/v1/stats", key).await;
+    assert_eq!(status, 200);
+    assert_eq!(stats["limits"]["unauthorized"], 4, "{stats}");
+    // Health stays open for load balancers.
+    assert_eq!(get("/healthz", None).await.0, 200);
 }

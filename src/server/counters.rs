@@ -22,8 +22,9 @@ pub(crate) enum Limit {
     ForbiddenPublish,
     /// A WebSocket upgrade from an origin not on the allowlist (HTTP 403).
     OriginRefused,
-    /// A `POST /api/v1/publish` without a valid key (HTTP 401).
-    PublishKeyRefused,
+    /// An HTTP request without valid credentials (HTTP 401): publish or stats without a
+    /// publish key, snapshots without a token.
+    Unauthorized,
     /// A `POST /api/v1/publish` body over `max_publish_body_size` (HTTP 413).
     PublishBodyTooLarge,
 }
@@ -36,7 +37,7 @@ impl Limit {
         Self::ForbiddenSubscribe,
         Self::ForbiddenPublish,
         Self::OriginRefused,
-        Self::PublishKeyRefused,
+        Self::Unauthorized,
         Self::PublishBodyTooLarge,
     ];
 
@@ -49,7 +50,7 @@ impl Limit {
             Self::ForbiddenSubscribe => "forbidden_subscribe",
             Self::ForbiddenPublish => "forbidden_publish",
             Self::OriginRefused => "origin_not_allowed",
-            Self::PublishKeyRefused => "publish_key_refused",
+            Self::Unauthorized => "unauthorized",
             Self::PublishBodyTooLarge => "publish_body_too_large",
         }
     }

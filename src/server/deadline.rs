@@ -1,62 +1,114 @@
 //! The moments a connection must end unless something happens first: the authentication
 //! deadline, the token's expiry, and the idle timeout.
 //!
-//! One timer serves all three, set to the earliest; a connection with none of them holds no
-//! timer at all (the common, anonymous case costs one `None`).
+//! One timer serves all three, set to the earliest; a connection with none of them holds
+//! nothing but a null pointer (the common, anonymous case), which keeps idle connections
+//! small.
 
+use std::future::Future;
 use std::pin::Pin;
+use std::task::{ready, Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use tokio::time::{Instant, Sleep};
 
 use crate::protocol::close::CloseCode;
 
-/// A connection's deadlines.
+/// A connection's deadlines; allocated only once there is one.
 #[derive(Debug, Default)]
-pub(crate) struct Deadlines {
+pub(crate) struct Deadlines(Option<Box<Inner>>);
+
+#[derive(Debug)]
+struct Inner {
     auth: Option<Instant>,
     expiry: Option<Instant>,
     idle: Option<(Duration, Instant)>,
-    timer: Option<Pin<Box<Sleep>>>,
+    timer: Pin<Box<Sleep>>,
 }
 
 impl Deadlines {
     /// Deadlines with the idle timeout `idle` (zero: none), counted from now.
     pub(crate) fn new(idle: Duration) -> Self {
-        let mut deadlines = Self {
-            idle: (!idle.is_zero()).then(|| (idle, Instant::now() + idle)),
-            ..Self::default()
-        };
-        deadlines.rearm();
+        let mut deadlines = Self::default();
+        if !idle.is_zero() {
+            deadlines.update(|d| d.idle = Some((idle, Instant::now() + idle)));
+        }
         deadlines
     }
 
     /// Credentials must arrive within `within`.
     pub(crate) fn await_auth(&mut self, within: Duration) {
-        self.auth = Some(Instant::now() + within);
-        self.rearm();
+        self.update(|d| d.auth = Some(Instant::now() + within));
     }
 
     /// Credentials arrived and expire at `expires_at` (`None`: never).
     pub(crate) fn authenticated(&mut self, expires_at: Option<SystemTime>) {
-        self.auth = None;
-        self.expiry = expires_at.map(|at| {
-            let left = at
-                .duration_since(SystemTime::now())
-                .unwrap_or(Duration::ZERO);
-            Instant::now() + left
+        if self.0.is_none() && expires_at.is_none() {
+            return;
+        }
+        self.update(|d| {
+            d.auth = None;
+            d.expiry = expires_at.map(|at| {
+                let left = at
+                    .duration_since(SystemTime::now())
+                    .unwrap_or(Duration::ZERO);
+                Instant::now() + left
+            });
         });
-        self.rearm();
     }
 
     /// The client sent a message: the idle timeout starts again.
     pub(crate) fn message_received(&mut self) {
-        if let Some((idle, at)) = &mut self.idle {
-            *at = Instant::now() + *idle;
-            self.rearm();
+        if self.0.as_ref().is_some_and(|d| d.idle.is_some()) {
+            self.update(|d| {
+                if let Some((idle, at)) = &mut d.idle {
+                    *at = Instant::now() + *idle;
+                }
+            });
         }
     }
 
+    /// Applies `change` and sets the timer to the earliest deadline; frees everything
+    /// when none is left.
+    fn update(&mut self, change: impl FnOnce(&mut Inner)) {
+        let inner = self.0.get_or_insert_with(|| {
+            Box::new(Inner {
+                auth: None,
+                expiry: None,
+                idle: None,
+                timer: Box::pin(tokio::time::sleep_until(Instant::now())),
+            })
+        });
+        change(inner);
+        match inner.next() {
+            Some((at, _)) => inner.timer.as_mut().reset(at),
+            None => self.0 = None,
+        }
+    }
+
+    /// Ready when the earliest deadline has passed, with its close code; never while there
+    /// is none. A poll function rather than an `async fn` so that waiting on it adds no
+    /// state to the connection's future.
+    pub(crate) fn poll_passed(&mut self, cx: &mut Context<'_>) -> Poll<CloseCode> {
+        let Some(inner) = &mut self.0 else {
+            return Poll::Pending;
+        };
+        ready!(inner.timer.as_mut().poll(cx));
+        // `update` keeps the timer at the earliest deadline, so there is one.
+        Poll::Ready(
+            inner
+                .next()
+                .map_or(CloseCode::INTERNAL_ERROR, |(_, code)| code),
+        )
+    }
+
+    /// [`poll_passed`](Self::poll_passed) as a future.
+    pub(crate) fn passed(&mut self) -> impl Future<Output = CloseCode> + '_ {
+        std::future::poll_fn(|cx| self.poll_passed(cx))
+    }
+}
+
+impl Inner {
     /// The earliest deadline and the close code it ends the connection with.
     fn next(&self) -> Option<(Instant, CloseCode)> {
         [
@@ -67,27 +119,6 @@ impl Deadlines {
         .into_iter()
         .flatten()
         .min_by_key(|(at, _)| *at)
-    }
-
-    fn rearm(&mut self) {
-        match (self.next(), &mut self.timer) {
-            (None, timer) => *timer = None,
-            (Some((at, _)), Some(timer)) => timer.as_mut().reset(at),
-            (Some((at, _)), timer) => *timer = Some(Box::pin(tokio::time::sleep_until(at))),
-        }
-    }
-
-    /// Completes when the earliest deadline passes, with its close code; never while there
-    /// is none. Cancel-safe: dropping it loses nothing.
-    pub(crate) async fn passed(&mut self) -> CloseCode {
-        let next = self.next();
-        match (&mut self.timer, next) {
-            (Some(timer), Some((_, code))) => {
-                timer.as_mut().await;
-                code
-            }
-            _ => std::future::pending().await,
-        }
     }
 }
 
@@ -102,7 +133,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn nothing_configured_never_passes() {
         let mut d = Deadlines::new(Duration::ZERO);
-        assert!(d.timer.is_none());
+        d.authenticated(None);
+        assert!(d.0.is_none(), "no deadline, no allocation");
         assert_eq!(passes_within(&mut d, Duration::from_secs(3600)).await, None);
     }
 

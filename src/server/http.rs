@@ -5,9 +5,9 @@
 //! | GET    | `/ws`              | WebSocket upgrade (426 for a plain GET, 403 origin, 429/503 admission) |
 //! | POST   | `/api/v1/publish`  | publish one event or an array; 200 with counts, 400/401/413 |
 //! | GET    | `/healthz`         | 200 `{"status":"ok"}` while the process serves           |
-//! | GET    | `/api/v1/snapshot` | every status type's latest snapshot                      |
-//! | GET    | `/api/v1/snapshot/{type}` | one type's snapshot; 404 if none yet              |
-//! | GET    | `/api/v1/stats`    | connections, counters, channels, breakers, snapshot ages |
+//! | GET    | `/api/v1/snapshot` | every status type's latest snapshot (that the token allows) |
+//! | GET    | `/api/v1/snapshot/{type}` | one type's snapshot; 404 if none yet, 403 if not allowed |
+//! | GET    | `/api/v1/stats`    | connections, counters, channels, breakers, snapshot ages (a publish key once any is set) |
 //!
 //! Every error body is `{"error": {"code": …, "message": …}}`.
 //!
@@ -54,22 +54,21 @@ where
         (&Method::POST, "/api/v1/publish") => publish(&shared, req).await,
         (_, "/api/v1/publish") => method_not_allowed("POST"),
         (&Method::GET, "/healthz") => json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
-        (&Method::GET, "/api/v1/snapshot") => {
-            let all: Vec<_> = shared.snapshots.all().iter().map(|s| s.to_json()).collect();
-            json(StatusCode::OK, &serde_json::json!({ "snapshots": all }))
+        (&Method::GET, path)
+            if path == "/api/v1/snapshot" || path.starts_with("/api/v1/snapshot/") =>
+        {
+            snapshot(
+                &shared,
+                req.headers(),
+                path.strip_prefix("/api/v1/snapshot/"),
+            )
         }
-        (&Method::GET, path) if path.starts_with("/api/v1/snapshot/") => {
-            let kind = &path["/api/v1/snapshot/".len()..];
-            match shared.snapshots.get(kind) {
-                Some(snapshot) => json(StatusCode::OK, &snapshot.to_json()),
-                None => error(
-                    StatusCode::NOT_FOUND,
-                    "no_snapshot",
-                    &format!("no snapshot of {kind:?} yet"),
-                ),
+        (&Method::GET, "/api/v1/stats") => {
+            if !publish_authorized(&shared, req.headers()) {
+                return unauthorized(&shared, "the stats need a publish key");
             }
+            json(StatusCode::OK, &stats(&shared))
         }
-        (&Method::GET, "/api/v1/stats") => json(StatusCode::OK, &stats(&shared)),
         _ => error(StatusCode::NOT_FOUND, "not_found", "no such route"),
     }
 }
@@ -154,11 +153,11 @@ fn upgrade<B>(
 }
 
 /// The token of a WebSocket upgrade: `Authorization: Bearer`, else `?token=`.
-fn upgrade_token<B>(req: &Request<B>) -> Option<String> {
-    bearer(req.headers()).map(str::to_owned).or_else(|| {
+fn upgrade_token<B>(req: &Request<B>) -> Option<Box<str>> {
+    bearer(req.headers()).map(Box::from).or_else(|| {
         form_urlencoded::parse(req.uri().query()?.as_bytes())
             .find(|(key, _)| key == "token")
-            .map(|(_, value)| value.into_owned())
+            .map(|(_, value)| value.into())
     })
 }
 
@@ -168,7 +167,66 @@ fn bearer(headers: &hyper::HeaderMap) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-/// Whether a publish request carries one of the publish keys (when any is configured).
+/// `GET /api/v1/snapshot[/kind]`. With token auth on, the reader needs a token (a JWT or a
+/// publish key, as `Authorization: Bearer`) and sees only the types it may subscribe to:
+/// the snapshot endpoint must not be a way around channel permissions.
+fn snapshot(
+    shared: &Shared,
+    headers: &hyper::HeaderMap,
+    kind: Option<&str>,
+) -> Response<ResponseBody> {
+    let identity = if shared.auth.requires_token() {
+        let Some(token) = bearer(headers) else {
+            return unauthorized(
+                shared,
+                "snapshots need a token: `Authorization: Bearer <token>`",
+            );
+        };
+        match shared.auth.verify(token) {
+            Ok(identity) => identity,
+            Err(e) => return unauthorized(shared, &e.to_string()),
+        }
+    } else {
+        shared.auth.anonymous()
+    };
+    let Some(kind) = kind else {
+        let all: Vec<_> = shared
+            .snapshots
+            .all()
+            .iter()
+            .filter(|s| identity.may_subscribe(&s.channel))
+            .map(|s| s.to_json())
+            .collect();
+        return json(StatusCode::OK, &serde_json::json!({ "snapshots": all }));
+    };
+    if !identity.may_subscribe(kind) {
+        return error(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "your token does not allow this channel",
+        );
+    }
+    match shared.snapshots.get(kind) {
+        Some(snapshot) => json(StatusCode::OK, &snapshot.to_json()),
+        None => error(
+            StatusCode::NOT_FOUND,
+            "no_snapshot",
+            &format!("no snapshot of {kind:?} yet"),
+        ),
+    }
+}
+
+/// A 401 with `WWW-Authenticate: Bearer`, counted.
+fn unauthorized(shared: &Shared, message: &str) -> Response<ResponseBody> {
+    shared.counters.hit(Limit::Unauthorized);
+    let mut response = error(StatusCode::UNAUTHORIZED, "unauthorized", message);
+    response
+        .headers_mut()
+        .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    response
+}
+
+/// Whether a request carries one of the publish keys (when any is configured).
 fn publish_authorized(shared: &Shared, headers: &hyper::HeaderMap) -> bool {
     if !shared.auth.publish_needs_key() {
         return true;
@@ -183,16 +241,10 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     if !publish_authorized(shared, req.headers()) {
-        shared.counters.hit(Limit::PublishKeyRefused);
-        let mut response = error(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
+        return unauthorized(
+            shared,
             "publishing needs a key: `Authorization: Bearer <key>` or `X-API-Key: <key>`",
         );
-        response
-            .headers_mut()
-            .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        return response;
     }
     let limit = shared.config.max_publish_body_size;
     let body = match Limited::new(req.into_body(), limit).collect().await {

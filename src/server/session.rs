@@ -46,7 +46,7 @@ pub(crate) async fn run<R, W>(
     read: R,
     mut write: W,
     peer: std::net::SocketAddr,
-    token: Option<String>,
+    token: Option<Box<str>>,
 ) where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -77,19 +77,17 @@ pub(crate) async fn run<R, W>(
         ),
         deadlines: Deadlines::new(config.idle_timeout),
     };
-    let refused = session.start(token);
+    if let Some(code) = session.start(token) {
+        // A refused token: the writer sends the `auth_response`, then closes.
+        outbox.close(Closing::AfterFlush(code));
+    }
     if shared.shutdown.is_cancelled() {
         // Upgraded while the server was shutting down, possibly after `close_all` ran.
         outbox.close(Closing::AfterFlush(CloseCode::GOING_AWAY));
     }
 
     let mut reader = MessageReader::new(read, config.max_message_size);
-    let read_half = async {
-        match refused {
-            Some(code) => Ending::Refused(code),
-            None => session.read_loop(&mut reader).await,
-        }
-    };
+    let read_half = session.read_loop(&mut reader);
     let write_half = writer::run(&outbox, &mut write);
     tokio::pin!(read_half, write_half);
 
@@ -104,21 +102,18 @@ pub(crate) async fn run<R, W>(
             }
         }
         end = &mut read_half => {
-            let (closing, reason) = match end {
-                Ending::Read(ReadEnd::Gone) => {
-                    (Closing::Now(CloseCode::NORMAL), "client went away".to_owned())
-                }
-                Ending::Read(ReadEnd::Violation(code)) => {
-                    (Closing::Now(code), format!("closed: {code}"))
-                }
-                Ending::Refused(code) => (Closing::AfterFlush(code), format!("refused: {code}")),
-            };
-            outbox.close(closing);
-            let code = match closing {
-                Closing::Now(code) | Closing::AfterFlush(code) => code,
-            };
+            outbox.close(match end {
+                Ending::Read(ReadEnd::Gone) => Closing::Now(CloseCode::NORMAL),
+                Ending::Read(ReadEnd::Violation(code)) => Closing::Now(code),
+                Ending::Refused(code) => Closing::AfterFlush(code),
+            });
+            // Only `end` lives across this wait: every byte here is paid per connection.
             let _ = Box::pin(tokio::time::timeout(CLOSE_LINGER, &mut write_half)).await;
-            (Some(code).filter(|_| end != Ending::Read(ReadEnd::Gone)), reason)
+            match end {
+                Ending::Read(ReadEnd::Gone) => (None, "client went away".to_owned()),
+                Ending::Read(ReadEnd::Violation(code)) => (Some(code), format!("closed: {code}")),
+                Ending::Refused(code) => (Some(code), format!("refused: {code}")),
+            }
         }
     };
     if let Some(code) = code {
@@ -155,7 +150,7 @@ struct Session<'a> {
 impl Session<'_> {
     /// Authenticates with the upgrade's token, or starts waiting for an `auth` message,
     /// and welcomes the client once it is known. Returns the close code of a refused token.
-    fn start(&mut self, token: Option<String>) -> Option<CloseCode> {
+    fn start(&mut self, token: Option<Box<str>>) -> Option<CloseCode> {
         let auth = &self.shared.auth;
         match token {
             Some(token) => return self.authenticate(&token, None),
@@ -315,6 +310,8 @@ impl Session<'_> {
                 }
             }
             match incoming {
+                // Closing (a refused token, shutdown): what the client says no longer matters.
+                Incoming::Text(_) if self.client.outbox().is_closing() => {}
                 Incoming::Text(mut payload) => {
                     self.deadlines.message_received();
                     if let Some(code) = self.handle_message(&mut payload) {
@@ -703,7 +700,7 @@ mod tests {
         let mut s = session(&shared);
         let t =
             token(serde_json::json!({"sub": "a", "exp": in_an_hour(), "subscribe": ["orders.*"]}));
-        assert_eq!(s.start(Some(t)), None);
+        assert_eq!(s.start(Some(t.into())), None);
         replies(&s.client);
         send(
             &mut s,
@@ -733,7 +730,7 @@ mod tests {
         let t = token(
             serde_json::json!({"sub": "a", "exp": in_an_hour(), "subscribe": ["chat.*"], "publish": ["chat.a"]}),
         );
-        s.start(Some(t));
+        s.start(Some(t.into()));
         send(
             &mut s,
             r#"{"type":"subscribe","data":{"channels":["chat.a","chat.b"]}}"#,
@@ -765,7 +762,10 @@ mod tests {
         let shared = with_jwt();
         let mut s = session(&shared);
         let expired = token(serde_json::json!({"sub": "a", "exp": 1_000_000_000}));
-        assert_eq!(s.start(Some(expired)), Some(CloseCode::TOKEN_EXPIRED));
+        assert_eq!(
+            s.start(Some(expired.into())),
+            Some(CloseCode::TOKEN_EXPIRED)
+        );
         let got = replies(&s.client);
         assert_eq!(got[0]["data"]["error"]["code"], "token_expired");
         assert!(s.client.subscriptions().is_empty());
@@ -786,7 +786,7 @@ mod tests {
         let shared = with_jwt();
         let mut s = session(&shared);
         let wide = token(serde_json::json!({"sub": "a", "exp": in_an_hour(), "subscribe": ["*"]}));
-        s.start(Some(wide));
+        s.start(Some(wide.into()));
         send(
             &mut s,
             r#"{"type":"subscribe","data":{"channels":["secret"]}}"#,
