@@ -198,6 +198,15 @@ pub(crate) struct Cli {
     #[arg(long, env = "SIGMAHUB_AUTH_ALLOW_ANONYMOUS", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     auth_allow_anonymous: Option<bool>,
 
+    /// Failed credentials in a row from one address before it is barred, each further
+    /// failure doubling the bar; 0 for never [default: 5].
+    #[arg(long, env = "SIGMAHUB_AUTH_BACKOFF_AFTER", value_name = "N")]
+    auth_backoff_after: Option<u32>,
+
+    /// Longest bar for failed credentials [default: 5m].
+    #[arg(long, env = "SIGMAHUB_AUTH_MAX_BACKOFF", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    auth_max_backoff: Option<Duration>,
+
     /// Browser origins allowed to open WebSockets, comma-separated; globs like
     /// https://*.example.com [default: any].
     #[arg(
@@ -287,6 +296,8 @@ impl Cli {
             auth_timeout => timeout,
             auth_publish_keys => publish_keys,
             auth_allow_anonymous => allow_anonymous,
+            auth_backoff_after => backoff_after,
+            auth_max_backoff => max_backoff,
             auth_allowed_origins => allowed_origins,
         );
         if let Some(url) = self.engine_url {

@@ -166,6 +166,12 @@ pub struct AuthConfig {
     /// Serve without authentication on a non-loopback address. Default false: such a
     /// server refuses to start without `jwt_secret`/`jwt_public_key_file` and `publish_keys`.
     pub allow_anonymous: bool,
+    /// Failed credentials in a row from one address before it is barred; each further
+    /// failure bars it twice as long (1 s, 2 s, 4 s, …). 0 turns this off. Default 5.
+    pub backoff_after: u32,
+    /// Longest bar for failed credentials. Default 5 min.
+    #[serde(with = "humantime_serde")]
+    pub max_backoff: Duration,
     /// Origins allowed to open WebSockets from a browser (`https://app.example.com`, or a
     /// glob like `https://*.example.com`); others get HTTP 403. Default: empty, any origin.
     pub allowed_origins: Vec<String>,
@@ -182,6 +188,8 @@ impl Default for AuthConfig {
             timeout: Duration::from_secs(10),
             publish_keys: Vec::new(),
             allow_anonymous: false,
+            backoff_after: 5,
+            max_backoff: Duration::from_secs(300),
             allowed_origins: Vec::new(),
         }
     }
@@ -220,6 +228,8 @@ impl std::fmt::Debug for AuthConfig {
             .field("timeout", &shown.timeout)
             .field("publish_keys", &shown.publish_keys)
             .field("allow_anonymous", &shown.allow_anonymous)
+            .field("backoff_after", &shown.backoff_after)
+            .field("max_backoff", &shown.max_backoff)
             .field("allowed_origins", &shown.allowed_origins)
             .finish()
     }

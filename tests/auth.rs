@@ -374,6 +374,38 @@ async fn only_allowed_origins_may_upgrade() {
     }
     // Non-browser clients send no Origin.
     server.client().await;
+
+    // The HTTP API answers CORS for listed origins only.
+    let allowed = [("origin", "https://app.example.com")];
+    let (status, headers, _) = server
+        .request_full("OPTIONS", "/api/v1/publish", Vec::new(), &allowed)
+        .await;
+    assert_eq!(status, 204);
+    assert_eq!(
+        headers["access-control-allow-origin"],
+        "https://app.example.com"
+    );
+    assert!(headers["access-control-allow-headers"]
+        .to_str()
+        .unwrap()
+        .contains("authorization"));
+    let (_, headers, _) = server
+        .request_full("GET", "/api/v1/snapshot", Vec::new(), &allowed)
+        .await;
+    assert_eq!(
+        headers["access-control-allow-origin"],
+        "https://app.example.com"
+    );
+    let evil = [("origin", "https://evil.example")];
+    let (status, headers, _) = server
+        .request_full("OPTIONS", "/api/v1/publish", Vec::new(), &evil)
+        .await;
+    assert_eq!(status, 403);
+    assert!(!headers.contains_key("access-control-allow-origin"));
+    let (_, headers, _) = server
+        .request_full("GET", "/api/v1/snapshot", Vec::new(), &evil)
+        .await;
+    assert!(!headers.contains_key("access-control-allow-origin"));
 }
 
 #[tokio::test]
@@ -479,4 +511,52 @@ async fn snapshots_and_stats_are_no_way_around_permissions() {
     assert_eq!(stats["limits"]["unauthorized"], 4, "{stats}");
     // Health stays open for load balancers.
     assert_eq!(get("/healthz", None).await.0, 200);
+}
+
+#[tokio::test]
+async fn failed_credentials_back_off_exponentially_per_address() {
+    let server = TestServer::with(|c| {
+        c.auth.jwt_secret = Some(SECRET.into());
+        c.auth.publish_keys = vec![KEY_NEW.into()];
+        c.auth.backoff_after = 2;
+    })
+    .await;
+    let event = json!({"type": "notification"});
+    let wrong = "publish-key-guess-0123456789";
+    // Two failures are free; the third bars the address for 1 s, then 2 s, ...
+    for _ in 0..3 {
+        assert_eq!(server.publish_with_key(wrong, &event).await.0, 401);
+    }
+    let (status, body) = server.publish_with_key(KEY_NEW, &event).await;
+    assert_eq!(status, 429, "even the right key waits out the bar: {body}");
+    assert_eq!(body["error"]["code"], "auth_backoff");
+    match server
+        .connect_with(&format!("?token={}", alice()), &[])
+        .await
+    {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status().as_u16(), 429);
+            assert_eq!(response.headers()["retry-after"], "1");
+        }
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(_) => panic!("a barred address was upgraded"),
+    }
+    // Another address is not affected.
+    let mut other = server
+        .connect_from([127, 0, 0, 2].into(), &format!("?token={}", alice()))
+        .await
+        .unwrap();
+    accepted(&mut other).await;
+
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(server.publish_with_key(wrong, &event).await.0, 401);
+    let (status, _) = server.publish_with_key(KEY_NEW, &event).await;
+    assert_eq!(status, 429, "the second bar is longer");
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    // A success clears the record.
+    assert_eq!(server.publish_with_key(KEY_NEW, &event).await.0, 200);
+    assert_eq!(server.publish_with_key(wrong, &event).await.0, 401);
+    assert_eq!(server.publish_with_key(KEY_NEW, &event).await.0, 200);
+    let stats = stats(&server).await;
+    assert_eq!(stats["limits"]["auth_backoff"], 3, "{stats}");
 }

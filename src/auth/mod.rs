@@ -150,6 +150,12 @@ impl Authenticator {
         self.keys.find(key).is_some()
     }
 
+    /// Whether a browser page from `origin` may read HTTP API answers (CORS): only origins
+    /// on `auth.allowed_origins`.
+    pub fn cors_allowed(&self, origin: &[u8]) -> bool {
+        self.origins.lists(origin)
+    }
+
     /// Whether a WebSocket upgrade with this `Origin` header may proceed.
     pub fn origin_allowed(&self, origin: Option<&[u8]>) -> bool {
         self.origins.allows(origin)

@@ -27,6 +27,12 @@ impl OriginPolicy {
         }
     }
 
+    /// Whether `origin` is on the list itself (an empty list lists nothing): the origins
+    /// that get CORS headers on the HTTP API.
+    pub fn lists(&self, origin: &[u8]) -> bool {
+        std::str::from_utf8(origin).is_ok_and(|o| self.allowed.iter().any(|p| p.matches(o)))
+    }
+
     /// Whether an upgrade carrying `origin` (the header's value, if any) may proceed.
     pub fn allows(&self, origin: Option<&[u8]>) -> bool {
         if self.allowed.is_empty() {
@@ -62,5 +68,8 @@ mod tests {
         assert!(!p.allows(Some(b"null")));
         assert!(!p.allows(Some(&[0xff, 0xfe])));
         assert!(p.allows(None), "non-browser clients send no Origin");
+        assert!(p.lists(b"https://a.example.org"));
+        assert!(!p.lists(b"https://evil.example"));
+        assert!(!OriginPolicy::default().lists(b"https://app.example.com"));
     }
 }

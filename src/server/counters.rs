@@ -25,12 +25,14 @@ pub(crate) enum Limit {
     /// An HTTP request without valid credentials (HTTP 401): publish or stats without a
     /// publish key, snapshots without a token.
     Unauthorized,
+    /// A request from an address barred after failed credentials (HTTP 429).
+    AuthBackoff,
     /// A `POST /api/v1/publish` body over `max_publish_body_size` (HTTP 413).
     PublishBodyTooLarge,
 }
 
 impl Limit {
-    const ALL: [Self; 8] = [
+    const ALL: [Self; 9] = [
         Self::RateLimited,
         Self::TooManySubscriptions,
         Self::ChannelFull,
@@ -38,6 +40,7 @@ impl Limit {
         Self::ForbiddenPublish,
         Self::OriginRefused,
         Self::Unauthorized,
+        Self::AuthBackoff,
         Self::PublishBodyTooLarge,
     ];
 
@@ -51,6 +54,7 @@ impl Limit {
             Self::ForbiddenPublish => "forbidden_publish",
             Self::OriginRefused => "origin_not_allowed",
             Self::Unauthorized => "unauthorized",
+            Self::AuthBackoff => "auth_backoff",
             Self::PublishBodyTooLarge => "publish_body_too_large",
         }
     }

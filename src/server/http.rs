@@ -14,8 +14,12 @@
 //! The upgrade's credentials are `Authorization: Bearer <token>` or `?token=<token>` (for
 //! browsers, which cannot set headers on a WebSocket); the header wins when both are given.
 //! Publishing takes a key as `Authorization: Bearer <key>` or `X-API-Key: <key>`.
+//!
+//! CORS: a browser page may call `/api/` only from an origin on `auth.allowed_origins`
+//! (which then gets `Access-Control-Allow-Origin` and preflight answers); with no list,
+//! no CORS headers are sent and only same-origin pages can read the answers.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -23,7 +27,9 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Body;
 use hyper::header::{
-    HeaderValue, ALLOW, AUTHORIZATION, CONTENT_TYPE, ORIGIN, RETRY_AFTER, WWW_AUTHENTICATE,
+    HeaderValue, ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS,
+    ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_MAX_AGE, ALLOW, AUTHORIZATION, CONTENT_TYPE,
+    ORIGIN, RETRY_AFTER, VARY, WWW_AUTHENTICATE,
 };
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -48,24 +54,70 @@ where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    let origin = req.headers().get(ORIGIN).cloned();
+    let api = req.uri().path().starts_with("/api/");
+    let mut response = if api && req.method() == Method::OPTIONS {
+        preflight(&shared, origin.as_ref())
+    } else {
+        answer(shared.clone(), req, peer).await
+    };
+    if let Some(origin) = origin.filter(|o| api && shared.auth.cors_allowed(o.as_bytes())) {
+        let headers = response.headers_mut();
+        headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+        headers.insert(VARY, HeaderValue::from_static("Origin"));
+    }
+    response
+}
+
+/// A CORS preflight for the HTTP API: allowed only for origins on `auth.allowed_origins`.
+fn preflight(shared: &Shared, origin: Option<&HeaderValue>) -> Response<ResponseBody> {
+    if !origin.is_some_and(|o| shared.auth.cors_allowed(o.as_bytes())) {
+        return error(
+            StatusCode::FORBIDDEN,
+            "origin_not_allowed",
+            "this origin may not call the API from a browser",
+        );
+    }
+    let mut response = Response::new(Full::new(Bytes::new()));
+    *response.status_mut() = StatusCode::NO_CONTENT;
+    let headers = response.headers_mut();
+    headers.insert(
+        ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("GET, POST"),
+    );
+    headers.insert(
+        ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static("authorization, content-type, x-api-key"),
+    );
+    headers.insert(ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("600"));
+    response
+}
+
+async fn answer<B>(shared: Arc<Shared>, req: Request<B>, peer: SocketAddr) -> Response<ResponseBody>
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/ws") => upgrade(shared, req, peer),
         (_, "/ws") => method_not_allowed("GET"),
-        (&Method::POST, "/api/v1/publish") => publish(&shared, req).await,
+        (&Method::POST, "/api/v1/publish") => {
+            let address = shared.admission.client_address(peer, req.headers());
+            publish(&shared, req, address).await
+        }
         (_, "/api/v1/publish") => method_not_allowed("POST"),
         (&Method::GET, "/healthz") => json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
         (&Method::GET, path)
             if path == "/api/v1/snapshot" || path.starts_with("/api/v1/snapshot/") =>
         {
-            snapshot(
-                &shared,
-                req.headers(),
-                path.strip_prefix("/api/v1/snapshot/"),
-            )
+            let address = shared.admission.client_address(peer, req.headers());
+            let kind = path.strip_prefix("/api/v1/snapshot/");
+            snapshot(&shared, req.headers(), address, kind)
         }
         (&Method::GET, "/api/v1/stats") => {
-            if !publish_authorized(&shared, req.headers()) {
-                return unauthorized(&shared, "the stats need a publish key");
+            let address = shared.admission.client_address(peer, req.headers());
+            if let Some(refused) = publish_key_refusal(&shared, req.headers(), address) {
+                return refused;
             }
             json(StatusCode::OK, &stats(&shared))
         }
@@ -97,6 +149,9 @@ fn upgrade<B>(
     }
     let token = upgrade_token(&req);
     let address = shared.admission.client_address(peer, req.headers());
+    if let Some(barred) = barred(&shared, address) {
+        return barred;
+    }
     let ticket = match shared.admission.admit(address, std::time::Instant::now()) {
         Ok(ticket) => ticket,
         Err(refusal) => {
@@ -140,12 +195,12 @@ fn upgrade<B>(
             Ok(parts) => {
                 let (read, write) = parts.io.into_inner().into_split();
                 let read = Prefixed::new(parts.read_buf, read);
-                session::run(shared, read, write, peer, token).await
+                session::run(shared, read, write, address, token).await
             }
             Err(upgraded) => {
                 let (read, write) = tokio::io::split(TokioIo::new(upgraded));
                 let read = Prefixed::new(Bytes::new(), read);
-                session::run(shared, read, write, peer, token).await
+                session::run(shared, read, write, address, token).await
             }
         }
     });
@@ -173,18 +228,26 @@ fn bearer(headers: &hyper::HeaderMap) -> Option<&str> {
 fn snapshot(
     shared: &Shared,
     headers: &hyper::HeaderMap,
+    address: IpAddr,
     kind: Option<&str>,
 ) -> Response<ResponseBody> {
     let identity = if shared.auth.requires_token() {
+        if let Some(barred) = barred(shared, address) {
+            return barred;
+        }
         let Some(token) = bearer(headers) else {
             return unauthorized(
                 shared,
+                None,
                 "snapshots need a token: `Authorization: Bearer <token>`",
             );
         };
         match shared.auth.verify(token) {
-            Ok(identity) => identity,
-            Err(e) => return unauthorized(shared, &e.to_string()),
+            Ok(identity) => {
+                shared.backoff.succeeded(address);
+                identity
+            }
+            Err(e) => return unauthorized(shared, Some(address), &e.to_string()),
         }
     } else {
         shared.auth.anonymous()
@@ -216,9 +279,13 @@ fn snapshot(
     }
 }
 
-/// A 401 with `WWW-Authenticate: Bearer`, counted.
-fn unauthorized(shared: &Shared, message: &str) -> Response<ResponseBody> {
+/// A 401 with `WWW-Authenticate: Bearer`, counted. `failed` is the address whose
+/// credentials were wrong (not merely missing), which brings it closer to a bar.
+fn unauthorized(shared: &Shared, failed: Option<IpAddr>, message: &str) -> Response<ResponseBody> {
     shared.counters.hit(Limit::Unauthorized);
+    if let Some(address) = failed {
+        shared.backoff.failed(address, std::time::Instant::now());
+    }
     let mut response = error(StatusCode::UNAUTHORIZED, "unauthorized", message);
     response
         .headers_mut()
@@ -226,25 +293,57 @@ fn unauthorized(shared: &Shared, message: &str) -> Response<ResponseBody> {
     response
 }
 
-/// Whether a request carries one of the publish keys (when any is configured).
-fn publish_authorized(shared: &Shared, headers: &hyper::HeaderMap) -> bool {
-    if !shared.auth.publish_needs_key() {
-        return true;
-    }
-    let key = bearer(headers).or_else(|| headers.get("x-api-key")?.to_str().ok());
-    key.is_some_and(|k| shared.auth.is_publish_key(k))
+/// A 429 for an address barred after failed credentials, counted; `None` if not barred.
+fn barred(shared: &Shared, address: IpAddr) -> Option<Response<ResponseBody>> {
+    let wait = shared
+        .backoff
+        .check(address, std::time::Instant::now())
+        .err()?;
+    shared.counters.hit(Limit::AuthBackoff);
+    tracing::debug!(%address, wait_ms = wait.as_millis() as u64, "refused: credential backoff");
+    let mut response = error(
+        StatusCode::TOO_MANY_REQUESTS,
+        "auth_backoff",
+        "too many failed credentials from your address; wait before trying again",
+    );
+    let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
+    response
+        .headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from(seconds));
+    Some(response)
 }
 
-async fn publish<B>(shared: &Shared, req: Request<B>) -> Response<ResponseBody>
+/// Checks the publish key of a request (when any is configured): the 429 of a barred
+/// address or the 401 of a missing or wrong key; `None` when the request may proceed.
+fn publish_key_refusal(
+    shared: &Shared,
+    headers: &hyper::HeaderMap,
+    address: IpAddr,
+) -> Option<Response<ResponseBody>> {
+    if !shared.auth.publish_needs_key() {
+        return None;
+    }
+    if let Some(barred) = barred(shared, address) {
+        return Some(barred);
+    }
+    let message = "this needs a publish key: `Authorization: Bearer <key>` or `X-API-Key: <key>`";
+    let Some(key) = bearer(headers).or_else(|| headers.get("x-api-key")?.to_str().ok()) else {
+        return Some(unauthorized(shared, None, message));
+    };
+    if !shared.auth.is_publish_key(key) {
+        return Some(unauthorized(shared, Some(address), message));
+    }
+    shared.backoff.succeeded(address);
+    None
+}
+
+async fn publish<B>(shared: &Shared, req: Request<B>, address: IpAddr) -> Response<ResponseBody>
 where
     B: Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    if !publish_authorized(shared, req.headers()) {
-        return unauthorized(
-            shared,
-            "publishing needs a key: `Authorization: Bearer <key>` or `X-API-Key: <key>`",
-        );
+    if let Some(refused) = publish_key_refusal(shared, req.headers(), address) {
+        return refused;
     }
     let limit = shared.config.max_publish_body_size;
     let body = match Limited::new(req.into_body(), limit).collect().await {

@@ -15,6 +15,7 @@
 //! `shutdown_timeout` for them before returning.
 
 mod admission;
+mod backoff;
 mod counters;
 mod deadline;
 mod gate;
@@ -68,6 +69,7 @@ pub(crate) struct Shared {
     pub(crate) hub: Hub,
     pub(crate) auth: Authenticator,
     pub(crate) counters: counters::Counters,
+    pub(crate) backoff: backoff::AuthBackoff,
     pub(crate) admission: Arc<admission::Admission>,
     pub(crate) snapshots: Arc<SnapshotCache>,
     pub(crate) breakers: Arc<BreakerBoard>,
@@ -83,6 +85,7 @@ impl Shared {
             hub: Hub::new(&config),
             auth: Authenticator::new(&config.auth, &config.default_subscriptions)?,
             counters: counters::Counters::default(),
+            backoff: backoff::AuthBackoff::new(config.auth.backoff_after, config.auth.max_backoff),
             admission: Arc::new(admission::Admission::new(&config)),
             snapshots: Arc::default(),
             breakers: Arc::default(),

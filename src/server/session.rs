@@ -12,6 +12,7 @@
 //! ends: the other gets [`CLOSE_LINGER`] to finish the close handshake (the writer sends its
 //! close frame, the reader waits for the client's) before the socket is dropped.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -39,13 +40,14 @@ use crate::upstream::snapshot::SnapshotCache;
 /// The welcome text SigmaVault clients expect.
 pub const WELCOME_MESSAGE: &str = "Welcome to SigmaVault WebSocket";
 
-/// Serves one upgraded connection until it closes. `token` is the credential given with
-/// the upgrade (`?token=` or `Authorization: Bearer`), if any.
+/// Serves one upgraded connection from `address` (the client's, behind trusted proxies)
+/// until it closes. `token` is the credential given with the upgrade (`?token=` or
+/// `Authorization: Bearer`), if any.
 pub(crate) async fn run<R, W>(
     shared: Arc<Shared>,
     read: R,
     mut write: W,
-    peer: std::net::SocketAddr,
+    address: IpAddr,
     token: Option<Box<str>>,
 ) where
     R: AsyncRead + Unpin,
@@ -53,7 +55,7 @@ pub(crate) async fn run<R, W>(
 {
     let config = &shared.config;
     let Ok(client) = shared.hub.connect() else {
-        tracing::warn!(%peer, "no free client slot; closing");
+        tracing::warn!(%address, "no free client slot; closing");
         let _ = writer::write_frames(
             &mut write,
             &mut [frame::close(CloseCode::INTERNAL_ERROR)],
@@ -64,10 +66,11 @@ pub(crate) async fn run<R, W>(
     };
     let started = std::time::Instant::now();
     let client_id = client.id();
-    tracing::debug!(client_id, %peer, "client connected");
+    tracing::debug!(client_id, %address, "client connected");
     let outbox = client.outbox().clone();
     let mut session = Session {
         shared: &shared,
+        address,
         client,
         identity: None,
         limit: TokenBucket::new(
@@ -121,7 +124,7 @@ pub(crate) async fn run<R, W>(
     }
     tracing::debug!(
         client_id,
-        %peer,
+        %address,
         duration_ms = started.elapsed().as_millis() as u64,
         reason,
         "client disconnected"
@@ -140,6 +143,8 @@ enum Ending {
 /// One connection's state on the reading side.
 struct Session<'a> {
     shared: &'a Shared,
+    /// The client's address, for the failed-credentials backoff.
+    address: IpAddr,
     client: Client,
     /// `None` until the client has authenticated (only when a token is required).
     identity: Option<Arc<Identity>>,
@@ -178,6 +183,9 @@ impl Session<'_> {
             Ok(identity) => identity,
             Err(e) => {
                 tracing::debug!(client_id = self.client.id(), error = %e, "authentication refused");
+                self.shared
+                    .backoff
+                    .failed(self.address, std::time::Instant::now());
                 let body = serde_json::json!({
                     "success": false,
                     "error": { "code": e.code(), "message": e.to_string() },
@@ -187,6 +195,9 @@ impl Session<'_> {
                 return Some(e.close_code());
             }
         };
+        if identity.method != Method::Anonymous {
+            self.shared.backoff.succeeded(self.address);
+        }
         let first = self.identity.is_none();
         if let Some(current) = &self.identity {
             if identity.subject != current.subject && current.method != Method::Anonymous {
@@ -604,6 +615,7 @@ mod tests {
     fn session(shared: &Shared) -> Session<'_> {
         Session {
             shared,
+            address: [127, 0, 0, 1].into(),
             client: shared.hub.connect().unwrap(),
             identity: None,
             limit: TokenBucket::new(100, 10, std::time::Instant::now()),

@@ -153,6 +153,18 @@ impl TestServer {
         body: Vec<u8>,
         headers: &[(&str, &str)],
     ) -> (u16, Value) {
+        let (status, _, body) = self.request_full(method, path, body, headers).await;
+        (status, body)
+    }
+
+    /// As [`request_with`](Self::request_with), also returning the response headers.
+    pub async fn request_full(
+        &self,
+        method: &str,
+        path: &str,
+        body: Vec<u8>,
+        headers: &[(&str, &str)],
+    ) -> (u16, hyper::HeaderMap, Value) {
         let stream = TcpStream::connect(self.addr).await.expect("connect");
         let (mut sender, conn) =
             hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
@@ -171,9 +183,10 @@ impl TestServer {
             .unwrap();
         let response = within(sender.send_request(req)).await.expect("request");
         let status = response.status().as_u16();
+        let headers = response.headers().clone();
         let bytes = response.into_body().collect().await.unwrap().to_bytes();
         let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        (status, json)
+        (status, headers, json)
     }
 
     /// Stops the server as SIGTERM would, and waits for it to return.
