@@ -171,7 +171,8 @@ pub(crate) struct Cli {
     #[arg(long, env = "SIGMAHUB_AUTH_ISSUER", value_name = "ISSUER")]
     auth_issuer: Option<String>,
 
-    /// Required `aud` claim of client JWTs [default: not checked].
+    /// Required `aud` claim of client JWTs [default: none; tokens naming an audience are
+    /// refused].
     #[arg(long, env = "SIGMAHUB_AUTH_AUDIENCE", value_name = "AUDIENCE")]
     auth_audience: Option<String>,
 

@@ -77,9 +77,10 @@ impl JwtVerifier {
         validation.required_spec_claims = HashSet::from(["exp".to_owned(), "sub".to_owned()]);
         validation.leeway = settings.leeway.as_secs();
         validation.validate_nbf = true;
-        match settings.audience {
-            Some(aud) => validation.set_audience(&[aud]),
-            None => validation.validate_aud = false,
+        // Without a configured audience, tokens that name one are refused (RFC 7519 §4.1.3:
+        // a principal that does not find itself in `aud` must reject the token).
+        if let Some(aud) = settings.audience {
+            validation.set_audience(&[aud]);
         }
         if let Some(iss) = settings.issuer {
             validation.set_issuer(&[iss]);
@@ -225,6 +226,33 @@ mod tests {
         assert!(matches!(v.verify(&forged), Err(AuthError::Invalid(r)) if r.contains("signature")));
         assert!(matches!(v.verify("not.a.jwt"), Err(AuthError::Invalid(_))));
         assert!(matches!(v.verify(""), Err(AuthError::Invalid(_))));
+    }
+
+    #[test]
+    fn audience_and_not_before_are_enforced() {
+        let v = JwtVerifier::new(JwtSettings {
+            hs256_secret: Some(SECRET),
+            rs256_public_pem: None,
+            issuer: None,
+            audience: Some("sigmahub"),
+            leeway: Duration::ZERO,
+            default_subscribe: Patterns::none(),
+        })
+        .unwrap()
+        .unwrap();
+        let ok = token(serde_json::json!({"sub": "a", "exp": now() + 60, "aud": "sigmahub"}));
+        assert!(v.verify(&ok).is_ok());
+        let other = token(serde_json::json!({"sub": "a", "exp": now() + 60, "aud": "billing"}));
+        assert!(matches!(v.verify(&other), Err(AuthError::Invalid(r)) if r.contains("audience")));
+        let early = token(
+            serde_json::json!({"sub": "a", "exp": now() + 600, "aud": "sigmahub", "nbf": now() + 300}),
+        );
+        assert!(matches!(v.verify(&early), Err(AuthError::Invalid(r)) if r.contains("nbf")));
+        // Without a configured audience, a token meant for another service is refused.
+        let elsewhere = token(
+            serde_json::json!({"sub": "a", "exp": now() + 60, "iss": "sigmahub-tests", "aud": "billing"}),
+        );
+        assert!(verifier().verify(&elsewhere).is_err());
     }
 
     #[test]
