@@ -70,6 +70,8 @@ impl std::ops::AddAssign for Delivery {
 pub struct HubStats {
     /// Clients connected now.
     pub clients: usize,
+    /// Clients connected over the hub's lifetime.
+    pub connected_total: u64,
     /// Events published.
     pub published: u64,
     /// Frames put in client queues by publishes.
@@ -240,6 +242,7 @@ impl Hub {
     pub fn stats(&self) -> HubStats {
         HubStats {
             clients: self.shared.clients.load(Ordering::Relaxed),
+            connected_total: self.shared.next_client_id.load(Ordering::Relaxed) - 1,
             published: self.shared.published.load(Ordering::Relaxed),
             delivered: self.shared.delivered.load(Ordering::Relaxed),
         }

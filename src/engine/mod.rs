@@ -5,8 +5,10 @@
 //! - [`bitset`]: a channel's subscriber set, copy-on-write in chunks.
 //! - [`slots`]: slot ids to outboxes, with epoch-protected reuse.
 //! - [`outbox`]: a client's bounded queue of ready frames.
+//! - [`counter`]: a thread-sharded counter for hot paths.
 
 pub mod bitset;
+pub mod counter;
 pub mod hub;
 pub mod outbox;
 pub mod slots;

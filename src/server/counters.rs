@@ -5,6 +5,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::engine::counter::ShardedCounter;
 use crate::protocol::close::CloseCode;
 
 /// One thing that can be refused or limited.
@@ -88,11 +89,21 @@ const CLOSES: [CloseCode; 14] = [
     CloseCode::IDLE_TIMEOUT,
 ];
 
-/// The counters; all relaxed atomics.
+/// The counters; all relaxed atomics, sharded by thread where they are hit per frame.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     limits: [AtomicU64; Limit::ALL.len()],
     closes: [AtomicU64; CLOSES.len()],
+    /// Frames written to client sockets (events, replies, notices).
+    pub(crate) frames_sent: ShardedCounter,
+    /// Frames dropped for slow consumers under the `drop` policy.
+    pub(crate) frames_dropped: ShardedCounter,
+    /// Text messages received from clients.
+    pub(crate) messages_received: ShardedCounter,
+    /// Channels refused in subscribe requests, for any reason.
+    pub(crate) subscriptions_failed: AtomicU64,
+    /// Credentials refused (invalid or expired), at connect or in an `auth` message.
+    pub(crate) auth_refused: AtomicU64,
 }
 
 impl Counters {
@@ -111,6 +122,27 @@ impl Counters {
         if let Some(i) = CLOSES.iter().position(|c| c.code == code.code) {
             self.closes[i].fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// How many connections the server closed with `code`.
+    pub(crate) fn closes_with(&self, code: CloseCode) -> u64 {
+        CLOSES
+            .iter()
+            .position(|c| c.code == code.code)
+            .map_or(0, |i| self.closes[i].load(Ordering::Relaxed))
+    }
+
+    /// Every counted close code with its count.
+    pub(crate) fn closes(&self) -> impl Iterator<Item = (CloseCode, u64)> + '_ {
+        CLOSES
+            .iter()
+            .zip(&self.closes)
+            .map(|(c, n)| (*c, n.load(Ordering::Relaxed)))
+    }
+
+    /// Every limit with its count.
+    pub(crate) fn limits(&self) -> impl Iterator<Item = (Limit, u64)> + '_ {
+        Limit::ALL.iter().map(|l| (*l, self.get(*l)))
     }
 
     /// How often `limit` was hit.

@@ -5,6 +5,8 @@
 //! | GET    | `/ws`              | WebSocket upgrade (426 for a plain GET, 403 origin, 429/503 admission) |
 //! | POST   | `/api/v1/publish`  | publish one event or an array; 200 with counts, 400/401/413 |
 //! | GET    | `/healthz`         | 200 `{"status":"ok"}` while the process serves           |
+//! | GET    | `/readyz`          | 200 while taking connections, 503 shutting down; upstream state |
+//! | GET    | `/metrics`         | Prometheus/OpenMetrics text (a publish key once any is set) |
 //! | GET    | `/api/v1/snapshot` | every status type's latest snapshot (that the token allows) |
 //! | GET    | `/api/v1/snapshot/{type}` | one type's snapshot; 404 if none yet, 403 if not allowed |
 //! | GET    | `/api/v1/stats`    | connections, counters, channels, breakers, snapshot ages (a publish key once any is set) |
@@ -38,7 +40,7 @@ use tokio::net::TcpStream;
 use super::admission::Refusal;
 use super::counters::Limit;
 use super::reader::Prefixed;
-use super::{session, Shared};
+use super::{metrics, session, Shared};
 use crate::protocol::publish;
 
 /// The response body type of every sigmahub route.
@@ -107,6 +109,19 @@ where
         }
         (_, "/api/v1/publish") => method_not_allowed("POST"),
         (&Method::GET, "/healthz") => json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
+        (&Method::GET, "/readyz") => ready(&shared),
+        (&Method::GET, "/metrics") => {
+            let address = shared.admission.client_address(peer, req.headers());
+            if let Some(refused) = publish_key_refusal(&shared, req.headers(), address) {
+                return refused;
+            }
+            let mut response = Response::new(Full::new(Bytes::from(metrics::render(&shared))));
+            response.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static(metrics::CONTENT_TYPE),
+            );
+            response
+        }
         (&Method::GET, path)
             if path == "/api/v1/snapshot" || path.starts_with("/api/v1/snapshot/") =>
         {
@@ -376,6 +391,41 @@ where
             "delivered": total.queued,
             "slow_consumers": total.overflowed,
             "dropped": total.dropped,
+        }),
+    )
+}
+
+/// `GET /readyz`: 200 while the server takes connections, 503 once it is shutting down.
+/// The upstream state is reported, not gating: with the engine down, sigmahub still serves
+/// (stale) snapshots and every published event.
+fn ready(shared: &Shared) -> Response<ResponseBody> {
+    let open: Vec<&str> = shared
+        .breakers
+        .all()
+        .into_iter()
+        .filter(|(_, s)| s.state != crate::upstream::breaker::BreakerState::Closed)
+        .map(|(method, _)| method)
+        .collect();
+    let stale = shared
+        .snapshots
+        .all()
+        .iter()
+        .filter(|s| s.stale.is_some())
+        .count();
+    let (status, state) = if shared.shutdown.is_cancelled() {
+        (StatusCode::SERVICE_UNAVAILABLE, "shutting_down")
+    } else {
+        (StatusCode::OK, "ready")
+    };
+    json(
+        status,
+        &serde_json::json!({
+            "status": state,
+            "upstream": {
+                "engine": shared.config.engine.url.is_some(),
+                "breakers_not_closed": open,
+                "stale_snapshots": stale,
+            },
         }),
     )
 }

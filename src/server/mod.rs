@@ -20,6 +20,7 @@ mod counters;
 mod deadline;
 mod gate;
 mod http;
+mod metrics;
 pub(crate) mod reader;
 mod session;
 mod writer;

@@ -91,7 +91,7 @@ pub(crate) async fn run<R, W>(
 
     let mut reader = MessageReader::new(read, config.max_message_size);
     let read_half = session.read_loop(&mut reader);
-    let write_half = writer::run(&outbox, &mut write);
+    let write_half = writer::run(&outbox, &mut write, &shared.counters);
     tokio::pin!(read_half, write_half);
 
     let (code, reason) = tokio::select! {
@@ -183,6 +183,10 @@ impl Session<'_> {
             Ok(identity) => identity,
             Err(e) => {
                 tracing::debug!(client_id = self.client.id(), error = %e, "authentication refused");
+                self.shared
+                    .counters
+                    .auth_refused
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 self.shared
                     .backoff
                     .failed(self.address, std::time::Instant::now());
@@ -324,6 +328,7 @@ impl Session<'_> {
                 // Closing (a refused token, shutdown): what the client says no longer matters.
                 Incoming::Text(_) if self.client.outbox().is_closing() => {}
                 Incoming::Text(mut payload) => {
+                    self.shared.counters.messages_received.add(1);
                     self.deadlines.message_received();
                     if let Some(code) = self.handle_message(&mut payload) {
                         return Ending::Refused(code);
@@ -503,6 +508,10 @@ impl Session<'_> {
     }
 
     fn count_rejections(&self, rejected: &[Rejection]) {
+        self.shared
+            .counters
+            .subscriptions_failed
+            .fetch_add(rejected.len() as u64, std::sync::atomic::Ordering::Relaxed);
         for r in rejected {
             if let Some(limit) = Limit::of_rejection(r.code) {
                 self.shared.counters.hit(limit);
@@ -515,6 +524,10 @@ impl Session<'_> {
     fn report_late(&self, late: Vec<Rejection>) {
         for r in late {
             self.shared.counters.hit(Limit::ChannelFull);
+            self.shared
+                .counters
+                .subscriptions_failed
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let e = MessageError {
                 code: r.code,
                 message: format!("not subscribed to {:?}: {}", r.channel, r.reason),

@@ -13,6 +13,7 @@ use std::time::{Duration, SystemTime};
 use bytes::{Buf, Bytes};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
+use super::counters::Counters;
 use crate::engine::outbox::{Closing, Outbox};
 use crate::event;
 use crate::frame;
@@ -37,6 +38,7 @@ pub(crate) const CLOSE_LINGER: Duration = Duration::from_secs(2);
 pub(crate) async fn run<W: AsyncWrite + Unpin>(
     outbox: &Outbox,
     socket: &mut W,
+    counters: &Counters,
 ) -> io::Result<CloseCode> {
     let mut batch: Vec<Bytes> = Vec::new();
     loop {
@@ -47,6 +49,7 @@ pub(crate) async fn run<W: AsyncWrite + Unpin>(
         }
         let dropped = outbox.take_dropped();
         if dropped > 0 {
+            counters.frames_dropped.add(dropped);
             batch.push(dropped_notice(dropped));
         }
         outbox.drain_into(&mut batch, MAX_BATCH);
@@ -66,6 +69,7 @@ pub(crate) async fn run<W: AsyncWrite + Unpin>(
             };
             return Box::pin(finish(socket, partial.into_iter().collect(), code)).await;
         }
+        counters.frames_sent.add(batch.len() as u64);
         if outbox.is_empty() {
             batch = Vec::new();
         } else {
@@ -272,7 +276,7 @@ mod tests {
             calls: 0,
         };
         assert_eq!(
-            run(&outbox, &mut sock).await.unwrap(),
+            run(&outbox, &mut sock, &Counters::default()).await.unwrap(),
             CloseCode::GOING_AWAY
         );
         let mut expected: Vec<u8> = frames(3).iter().flat_map(|f| f.to_vec()).collect();
@@ -292,7 +296,7 @@ mod tests {
             chunk: 1 << 20,
             calls: 0,
         };
-        run(&outbox, &mut sock).await.unwrap();
+        run(&outbox, &mut sock, &Counters::default()).await.unwrap();
         assert_eq!(sock.out, frame::close(CloseCode::SLOW_CONSUMER).to_vec());
     }
 
@@ -358,7 +362,8 @@ mod tests {
             out: vec![],
             budget: 5,
         };
-        let run = run(&outbox, &mut sock);
+        let counters = Counters::default();
+        let run = run(&outbox, &mut sock, &counters);
         tokio::pin!(run);
         tokio::select! {
             _ = &mut run => panic!("finished while the socket is stuck"),

@@ -157,6 +157,24 @@ impl TestServer {
         (status, body)
     }
 
+    /// GETs `path` and returns the body as text.
+    pub async fn request_text(&self, path: &str) -> String {
+        let stream = TcpStream::connect(self.addr).await.expect("connect");
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .expect("handshake");
+        tokio::spawn(conn);
+        let req = hyper::Request::builder()
+            .uri(path)
+            .header("host", self.addr.to_string())
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let response = within(sender.send_request(req)).await.expect("request");
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        String::from_utf8(bytes.to_vec()).expect("UTF-8 body")
+    }
+
     /// As [`request_with`](Self::request_with), also returning the response headers.
     pub async fn request_full(
         &self,

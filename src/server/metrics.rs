@@ -1,0 +1,267 @@
+//! `GET /metrics`: the counters in the Prometheus/OpenMetrics text format, encoded by
+//! prometheus-client.
+//!
+//! Nothing here is on the hot path: the hub, the writers and the readers keep their own
+//! relaxed atomics (thread-sharded where they are hit per frame), and a scrape reads them
+//! through a [`Collector`]. Names follow seed 004 (`websocket_*`) where it has one; the
+//! rest are `sigmahub_*`.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+
+use super::Shared;
+use crate::protocol::close::CloseCode;
+use crate::upstream::breaker::BreakerState;
+
+/// Channels shown by name in `sigmahub_channel_subscribers`; the rest are summed under
+/// `channel="_other"`, so the series count stays bounded whatever clients subscribe to.
+pub(crate) const TOP_CHANNELS: usize = 20;
+
+/// The `Content-Type` of the answer.
+pub(crate) const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Encodes every metric of `shared`.
+pub(crate) fn render(shared: &Arc<Shared>) -> String {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(Scrape(shared.clone())));
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, &registry)
+        .expect("writing to a String does not fail");
+    out
+}
+
+/// Reads the server's counters when scraped.
+struct Scrape(Arc<Shared>);
+
+impl std::fmt::Debug for Scrape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Scrape")
+    }
+}
+
+/// One value without labels.
+fn single(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    value: u64,
+) -> std::fmt::Result {
+    let mut metric = encoder.encode_descriptor(name, help, None, kind)?;
+    match kind {
+        MetricType::Counter => metric.encode_counter::<NoLabelSet, _, u64>(&value, None),
+        _ => metric.encode_gauge(&(value as i64)),
+    }
+}
+
+/// One value per label value.
+fn family(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    label: &'static str,
+    values: impl IntoIterator<Item = (String, f64)>,
+) -> std::fmt::Result {
+    let mut metric = encoder.encode_descriptor(name, help, None, kind)?;
+    for (value, n) in values {
+        let labels = [(label, value.as_str())];
+        let mut one = metric.encode_family(&labels)?;
+        match kind {
+            MetricType::Counter => one.encode_counter::<NoLabelSet, _, u64>(&(n as u64), None)?,
+            _ => one.encode_gauge(&n)?,
+        }
+    }
+    Ok(())
+}
+
+impl Collector for Scrape {
+    fn encode(&self, mut e: DescriptorEncoder<'_>) -> std::fmt::Result {
+        use MetricType::{Counter, Gauge};
+        let shared = &*self.0;
+        let hub = shared.hub.stats();
+        let counters = &shared.counters;
+        let refused = &shared.admission.refused;
+        let refused_by_reason = [
+            ("server_full", refused.server_full.load(Ordering::Relaxed)),
+            (
+                "too_many_connections_from_address",
+                refused.per_address.load(Ordering::Relaxed),
+            ),
+            (
+                "connection_rate_exceeded",
+                refused.rate.load(Ordering::Relaxed),
+            ),
+            (
+                "origin_not_allowed",
+                counters.get(super::counters::Limit::OriginRefused),
+            ),
+        ];
+        let refused_total: u64 = refused_by_reason.iter().map(|(_, n)| n).sum();
+
+        // Seed 004's names. Counter names get their `_total` suffix from the encoder.
+        single(
+            &mut e,
+            "websocket_connections",
+            "WebSocket connections accepted",
+            Counter,
+            hub.connected_total,
+        )?;
+        single(
+            &mut e,
+            "websocket_connections_active",
+            "WebSocket connections open now",
+            Gauge,
+            hub.clients as u64,
+        )?;
+        single(
+            &mut e,
+            "websocket_connections_failed",
+            "Connection attempts that failed: upgrades refused before the 101, credentials refused, no credentials in time",
+            Counter,
+            refused_total
+                + counters.auth_refused.load(Ordering::Relaxed)
+                + counters.closes_with(CloseCode::AUTH_TIMEOUT),
+        )?;
+        single(
+            &mut e,
+            "websocket_messages_sent",
+            "Frames written to clients: events, replies and notices",
+            Counter,
+            counters.frames_sent.get(),
+        )?;
+        single(
+            &mut e,
+            "websocket_messages_received",
+            "Text messages received from clients",
+            Counter,
+            counters.messages_received.get(),
+        )?;
+        single(
+            &mut e,
+            "websocket_broadcast_delivered",
+            "Event frames queued for subscribers by publishes",
+            Counter,
+            hub.delivered,
+        )?;
+        family(
+            &mut e,
+            "websocket_errors",
+            "Limits hit and requests refused, by type",
+            Counter,
+            "type",
+            counters
+                .limits()
+                .map(|(l, n)| (l.name().to_owned(), n as f64)),
+        )?;
+        single(
+            &mut e,
+            "websocket_subscriptions_failed",
+            "Channels refused in subscribe requests",
+            Counter,
+            counters.subscriptions_failed.load(Ordering::Relaxed),
+        )?;
+
+        // sigmahub's own.
+        single(
+            &mut e,
+            "sigmahub_events_published",
+            "Events published",
+            Counter,
+            hub.published,
+        )?;
+        family(
+            &mut e,
+            "sigmahub_connections_refused",
+            "WebSocket upgrades refused before the 101, by reason",
+            Counter,
+            "reason",
+            refused_by_reason
+                .iter()
+                .map(|(r, n)| ((*r).to_owned(), *n as f64)),
+        )?;
+        family(
+            &mut e,
+            "sigmahub_closes",
+            "Connections the server closed, by close code",
+            Counter,
+            "code",
+            counters
+                .closes()
+                .map(|(c, n)| (c.code.to_string(), n as f64)),
+        )?;
+        single(
+            &mut e,
+            "sigmahub_slow_consumer_closes",
+            "Clients closed because their queue overflowed (4000)",
+            Counter,
+            counters.closes_with(CloseCode::SLOW_CONSUMER),
+        )?;
+        single(
+            &mut e,
+            "sigmahub_frames_dropped",
+            "Frames dropped for slow consumers under the drop policy",
+            Counter,
+            counters.frames_dropped.get(),
+        )?;
+
+        let mut channels = shared.hub.channels();
+        channels.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        let other: usize = channels.iter().skip(TOP_CHANNELS).map(|(_, n)| n).sum();
+        let shown = channels
+            .iter()
+            .take(TOP_CHANNELS)
+            .map(|(c, n)| (c.to_string(), *n as f64))
+            .chain((channels.len() > TOP_CHANNELS).then(|| ("_other".to_owned(), other as f64)));
+        family(
+            &mut e,
+            "sigmahub_channel_subscribers",
+            "Subscribers of the busiest channels; the rest summed as _other",
+            Gauge,
+            "channel",
+            shown,
+        )?;
+        single(
+            &mut e,
+            "sigmahub_channels",
+            "Channels with at least one subscriber",
+            Gauge,
+            channels.len() as u64,
+        )?;
+
+        family(
+            &mut e,
+            "sigmahub_breaker_state",
+            "Circuit breaker of each upstream method: 0 closed, 1 half-open, 2 open",
+            Gauge,
+            "method",
+            shared.breakers.all().into_iter().map(|(method, status)| {
+                let state = match status.state {
+                    BreakerState::Closed => 0.0,
+                    BreakerState::HalfOpen => 1.0,
+                    BreakerState::Open => 2.0,
+                };
+                (method.to_owned(), state)
+            }),
+        )?;
+        let now = SystemTime::now();
+        family(
+            &mut e,
+            "sigmahub_snapshot_age_seconds",
+            "Seconds since each status type's snapshot was last fresh",
+            Gauge,
+            "type",
+            shared.snapshots.all().iter().map(|s| {
+                let age = now.duration_since(s.last_update).unwrap_or_default();
+                (s.channel.to_string(), age.as_secs_f64())
+            }),
+        )?;
+        Ok(())
+    }
+}
