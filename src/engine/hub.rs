@@ -42,6 +42,7 @@ struct Shared {
     max_subscribers: usize,
     next_client_id: AtomicU64,
     clients: AtomicUsize,
+    peak_clients: AtomicUsize,
     published: AtomicU64,
     delivered: AtomicU64,
 }
@@ -72,6 +73,8 @@ pub struct HubStats {
     pub clients: usize,
     /// Clients connected over the hub's lifetime.
     pub connected_total: u64,
+    /// Most clients connected at once.
+    pub peak_clients: usize,
     /// Events published.
     pub published: u64,
     /// Frames put in client queues by publishes.
@@ -111,6 +114,7 @@ impl Hub {
                 max_subscribers: config.max_subscribers_per_channel,
                 next_client_id: AtomicU64::new(1),
                 clients: AtomicUsize::new(0),
+                peak_clients: AtomicUsize::new(0),
                 published: AtomicU64::new(0),
                 delivered: AtomicU64::new(0),
             }),
@@ -121,7 +125,8 @@ impl Hub {
     pub fn connect(&self) -> Result<Client, SlotsExhausted> {
         let outbox = Arc::new(Outbox::new(self.shared.queue_capacity, self.shared.policy));
         let slot = self.shared.slots.insert(outbox.clone())?;
-        self.shared.clients.fetch_add(1, Ordering::Relaxed);
+        let now = self.shared.clients.fetch_add(1, Ordering::Relaxed) + 1;
+        self.shared.peak_clients.fetch_max(now, Ordering::Relaxed);
         Ok(Client {
             hub: self.clone(),
             slot,
@@ -243,6 +248,7 @@ impl Hub {
         HubStats {
             clients: self.shared.clients.load(Ordering::Relaxed),
             connected_total: self.shared.next_client_id.load(Ordering::Relaxed) - 1,
+            peak_clients: self.shared.peak_clients.load(Ordering::Relaxed),
             published: self.shared.published.load(Ordering::Relaxed),
             delivered: self.shared.delivered.load(Ordering::Relaxed),
         }

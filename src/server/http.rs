@@ -442,6 +442,10 @@ fn stats(shared: &Shared) -> serde_json::Value {
         .collect();
     serde_json::json!({
         "active_connections": hub.clients,
+        "total_connections": hub.connected_total,
+        "peak_connections": hub.peak_clients,
+        "messages_sent": shared.counters.frames_sent.get(),
+        "messages_received": shared.counters.messages_received.get(),
         "events_published": hub.published,
         "frames_delivered": hub.delivered,
         "channels": channels,
