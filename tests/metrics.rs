@@ -8,16 +8,13 @@ use prometheus_parse::{Sample, Scrape, Value};
 use serde_json::json;
 
 async fn scrape(server: &TestServer) -> Vec<Sample> {
-    let (status, headers, _) = server
-        .request_full("GET", "/metrics", Vec::new(), &[])
-        .await;
+    let (status, headers, body) = server.request_raw("GET", "/metrics", Vec::new(), &[]).await;
     assert_eq!(status, 200);
     assert!(headers["content-type"]
         .to_str()
         .unwrap()
         .starts_with("application/openmetrics-text"));
-    // The body is not JSON: fetch it again as text.
-    let text = server.request_text("/metrics").await;
+    let text = String::from_utf8(body.to_vec()).expect("UTF-8 body");
     assert!(text.ends_with("# EOF\n"), "{text}");
     Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
         .unwrap()

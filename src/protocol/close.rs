@@ -59,6 +59,24 @@ impl CloseCode {
     /// The client sent no message within `idle_timeout`.
     pub const IDLE_TIMEOUT: Self = Self::new(4005, "idle timeout");
 
+    /// Every code sigmahub sends, in the order of the table above.
+    pub const ALL: [Self; 14] = [
+        Self::NORMAL,
+        Self::GOING_AWAY,
+        Self::PROTOCOL_ERROR,
+        Self::UNSUPPORTED_DATA,
+        Self::INVALID_PAYLOAD,
+        Self::POLICY_VIOLATION,
+        Self::MESSAGE_TOO_BIG,
+        Self::INTERNAL_ERROR,
+        Self::SLOW_CONSUMER,
+        Self::KEEPALIVE_TIMEOUT,
+        Self::AUTH_TIMEOUT,
+        Self::AUTH_FAILED,
+        Self::TOKEN_EXPIRED,
+        Self::IDLE_TIMEOUT,
+    ];
+
     const fn new(code: u16, reason: &'static str) -> Self {
         Self { code, reason }
     }
@@ -82,22 +100,7 @@ mod tests {
 
     #[test]
     fn reasons_fit_in_a_control_frame() {
-        for c in [
-            CloseCode::NORMAL,
-            CloseCode::GOING_AWAY,
-            CloseCode::PROTOCOL_ERROR,
-            CloseCode::UNSUPPORTED_DATA,
-            CloseCode::INVALID_PAYLOAD,
-            CloseCode::POLICY_VIOLATION,
-            CloseCode::MESSAGE_TOO_BIG,
-            CloseCode::INTERNAL_ERROR,
-            CloseCode::SLOW_CONSUMER,
-            CloseCode::KEEPALIVE_TIMEOUT,
-            CloseCode::AUTH_TIMEOUT,
-            CloseCode::AUTH_FAILED,
-            CloseCode::TOKEN_EXPIRED,
-            CloseCode::IDLE_TIMEOUT,
-        ] {
+        for c in CloseCode::ALL {
             assert!(2 + c.reason.len() <= 125, "{c}");
         }
     }

@@ -61,14 +61,23 @@ pub(crate) struct Refused {
 }
 
 impl Refused {
+    /// Each refusal's code with its count.
+    pub(crate) fn by_reason(&self) -> [(&'static str, u64); 3] {
+        let count = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        [
+            (Refusal::ServerFull.code(), count(&self.server_full)),
+            (Refusal::TooManyFromAddress.code(), count(&self.per_address)),
+            (Refusal::TooFast(Duration::ZERO).code(), count(&self.rate)),
+        ]
+    }
+
     /// The counts keyed by each refusal's code, as the stats API shows them.
     pub(crate) fn to_json(&self) -> serde_json::Value {
-        let count = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        serde_json::json!({
-            Refusal::ServerFull.code(): count(&self.server_full),
-            Refusal::TooManyFromAddress.code(): count(&self.per_address),
-            Refusal::TooFast(Duration::ZERO).code(): count(&self.rate),
-        })
+        self.by_reason()
+            .into_iter()
+            .map(|(code, n)| (code.to_owned(), n.into()))
+            .collect::<serde_json::Map<_, _>>()
+            .into()
     }
 }
 

@@ -71,29 +71,11 @@ impl Limit {
     }
 }
 
-/// The close codes counted, one counter each.
-const CLOSES: [CloseCode; 14] = [
-    CloseCode::NORMAL,
-    CloseCode::GOING_AWAY,
-    CloseCode::PROTOCOL_ERROR,
-    CloseCode::UNSUPPORTED_DATA,
-    CloseCode::INVALID_PAYLOAD,
-    CloseCode::POLICY_VIOLATION,
-    CloseCode::MESSAGE_TOO_BIG,
-    CloseCode::INTERNAL_ERROR,
-    CloseCode::SLOW_CONSUMER,
-    CloseCode::KEEPALIVE_TIMEOUT,
-    CloseCode::AUTH_TIMEOUT,
-    CloseCode::AUTH_FAILED,
-    CloseCode::TOKEN_EXPIRED,
-    CloseCode::IDLE_TIMEOUT,
-];
-
 /// The counters; all relaxed atomics, sharded by thread where they are hit per frame.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     limits: [AtomicU64; Limit::ALL.len()],
-    closes: [AtomicU64; CLOSES.len()],
+    closes: [AtomicU64; CloseCode::ALL.len()],
     /// Frames written to client sockets (events, replies, notices).
     pub(crate) frames_sent: ShardedCounter,
     /// Frames dropped for slow consumers under the `drop` policy.
@@ -119,22 +101,25 @@ impl Counters {
 
     /// Counts a connection the server closed with `code`.
     pub(crate) fn closed(&self, code: CloseCode) {
-        if let Some(i) = CLOSES.iter().position(|c| c.code == code.code) {
-            self.closes[i].fetch_add(1, Ordering::Relaxed);
+        if let Some(counter) = self.close_counter(code) {
+            counter.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    fn close_counter(&self, code: CloseCode) -> Option<&AtomicU64> {
+        let i = CloseCode::ALL.iter().position(|c| c.code == code.code)?;
+        Some(&self.closes[i])
     }
 
     /// How many connections the server closed with `code`.
     pub(crate) fn closes_with(&self, code: CloseCode) -> u64 {
-        CLOSES
-            .iter()
-            .position(|c| c.code == code.code)
-            .map_or(0, |i| self.closes[i].load(Ordering::Relaxed))
+        self.close_counter(code)
+            .map_or(0, |c| c.load(Ordering::Relaxed))
     }
 
     /// Every counted close code with its count.
     pub(crate) fn closes(&self) -> impl Iterator<Item = (CloseCode, u64)> + '_ {
-        CLOSES
+        CloseCode::ALL
             .iter()
             .zip(&self.closes)
             .map(|(c, n)| (*c, n.load(Ordering::Relaxed)))
@@ -152,14 +137,13 @@ impl Counters {
 
     /// `{"limits": {name: n}, "closes": {"4000": n, …}}` for the stats API.
     pub(crate) fn to_json(&self) -> serde_json::Value {
-        let limits: serde_json::Map<_, _> = Limit::ALL
-            .iter()
-            .map(|l| (l.name().to_owned(), self.get(*l).into()))
+        let limits: serde_json::Map<_, _> = self
+            .limits()
+            .map(|(l, n)| (l.name().to_owned(), n.into()))
             .collect();
-        let closes: serde_json::Map<_, _> = CLOSES
-            .iter()
-            .zip(&self.closes)
-            .map(|(c, n)| (c.code.to_string(), n.load(Ordering::Relaxed).into()))
+        let closes: serde_json::Map<_, _> = self
+            .closes()
+            .map(|(c, n)| (c.code.to_string(), n.into()))
             .collect();
         serde_json::json!({ "limits": limits, "closes": closes })
     }

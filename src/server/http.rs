@@ -253,16 +253,12 @@ fn snapshot(
         let Some(token) = bearer(headers) else {
             return unauthorized(
                 shared,
-                None,
                 "snapshots need a token: `Authorization: Bearer <token>`",
             );
         };
-        match shared.auth.verify(token) {
-            Ok(identity) => {
-                shared.backoff.succeeded(address);
-                identity
-            }
-            Err(e) => return unauthorized(shared, Some(address), &e.to_string()),
+        match shared.verify_token(address, token) {
+            Ok(identity) => identity,
+            Err(e) => return unauthorized(shared, &e.to_string()),
         }
     } else {
         shared.auth.anonymous()
@@ -294,13 +290,11 @@ fn snapshot(
     }
 }
 
-/// A 401 with `WWW-Authenticate: Bearer`, counted. `failed` is the address whose
-/// credentials were wrong (not merely missing), which brings it closer to a bar.
-fn unauthorized(shared: &Shared, failed: Option<IpAddr>, message: &str) -> Response<ResponseBody> {
+/// A 401 with `WWW-Authenticate: Bearer`, counted. (Wrong credentials were already
+/// recorded in the backoff by [`Shared::verify_token`] or [`Shared::verify_publish_key`];
+/// missing ones are not failures.)
+fn unauthorized(shared: &Shared, message: &str) -> Response<ResponseBody> {
     shared.counters.hit(Limit::Unauthorized);
-    if let Some(address) = failed {
-        shared.backoff.failed(address, std::time::Instant::now());
-    }
     let mut response = error(StatusCode::UNAUTHORIZED, "unauthorized", message);
     response
         .headers_mut()
@@ -343,12 +337,11 @@ fn publish_key_refusal(
     }
     let message = "this needs a publish key: `Authorization: Bearer <key>` or `X-API-Key: <key>`";
     let Some(key) = bearer(headers).or_else(|| headers.get("x-api-key")?.to_str().ok()) else {
-        return Some(unauthorized(shared, None, message));
+        return Some(unauthorized(shared, message));
     };
-    if !shared.auth.is_publish_key(key) {
-        return Some(unauthorized(shared, Some(address), message));
+    if !shared.verify_publish_key(address, key) {
+        return Some(unauthorized(shared, message));
     }
-    shared.backoff.succeeded(address);
     None
 }
 

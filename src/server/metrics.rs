@@ -87,22 +87,9 @@ impl Collector for Scrape {
         let shared = &*self.0;
         let hub = shared.hub.stats();
         let counters = &shared.counters;
-        let refused = &shared.admission.refused;
-        let refused_by_reason = [
-            ("server_full", refused.server_full.load(Ordering::Relaxed)),
-            (
-                "too_many_connections_from_address",
-                refused.per_address.load(Ordering::Relaxed),
-            ),
-            (
-                "connection_rate_exceeded",
-                refused.rate.load(Ordering::Relaxed),
-            ),
-            (
-                "origin_not_allowed",
-                counters.get(super::counters::Limit::OriginRefused),
-            ),
-        ];
+        let origin = super::counters::Limit::OriginRefused;
+        let mut refused_by_reason = shared.admission.refused.by_reason().to_vec();
+        refused_by_reason.push((origin.name(), counters.get(origin)));
         let refused_total: u64 = refused_by_reason.iter().map(|(_, n)| n).sum();
 
         // Seed 004's names. Counter names get their `_total` suffix from the encoder.

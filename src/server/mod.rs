@@ -39,7 +39,8 @@ use tokio_util::task::TaskTracker;
 pub use http::ResponseBody;
 pub use session::WELCOME_MESSAGE;
 
-use crate::auth::Authenticator;
+use crate::auth::permissions::{Identity, Method};
+use crate::auth::{AuthError, Authenticator};
 use crate::config::{Config, ConfigError};
 use crate::engine::hub::Hub;
 use crate::event::{unix_seconds, Event};
@@ -94,6 +95,37 @@ impl Shared {
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
         })
+    }
+}
+
+impl Shared {
+    /// Checks a client's token (a JWT or a publish key) and records the outcome in the
+    /// failed-credentials backoff of `address`, whatever route it came by.
+    pub(crate) fn verify_token(
+        &self,
+        address: std::net::IpAddr,
+        token: &str,
+    ) -> Result<Arc<Identity>, AuthError> {
+        let verified = self.auth.verify(token);
+        match &verified {
+            Ok(identity) if identity.method == Method::Anonymous => {}
+            Ok(_) => self.backoff.succeeded(address),
+            Err(_) => {
+                self.backoff.failed(address, std::time::Instant::now());
+            }
+        }
+        verified
+    }
+
+    /// Whether `key` is a publish key, recorded in the backoff of `address` like a token.
+    pub(crate) fn verify_publish_key(&self, address: std::net::IpAddr, key: &str) -> bool {
+        let valid = self.auth.is_publish_key(key);
+        if valid {
+            self.backoff.succeeded(address);
+        } else {
+            self.backoff.failed(address, std::time::Instant::now());
+        }
+        valid
     }
 }
 

@@ -179,7 +179,7 @@ impl Session<'_> {
     ) -> Option<CloseCode> {
         let now = SystemTime::now();
         let id = correlation_id.map(CorrelationId::as_raw);
-        let identity = match self.shared.auth.verify(token) {
+        let identity = match self.shared.verify_token(self.address, token) {
             Ok(identity) => identity,
             Err(e) => {
                 tracing::debug!(client_id = self.client.id(), error = %e, "authentication refused");
@@ -187,9 +187,6 @@ impl Session<'_> {
                     .counters
                     .auth_refused
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                self.shared
-                    .backoff
-                    .failed(self.address, std::time::Instant::now());
                 let body = serde_json::json!({
                     "success": false,
                     "error": { "code": e.code(), "message": e.to_string() },
@@ -199,9 +196,6 @@ impl Session<'_> {
                 return Some(e.close_code());
             }
         };
-        if identity.method != Method::Anonymous {
-            self.shared.backoff.succeeded(self.address);
-        }
         let first = self.identity.is_none();
         if let Some(current) = &self.identity {
             if identity.subject != current.subject && current.method != Method::Anonymous {
@@ -293,10 +287,7 @@ impl Session<'_> {
                 server_time: unix_seconds(now),
             },
         ));
-        send_snapshots(&self.client, &change, &self.shared.snapshots);
-        self.count_rejections(&change.rejected);
-        let late = self.client.apply_subscribe(&change);
-        self.report_late(late);
+        self.complete_subscribe(&change);
     }
 
     /// Reads and answers client messages until the connection should end.
@@ -437,7 +428,6 @@ impl Session<'_> {
                 code: "forbidden",
                 reason: "your token does not allow this channel".to_owned(),
             }));
-        self.count_rejections(&change.rejected);
         let after: Vec<Channel> = self
             .client
             .subscriptions()
@@ -453,8 +443,15 @@ impl Session<'_> {
             &change,
             now,
         ));
-        send_snapshots(&self.client, &change, &self.shared.snapshots);
-        let late = self.client.apply_subscribe(&change);
+        self.complete_subscribe(&change);
+    }
+
+    /// The end of every subscribe, after its reply (or the welcome) is queued: the
+    /// snapshots, then the subscription itself, so nothing newer can arrive ahead of them.
+    fn complete_subscribe(&mut self, change: &SubscriptionChange) {
+        self.count_rejections(&change.rejected);
+        send_snapshots(&self.client, change, &self.shared.snapshots);
+        let late = self.client.apply_subscribe(change);
         self.report_late(late);
     }
 
@@ -522,12 +519,8 @@ impl Session<'_> {
     /// Channels that filled up between the reply and the subscription (rare): an `error`
     /// for each, so the client knows the subscription did not take.
     fn report_late(&self, late: Vec<Rejection>) {
+        self.count_rejections(&late);
         for r in late {
-            self.shared.counters.hit(Limit::ChannelFull);
-            self.shared
-                .counters
-                .subscriptions_failed
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let e = MessageError {
                 code: r.code,
                 message: format!("not subscribed to {:?}: {}", r.channel, r.reason),

@@ -157,24 +157,6 @@ impl TestServer {
         (status, body)
     }
 
-    /// GETs `path` and returns the body as text.
-    pub async fn request_text(&self, path: &str) -> String {
-        let stream = TcpStream::connect(self.addr).await.expect("connect");
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                .await
-                .expect("handshake");
-        tokio::spawn(conn);
-        let req = hyper::Request::builder()
-            .uri(path)
-            .header("host", self.addr.to_string())
-            .body(Full::new(Bytes::new()))
-            .unwrap();
-        let response = within(sender.send_request(req)).await.expect("request");
-        let bytes = response.into_body().collect().await.unwrap().to_bytes();
-        String::from_utf8(bytes.to_vec()).expect("UTF-8 body")
-    }
-
     /// As [`request_with`](Self::request_with), also returning the response headers.
     pub async fn request_full(
         &self,
@@ -183,6 +165,19 @@ impl TestServer {
         body: Vec<u8>,
         headers: &[(&str, &str)],
     ) -> (u16, hyper::HeaderMap, Value) {
+        let (status, headers, bytes) = self.request_raw(method, path, body, headers).await;
+        let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        (status, headers, json)
+    }
+
+    /// Sends one HTTP/1.1 request with a real hyper client; the body comes back as bytes.
+    pub async fn request_raw(
+        &self,
+        method: &str,
+        path: &str,
+        body: Vec<u8>,
+        headers: &[(&str, &str)],
+    ) -> (u16, hyper::HeaderMap, Bytes) {
         let stream = TcpStream::connect(self.addr).await.expect("connect");
         let (mut sender, conn) =
             hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
@@ -203,8 +198,7 @@ impl TestServer {
         let status = response.status().as_u16();
         let headers = response.headers().clone();
         let bytes = response.into_body().collect().await.unwrap().to_bytes();
-        let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        (status, headers, json)
+        (status, headers, bytes)
     }
 
     /// Stops the server as SIGTERM would, and waits for it to return.
