@@ -38,6 +38,15 @@ pub(crate) struct Cli {
     )]
     pub(crate) log: String,
 
+    /// Log line format: `text` for people, `json` (one object per line) for log shippers.
+    #[arg(
+        long,
+        env = "SIGMAHUB_LOG_FORMAT",
+        default_value = "text",
+        value_name = "FORMAT"
+    )]
+    pub(crate) log_format: LogFormat,
+
     /// Address to listen on [default: 127.0.0.1:12080].
     #[arg(long, env = "SIGMAHUB_LISTEN", value_name = "ADDR:PORT")]
     listen: Option<SocketAddr>,
@@ -152,6 +161,10 @@ pub(crate) struct Cli {
     #[arg(long, env = "SIGMAHUB_IDLE_TIMEOUT", value_parser = humantime::parse_duration, value_name = "DURATION")]
     idle_timeout: Option<Duration>,
 
+    /// Count per-frame metrics and serve GET /metrics [default: true].
+    #[arg(long, env = "SIGMAHUB_METRICS", value_name = "BOOL")]
+    metrics: Option<bool>,
+
     /// HS256 secret for client JWTs (at least 32 bytes); makes a token mandatory on /ws.
     /// Prefer the environment variable, so the secret stays out of `ps` [default: none].
     #[arg(
@@ -244,6 +257,15 @@ pub(crate) struct Cli {
     engine_error_report_interval: Option<Duration>,
 }
 
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, with the connection span's fields.
+    Json,
+}
+
 impl Cli {
     /// The effective configuration: defaults, then the file, then environment and flags.
     pub(crate) fn into_config(self) -> Result<Config, ConfigError> {
@@ -278,6 +300,7 @@ impl Cli {
             inbound_burst,
             max_subscribers_per_channel,
             idle_timeout,
+            metrics,
         );
         macro_rules! overlay_in {
             ($section:ident: $($flag:ident => $field:ident),* $(,)?) => {

@@ -123,6 +123,10 @@ pub struct Config {
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
 
+    /// Count per-frame metrics (frames sent, publish-to-write latency) and serve
+    /// `GET /metrics`. Default true; perf/README.md has what it costs.
+    pub metrics: bool,
+
     /// Authentication, permissions and the origin allowlist (TOML section `[auth]`).
     pub auth: AuthConfig,
 
@@ -323,6 +327,7 @@ impl Default for Config {
             inbound_burst: 10,
             default_subscriptions: DEFAULT_CHANNELS.iter().map(|s| s.to_string()).collect(),
             max_subscribers_per_channel: 0,
+            metrics: true,
             idle_timeout: Duration::ZERO,
             auth: AuthConfig::default(),
             host: HostConfig::default(),

@@ -1,38 +1,15 @@
-//! `GET /metrics` against a real server, parsed with a Prometheus text parser: the values
-//! move as clients connect, subscribe, publish, get refused and are closed.
+//! `GET /metrics` and `GET /api/v1/stats` against a real server, the metrics parsed with a
+//! Prometheus text parser: the values move as clients connect, subscribe, publish, get
+//! refused and are closed.
 
 mod common;
 
+use std::time::Duration;
+
+use common::scrape::{sample, scrape, value};
 use common::TestServer;
-use prometheus_parse::{Sample, Scrape, Value};
+use prometheus_parse::Value;
 use serde_json::json;
-
-async fn scrape(server: &TestServer) -> Vec<Sample> {
-    let (status, headers, body) = server.request_raw("GET", "/metrics", Vec::new(), &[]).await;
-    assert_eq!(status, 200);
-    assert!(headers["content-type"]
-        .to_str()
-        .unwrap()
-        .starts_with("application/openmetrics-text"));
-    let text = String::from_utf8(body.to_vec()).expect("UTF-8 body");
-    assert!(text.ends_with("# EOF\n"), "{text}");
-    Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
-        .unwrap()
-        .samples
-}
-
-fn value(samples: &[Sample], name: &str, label: Option<(&str, &str)>) -> f64 {
-    let found = samples
-        .iter()
-        .find(|s| s.metric == name && label.is_none_or(|(k, v)| s.labels.get(k) == Some(v)));
-    match found
-        .unwrap_or_else(|| panic!("no sample {name} {label:?}"))
-        .value
-    {
-        Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => v,
-        ref other => panic!("{name}: unexpected {other:?}"),
-    }
-}
 
 #[tokio::test]
 async fn metrics_follow_connections_subscriptions_refusals_and_closes() {
@@ -168,4 +145,125 @@ async fn metrics_need_a_publish_key_once_keys_exist_and_readyz_reports() {
     let (status, ready) = server.request("GET", "/readyz", Vec::new()).await;
     assert_eq!(status, 200);
     assert_eq!(ready["status"], "ready");
+}
+
+#[tokio::test]
+async fn publish_to_write_latency_is_observed_per_delivered_batch() {
+    let server = TestServer::with(|c| c.default_subscriptions = vec!["orders".into()]).await;
+    let mut client = server.client().await;
+    let before = scrape(&server).await;
+    let count = |samples: &[prometheus_parse::Sample]| {
+        value(samples, "sigmahub_publish_to_write_seconds_count", None)
+    };
+    let observed_before = count(&before);
+    for n in 0..3 {
+        server
+            .publish(&json!({"type": "orders", "data": {"n": n}}))
+            .await;
+        // One at a time: each event finds the queue empty and is its own batch.
+        assert_eq!(client.recv_type("orders").await["data"]["n"], n);
+    }
+    let after = scrape(&server).await;
+    assert_eq!(count(&after) - observed_before, 3.0);
+    // Cumulative buckets, ending in +Inf with every observation.
+    let Value::Histogram(buckets) =
+        &sample(&after, "sigmahub_publish_to_write_seconds", None).value
+    else {
+        panic!("not a histogram");
+    };
+    assert_eq!(buckets.len(), 18);
+    assert!(buckets.windows(2).all(|w| w[0].count <= w[1].count));
+    let last = buckets.last().unwrap();
+    assert!(last.less_than.is_infinite());
+    assert_eq!(last.count, count(&after));
+    let sum = value(&after, "sigmahub_publish_to_write_seconds_sum", None);
+    assert!(sum > 0.0 && sum < 60.0, "{sum}");
+
+    let (_, stats) = server.request("GET", "/api/v1/stats", Vec::new()).await;
+    let latency = &stats["latency"]["publish_to_write"];
+    assert_eq!(latency["observations"], 3, "{stats}");
+    assert!(latency["p99_ms_at_most"].as_f64().unwrap() > 0.0);
+}
+
+#[tokio::test]
+async fn stats_report_durations_reconnections_throughput_and_history() {
+    let server = TestServer::with(|c| c.default_subscriptions = vec!["orders".into()]).await;
+    // Two connections from one address, one after the other: the second is a reconnection.
+    let first = server.client().await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    first.close().await;
+    common::eventually("the first to be gone", || server.hub.stats().clients == 0).await;
+    let mut second = server.client().await;
+    server
+        .publish(&json!({"type": "orders", "data": {"n": 1}}))
+        .await;
+    second.recv_type("orders").await;
+
+    let (status, stats) = server.request("GET", "/api/v1/stats", Vec::new()).await;
+    assert_eq!(status, 200);
+    let analytics = &stats["analytics"];
+    assert_eq!(analytics["connections_closed"], 1, "{stats}");
+    assert!(
+        analytics["connection_duration_avg_seconds"]
+            .as_f64()
+            .unwrap()
+            >= 0.05
+    );
+    assert_eq!(analytics["reconnections"], 1);
+    assert_eq!(analytics["reconnection_rate"], 0.5);
+    assert_eq!(stats["peak_connections"], 1);
+    assert_eq!(stats["channels"]["orders"], 1);
+
+    // The sampler adds one sample a second; after a few, the event shows in the history.
+    let mut samples = Vec::new();
+    common::within(async {
+        loop {
+            let (_, history) = server
+                .request("GET", "/api/v1/stats/history", Vec::new())
+                .await;
+            samples = history["samples"].as_array().unwrap().clone();
+            let events: u64 = samples.iter().map(|s| s["events"].as_u64().unwrap()).sum();
+            if events >= 1 && samples.len() >= 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+    assert_eq!(samples.last().unwrap()["connections"], 1);
+    let (_, stats) = server.request("GET", "/api/v1/stats", Vec::new()).await;
+    let throughput = &stats["analytics"]["throughput"];
+    assert!(throughput["window_seconds"].as_u64().unwrap() >= 2);
+    assert!(throughput["events_per_second"].as_f64().unwrap() > 0.0);
+
+    let metrics = scrape(&server).await;
+    assert_eq!(
+        value(&metrics, "sigmahub_connections_closed_total", None),
+        1.0
+    );
+    assert_eq!(value(&metrics, "sigmahub_reconnections_total", None), 1.0);
+    assert!(value(&metrics, "sigmahub_connection_duration_seconds_total", None) >= 0.05);
+}
+
+#[tokio::test]
+async fn metrics_can_be_turned_off() {
+    let server = TestServer::with(|c| {
+        c.metrics = false;
+        c.default_subscriptions = vec!["orders".into()];
+    })
+    .await;
+    let (status, body) = server.request("GET", "/metrics", Vec::new()).await;
+    assert_eq!(status, 404);
+    assert_eq!(body["error"]["code"], "metrics_disabled");
+    let mut client = server.client().await;
+    server
+        .publish(&json!({"type": "orders", "data": {"n": 1}}))
+        .await;
+    client.recv_type("orders").await;
+    let (_, stats) = server.request("GET", "/api/v1/stats", Vec::new()).await;
+    // Per-frame figures are not kept; per-publish and per-connection ones still are.
+    assert_eq!(stats["latency"]["publish_to_write"]["observations"], 0);
+    assert_eq!(stats["messages_sent"], 0);
+    assert_eq!(stats["events_published"], 1);
+    assert_eq!(stats["active_connections"], 1);
 }

@@ -1,7 +1,9 @@
-//! A client that never reads is closed as a slow consumer; nobody else notices.
+//! A client that never reads is closed as a slow consumer; nobody else notices, and the
+//! metrics count it.
 
 mod common;
 
+use common::scrape::{scrape, value};
 use common::{Read, TestServer};
 use serde_json::json;
 use sigmahub::SlowConsumerPolicy;
@@ -56,6 +58,17 @@ async fn a_client_that_never_reads_is_closed_while_a_normal_client_gets_everythi
     // The normal client is still connected and served.
     server.publish(&big_event(seq)).await;
     assert_eq!(normal.recv().await["data"]["seq"], seq);
+
+    // Operators see it: one slow-consumer close, counted by its code too.
+    let metrics = scrape(&server).await;
+    assert_eq!(
+        value(&metrics, "sigmahub_slow_consumer_closes_total", None),
+        1.0
+    );
+    assert_eq!(
+        value(&metrics, "sigmahub_closes_total", Some(("code", "4000"))),
+        1.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -101,6 +114,11 @@ async fn under_the_drop_policy_the_client_stays_and_is_told_what_it_lost() {
         }
     }
     assert_eq!(reported, dropped_by_server);
+    let metrics = scrape(&server).await;
+    assert_eq!(
+        value(&metrics, "sigmahub_frames_dropped_total", None),
+        dropped_by_server as f64
+    );
     assert_eq!(
         server.hub.stats().clients,
         1,

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use crossbeam_utils::CachePadded;
 
 /// Number of shards; threads beyond it share shards round-robin.
-const SHARDS: usize = 16;
+pub(crate) const SHARDS: usize = 16;
 
 /// A monotonic `u64` counter, sharded by thread.
 #[derive(Debug)]
@@ -22,7 +22,9 @@ impl Default for ShardedCounter {
     }
 }
 
-fn shard() -> usize {
+/// This thread's shard index.
+#[inline]
+pub(crate) fn shard() -> usize {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     thread_local! {
         static SHARD: usize = NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS;

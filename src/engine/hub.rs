@@ -19,6 +19,7 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 
+use super::latency::Stamp;
 use super::outbox::{Closing, Outbox, Push};
 use super::slots::{Slots, SlotsExhausted};
 use super::topics::Topics;
@@ -40,6 +41,8 @@ struct Shared {
     policy: SlowConsumerPolicy,
     max_subscriptions: usize,
     max_subscribers: usize,
+    /// Stamp each publish for the publish-to-write latency (`config.metrics`).
+    timing: bool,
     next_client_id: AtomicU64,
     clients: AtomicUsize,
     peak_clients: AtomicUsize,
@@ -112,6 +115,7 @@ impl Hub {
                 policy: config.slow_consumer,
                 max_subscriptions: config.max_subscriptions_per_connection,
                 max_subscribers: config.max_subscribers_per_channel,
+                timing: config.metrics,
                 next_client_id: AtomicU64::new(1),
                 clients: AtomicUsize::new(0),
                 peak_clients: AtomicUsize::new(0),
@@ -144,11 +148,7 @@ impl Hub {
     /// Publishes `event` stamped with `now`. The event is encoded only if it has
     /// subscribers.
     pub fn publish_at(&self, event: &Event, now: SystemTime) -> Delivery {
-        self.fan_out(
-            event.channel(),
-            || event.to_frame(now),
-            |outbox, frame| outbox.push(frame),
-        )
+        self.fan_out(event.channel(), || event.to_frame(now), push_and_wake)
     }
 
     /// Publishes `events` in order, all stamped with `now`.
@@ -168,8 +168,8 @@ impl Hub {
             let mut delivery = Delivery::default();
             for event in events {
                 let frame = || event.to_frame(now);
-                delivery += self.fan_out(event.channel(), frame, |outbox, frame| {
-                    let (push, wake) = outbox.push_deferred(frame);
+                delivery += self.fan_out(event.channel(), frame, |outbox, frame, since| {
+                    let (push, wake) = outbox.push_event(frame, since);
                     if wake {
                         owed.push(Arc::clone(outbox));
                     }
@@ -186,21 +186,17 @@ impl Hub {
     /// Fans an already encoded frame out to the subscribers of `channel`.
     #[inline]
     pub fn publish_frame(&self, channel: &str, frame: &Bytes) -> Delivery {
-        self.fan_out(
-            channel,
-            || frame.clone(),
-            |outbox, frame| outbox.push(frame),
-        )
+        self.fan_out(channel, || frame.clone(), push_and_wake)
     }
 
     /// One channel lookup; `frame` is called (the event encoded) only if there are
-    /// subscribers; `push` queues a clone of it for each.
+    /// subscribers; `push` queues a clone of it, with the publish stamp, for each.
     #[inline]
     fn fan_out(
         &self,
         channel: &str,
         frame: impl FnOnce() -> Bytes,
-        mut push: impl FnMut(&Arc<Outbox>, Bytes) -> Push,
+        mut push: impl FnMut(&Arc<Outbox>, Bytes, Option<Stamp>) -> Push,
     ) -> Delivery {
         let shared = &*self.shared;
         let mut delivery = Delivery::default();
@@ -210,6 +206,7 @@ impl Hub {
                 return;
             }
             let frame = frame();
+            let since = shared.timing.then(Stamp::now);
             set.for_each(|slot| {
                 let Some(entry) = shared.slots.get(slot, &guard) else {
                     return;
@@ -217,7 +214,7 @@ impl Hub {
                 let Some(outbox) = entry.as_ref() else {
                     return;
                 };
-                match push(outbox, frame.clone()) {
+                match push(outbox, frame.clone(), since) {
                     Push::Queued => delivery.queued += 1,
                     Push::Overflowed => delivery.overflowed += 1,
                     Push::Dropped => delivery.dropped += 1,
@@ -291,6 +288,16 @@ impl Hub {
             }
         }
     }
+}
+
+/// Queues an event and wakes the writer if the queue was empty.
+#[inline]
+fn push_and_wake(outbox: &Arc<Outbox>, frame: Bytes, since: Option<Stamp>) -> Push {
+    let (push, wake) = outbox.push_event(frame, since);
+    if wake {
+        outbox.wake();
+    }
+    push
 }
 
 impl std::fmt::Debug for Hub {

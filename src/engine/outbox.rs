@@ -30,6 +30,7 @@ use bytes::Bytes;
 use crossbeam_queue::SegQueue;
 use crossbeam_utils::Backoff;
 
+use super::latency::Stamp;
 use crate::config::SlowConsumerPolicy;
 use crate::protocol::close::CloseCode;
 
@@ -70,6 +71,9 @@ pub struct Outbox {
     close_code: OnceLock<CloseCode>,
     dropped: AtomicU64,
     awaiting_pong: AtomicBool,
+    /// The publish stamp of the event that found the queue empty (0: none); see
+    /// [`super::latency`].
+    since: AtomicU64,
 }
 
 impl Outbox {
@@ -85,6 +89,7 @@ impl Outbox {
             close_code: OnceLock::new(),
             dropped: AtomicU64::new(0),
             awaiting_pong: AtomicBool::new(false),
+            since: AtomicU64::new(0),
         }
     }
 
@@ -104,6 +109,19 @@ impl Outbox {
     /// [`wake`](Self::wake) once it has queued the rest of its batch.
     #[inline]
     pub fn push_deferred(&self, frame: Bytes) -> (Push, bool) {
+        self.enqueue(frame, None)
+    }
+
+    /// Queues an event published at `since`, like [`push_deferred`](Self::push_deferred).
+    /// If it finds the queue empty, the outbox keeps `since` for the writer's latency
+    /// figure ([`take_since`](Self::take_since)).
+    #[inline]
+    pub fn push_event(&self, frame: Bytes, since: Option<Stamp>) -> (Push, bool) {
+        self.enqueue(frame, since)
+    }
+
+    #[inline]
+    fn enqueue(&self, frame: Bytes, since: Option<Stamp>) -> (Push, bool) {
         if self.state.load(Ordering::Acquire) != OPEN {
             return (Push::Closed, false);
         }
@@ -120,6 +138,12 @@ impl Outbox {
                     (Push::Dropped, false)
                 }
             };
+        }
+        if before == 0 {
+            if let Some(since) = since {
+                // Before the frame is visible: a writer that pops it also sees the stamp.
+                self.since.store(since.to_raw(), Ordering::Relaxed);
+            }
         }
         self.queue.push(frame);
         (Push::Queued, before == 0)
@@ -259,6 +283,12 @@ impl Outbox {
         }
         self.len.fetch_sub(got, Ordering::AcqRel);
         got
+    }
+
+    /// The publish stamp of the oldest event drained since the last call, if an event found
+    /// the queue empty; resets it. The writer calls it after [`drain_into`](Self::drain_into).
+    pub fn take_since(&self) -> Option<Stamp> {
+        Stamp::from_raw(self.since.swap(0, Ordering::Relaxed))
     }
 
     /// Discards every queued frame (for an immediate close).

@@ -6,6 +6,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::engine::counter::ShardedCounter;
+use crate::engine::latency::LatencyHistogram;
 use crate::protocol::close::CloseCode;
 
 /// One thing that can be refused or limited.
@@ -72,12 +73,17 @@ impl Limit {
 }
 
 /// The counters; all relaxed atomics, sharded by thread where they are hit per frame.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Counters {
+    /// Whether the per-frame figures (`frames_sent`, `publish_to_write`) are kept
+    /// (`config.metrics`).
+    pub(crate) per_frame: bool,
     limits: [AtomicU64; Limit::ALL.len()],
     closes: [AtomicU64; CloseCode::ALL.len()],
     /// Frames written to client sockets (events, replies, notices).
     pub(crate) frames_sent: ShardedCounter,
+    /// Publish to completed write, once per write batch; see [`crate::engine::latency`].
+    pub(crate) publish_to_write: LatencyHistogram,
     /// Frames dropped for slow consumers under the `drop` policy.
     pub(crate) frames_dropped: ShardedCounter,
     /// Text messages received from clients.
@@ -88,7 +94,28 @@ pub(crate) struct Counters {
     pub(crate) auth_refused: AtomicU64,
 }
 
+impl Default for Counters {
+    fn default() -> Self {
+        Self::new(true)
+    }
+}
+
 impl Counters {
+    /// Zeroed counters; `per_frame` keeps the per-frame figures.
+    pub(crate) fn new(per_frame: bool) -> Self {
+        Self {
+            per_frame,
+            limits: Default::default(),
+            closes: Default::default(),
+            frames_sent: ShardedCounter::default(),
+            publish_to_write: LatencyHistogram::default(),
+            frames_dropped: ShardedCounter::default(),
+            messages_received: ShardedCounter::default(),
+            subscriptions_failed: AtomicU64::new(0),
+            auth_refused: AtomicU64::new(0),
+        }
+    }
+
     /// Counts one hit of `limit`.
     pub(crate) fn hit(&self, limit: Limit) {
         self.hit_n(limit, 1);

@@ -6,10 +6,11 @@
 //! | POST   | `/api/v1/publish`  | publish one event or an array; 200 with counts, 400/401/413 |
 //! | GET    | `/healthz`         | 200 `{"status":"ok"}` while the process serves           |
 //! | GET    | `/readyz`          | 200 while taking connections, 503 shutting down; upstream state |
-//! | GET    | `/metrics`         | Prometheus/OpenMetrics text (a publish key once any is set) |
+//! | GET    | `/metrics`         | Prometheus/OpenMetrics text (a publish key once any is set; 404 with `metrics = false`) |
 //! | GET    | `/api/v1/snapshot` | every status type's latest snapshot (that the token allows) |
 //! | GET    | `/api/v1/snapshot/{type}` | one type's snapshot; 404 if none yet, 403 if not allowed |
-//! | GET    | `/api/v1/stats`    | connections, counters, channels, breakers, snapshot ages (a publish key once any is set) |
+//! | GET    | `/api/v1/stats`    | connections, counters, analytics, latency, channels, breakers, snapshot ages (a publish key once any is set) |
+//! | GET    | `/api/v1/stats/history` | per-second samples of the last 5 minutes (a publish key once any is set) |
 //!
 //! Every error body is `{"error": {"code": …, "message": …}}`.
 //!
@@ -41,6 +42,7 @@ use super::admission::Refusal;
 use super::counters::Limit;
 use super::reader::Prefixed;
 use super::{metrics, session, Shared};
+use crate::engine::latency::HistogramSnapshot;
 use crate::protocol::publish;
 
 /// The response body type of every sigmahub route.
@@ -110,6 +112,11 @@ where
         (_, "/api/v1/publish") => method_not_allowed("POST"),
         (&Method::GET, "/healthz") => json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
         (&Method::GET, "/readyz") => ready(&shared),
+        (&Method::GET, "/metrics") if !shared.config.metrics => error(
+            StatusCode::NOT_FOUND,
+            "metrics_disabled",
+            "metrics are turned off (metrics = false)",
+        ),
         (&Method::GET, "/metrics") => {
             let address = shared.admission.client_address(peer, req.headers());
             if let Some(refused) = publish_key_refusal(&shared, req.headers(), address) {
@@ -135,6 +142,19 @@ where
                 return refused;
             }
             json(StatusCode::OK, &stats(&shared))
+        }
+        (&Method::GET, "/api/v1/stats/history") => {
+            let address = shared.admission.client_address(peer, req.headers());
+            if let Some(refused) = publish_key_refusal(&shared, req.headers(), address) {
+                return refused;
+            }
+            json(
+                StatusCode::OK,
+                &serde_json::json!({
+                    "interval_seconds": 1,
+                    "samples": shared.analytics.history(),
+                }),
+            )
         }
         _ => error(StatusCode::NOT_FOUND, "not_found", "no such route"),
     }
@@ -441,6 +461,8 @@ fn stats(shared: &Shared) -> serde_json::Value {
         "messages_received": shared.counters.messages_received.get(),
         "events_published": hub.published,
         "frames_delivered": hub.delivered,
+        "analytics": shared.analytics.summary(hub.connected_total),
+        "latency": latency(&shared.counters.publish_to_write.snapshot()),
         "channels": channels,
         "refused": shared.admission.refused.to_json(),
         "limits": counters["limits"],
@@ -454,6 +476,23 @@ fn stats(shared: &Shared) -> serde_json::Value {
                 .map(|s| (s.channel.to_string(), s.status()))
                 .collect::<serde_json::Map<_, _>>(),
         },
+    })
+}
+
+/// The publish-to-write histogram in brief: observations and bucket bounds of p50/p99.
+fn latency(h: &HistogramSnapshot) -> serde_json::Value {
+    let bound_ms = |q| {
+        h.quantile_bound(q)
+            .map(|s| if s == f64::MAX { None } else { Some(s * 1e3) })
+    };
+    serde_json::json!({
+        "publish_to_write": {
+            "observations": h.count,
+            "mean_ms": if h.count == 0 { 0.0 } else { h.sum * 1e3 / h.count as f64 },
+            // Upper bounds of the buckets holding the quantile; null past the last bound.
+            "p50_ms_at_most": bound_ms(0.5),
+            "p99_ms_at_most": bound_ms(0.99),
+        }
     })
 }
 

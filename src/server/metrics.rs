@@ -16,6 +16,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use super::Shared;
+use crate::engine::latency::HistogramSnapshot;
 use crate::protocol::close::CloseCode;
 use crate::upstream::breaker::BreakerState;
 
@@ -79,6 +80,28 @@ fn family(
         }
     }
     Ok(())
+}
+
+/// A histogram read from a [`HistogramSnapshot`].
+fn encoder_histogram(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    h: &HistogramSnapshot,
+) -> std::fmt::Result {
+    let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Histogram)?;
+    metric.encode_histogram::<NoLabelSet>(h.sum, h.count, &h.buckets, None)
+}
+
+/// A counter of seconds (a float).
+fn seconds_counter(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    seconds: f64,
+) -> std::fmt::Result {
+    let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    metric.encode_counter::<NoLabelSet, _, u64>(&seconds, None)
 }
 
 impl Collector for Scrape {
@@ -196,6 +219,34 @@ impl Collector for Scrape {
             "Frames dropped for slow consumers under the drop policy",
             Counter,
             counters.frames_dropped.get(),
+        )?;
+
+        let latency = counters.publish_to_write.snapshot();
+        encoder_histogram(
+            &mut e,
+            "sigmahub_publish_to_write_seconds",
+            "Time from publish to the completed socket write of the oldest event in each write batch",
+            &latency,
+        )?;
+        single(
+            &mut e,
+            "sigmahub_connections_closed",
+            "Connections that have ended",
+            Counter,
+            shared.analytics.closed(),
+        )?;
+        seconds_counter(
+            &mut e,
+            "sigmahub_connection_duration_seconds",
+            "Summed duration of ended connections (divide by sigmahub_connections_closed_total for the mean)",
+            shared.analytics.connected_seconds(),
+        )?;
+        single(
+            &mut e,
+            "sigmahub_reconnections",
+            "Connections from a client (token subject, else address) that ended another within 60 s",
+            Counter,
+            shared.analytics.reconnections(),
         )?;
 
         let mut channels = shared.hub.channels();

@@ -15,6 +15,7 @@
 //! `shutdown_timeout` for them before returning.
 
 mod admission;
+mod analytics;
 mod backoff;
 mod counters;
 mod deadline;
@@ -71,6 +72,7 @@ pub(crate) struct Shared {
     pub(crate) hub: Hub,
     pub(crate) auth: Authenticator,
     pub(crate) counters: counters::Counters,
+    pub(crate) analytics: analytics::Analytics,
     pub(crate) backoff: backoff::AuthBackoff,
     pub(crate) admission: Arc<admission::Admission>,
     pub(crate) snapshots: Arc<SnapshotCache>,
@@ -86,7 +88,8 @@ impl Shared {
         Ok(Self {
             hub: Hub::new(&config),
             auth: Authenticator::new(&config.auth, &config.default_subscriptions)?,
-            counters: counters::Counters::default(),
+            counters: counters::Counters::new(config.metrics),
+            analytics: analytics::Analytics::default(),
             backoff: backoff::AuthBackoff::new(config.auth.backoff_after, config.auth.max_backoff),
             admission: Arc::new(admission::Admission::new(&config)),
             snapshots: Arc::default(),
@@ -252,9 +255,27 @@ impl Server {
     }
 }
 
-/// Heartbeat events and keep-alive pings until shutdown.
+/// Heartbeat events, keep-alive pings and the analytics sampler until shutdown.
 async fn run_timers(shared: Arc<Shared>) {
-    tokio::join!(heartbeat(&shared), keepalive(&shared));
+    tokio::join!(heartbeat(&shared), keepalive(&shared), sample(&shared));
+}
+
+/// Adds a second of traffic to the analytics history every second.
+async fn sample(shared: &Shared) {
+    let mut ticks = tokio::time::interval(Duration::from_secs(1));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let hub = shared.hub.stats();
+        let totals = analytics::Totals {
+            connections: hub.clients,
+            connects: hub.connected_total,
+            events: hub.published,
+            frames_sent: shared.counters.frames_sent.get(),
+            messages_received: shared.counters.messages_received.get(),
+        };
+        shared.analytics.sample(totals, SystemTime::now());
+    }
 }
 
 /// Publishes a `heartbeat` event every `heartbeat_interval`.

@@ -53,6 +53,7 @@ pub(crate) async fn run<W: AsyncWrite + Unpin>(
             batch.push(dropped_notice(dropped));
         }
         outbox.drain_into(&mut batch, MAX_BATCH);
+        let since = outbox.take_since();
         if batch.is_empty() {
             if let Some(Closing::AfterFlush(code)) = outbox.closing() {
                 return Box::pin(finish(socket, Vec::new(), code)).await;
@@ -69,7 +70,12 @@ pub(crate) async fn run<W: AsyncWrite + Unpin>(
             };
             return Box::pin(finish(socket, partial.into_iter().collect(), code)).await;
         }
-        counters.frames_sent.add(batch.len() as u64);
+        if counters.per_frame {
+            counters.frames_sent.add(batch.len() as u64);
+            if let Some(since) = since {
+                counters.publish_to_write.record(since.elapsed());
+            }
+        }
         if outbox.is_empty() {
             batch = Vec::new();
         } else {

@@ -2,7 +2,9 @@
 //! clients, and `eventually` for waiting without sleeps.
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
+pub mod binary;
 pub mod engine;
+pub mod scrape;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -178,27 +180,7 @@ impl TestServer {
         body: Vec<u8>,
         headers: &[(&str, &str)],
     ) -> (u16, hyper::HeaderMap, Bytes) {
-        let stream = TcpStream::connect(self.addr).await.expect("connect");
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                .await
-                .expect("handshake");
-        tokio::spawn(conn);
-        let req = hyper::Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", self.addr.to_string())
-            .header("content-type", "application/json");
-        let req = headers
-            .iter()
-            .fold(req, |req, (name, value)| req.header(*name, *value))
-            .body(Full::new(Bytes::from(body)))
-            .unwrap();
-        let response = within(sender.send_request(req)).await.expect("request");
-        let status = response.status().as_u16();
-        let headers = response.headers().clone();
-        let bytes = response.into_body().collect().await.unwrap().to_bytes();
-        (status, headers, bytes)
+        request_raw_at(self.addr, method, path, body, headers).await
     }
 
     /// Stops the server as SIGTERM would, and waits for it to return.
@@ -337,4 +319,46 @@ pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
         assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+}
+
+/// Sends one HTTP/1.1 request to `addr` with a real hyper client; the body comes back as
+/// bytes.
+pub async fn request_raw_at(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Vec<u8>,
+    headers: &[(&str, &str)],
+) -> (u16, hyper::HeaderMap, Bytes) {
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .expect("handshake");
+    tokio::spawn(conn);
+    let req = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", addr.to_string())
+        .header("content-type", "application/json");
+    let req = headers
+        .iter()
+        .fold(req, |req, (name, value)| req.header(*name, *value))
+        .body(Full::new(Bytes::from(body)))
+        .unwrap();
+    let response = within(sender.send_request(req)).await.expect("request");
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    (status, headers, bytes)
+}
+
+/// POSTs `body` as JSON to `addr`; returns the status and the JSON answer.
+pub async fn http_post_json(addr: SocketAddr, path: &str, body: &Value) -> (u16, Value) {
+    let (status, _, bytes) =
+        request_raw_at(addr, "POST", path, body.to_string().into_bytes(), &[]).await;
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
 }
