@@ -165,6 +165,10 @@ pub(crate) struct Cli {
     #[arg(long, env = "SIGMAHUB_METRICS", value_name = "BOOL")]
     metrics: Option<bool>,
 
+    /// Serve the live dashboard at GET / [default: true].
+    #[arg(long, env = "SIGMAHUB_DASHBOARD", value_name = "BOOL")]
+    dashboard: Option<bool>,
+
     /// HS256 secret for client JWTs (at least 32 bytes); makes a token mandatory on /ws.
     /// Prefer the environment variable, so the secret stays out of `ps` [default: none].
     #[arg(
@@ -301,6 +305,7 @@ impl Cli {
             max_subscribers_per_channel,
             idle_timeout,
             metrics,
+            dashboard,
         );
         macro_rules! overlay_in {
             ($section:ident: $($flag:ident => $field:ident),* $(,)?) => {

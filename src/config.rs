@@ -127,6 +127,10 @@ pub struct Config {
     /// `GET /metrics`. Default true; perf/README.md has what it costs.
     pub metrics: bool,
 
+    /// Serve the live dashboard at `GET /`. Default true: it is static assets, and it sees
+    /// only what the credentials typed into it allow.
+    pub dashboard: bool,
+
     /// Authentication, permissions and the origin allowlist (TOML section `[auth]`).
     pub auth: AuthConfig,
 
@@ -328,6 +332,7 @@ impl Default for Config {
             default_subscriptions: DEFAULT_CHANNELS.iter().map(|s| s.to_string()).collect(),
             max_subscribers_per_channel: 0,
             metrics: true,
+            dashboard: true,
             idle_timeout: Duration::ZERO,
             auth: AuthConfig::default(),
             host: HostConfig::default(),

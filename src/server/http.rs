@@ -2,6 +2,7 @@
 //!
 //! | method | path               | answer                                                   |
 //! |--------|--------------------|----------------------------------------------------------|
+//! | GET    | `/`                | the live dashboard (`dashboard/`), unless `dashboard = false` |
 //! | GET    | `/ws`              | WebSocket upgrade (426 for a plain GET, 403 origin, 429/503 admission) |
 //! | POST   | `/api/v1/publish`  | publish one event or an array; 200 with counts, 400/401/413 |
 //! | GET    | `/healthz`         | 200 `{"status":"ok"}` while the process serves           |
@@ -41,7 +42,7 @@ use tokio::net::TcpStream;
 use super::admission::Refusal;
 use super::counters::Limit;
 use super::reader::Prefixed;
-use super::{metrics, session, Shared};
+use super::{dashboard, metrics, session, Shared};
 use crate::engine::latency::HistogramSnapshot;
 use crate::protocol::publish;
 
@@ -156,6 +157,8 @@ where
                 }),
             )
         }
+        (&Method::GET, path) if shared.config.dashboard => dashboard::asset(path)
+            .unwrap_or_else(|| error(StatusCode::NOT_FOUND, "not_found", "no such route")),
         _ => error(StatusCode::NOT_FOUND, "not_found", "no such route"),
     }
 }

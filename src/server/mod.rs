@@ -18,6 +18,7 @@ mod admission;
 mod analytics;
 mod backoff;
 mod counters;
+mod dashboard;
 mod deadline;
 mod gate;
 mod http;

@@ -1,0 +1,106 @@
+//! The live dashboard at `GET /`, end to end in headless Chromium (Debian's `chromium`,
+//! driven by playwright-core from npm; `tests/browser/setup.sh` installs both when they are
+//! missing). The browser script is `tests/browser/dashboard.mjs`; its screenshot is saved
+//! as `target/test-artifacts/dashboard.png`.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::binary::Binary;
+use common::TestServer;
+
+fn browser_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser")
+}
+
+fn artifact(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .expect("the target directory")
+        .join("test-artifacts");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_shows_the_live_server_in_a_real_browser() {
+    let setup = Command::new(browser_dir().join("setup.sh"))
+        .status()
+        .expect("run tests/browser/setup.sh");
+    assert!(
+        setup.success(),
+        "installing chromium and playwright-core failed"
+    );
+
+    // The binary with its embedded defaults, host metrics every second.
+    let server = Binary::spawn(&["--host-status-interval", "1s"]);
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", server.addr))
+            .await
+            .expect("connect");
+        clients.push(ws);
+    }
+
+    let screenshot = artifact("dashboard.png");
+    let _ = std::fs::remove_file(&screenshot);
+    let base = server.url("/");
+    let script = browser_dir().join("dashboard.mjs");
+    let shot = screenshot.clone();
+    // Three clients and the page's own WebSocket.
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new("node")
+            .arg(script)
+            .args([base.as_str(), "4"])
+            .arg(&shot)
+            .output()
+            .expect("run node")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    println!("{stdout}{stderr}");
+    assert!(
+        output.status.success(),
+        "the browser check failed (screenshot: {}):\n{stdout}{stderr}",
+        screenshot.display()
+    );
+    let png = std::fs::read(&screenshot).expect("the screenshot");
+    assert!(png.starts_with(b"\x89PNG"), "not a PNG");
+    println!("screenshot saved: {}", screenshot.display());
+    drop(clients);
+    server.stop();
+}
+
+#[tokio::test]
+async fn the_assets_are_served_with_a_strict_policy_and_can_be_turned_off() {
+    let server = TestServer::start().await;
+    let (status, headers, body) = server.request_raw("GET", "/", Vec::new(), &[]).await;
+    assert_eq!(status, 200);
+    assert_eq!(headers["content-type"], "text/html; charset=utf-8");
+    let csp = headers["content-security-policy"].to_str().unwrap();
+    assert!(csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"));
+    assert!(String::from_utf8_lossy(&body).contains("/dashboard/dashboard.js"));
+    for path in [
+        "/dashboard/dashboard.js",
+        "/dashboard/dashboard.css",
+        "/dashboard/uPlot.iife.min.js",
+        "/dashboard/uPlot.min.css",
+    ] {
+        let (status, _, body) = server.request_raw("GET", path, Vec::new(), &[]).await;
+        assert_eq!(status, 200, "{path}");
+        assert!(!body.is_empty(), "{path}");
+    }
+    let (status, _, _) = server
+        .request_raw("GET", "/dashboard/../Cargo.toml", Vec::new(), &[])
+        .await;
+    assert_eq!(status, 404);
+
+    let off = TestServer::with(|c| c.dashboard = false).await;
+    let (status, body) = off.request("GET", "/", Vec::new()).await;
+    assert_eq!(status, 404);
+    assert_eq!(body["error"]["code"], "not_found");
+}
