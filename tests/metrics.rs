@@ -129,10 +129,10 @@ async fn channel_series_stay_bounded() {
 async fn metrics_need_a_publish_key_once_keys_exist_and_readyz_reports() {
     let server =
         TestServer::with(|c| c.auth.publish_keys = vec!["metrics-key-0123456789".into()]).await;
-    let (status, _, _) = server
-        .request_full("GET", "/metrics", Vec::new(), &[])
-        .await;
-    assert_eq!(status, 401);
+    for path in ["/metrics", "/api/v1/stats", "/api/v1/stats/history"] {
+        let (status, _, _) = server.request_full("GET", path, Vec::new(), &[]).await;
+        assert_eq!(status, 401, "{path}");
+    }
     let (status, _, _) = server
         .request_full(
             "GET",

@@ -118,17 +118,12 @@ where
             "metrics_disabled",
             "metrics are turned off (metrics = false)",
         ),
-        (&Method::GET, "/metrics") => {
+        (&Method::GET, path @ ("/metrics" | "/api/v1/stats" | "/api/v1/stats/history")) => {
             let address = shared.admission.client_address(peer, req.headers());
             if let Some(refused) = publish_key_refusal(&shared, req.headers(), address) {
                 return refused;
             }
-            let mut response = Response::new(Full::new(Bytes::from(metrics::render(&shared))));
-            response.headers_mut().insert(
-                CONTENT_TYPE,
-                HeaderValue::from_static(metrics::CONTENT_TYPE),
-            );
-            response
+            operator(&shared, path)
         }
         (&Method::GET, path)
             if path == "/api/v1/snapshot" || path.starts_with("/api/v1/snapshot/") =>
@@ -136,26 +131,6 @@ where
             let address = shared.admission.client_address(peer, req.headers());
             let kind = path.strip_prefix("/api/v1/snapshot/");
             snapshot(&shared, req.headers(), address, kind)
-        }
-        (&Method::GET, "/api/v1/stats") => {
-            let address = shared.admission.client_address(peer, req.headers());
-            if let Some(refused) = publish_key_refusal(&shared, req.headers(), address) {
-                return refused;
-            }
-            json(StatusCode::OK, &stats(&shared))
-        }
-        (&Method::GET, "/api/v1/stats/history") => {
-            let address = shared.admission.client_address(peer, req.headers());
-            if let Some(refused) = publish_key_refusal(&shared, req.headers(), address) {
-                return refused;
-            }
-            json(
-                StatusCode::OK,
-                &serde_json::json!({
-                    "interval_seconds": 1,
-                    "samples": shared.analytics.history(),
-                }),
-            )
         }
         (&Method::GET, path) if shared.config.dashboard => dashboard::asset(path)
             .unwrap_or_else(|| error(StatusCode::NOT_FOUND, "not_found", "no such route")),
@@ -444,6 +419,29 @@ fn ready(shared: &Shared) -> Response<ResponseBody> {
             },
         }),
     )
+}
+
+/// The operators' routes, once the caller has shown a publish key (when keys are set).
+fn operator(shared: &Arc<Shared>, path: &str) -> Response<ResponseBody> {
+    match path {
+        "/metrics" => {
+            let mut response = Response::new(Full::new(Bytes::from(metrics::render(shared))));
+            response.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static(metrics::CONTENT_TYPE),
+            );
+            response
+        }
+        "/api/v1/stats" => json(StatusCode::OK, &stats(shared)),
+        "/api/v1/stats/history" => json(
+            StatusCode::OK,
+            &serde_json::json!({
+                "interval_seconds": 1,
+                "samples": shared.analytics.history(),
+            }),
+        ),
+        _ => error(StatusCode::NOT_FOUND, "not_found", "no such route"),
+    }
 }
 
 /// Counters and upstream state (`GET /api/v1/stats`).
