@@ -140,6 +140,19 @@ pub(crate) struct Cli {
     #[arg(long, env = "SIGMAHUB_INBOUND_BURST", value_name = "N")]
     inbound_burst: Option<u32>,
 
+    /// Events kept per channel for reconnecting clients; 0 turns history and offsets off
+    /// [default: 100].
+    #[arg(long, env = "SIGMAHUB_HISTORY_SIZE", value_name = "N")]
+    history_size: Option<usize>,
+
+    /// Longest an event is kept in a channel's history [default: 5m].
+    #[arg(long, env = "SIGMAHUB_HISTORY_MAX_AGE", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    history_max_age: Option<Duration>,
+
+    /// Channels with a history beyond which idle ones are dropped [default: 10000].
+    #[arg(long, env = "SIGMAHUB_HISTORY_MAX_CHANNELS", value_name = "N")]
+    history_max_channels: Option<usize>,
+
     /// Publish this machine's `system.status` and `storage.update` [default: true].
     #[arg(long, env = "SIGMAHUB_HOST_ENABLED", value_name = "BOOL")]
     host_enabled: Option<bool>,
@@ -312,6 +325,11 @@ impl Cli {
                 $(if let Some(value) = self.$flag { config.$section.$field = value; })*
             };
         }
+        overlay_in!(history:
+            history_size => size,
+            history_max_age => max_age,
+            history_max_channels => max_channels,
+        );
         overlay_in!(host: host_enabled => enabled, host_status_interval => status_interval, host_storage_interval => storage_interval);
         overlay_in!(engine:
             engine_poll_interval => poll_interval,

@@ -134,6 +134,9 @@ pub struct Config {
     /// Authentication, permissions and the origin allowlist (TOML section `[auth]`).
     pub auth: AuthConfig,
 
+    /// Each channel's recent events, for clients that reconnect (TOML section `[history]`).
+    pub history: HistoryConfig,
+
     /// The host source: `system.status` and `storage.update` from this machine.
     pub host: HostConfig,
 
@@ -243,6 +246,35 @@ impl std::fmt::Debug for AuthConfig {
     }
 }
 
+/// Per-channel history (TOML section `[history]`): what a reconnecting client can recover
+/// with `since`. A cluster keeps it in JetStream instead.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct HistoryConfig {
+    /// Events kept per channel; 0 turns history (and event offsets) off. Default 100: more
+    /// than a client misses in a few seconds' reconnect at SigmaVault's rates, and under
+    /// the default queue of 256, so a replay fits.
+    pub size: usize,
+    /// Longest an event is kept. Default 5 min (a reconnect takes seconds; a laptop lid
+    /// closed for longer should reload state).
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+    /// Channels with a log beyond which the idle ones (no event kept) are dropped. Default
+    /// 10,000.
+    pub max_channels: usize,
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        Self {
+            size: 100,
+            max_age: Duration::from_secs(300),
+            max_channels: 10_000,
+        }
+    }
+}
+
 /// The host source (TOML section `[host]`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -335,6 +367,7 @@ impl Default for Config {
             dashboard: true,
             idle_timeout: Duration::ZERO,
             auth: AuthConfig::default(),
+            history: HistoryConfig::default(),
             host: HostConfig::default(),
             engine: EngineConfig::default(),
         }
@@ -414,6 +447,7 @@ impl Config {
             ("engine.poll_interval", self.engine.poll_interval),
             ("engine.timeout", self.engine.timeout),
             ("auth.timeout", self.auth.timeout),
+            ("history.max_age", self.history.max_age),
         ] {
             if d.is_zero() {
                 return Err(invalid(field, "must be greater than zero"));

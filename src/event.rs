@@ -1,7 +1,7 @@
 //! Events and the one function that writes sigmahub's message envelope.
 //!
 //! Every server message is `{"type": T, "timestamp": "<RFC 3339 UTC>", "data": {…}}`, with an
-//! optional top-level `correlation_id` on replies. One function writes that envelope straight
+//! optional top-level `correlation_id` on replies and `offset` on events kept in history. One function writes that envelope straight
 //! into a [`FrameBuf`], so an event becomes a ready-to-send frame in one pass.
 
 use std::time::SystemTime;
@@ -72,8 +72,15 @@ impl Event {
 
     /// The complete WebSocket frame for this event, stamped with `now`.
     pub fn to_frame(&self, now: SystemTime) -> Bytes {
-        encode(&self.channel, now, None, self.data.get().len(), |buf| {
-            buf.extend_from_slice(self.data.get().as_bytes())
+        self.to_frame_at(now, None)
+    }
+
+    /// The frame for this event at `offset` in its channel's history (a top-level
+    /// `"offset"` field after `data`), stamped with `now`.
+    pub fn to_frame_at(&self, now: SystemTime, offset: Option<u64>) -> Bytes {
+        let data = self.data.get();
+        envelope(&self.channel, now, None, offset, data.len(), |buf| {
+            buf.extend_from_slice(data.as_bytes())
         })
     }
 }
@@ -86,6 +93,18 @@ pub(crate) fn encode(
     kind: &str,
     now: SystemTime,
     correlation_id: Option<&RawValue>,
+    data_hint: usize,
+    write_data: impl FnOnce(&mut FrameBuf),
+) -> Bytes {
+    envelope(kind, now, correlation_id, None, data_hint, write_data)
+}
+
+/// [`encode`], with an optional top-level `"offset"` after `data`.
+fn envelope(
+    kind: &str,
+    now: SystemTime,
+    correlation_id: Option<&RawValue>,
+    offset: Option<u64>,
     data_hint: usize,
     write_data: impl FnOnce(&mut FrameBuf),
 ) -> Bytes {
@@ -102,6 +121,10 @@ pub(crate) fn encode(
     }
     buf.extend_from_slice(b",\"data\":");
     write_data(&mut buf);
+    if let Some(offset) = offset {
+        buf.extend_from_slice(b",\"offset\":");
+        buf.extend_from_slice(itoa::Buffer::new().format(offset).as_bytes());
+    }
     buf.extend_from_slice(b"}");
     buf.finish(OpCode::Text)
 }

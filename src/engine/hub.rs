@@ -19,6 +19,7 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 
+use super::history::History;
 use super::latency::Stamp;
 use super::outbox::{Closing, Outbox, Push};
 use super::slots::{Slots, SlotsExhausted};
@@ -43,6 +44,8 @@ struct Shared {
     max_subscribers: usize,
     /// Stamp each publish for the publish-to-write latency (`config.metrics`).
     timing: bool,
+    /// Each channel's recent events, when `history.size > 0`.
+    history: Option<History>,
     next_client_id: AtomicU64,
     clients: AtomicUsize,
     peak_clients: AtomicUsize,
@@ -116,6 +119,7 @@ impl Hub {
                 max_subscriptions: config.max_subscriptions_per_connection,
                 max_subscribers: config.max_subscribers_per_channel,
                 timing: config.metrics,
+                history: (config.history.size > 0).then(|| History::new(&config.history)),
                 next_client_id: AtomicU64::new(1),
                 clients: AtomicUsize::new(0),
                 peak_clients: AtomicUsize::new(0),
@@ -148,7 +152,16 @@ impl Hub {
     /// Publishes `event` stamped with `now`. The event is encoded only if it has
     /// subscribers.
     pub fn publish_at(&self, event: &Event, now: SystemTime) -> Delivery {
-        self.fan_out(event.channel(), || event.to_frame(now), push_and_wake)
+        let channel = event.channel();
+        match &self.shared.history {
+            None => self.fan_out(channel, || event.to_frame(now), push_and_wake),
+            Some(history) => history.append(
+                channel,
+                now,
+                |offset| event.to_frame_at(now, Some(offset)),
+                |frame| self.fan_out(channel, || frame.clone(), push_and_wake),
+            ),
+        }
     }
 
     /// Publishes `events` in order, all stamped with `now`.
@@ -166,15 +179,24 @@ impl Hub {
         OWED.with(|owed| {
             let mut owed = owed.borrow_mut();
             let mut delivery = Delivery::default();
+            let mut push = |outbox: &Arc<Outbox>, frame, since| {
+                let (push, wake) = outbox.push_event(frame, since);
+                if wake {
+                    owed.push(Arc::clone(outbox));
+                }
+                push
+            };
             for event in events {
-                let frame = || event.to_frame(now);
-                delivery += self.fan_out(event.channel(), frame, |outbox, frame, since| {
-                    let (push, wake) = outbox.push_event(frame, since);
-                    if wake {
-                        owed.push(Arc::clone(outbox));
-                    }
-                    push
-                });
+                let channel = event.channel();
+                delivery += match &self.shared.history {
+                    None => self.fan_out(channel, || event.to_frame(now), &mut push),
+                    Some(history) => history.append(
+                        channel,
+                        now,
+                        |offset| event.to_frame_at(now, Some(offset)),
+                        |frame| self.fan_out(channel, || frame.clone(), &mut push),
+                    ),
+                };
             }
             for outbox in owed.drain(..) {
                 outbox.wake();
@@ -183,7 +205,21 @@ impl Hub {
         })
     }
 
-    /// Fans an already encoded frame out to the subscribers of `channel`.
+    /// Each channel's recent events, if the hub keeps them (`history.size > 0`).
+    pub fn history(&self) -> Option<&History> {
+        self.shared.history.as_ref()
+    }
+
+    /// Drops history entries older than `history.max_age` (call about once a second).
+    pub fn sweep_history(&self, now: SystemTime) {
+        if let Some(history) = &self.shared.history {
+            history.sweep(now);
+        }
+    }
+
+    /// Fans an already encoded frame out to the subscribers of `channel`. The frame is not
+    /// kept in history and carries no offset: pollers use this for status snapshots, which
+    /// a new subscriber receives whole instead.
     #[inline]
     pub fn publish_frame(&self, channel: &str, frame: &Bytes) -> Delivery {
         self.fan_out(channel, || frame.clone(), push_and_wake)

@@ -6,10 +6,12 @@
 //! - [`slots`]: slot ids to outboxes, with epoch-protected reuse.
 //! - [`outbox`]: a client's bounded queue of ready frames.
 //! - [`counter`]: a thread-sharded counter for hot paths.
+//! - [`history`]: each channel's recent events and offsets, for recovery.
 //! - [`latency`]: publish timestamps and a thread-sharded latency histogram.
 
 pub mod bitset;
 pub mod counter;
+pub mod history;
 pub mod hub;
 pub mod latency;
 pub mod outbox;

@@ -211,6 +211,11 @@ impl Outbox {
         self.len.load(Ordering::Acquire)
     }
 
+    /// How many more frames fit before the queue is full.
+    pub fn room(&self) -> usize {
+        self.capacity.saturating_sub(self.len())
+    }
+
     /// Whether no frame is queued.
     pub fn is_empty(&self) -> bool {
         self.len() == 0

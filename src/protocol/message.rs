@@ -87,7 +87,23 @@ pub struct ChannelList {
     pub channels: Vec<String>,
     /// Echoed in the reply.
     pub correlation_id: Option<CorrelationId>,
+    /// Where a reconnecting client left off (`data.since`, `data.epoch`; subscribe only).
+    pub resume: Option<Resume>,
 }
+
+/// A reconnecting client's last positions: `"since": {"orders": 41}` and the `"epoch"` the
+/// offsets belong to.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Resume {
+    /// The epoch of the offsets, as the server announced it (welcome, `subscribe_response`).
+    /// Without it the offsets are taken to be of the current epoch.
+    pub epoch: Option<String>,
+    /// Channel name (as sent) and the offset of the last event the client saw on it.
+    pub since: Vec<(String, u64)>,
+}
+
+/// Most channels one `since` may name.
+pub const MAX_RESUME_CHANNELS: usize = 256;
 
 /// Why a client message was refused; sent back as an `error` message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -133,9 +149,14 @@ pub fn parse(payload: &mut [u8]) -> Result<ClientMessage, MessageError> {
     match kind {
         "subscribe" | "unsubscribe" => {
             let channels = channel_list(kind, data).map_err(with_id)?;
+            let resume = match kind {
+                "subscribe" => resume(data).map_err(with_id)?,
+                _ => None,
+            };
             let list = ChannelList {
                 channels,
                 correlation_id,
+                resume,
             };
             Ok(if kind == "subscribe" {
                 ClientMessage::Subscribe(list)
@@ -208,6 +229,57 @@ fn channel_list(kind: &str, data: Option<&BorrowedValue<'_>>) -> Result<Vec<Stri
             })
         })
         .collect()
+}
+
+/// `data.since` and `data.epoch`, if given.
+fn resume(data: Option<&BorrowedValue<'_>>) -> Result<Option<Resume>, MessageError> {
+    let Some(since) = data.and_then(|d| d.get("since")) else {
+        return Ok(None);
+    };
+    let since = since.as_object().ok_or_else(|| {
+        error(
+            "invalid_message",
+            "`data.since` must be an object of channel names to offsets",
+        )
+    })?;
+    if since.len() > MAX_RESUME_CHANNELS {
+        return Err(error(
+            "invalid_message",
+            format!("`data.since` may name at most {MAX_RESUME_CHANNELS} channels"),
+        ));
+    }
+    let since = since
+        .iter()
+        .map(|(channel, offset)| {
+            offset
+                .as_u64()
+                .map(|o| (channel.to_string(), o))
+                .ok_or_else(|| {
+                    error(
+                        "invalid_message",
+                        format!(
+                            "`data.since.{}` must be a non-negative integer offset",
+                            truncate(channel, 64)
+                        ),
+                    )
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let epoch = match data.and_then(|d| d.get("epoch")) {
+        None => None,
+        Some(e) => Some(
+            e.as_str()
+                .filter(|e| e.len() <= 64)
+                .ok_or_else(|| {
+                    error(
+                        "invalid_message",
+                        "`data.epoch` must be a string of at most 64 bytes",
+                    )
+                })?
+                .to_owned(),
+        ),
+    };
+    Ok(Some(Resume { epoch, since }))
 }
 
 fn correlation_id(value: Option<&BorrowedValue<'_>>) -> Option<CorrelationId> {

@@ -44,6 +44,7 @@ use super::counters::Limit;
 use super::reader::Prefixed;
 use super::{dashboard, metrics, session, Shared};
 use crate::engine::latency::HistogramSnapshot;
+use crate::protocol::message::{Resume, MAX_RESUME_CHANNELS};
 use crate::protocol::publish;
 
 /// The response body type of every sigmahub route.
@@ -160,7 +161,14 @@ fn upgrade<B>(
             "this origin may not open WebSockets here",
         );
     }
-    let token = upgrade_token(&req);
+    let resume = match upgrade_resume(&req) {
+        Ok(resume) => resume,
+        Err(message) => return error(StatusCode::BAD_REQUEST, "invalid_since", &message),
+    };
+    let handshake = session::Handshake {
+        token: upgrade_token(&req),
+        resume,
+    };
     let address = shared.admission.client_address(peer, req.headers());
     if let Some(barred) = barred(&shared, address) {
         return barred;
@@ -208,12 +216,12 @@ fn upgrade<B>(
             Ok(parts) => {
                 let (read, write) = parts.io.into_inner().into_split();
                 let read = Prefixed::new(parts.read_buf, read);
-                session::run(shared, read, write, address, token).await
+                session::run(shared, read, write, address, handshake).await
             }
             Err(upgraded) => {
                 let (read, write) = tokio::io::split(TokioIo::new(upgraded));
                 let read = Prefixed::new(Bytes::new(), read);
-                session::run(shared, read, write, address, token).await
+                session::run(shared, read, write, address, handshake).await
             }
         }
     });
@@ -227,6 +235,45 @@ fn upgrade_token<B>(req: &Request<B>) -> Option<Box<str>> {
             .find(|(key, _)| key == "token")
             .map(|(_, value)| value.into())
     })
+}
+
+/// Where a reconnecting client left off on the channels it gets on connect:
+/// `?since=orders:41,notification:7&epoch=…` (a channel name may itself contain `:`; the
+/// offset follows the last one).
+fn upgrade_resume<B>(req: &Request<B>) -> Result<Option<Box<Resume>>, String> {
+    let Some(query) = req.uri().query() else {
+        return Ok(None);
+    };
+    let mut resume = Resume::default();
+    let mut given = false;
+    for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+        match &*key {
+            "since" => {
+                given = true;
+                for item in value.split(',').filter(|i| !i.is_empty()) {
+                    let offset = item
+                        .rsplit_once(':')
+                        .and_then(|(channel, offset)| Some((channel, offset.parse().ok()?)));
+                    let Some((channel, offset)) = offset else {
+                        return Err(format!(
+                            "`since` takes channel:offset pairs separated by commas, not {:?}",
+                            item.chars().take(64).collect::<String>()
+                        ));
+                    };
+                    resume.since.push((channel.to_owned(), offset));
+                }
+            }
+            "epoch" if value.len() <= 64 => resume.epoch = Some(value.into_owned()),
+            "epoch" => return Err("`epoch` is at most 64 bytes".to_owned()),
+            _ => {}
+        }
+    }
+    if resume.since.len() > MAX_RESUME_CHANNELS {
+        return Err(format!(
+            "`since` may name at most {MAX_RESUME_CHANNELS} channels"
+        ));
+    }
+    Ok(given.then(|| Box::new(resume)))
 }
 
 fn bearer(headers: &hyper::HeaderMap) -> Option<&str> {

@@ -261,7 +261,8 @@ async fn run_timers(shared: Arc<Shared>) {
     tokio::join!(heartbeat(&shared), keepalive(&shared), sample(&shared));
 }
 
-/// Adds a second of traffic to the analytics history every second.
+/// Every second: adds a second of traffic to the analytics history, and drops expired
+/// channel history.
 async fn sample(shared: &Shared) {
     let mut ticks = tokio::time::interval(Duration::from_secs(1));
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -275,7 +276,9 @@ async fn sample(shared: &Shared) {
             frames_sent: shared.counters.frames_sent.get(),
             messages_received: shared.counters.messages_received.get(),
         };
-        shared.analytics.sample(totals, SystemTime::now());
+        let now = SystemTime::now();
+        shared.analytics.sample(totals, now);
+        shared.hub.sweep_history(now);
     }
 }
 

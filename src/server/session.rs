@@ -12,6 +12,7 @@
 //! ends: the other gets [`CLOSE_LINGER`] to finish the close handshake (the writer sends its
 //! close frame, the reader waits for the client's) before the socket is dropped.
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -28,13 +29,16 @@ use super::reader::{Incoming, MessageReader, ReadEnd};
 use super::writer::{self, CLOSE_LINGER};
 use super::Shared;
 use crate::auth::permissions::{Identity, Method};
+use crate::engine::history::{Incomplete, Locked, Recovery};
 use crate::engine::hub::{Client, Rejection, SubscriptionChange};
 use crate::engine::outbox::Closing;
 use crate::event::{self, unix_seconds};
 use crate::frame;
 use crate::protocol::channel::{self, Channel};
 use crate::protocol::close::CloseCode;
-use crate::protocol::message::{self, ChannelList, ClientMessage, CorrelationId, MessageError};
+use crate::protocol::message::{
+    self, ChannelList, ClientMessage, CorrelationId, MessageError, Resume,
+};
 use crate::protocol::publish;
 use crate::protocol::rate::{TokenBucket, Verdict};
 use crate::upstream::snapshot::SnapshotCache;
@@ -42,15 +46,23 @@ use crate::upstream::snapshot::SnapshotCache;
 /// The welcome text SigmaVault clients expect.
 pub const WELCOME_MESSAGE: &str = "Welcome to SigmaVault WebSocket";
 
+/// What a client gave with its upgrade request.
+#[derive(Debug, Default)]
+pub(crate) struct Handshake {
+    /// Its credential (`?token=` or `Authorization: Bearer`), if any.
+    pub(crate) token: Option<Box<str>>,
+    /// Where it left off on the channels it gets on connect (`?since=…&epoch=…`).
+    pub(crate) resume: Option<Box<Resume>>,
+}
+
 /// Serves one upgraded connection from `address` (the client's, behind trusted proxies)
-/// until it closes. `token` is the credential given with the upgrade (`?token=` or
-/// `Authorization: Bearer`), if any.
+/// until it closes.
 pub(crate) async fn run<R, W>(
     shared: Arc<Shared>,
     read: R,
     mut write: W,
     address: IpAddr,
-    token: Option<Box<str>>,
+    handshake: Handshake,
 ) where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -72,7 +84,7 @@ pub(crate) async fn run<R, W>(
     // disconnect lines carry the id and peer themselves.
     let span =
         tracing::debug_span!(target: "sigmahub::conn", "conn", id = client.id(), peer = %address);
-    serve(&shared, client, read, write, address, token)
+    serve(&shared, client, read, write, address, handshake)
         .instrument(span)
         .await;
 }
@@ -84,7 +96,7 @@ async fn serve<R, W>(
     read: R,
     mut write: W,
     address: IpAddr,
-    token: Option<Box<str>>,
+    handshake: Handshake,
 ) where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -103,8 +115,9 @@ async fn serve<R, W>(
             tokio::time::Instant::now().into_std(),
         ),
         deadlines: Deadlines::new(config.idle_timeout),
+        resume: handshake.resume,
     };
-    if let Some(code) = session.start(token) {
+    if let Some(code) = session.start(handshake.token) {
         // A refused token: the writer sends the `auth_response`, then closes.
         outbox.close(Closing::AfterFlush(code));
     }
@@ -219,6 +232,8 @@ struct Session<'a> {
     identity: Option<Arc<Identity>>,
     limit: TokenBucket,
     deadlines: Deadlines,
+    /// The upgrade's `since`, until the welcome uses it.
+    resume: Option<Box<Resume>>,
 }
 
 impl Session<'_> {
@@ -331,6 +346,10 @@ impl Session<'_> {
             client_id: String,
             subscriptions: &'a [Channel],
             server_time: u64,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            epoch: Option<&'a str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            recovery: Option<&'a BTreeMap<String, Recovery>>,
         }
         let identity = self
             .identity
@@ -355,6 +374,8 @@ impl Session<'_> {
             reconnection,
             "client connected"
         );
+        let resume = self.resume.take();
+        let resumption = self.plan_resume(resume.as_deref(), &change);
         let now = SystemTime::now();
         self.client.send(event::encode_serialize(
             "notification",
@@ -366,9 +387,91 @@ impl Session<'_> {
                 client_id: self.client.id().to_string(),
                 subscriptions: &change.changed,
                 server_time: unix_seconds(now),
+                epoch: self.epoch(),
+                recovery: resume.is_some().then_some(&resumption.outcomes),
             },
         ));
-        self.complete_subscribe(&change);
+        self.complete_subscribe(&change, resumption);
+    }
+
+    /// The epoch of this server's offsets, if it keeps history.
+    fn epoch(&self) -> Option<&str> {
+        self.shared.hub.history().map(|h| &**h.epoch())
+    }
+
+    /// Decides, with their logs locked, what each channel of `resume` that `change`
+    /// subscribes gets replayed. The locks are held until [`Self::complete_subscribe`]
+    /// has subscribed the client, so no event published meanwhile is missed or doubled.
+    fn plan_resume(&self, resume: Option<&Resume>, change: &SubscriptionChange) -> Resumption {
+        let mut plan = Resumption::default();
+        let Some(resume) = resume else {
+            return plan;
+        };
+        let failed = |reason| Recovery::failed(reason);
+        let Some(history) = self.shared.hub.history() else {
+            plan.outcomes = resume
+                .since
+                .iter()
+                .map(|(name, _)| (name.clone(), failed(Incomplete::NoHistory)))
+                .collect();
+            return plan;
+        };
+        if resume
+            .epoch
+            .as_deref()
+            .is_some_and(|e| e != &**history.epoch())
+        {
+            plan.outcomes = resume
+                .since
+                .iter()
+                .map(|(name, _)| (name.clone(), failed(Incomplete::EpochChanged)))
+                .collect();
+            return plan;
+        }
+        let mut resumed = Vec::new();
+        for (name, since) in &resume.since {
+            match change.changed.iter().find(|c| c.as_str() == name) {
+                Some(channel) => resumed.push((channel, *since)),
+                None if self
+                    .client
+                    .subscriptions()
+                    .iter()
+                    .any(|c| c.as_str() == name) =>
+                {
+                    plan.outcomes
+                        .insert(name.clone(), failed(Incomplete::AlreadySubscribed));
+                }
+                // Refused or not asked for: the reply's `rejected` says why.
+                None => {}
+            }
+        }
+        if resumed.is_empty() {
+            return plan;
+        }
+        let locked = history.lock(resumed.iter().map(|(c, _)| *c));
+        // Room in the queue for the replay, after the reply and the snapshots.
+        let snapshots: usize = change
+            .changed
+            .iter()
+            .filter_map(|c| self.shared.snapshots.get(c))
+            .map(|s| s.frames.len())
+            .sum();
+        let mut room = self.client.outbox().room().saturating_sub(1 + snapshots);
+        for (channel, since) in resumed {
+            let (recovery, frames) = locked
+                .missed(channel, since)
+                .expect("every resumed channel is locked");
+            let recovery = if frames.len() > room {
+                failed(Incomplete::TooMuchToReplay)
+            } else {
+                room -= frames.len();
+                plan.replay.extend(frames);
+                recovery
+            };
+            plan.outcomes.insert(channel.to_string(), recovery);
+        }
+        plan.locked = Some(locked);
+        plan
     }
 
     /// Reads and answers client messages until the connection should end.
@@ -441,6 +544,7 @@ impl Session<'_> {
                     self.client.subscriptions(),
                     &list,
                     &change,
+                    Resumed::default(),
                     now,
                 ));
             }
@@ -516,23 +620,33 @@ impl Session<'_> {
             .chain(&change.changed)
             .cloned()
             .collect();
+        let resumption = self.plan_resume(list.resume.as_ref(), &change);
         self.client.send(subscription_reply(
             "subscribe_response",
             "subscribed",
             &after,
             list,
             &change,
+            Resumed {
+                epoch: self.epoch(),
+                recovery: list.resume.is_some().then_some(&resumption.outcomes),
+            },
             now,
         ));
-        self.complete_subscribe(&change);
+        self.complete_subscribe(&change, resumption);
     }
 
     /// The end of every subscribe, after its reply (or the welcome) is queued: the
-    /// snapshots, then the subscription itself, so nothing newer can arrive ahead of them.
-    fn complete_subscribe(&mut self, change: &SubscriptionChange) {
+    /// snapshots, the replay of what a resuming client missed, then the subscription
+    /// itself, so nothing newer can arrive ahead of them. Releases the resumed logs.
+    fn complete_subscribe(&mut self, change: &SubscriptionChange, resumption: Resumption) {
         self.count_rejections(&change.rejected);
         send_snapshots(&self.client, change, &self.shared.snapshots);
+        for frame in resumption.replay {
+            self.client.send(frame);
+        }
         let late = self.client.apply_subscribe(change);
+        drop(resumption.locked);
         self.report_late(late);
     }
 
@@ -638,21 +752,45 @@ fn rate_limited(retry_after: std::time::Duration) -> Bytes {
     )
 }
 
+/// A subscribe's resumed channels: what was decided and the locks held until it applies.
+#[derive(Default)]
+struct Resumption {
+    /// Per channel named in `since`, how its recovery went.
+    outcomes: BTreeMap<String, Recovery>,
+    /// What the client missed, oldest first, channel by channel.
+    replay: Vec<Bytes>,
+    /// The resumed channels' logs, locked.
+    locked: Option<Locked>,
+}
+
+/// The recovery part of a `subscribe_response`.
+#[derive(Default, Serialize)]
+struct Resumed<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    epoch: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    recovery: Option<&'a BTreeMap<String, Recovery>>,
+}
+
+#[allow(clippy::too_many_arguments)]
 fn subscription_reply(
     kind: &str,
     changed_key: &'static str,
     subscriptions: &[Channel],
     request: &ChannelList,
     change: &SubscriptionChange,
+    resumed: Resumed<'_>,
     now: SystemTime,
 ) -> Bytes {
     #[derive(Serialize)]
     struct Reply<'a> {
         success: bool,
         #[serde(flatten)]
-        changed: std::collections::BTreeMap<&'static str, &'a [Channel]>,
+        changed: BTreeMap<&'static str, &'a [Channel]>,
         subscriptions: &'a [Channel],
         rejected: &'a [Rejection],
+        #[serde(flatten)]
+        resumed: Resumed<'a>,
     }
     let id = request.correlation_id.as_ref().map(CorrelationId::as_raw);
     event::encode_serialize(
@@ -664,6 +802,7 @@ fn subscription_reply(
             changed: [(changed_key, change.changed.as_slice())].into(),
             subscriptions,
             rejected: &change.rejected,
+            resumed,
         },
     )
 }
@@ -707,6 +846,7 @@ mod tests {
             identity: None,
             limit: TokenBucket::new(100, 10, std::time::Instant::now()),
             deadlines: Deadlines::default(),
+            resume: None,
         }
     }
 

@@ -1,0 +1,470 @@
+//! Each channel's recent events, with offsets, so that a client that reconnects can ask for
+//! what it missed.
+//!
+//! # Offsets
+//! Every event published through the hub gets an *offset*: a number from one hub-wide
+//! sequence, so offsets increase along each channel but are not contiguous within it (the
+//! same model as a JetStream stream's sequence, which a cluster uses instead). Each entry
+//! also records the offset of the channel's previous event (`prev`), which is how the log
+//! knows whether it still reaches back to a client's last offset.
+//!
+//! The *epoch* names the sequence: it is drawn at random when the hub starts, so offsets
+//! from before a restart are never mistaken for today's.
+//!
+//! # Ordering and locking
+//! Publishing on a channel takes that channel's log lock, appends the encoded frame, and
+//! fans it out *under the lock*. A recovering subscriber takes the same locks, queues what it
+//! missed, subscribes, and only then lets publishers go on: nothing published meanwhile can
+//! be missed or delivered twice. Publishers of different channels never share a lock, and
+//! the fan-out itself stays lock-free.
+//!
+//! # Bounds
+//! A log keeps at most `size` frames, none older than `max_age`; frames are the refcounted
+//! frames that were delivered, so history costs one pointer per entry plus the frames it
+//! keeps alive. Idle logs are dropped beyond `max_channels`.
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use parking_lot::{ArcMutexGuard, Mutex, RawMutex};
+
+use crate::config::HistoryConfig;
+use crate::protocol::channel::Channel;
+
+const SHARDS: usize = 16;
+
+/// One shard of the channel-to-log map.
+type Shard = RwLock<HashMap<Channel, Arc<Mutex<Log>>>>;
+
+/// "The previous offset is not known": the log was dropped or started after a restart.
+pub const UNKNOWN: u64 = u64::MAX;
+
+/// One retained event.
+#[derive(Debug, Clone)]
+struct Entry {
+    offset: u64,
+    prev: u64,
+    at: SystemTime,
+    frame: Bytes,
+}
+
+/// One channel's log.
+#[derive(Debug)]
+pub struct Log {
+    /// The offset of the channel's latest event (0: none since the log was created).
+    last: u64,
+    /// `prev` of the log's first event: 0 if the channel had no event before the log was
+    /// created, [`UNKNOWN`] if it may have (logs were dropped since the hub started).
+    start_prev: u64,
+    entries: VecDeque<Entry>,
+}
+
+/// Per-channel logs and the hub-wide offset sequence.
+#[derive(Debug)]
+pub struct History {
+    size: usize,
+    max_age: Duration,
+    max_channels: usize,
+    epoch: Arc<str>,
+    next: AtomicU64,
+    /// Whether any log has been dropped: a channel's new log then cannot vouch for the past.
+    dropped: AtomicBool,
+    shards: Box<[Shard]>,
+    hasher: std::collections::hash_map::RandomState,
+}
+
+/// Why a recovery was not complete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Incomplete {
+    /// The client's offsets are from another epoch (a restart, or another cluster).
+    EpochChanged,
+    /// The log no longer reaches back to the client's offset: events were missed. What is
+    /// still kept was replayed.
+    HistoryTruncated,
+    /// The offset is newer than anything published on the channel.
+    UnknownOffset,
+    /// What was missed does not fit in the client's queue; nothing was replayed.
+    TooMuchToReplay,
+    /// The client was already subscribed: the gap, if any, cannot be placed in its stream.
+    AlreadySubscribed,
+    /// The server keeps no history (`history.size = 0`).
+    NoHistory,
+}
+
+/// The outcome of resuming one channel.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Recovery {
+    /// Whether everything after the client's offset was replayed.
+    pub recovered: bool,
+    /// Events replayed.
+    pub replayed: usize,
+    /// Why not complete, when not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<Incomplete>,
+}
+
+impl Recovery {
+    /// Everything missed, `replayed` events, was replayed.
+    pub fn complete(replayed: usize) -> Self {
+        Self {
+            recovered: true,
+            replayed,
+            reason: None,
+        }
+    }
+
+    /// Not recovered for `reason`, nothing replayed.
+    pub fn failed(reason: Incomplete) -> Self {
+        Self {
+            recovered: false,
+            replayed: 0,
+            reason: Some(reason),
+        }
+    }
+}
+
+impl History {
+    /// Logs as `config` says, numbered in a fresh random epoch.
+    pub fn new(config: &HistoryConfig) -> Self {
+        let hasher = std::collections::hash_map::RandomState::new();
+        Self {
+            size: config.size,
+            max_age: config.max_age,
+            max_channels: config.max_channels,
+            epoch: random_epoch(&hasher).into(),
+            next: AtomicU64::new(1),
+            dropped: AtomicBool::new(false),
+            shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
+            hasher,
+        }
+    }
+
+    /// The name of this offset sequence.
+    pub fn epoch(&self) -> &Arc<str> {
+        &self.epoch
+    }
+
+    fn shard(&self, channel: &str) -> &Shard {
+        &self.shards[self.hasher.hash_one(channel) as usize % SHARDS]
+    }
+
+    fn log(&self, channel: &Channel) -> Arc<Mutex<Log>> {
+        let shard = self.shard(channel);
+        if let Some(log) = shard.read().expect("history lock").get(channel.as_str()) {
+            return log.clone();
+        }
+        let start_prev = if self.dropped.load(Ordering::Acquire) {
+            UNKNOWN
+        } else {
+            0
+        };
+        let mut map = shard.write().expect("history lock");
+        map.entry(channel.clone())
+            .or_insert_with(|| {
+                Arc::new(Mutex::new(Log {
+                    last: 0,
+                    start_prev,
+                    entries: VecDeque::new(),
+                }))
+            })
+            .clone()
+    }
+
+    /// Appends an event to `channel`'s log and delivers it, both under the log's lock:
+    /// `encode` builds the frame for the event's offset, `deliver` fans it out.
+    pub fn append<R>(
+        &self,
+        channel: &Channel,
+        now: SystemTime,
+        encode: impl FnOnce(u64) -> Bytes,
+        deliver: impl FnOnce(&Bytes) -> R,
+    ) -> R {
+        let log = self.log(channel);
+        let mut log = log.lock();
+        // Taken under the channel's lock, so offsets rise along the channel in delivery order.
+        let offset = self.next.fetch_add(1, Ordering::Relaxed);
+        let frame = encode(offset);
+        let prev = if log.last == 0 {
+            log.start_prev
+        } else {
+            log.last
+        };
+        log.entries.push_back(Entry {
+            offset,
+            prev,
+            at: now,
+            frame: frame.clone(),
+        });
+        log.last = offset;
+        self.trim(&mut log, now);
+        deliver(&frame)
+    }
+
+    fn trim(&self, log: &mut Log, now: SystemTime) {
+        while log.entries.len() > self.size {
+            log.entries.pop_front();
+        }
+        while log
+            .entries
+            .front()
+            .is_some_and(|e| now.duration_since(e.at).unwrap_or_default() > self.max_age)
+        {
+            log.entries.pop_front();
+        }
+    }
+
+    /// Drops entries past `max_age` everywhere, and, beyond `max_channels` logs, the logs
+    /// that hold no entry. Called about once a second.
+    pub fn sweep(&self, now: SystemTime) {
+        let mut total = 0;
+        for shard in self.shards.iter() {
+            let map = shard.read().expect("history lock");
+            total += map.len();
+            for log in map.values() {
+                self.trim(&mut log.lock(), now);
+            }
+        }
+        if total <= self.max_channels {
+            return;
+        }
+        self.dropped.store(true, Ordering::Release);
+        for shard in self.shards.iter() {
+            shard
+                .write()
+                .expect("history lock")
+                .retain(|_, log| !log.lock().entries.is_empty());
+        }
+    }
+
+    /// Locks the logs of `channels` (sorted, so two lockers never deadlock) for a
+    /// recovering subscribe; publishers on them wait until the guard is dropped.
+    pub fn lock<'a>(&self, channels: impl IntoIterator<Item = &'a Channel>) -> Locked {
+        let mut channels: Vec<&Channel> = channels.into_iter().collect();
+        channels.sort_unstable();
+        channels.dedup();
+        let logs: Vec<(Channel, Arc<Mutex<Log>>)> = channels
+            .into_iter()
+            .map(|c| (c.clone(), self.log(c)))
+            .collect();
+        Locked::new(logs)
+    }
+
+    /// Number of channels with a log.
+    pub fn channels(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.read().expect("history lock").len())
+            .sum()
+    }
+}
+
+/// Logs locked for a recovering subscribe; see [`History::lock`].
+pub struct Locked {
+    guards: Vec<(Channel, ArcMutexGuard<RawMutex, Log>)>,
+}
+
+impl Locked {
+    fn new(logs: Vec<(Channel, Arc<Mutex<Log>>)>) -> Self {
+        Self {
+            guards: logs
+                .into_iter()
+                .map(|(channel, log)| (channel, log.lock_arc()))
+                .collect(),
+        }
+    }
+
+    /// What a client that last saw `since` on `channel` missed, oldest first, and whether
+    /// that is everything it missed. `None` if `channel` is not locked here.
+    pub fn missed(&self, channel: &str, since: u64) -> Option<(Recovery, Vec<Bytes>)> {
+        let (_, log) = self.guards.iter().find(|(c, _)| c.as_str() == channel)?;
+        Some(log.missed(since))
+    }
+}
+
+impl Log {
+    fn missed(&self, since: u64) -> (Recovery, Vec<Bytes>) {
+        if since == self.last {
+            return (Recovery::complete(0), Vec::new());
+        }
+        if since > self.last {
+            let reason = if self.last == 0 && self.start_prev == UNKNOWN {
+                Incomplete::HistoryTruncated
+            } else {
+                Incomplete::UnknownOffset
+            };
+            return (Recovery::failed(reason), Vec::new());
+        }
+        let first_new = self.entries.partition_point(|e| e.offset <= since);
+        let frames: Vec<Bytes> = self
+            .entries
+            .range(first_new..)
+            .map(|e| e.frame.clone())
+            .collect();
+        // Complete if the entry before the first replayed one is the client's, or the first
+        // replayed one follows directly on what the client saw.
+        let complete = match self.entries.get(first_new) {
+            Some(_) if first_new > 0 => true,
+            Some(e) => e.prev != UNKNOWN && e.prev <= since,
+            None => false,
+        };
+        let recovery = if complete {
+            Recovery::complete(frames.len())
+        } else {
+            Recovery {
+                recovered: false,
+                replayed: frames.len(),
+                reason: Some(Incomplete::HistoryTruncated),
+            }
+        };
+        (recovery, frames)
+    }
+}
+
+fn random_epoch(hasher: &std::collections::hash_map::RandomState) -> String {
+    let mut h = hasher.build_hasher();
+    std::time::SystemTime::now().hash(&mut h);
+    std::process::id().hash(&mut h);
+    format!("{:016x}", h.finish())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn history(size: usize) -> History {
+        History::new(&HistoryConfig {
+            size,
+            max_age: Duration::from_secs(60),
+            max_channels: 100,
+        })
+    }
+
+    fn ch(name: &str) -> Channel {
+        Channel::new(name).unwrap()
+    }
+
+    /// Publishes `n` events on `channel`; returns their offsets.
+    fn publish(h: &History, channel: &str, n: usize, now: SystemTime) -> Vec<u64> {
+        (0..n)
+            .map(|_| {
+                h.append(
+                    &ch(channel),
+                    now,
+                    |offset| Bytes::from(offset.to_string()),
+                    |frame| std::str::from_utf8(frame).unwrap().parse().unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    fn missed(h: &History, channel: &str, since: u64) -> (Recovery, Vec<u64>) {
+        let c = ch(channel);
+        let locked = h.lock([&c]);
+        let (recovery, frames) = locked.missed(channel, since).unwrap();
+        let offsets = frames
+            .iter()
+            .map(|f| std::str::from_utf8(f).unwrap().parse().unwrap())
+            .collect();
+        (recovery, offsets)
+    }
+
+    #[test]
+    fn offsets_rise_per_channel_from_one_sequence() {
+        let h = history(10);
+        let now = SystemTime::now();
+        assert_eq!(publish(&h, "a", 2, now), [1, 2]);
+        assert_eq!(publish(&h, "b", 1, now), [3]);
+        assert_eq!(publish(&h, "a", 1, now), [4]);
+    }
+
+    #[test]
+    fn a_client_gets_exactly_what_it_missed() {
+        let h = history(10);
+        let now = SystemTime::now();
+        publish(&h, "a", 3, now); // 1 2 3
+        publish(&h, "b", 1, now); // 4
+        publish(&h, "a", 2, now); // 5 6
+        assert_eq!(missed(&h, "a", 2), (Recovery::complete(3), vec![3, 5, 6]));
+        assert_eq!(missed(&h, "a", 6), (Recovery::complete(0), vec![]));
+        // Nothing seen yet on a channel whose whole past is kept.
+        assert_eq!(missed(&h, "a", 0).1, vec![1, 2, 3, 5, 6]);
+        assert!(missed(&h, "a", 0).0.recovered);
+        // An offset from another channel between two of this one's events works too.
+        assert_eq!(missed(&h, "a", 4), (Recovery::complete(2), vec![5, 6]));
+    }
+
+    #[test]
+    fn a_log_that_no_longer_reaches_back_says_so_and_replays_what_it_has() {
+        let h = history(3);
+        let now = SystemTime::now();
+        publish(&h, "a", 6, now); // keeps 4 5 6
+        assert_eq!(missed(&h, "a", 3), (Recovery::complete(3), vec![4, 5, 6]));
+        let (recovery, offsets) = missed(&h, "a", 2);
+        assert_eq!(offsets, vec![4, 5, 6]);
+        assert!(!recovery.recovered);
+        assert_eq!(recovery.reason, Some(Incomplete::HistoryTruncated));
+    }
+
+    #[test]
+    fn future_offsets_are_unknown() {
+        let h = history(3);
+        let now = SystemTime::now();
+        publish(&h, "a", 2, now);
+        assert_eq!(missed(&h, "a", 9).0.reason, Some(Incomplete::UnknownOffset));
+        assert_eq!(
+            missed(&h, "new", 9).0.reason,
+            Some(Incomplete::UnknownOffset)
+        );
+    }
+
+    #[test]
+    fn old_entries_expire_and_idle_logs_are_dropped_past_the_limit() {
+        let h = History::new(&HistoryConfig {
+            size: 10,
+            max_age: Duration::from_secs(5),
+            max_channels: 2,
+        });
+        let t0 = SystemTime::now();
+        publish(&h, "a", 2, t0);
+        publish(&h, "b", 1, t0);
+        publish(&h, "c", 1, t0 + Duration::from_secs(4));
+        h.sweep(t0 + Duration::from_secs(6));
+        // a and b expired, c is kept; with 3 logs over a limit of 2, the empty ones go.
+        assert_eq!(h.channels(), 1);
+        assert_eq!(missed(&h, "c", 3), (Recovery::complete(1), vec![4]));
+        // A's log is gone: its next event cannot vouch for what came before.
+        publish(&h, "a", 1, t0 + Duration::from_secs(7)); // 5
+        let (recovery, offsets) = missed(&h, "a", 2);
+        assert_eq!(offsets, vec![5]);
+        assert_eq!(recovery.reason, Some(Incomplete::HistoryTruncated));
+    }
+
+    #[test]
+    fn a_locked_channel_holds_publishers_back() {
+        let h = Arc::new(history(10));
+        let c = ch("a");
+        let locked = h.lock([&c]);
+        let publisher = {
+            let h = h.clone();
+            std::thread::spawn(move || publish(&h, "a", 1, SystemTime::now()))
+        };
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(
+            !publisher.is_finished(),
+            "publish went through a locked log"
+        );
+        assert_eq!(locked.missed("a", 0).unwrap().1.len(), 0);
+        drop(locked);
+        assert_eq!(publisher.join().unwrap(), [1]);
+    }
+
+    #[test]
+    fn epochs_differ_between_hubs() {
+        assert_ne!(history(1).epoch(), history(1).epoch());
+    }
+}
