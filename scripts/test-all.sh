@@ -7,6 +7,14 @@ cd "$(dirname "$0")/.."
 
 step() { printf '\n==> %s\n' "$*"; }
 
+step "nats-server for the cluster tests (each test starts its own on a free port)"
+if ! command -v nats-server >/dev/null 2>&1; then
+    if [ "$(id -u)" -eq 0 ]; then sudo=""; else sudo="sudo"; fi
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq nats-server
+fi
+nats-server --version
+
 step "format"
 cargo fmt --all -- --check
 

@@ -153,6 +153,32 @@ pub(crate) struct Cli {
     #[arg(long, env = "SIGMAHUB_HISTORY_MAX_CHANNELS", value_name = "N")]
     history_max_channels: Option<usize>,
 
+    /// NATS server(s) for the cluster backplane, e.g. nats://127.0.0.1:4222; turns the
+    /// cluster on (JetStream required) [default: none, a single node].
+    #[arg(long, env = "SIGMAHUB_CLUSTER_NATS_URL", value_name = "URL")]
+    cluster_nats_url: Option<String>,
+
+    /// NATS credentials file (.creds) [default: none].
+    #[arg(long, env = "SIGMAHUB_CLUSTER_CREDENTIALS_FILE", value_name = "FILE")]
+    cluster_credentials_file: Option<PathBuf>,
+
+    /// NATS token; prefer the environment variable [default: none].
+    #[arg(
+        long,
+        env = "SIGMAHUB_CLUSTER_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    cluster_token: Option<String>,
+
+    /// First token of every NATS subject and the stream name [default: sigmahub].
+    #[arg(long, env = "SIGMAHUB_CLUSTER_SUBJECT_PREFIX", value_name = "PREFIX")]
+    cluster_subject_prefix: Option<String>,
+
+    /// This node's name in NATS [default: host name and process id].
+    #[arg(long, env = "SIGMAHUB_CLUSTER_NODE_NAME", value_name = "NAME")]
+    cluster_node_name: Option<String>,
+
     /// Publish this machine's `system.status` and `storage.update` [default: true].
     #[arg(long, env = "SIGMAHUB_HOST_ENABLED", value_name = "BOOL")]
     host_enabled: Option<bool>,
@@ -355,6 +381,13 @@ impl Cli {
                 $(if let Some(value) = self.$flag { config.$section.$field = Some(value); })*
             };
         }
+        overlay_some!(cluster:
+            cluster_nats_url => nats_url,
+            cluster_credentials_file => credentials_file,
+            cluster_token => token,
+            cluster_node_name => node_name,
+        );
+        overlay_in!(cluster: cluster_subject_prefix => subject_prefix);
         overlay_some!(auth:
             auth_jwt_secret => jwt_secret,
             auth_jwt_public_key_file => jwt_public_key_file,
@@ -381,6 +414,10 @@ mod tests {
         config.auth.jwt_public_key_file = Some("k.pem".into());
         config.auth.issuer = Some("i".into());
         config.auth.audience = Some("a".into());
+        config.cluster.nats_url = Some("nats://127.0.0.1:4222".into());
+        config.cluster.credentials_file = Some("n.creds".into());
+        config.cluster.token = Some("t".into());
+        config.cluster.node_name = Some("n".into());
         let table = toml::Table::try_from(config).unwrap();
         let mut keys = Vec::new();
         for (key, value) in &table {

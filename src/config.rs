@@ -137,6 +137,10 @@ pub struct Config {
     /// Each channel's recent events, for clients that reconnect (TOML section `[history]`).
     pub history: HistoryConfig,
 
+    /// Past one node: the NATS backplane (TOML section `[cluster]`). Off unless
+    /// `cluster.nats_url` is set.
+    pub cluster: ClusterConfig,
+
     /// The host source: `system.status` and `storage.update` from this machine.
     pub host: HostConfig,
 
@@ -275,6 +279,70 @@ impl Default for HistoryConfig {
     }
 }
 
+/// The NATS backplane (TOML section `[cluster]`).
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ClusterConfig {
+    /// NATS server(s), e.g. `nats://127.0.0.1:4222` (comma-separated for several). Setting
+    /// it turns the cluster on; JetStream must be enabled on the server. Default: none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nats_url: Option<String>,
+    /// A NATS credentials file (`.creds`: user JWT and NKey seed). Default: none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credentials_file: Option<std::path::PathBuf>,
+    /// A NATS authentication token. Default: none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// First token of every subject and of the stream's name, so several sigmahub clusters
+    /// can share one NATS. Default `sigmahub`.
+    pub subject_prefix: String,
+    /// This node's name in NATS (connection name, leader key). Default: host name and
+    /// process id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_name: Option<String>,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            nats_url: None,
+            credentials_file: None,
+            token: None,
+            subject_prefix: "sigmahub".to_owned(),
+            node_name: None,
+        }
+    }
+}
+
+impl ClusterConfig {
+    /// Whether the backplane is on.
+    pub fn enabled(&self) -> bool {
+        self.nats_url.is_some()
+    }
+
+    /// A copy with the token replaced, for printing and logging.
+    pub fn redacted(&self) -> Self {
+        Self {
+            token: self.token.as_ref().map(|_| "<redacted>".to_owned()),
+            ..self.clone()
+        }
+    }
+}
+
+impl std::fmt::Debug for ClusterConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let shown = self.redacted();
+        f.debug_struct("ClusterConfig")
+            .field("nats_url", &shown.nats_url)
+            .field("credentials_file", &shown.credentials_file)
+            .field("token", &shown.token)
+            .field("subject_prefix", &shown.subject_prefix)
+            .field("node_name", &shown.node_name)
+            .finish()
+    }
+}
+
 /// The host source (TOML section `[host]`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -368,6 +436,7 @@ impl Default for Config {
             idle_timeout: Duration::ZERO,
             auth: AuthConfig::default(),
             history: HistoryConfig::default(),
+            cluster: ClusterConfig::default(),
             host: HostConfig::default(),
             engine: EngineConfig::default(),
         }
@@ -452,6 +521,18 @@ impl Config {
             if d.is_zero() {
                 return Err(invalid(field, "must be greater than zero"));
             }
+        }
+        let prefix = &self.cluster.subject_prefix;
+        if prefix.is_empty()
+            || prefix.len() > 64
+            || !prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            return Err(invalid(
+                "cluster.subject_prefix",
+                "must be 1 to 64 of A-Z a-z 0-9 _ - (one NATS token, also the stream's name)",
+            ));
         }
         if self.max_publish_body_size < 128 {
             return Err(invalid(

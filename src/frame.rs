@@ -48,6 +48,17 @@ pub fn write_header(opcode: OpCode, payload_len: usize, out: &mut [u8; MAX_HEADE
     }
 }
 
+/// The payload of a frame built here (final, unmasked): the bytes after its header.
+pub fn payload_of(frame: &Bytes) -> Bytes {
+    let header = match frame.get(1).map(|b| b & 0x7f) {
+        Some(126) => 4,
+        Some(127) => 10,
+        Some(_) => 2,
+        None => return Bytes::new(),
+    };
+    frame.slice(header.min(frame.len())..)
+}
+
 /// A frame under construction: write the payload, then [`finish`](Self::finish) it.
 #[derive(Debug)]
 pub struct FrameBuf {
@@ -152,6 +163,7 @@ mod tests {
                 &reference(fastwebsockets::OpCode::Text, &payload)[..],
                 "len {len}"
             );
+            assert_eq!(&payload_of(&ours)[..], &payload[..], "len {len}");
         }
     }
 

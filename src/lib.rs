@@ -21,6 +21,7 @@
 //! To serve it over HTTP and WebSocket, see [`Server`].
 
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod engine;
 pub mod event;
@@ -33,7 +34,8 @@ pub mod upstream;
 #[doc(hidden)]
 pub mod fuzzing;
 
-pub use config::{AuthConfig, Config, ConfigError, SlowConsumerPolicy};
+pub use cluster::{Cluster, ClusterError};
+pub use config::{AuthConfig, ClusterConfig, Config, ConfigError, SlowConsumerPolicy};
 pub use engine::hub::{Client, Delivery, Hub, HubStats};
 pub use event::{Event, EventError};
 pub use protocol::channel::Channel;

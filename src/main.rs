@@ -45,6 +45,7 @@ fn main() -> ExitCode {
     if print_config {
         let mut shown = config.clone();
         shown.auth = config.auth.redacted();
+        shown.cluster = config.cluster.redacted();
         print!(
             "{}",
             toml::to_string(&shown).expect("the config serializes")

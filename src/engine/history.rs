@@ -29,6 +29,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use parking_lot::{ArcMutexGuard, Mutex, RawMutex};
 
@@ -69,7 +70,7 @@ pub struct History {
     size: usize,
     max_age: Duration,
     max_channels: usize,
-    epoch: Arc<str>,
+    epoch: ArcSwap<String>,
     next: AtomicU64,
     /// Whether any log has been dropped: a channel's new log then cannot vouch for the past.
     dropped: AtomicBool,
@@ -136,7 +137,7 @@ impl History {
             size: config.size,
             max_age: config.max_age,
             max_channels: config.max_channels,
-            epoch: random_epoch(&hasher).into(),
+            epoch: ArcSwap::from_pointee(random_epoch(&hasher)),
             next: AtomicU64::new(1),
             dropped: AtomicBool::new(false),
             shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
@@ -145,8 +146,13 @@ impl History {
     }
 
     /// The name of this offset sequence.
-    pub fn epoch(&self) -> &Arc<str> {
-        &self.epoch
+    pub fn epoch(&self) -> Arc<String> {
+        self.epoch.load_full()
+    }
+
+    /// Names the sequence: a cluster's offsets are its stream's, named by the stream.
+    pub fn set_epoch(&self, epoch: String) {
+        self.epoch.store(Arc::new(epoch));
     }
 
     fn shard(&self, channel: &str) -> &Shard {
@@ -203,6 +209,49 @@ impl History {
         log.last = offset;
         self.trim(&mut log, now);
         deliver(&frame)
+    }
+
+    /// Appends an event whose offset was assigned elsewhere (a cluster's stream), after
+    /// the channel's event at `prev`, and delivers it, both under the log's lock. An offset
+    /// not above the log's last is a duplicate: nothing is done and `None` returned.
+    pub fn append_sequenced<R>(
+        &self,
+        channel: &Channel,
+        offset: u64,
+        prev: u64,
+        now: SystemTime,
+        encode: impl FnOnce(u64) -> Bytes,
+        deliver: impl FnOnce(&Bytes) -> R,
+    ) -> Option<R> {
+        let log = self.log(channel);
+        let mut log = log.lock();
+        if offset <= log.last {
+            return None;
+        }
+        let frame = encode(offset);
+        log.entries.push_back(Entry {
+            offset,
+            prev,
+            at: now,
+            frame: frame.clone(),
+        });
+        log.last = offset;
+        self.trim(&mut log, now);
+        Some(deliver(&frame))
+    }
+
+    /// The offset of the latest event of `channel` in its log (0: none).
+    pub fn last(&self, channel: &Channel) -> u64 {
+        self.log(channel).lock().last
+    }
+
+    /// Drops `channel`'s log: its events stopped arriving (a cluster node lost interest).
+    pub fn forget(&self, channel: &str) {
+        self.dropped.store(true, Ordering::Release);
+        self.shard(channel)
+            .write()
+            .expect("history lock")
+            .remove(channel);
     }
 
     fn trim(&self, log: &mut Log, now: SystemTime) {
@@ -466,5 +515,31 @@ mod tests {
     #[test]
     fn epochs_differ_between_hubs() {
         assert_ne!(history(1).epoch(), history(1).epoch());
+    }
+
+    #[test]
+    fn sequenced_events_keep_their_offsets_and_duplicates_are_dropped() {
+        let h = history(10);
+        let now = SystemTime::now();
+        let c = ch("a");
+        let append = |offset, prev| {
+            h.append_sequenced(
+                &c,
+                offset,
+                prev,
+                now,
+                |o| Bytes::from(o.to_string()),
+                |_| (),
+            )
+        };
+        assert_eq!(append(10, 4), Some(()));
+        assert_eq!(append(12, 10), Some(()));
+        assert_eq!(append(12, 10), None, "a duplicate");
+        assert_eq!(append(11, 10), None, "older than the last");
+        // The log knows the channel's event before 10 was 4.
+        assert_eq!(missed(&h, "a", 4), (Recovery::complete(2), vec![10, 12]));
+        assert!(!missed(&h, "a", 3).0.recovered);
+        h.forget("a");
+        assert_eq!(h.last(&c), 0);
     }
 }

@@ -46,6 +46,8 @@ struct Shared {
     timing: bool,
     /// Each channel's recent events, when `history.size > 0`.
     history: Option<History>,
+    /// Offsets are assigned elsewhere (a cluster's stream): local publishes get none.
+    sequenced_elsewhere: bool,
     next_client_id: AtomicU64,
     clients: AtomicUsize,
     peak_clients: AtomicUsize,
@@ -120,6 +122,7 @@ impl Hub {
                 max_subscribers: config.max_subscribers_per_channel,
                 timing: config.metrics,
                 history: (config.history.size > 0).then(|| History::new(&config.history)),
+                sequenced_elsewhere: config.cluster.enabled(),
                 next_client_id: AtomicU64::new(1),
                 clients: AtomicUsize::new(0),
                 peak_clients: AtomicUsize::new(0),
@@ -153,7 +156,7 @@ impl Hub {
     /// subscribers.
     pub fn publish_at(&self, event: &Event, now: SystemTime) -> Delivery {
         let channel = event.channel();
-        match &self.shared.history {
+        match self.local_history() {
             None => self.fan_out(channel, || event.to_frame(now), push_and_wake),
             Some(history) => history.append(
                 channel,
@@ -188,7 +191,7 @@ impl Hub {
             };
             for event in events {
                 let channel = event.channel();
-                delivery += match &self.shared.history {
+                delivery += match self.local_history() {
                     None => self.fan_out(channel, || event.to_frame(now), &mut push),
                     Some(history) => history.append(
                         channel,
@@ -203,6 +206,37 @@ impl Hub {
             }
             delivery
         })
+    }
+
+    /// The history that numbers local publishes: none in a cluster, whose stream numbers
+    /// events (local publishes there are node-local and carry no offset).
+    fn local_history(&self) -> Option<&History> {
+        match &self.shared.history {
+            Some(history) if !self.shared.sequenced_elsewhere => Some(history),
+            _ => None,
+        }
+    }
+
+    /// Delivers an event numbered elsewhere (a cluster's stream): `offset` is its place,
+    /// `prev` the offset of its channel's event before it. `encode` builds the frame for
+    /// the offset. Kept in history when the hub keeps one; an offset at or below the
+    /// channel's last is a duplicate and is dropped (`None`).
+    pub fn publish_sequenced(
+        &self,
+        channel: &Channel,
+        offset: u64,
+        prev: u64,
+        now: SystemTime,
+        encode: impl FnOnce(u64) -> Bytes,
+    ) -> Option<Delivery> {
+        match &self.shared.history {
+            None => Some(self.fan_out(channel, || encode(offset), push_and_wake)),
+            Some(history) => {
+                history.append_sequenced(channel, offset, prev, now, encode, |frame| {
+                    self.fan_out(channel, || frame.clone(), push_and_wake)
+                })
+            }
+        }
     }
 
     /// Each channel's recent events, if the hub keeps them (`history.size > 0`).

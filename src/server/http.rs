@@ -421,7 +421,26 @@ where
             return json(StatusCode::BAD_REQUEST, &body);
         }
     };
-    let total = shared.hub.publish_batch(&events, SystemTime::now());
+    let now = SystemTime::now();
+    if let Some(cluster) = &shared.cluster {
+        match cluster.publish(&events, now).await {
+            Ok(offsets) => {
+                return json(
+                    StatusCode::OK,
+                    &serde_json::json!({
+                        "accepted": events.len(),
+                        "offsets": offsets,
+                        // Delivered by every node when the stream republishes them.
+                        "delivered": null,
+                    }),
+                );
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cluster publish failed; delivering on this node only");
+            }
+        }
+    }
+    let total = shared.hub.publish_batch(&events, now);
     json(
         StatusCode::OK,
         &serde_json::json!({

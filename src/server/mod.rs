@@ -43,6 +43,7 @@ pub use session::WELCOME_MESSAGE;
 
 use crate::auth::permissions::{Identity, Method};
 use crate::auth::{AuthError, Authenticator};
+use crate::cluster::{Cluster, ClusterError};
 use crate::config::{Config, ConfigError};
 use crate::engine::hub::Hub;
 use crate::event::{unix_seconds, Event};
@@ -58,6 +59,9 @@ pub enum ServeError {
     /// The configuration is invalid; fix the named setting.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// The cluster backplane could not be set up.
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
     /// The listen address could not be bound (in use, or not permitted).
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -79,6 +83,8 @@ pub(crate) struct Shared {
     pub(crate) snapshots: Arc<SnapshotCache>,
     pub(crate) breakers: Arc<BreakerBoard>,
     pub(crate) config: Arc<Config>,
+    /// The NATS backplane, when `cluster.nats_url` is set.
+    pub(crate) cluster: Option<Arc<Cluster>>,
     pub(crate) shutdown: CancellationToken,
     pub(crate) tasks: TaskTracker,
 }
@@ -96,6 +102,7 @@ impl Shared {
             snapshots: Arc::default(),
             breakers: Arc::default(),
             config: Arc::new(config),
+            cluster: None,
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
         })
@@ -143,7 +150,11 @@ impl Server {
     /// Validates `config` and binds its listen address.
     pub async fn bind(config: Config) -> Result<Self, ServeError> {
         config.validate()?;
-        let shared = Arc::new(Shared::new(config)?);
+        let mut shared = Shared::new(config)?;
+        if shared.config.cluster.enabled() {
+            shared.cluster = Some(Cluster::connect(&shared.config, shared.hub.clone()).await?);
+        }
+        let shared = Arc::new(shared);
         let addr = shared.config.listen;
         let listener = TcpListener::bind(addr)
             .await
@@ -166,6 +177,12 @@ impl Server {
     /// The snapshot cache: the latest value of each status type.
     pub fn snapshots(&self) -> Arc<SnapshotCache> {
         self.shared.snapshots.clone()
+    }
+
+    /// The cluster backplane, when `cluster.nats_url` is set: publish through it to reach
+    /// every node (the hub's own `publish` stays on this node).
+    pub fn cluster(&self) -> Option<Arc<Cluster>> {
+        self.shared.cluster.clone()
     }
 
     /// The circuit breakers of the upstream pollers.
@@ -279,6 +296,9 @@ async fn sample(shared: &Shared) {
         let now = SystemTime::now();
         shared.analytics.sample(totals, now);
         shared.hub.sweep_history(now);
+        if let Some(cluster) = &shared.cluster {
+            cluster.sweep();
+        }
     }
 }
 

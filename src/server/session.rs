@@ -213,6 +213,16 @@ impl Disconnect {
     }
 }
 
+/// What is left to do after [`Session::handle_message`].
+enum Step {
+    /// Nothing: the message was answered.
+    Done,
+    /// Close the connection with this code once the reply is out (refused credentials).
+    Close(CloseCode),
+    /// A subscribe in a cluster: listen in NATS first (asynchronously), then subscribe.
+    Subscribe(Arc<Identity>, ChannelList),
+}
+
 /// Why the reading side ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Ending {
@@ -351,6 +361,7 @@ impl Session<'_> {
             #[serde(skip_serializing_if = "Option::is_none")]
             recovery: Option<&'a BTreeMap<String, Recovery>>,
         }
+        let epoch = self.epoch();
         let identity = self
             .identity
             .clone()
@@ -387,7 +398,7 @@ impl Session<'_> {
                 client_id: self.client.id().to_string(),
                 subscriptions: &change.changed,
                 server_time: unix_seconds(now),
-                epoch: self.epoch(),
+                epoch: epoch.as_deref().map(String::as_str),
                 recovery: resume.is_some().then_some(&resumption.outcomes),
             },
         ));
@@ -395,8 +406,8 @@ impl Session<'_> {
     }
 
     /// The epoch of this server's offsets, if it keeps history.
-    fn epoch(&self) -> Option<&str> {
-        self.shared.hub.history().map(|h| &**h.epoch())
+    fn epoch(&self) -> Option<Arc<String>> {
+        self.shared.hub.history().map(|h| h.epoch())
     }
 
     /// Decides, with their logs locked, what each channel of `resume` that `change`
@@ -419,7 +430,7 @@ impl Session<'_> {
         if resume
             .epoch
             .as_deref()
-            .is_some_and(|e| e != &**history.epoch())
+            .is_some_and(|e| e != history.epoch().as_str())
         {
             plan.outcomes = resume
                 .since
@@ -505,8 +516,14 @@ impl Session<'_> {
                 Incoming::Text(mut payload) => {
                     self.shared.counters.messages_received.add(1);
                     self.deadlines.message_received();
-                    if let Some(code) = self.handle_message(&mut payload) {
-                        return Ending::Refused(code);
+                    match self.handle_message(&mut payload) {
+                        Step::Done => {}
+                        Step::Close(code) => return Ending::Refused(code),
+                        Step::Subscribe(identity, list) => {
+                            // Boxed: only cluster subscribes pay for this future's state.
+                            Box::pin(self.listen_in_cluster(&identity, &list)).await;
+                            self.subscribe(&identity, &list, SystemTime::now());
+                        }
                     }
                 }
                 Incoming::Ping(payload) => {
@@ -518,21 +535,44 @@ impl Session<'_> {
         }
     }
 
-    /// Answers one text message. Returns a close code when the connection must end after
-    /// the reply (refused credentials).
-    fn handle_message(&mut self, payload: &mut [u8]) -> Option<CloseCode> {
+    /// In a cluster, makes sure this node receives the channels a subscribe asks for before
+    /// it subscribes the client: from then on nothing published anywhere is missed. A NATS
+    /// failure is logged; the client is still subscribed to what this node publishes.
+    async fn listen_in_cluster(&self, identity: &Identity, list: &ChannelList) {
+        let Some(cluster) = &self.shared.cluster else {
+            return;
+        };
+        let wanted = list
+            .channels
+            .iter()
+            .filter(|name| identity.may_subscribe(name))
+            .filter_map(|name| Channel::new(name).ok());
+        for channel in wanted {
+            if let Err(e) = cluster.ensure_interest(&channel).await {
+                tracing::warn!(conn = self.client.id(), %channel, error = %e, "cannot listen in the cluster");
+            }
+        }
+    }
+
+    /// Answers one text message, or says what is left to do.
+    fn handle_message(&mut self, payload: &mut [u8]) -> Step {
         let now = SystemTime::now();
         let message = match message::parse(payload) {
             Ok(message) => message,
             Err(e) => {
                 self.client.send(error_reply(&e, now));
-                return None;
+                return Step::Done;
             }
         };
         let Some(identity) = self.identity.clone() else {
-            return self.before_auth(message, now);
+            return self
+                .before_auth(message, now)
+                .map_or(Step::Done, Step::Close);
         };
         match message {
+            ClientMessage::Subscribe(list) if self.shared.cluster.is_some() => {
+                return Step::Subscribe(identity, list)
+            }
             ClientMessage::Subscribe(list) => self.subscribe(&identity, &list, now),
             ClientMessage::Unsubscribe(list) => {
                 let change = self
@@ -553,13 +593,17 @@ impl Session<'_> {
             ClientMessage::Auth {
                 token,
                 correlation_id,
-            } => return self.authenticate(&token, correlation_id.as_ref()),
+            } => {
+                return self
+                    .authenticate(&token, correlation_id.as_ref())
+                    .map_or(Step::Done, Step::Close)
+            }
             ClientMessage::Publish {
                 body,
                 correlation_id,
             } => self.publish(&identity, &body, correlation_id.as_ref(), now),
         }
-        None
+        Step::Done
     }
 
     /// Before authentication only `auth` and `ping` are answered.
@@ -621,6 +665,7 @@ impl Session<'_> {
             .cloned()
             .collect();
         let resumption = self.plan_resume(list.resume.as_ref(), &change);
+        let epoch = self.epoch();
         self.client.send(subscription_reply(
             "subscribe_response",
             "subscribed",
@@ -628,7 +673,7 @@ impl Session<'_> {
             list,
             &change,
             Resumed {
-                epoch: self.epoch(),
+                epoch: epoch.as_deref().map(String::as_str),
                 recovery: list.resume.is_some().then_some(&resumption.outcomes),
             },
             now,
@@ -851,7 +896,11 @@ mod tests {
     }
 
     fn send(session: &mut Session<'_>, message: &str) -> Option<CloseCode> {
-        session.handle_message(&mut message.as_bytes().to_vec())
+        match session.handle_message(&mut message.as_bytes().to_vec()) {
+            Step::Done => None,
+            Step::Close(code) => Some(code),
+            Step::Subscribe(..) => unreachable!("no cluster in these tests"),
+        }
     }
 
     fn token(claims: serde_json::Value) -> String {

@@ -4,6 +4,7 @@
 
 pub mod binary;
 pub mod engine;
+pub mod nats;
 pub mod scrape;
 
 use std::future::Future;

@@ -1,0 +1,405 @@
+//! Past one node: a NATS backplane, through the official async-nats client.
+//!
+//! # How an event crosses the cluster
+//! 1. A node publishes the event's JSON (its frame's payload, encoded once) to JetStream on
+//!    `{prefix}.ev.{channel}` ([`subject`]), with a `Nats-Msg-Id` so a retried publish is
+//!    stored once.
+//! 2. The stream `{PREFIX}` stores it, giving it its sequence number, and *republishes* it
+//!    on `{prefix}.live.{channel}` with the headers `Nats-Sequence` (its offset) and
+//!    `Nats-Last-Sequence` (the offset of the channel's event before it). The stream does
+//!    this from one place in stream order, so every node sees a channel's events in the same
+//!    order, with the same offsets.
+//! 3. A node listens on a channel's live subject only while it has local subscribers to it
+//!    (interest-based routing): a node without subscribers receives none of the channel's
+//!    traffic. The publishing node receives its own events the same way, so it delivers
+//!    them in the same order as everyone else, exactly once.
+//! 4. The node frames the payload with its offset (once per node) and fans it out.
+//!
+//! History lives in the stream (at most `history.size` events per subject, none older than
+//! `history.max_age`); each node also keeps what it received in its in-memory history.
+//! The stream's creation time is the epoch.
+
+pub mod subject;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use async_nats::jetstream::{self, stream};
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::engine::hub::Hub;
+use crate::event::Event;
+use crate::frame::{self, FrameBuf, OpCode};
+use crate::protocol::channel::Channel;
+
+/// How long a channel stays subscribed in NATS after its last local subscriber left, so a
+/// client that reconnects at once does not cost a resubscription.
+const INTEREST_LINGER: Duration = Duration::from_secs(5);
+
+/// What can go wrong talking to NATS.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// The first connection failed.
+    #[error("cannot connect to NATS at {url}: {source}")]
+    Connect {
+        /// The configured URL.
+        url: String,
+        /// The client's error.
+        source: async_nats::ConnectError,
+    },
+    /// The credentials file could not be read.
+    #[error("cannot read the NATS credentials file {path}: {source}")]
+    Credentials {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Creating or reading the stream failed (is JetStream enabled on the server?).
+    #[error("cannot set up the JetStream stream {stream}: {source}")]
+    Stream {
+        /// The stream's name.
+        stream: String,
+        /// The client's error.
+        source: async_nats::Error,
+    },
+    /// A publish was not stored.
+    #[error("publish to NATS failed: {0}")]
+    Publish(async_nats::Error),
+    /// Subscribing to a channel's live subject failed.
+    #[error("cannot subscribe in NATS: {0}")]
+    Subscribe(async_nats::Error),
+}
+
+/// One channel's live subscription.
+struct Interest {
+    task: JoinHandle<()>,
+    /// When a local subscriber last asked for it; the sweeper keeps it at least
+    /// `INTEREST_LINGER` after that.
+    ensured: Instant,
+    /// Default channels are always listened to.
+    pinned: bool,
+}
+
+/// A node's link to the cluster. Cheap to share (`Arc`).
+pub struct Cluster {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    stream: stream::Stream,
+    prefix: String,
+    node: String,
+    hub: Hub,
+    interest: Mutex<HashMap<Channel, Interest>>,
+    published: AtomicU64,
+    epoch: String,
+}
+
+impl Cluster {
+    /// Connects to NATS, creates (or checks) the stream, names the hub's offsets after it,
+    /// and listens on `config.default_subscriptions` for good.
+    pub async fn connect(config: &Config, hub: Hub) -> Result<Arc<Self>, ClusterError> {
+        let cluster = &config.cluster;
+        let url = cluster
+            .nats_url
+            .clone()
+            .expect("Cluster::connect needs cluster.nats_url");
+        let node = cluster.node_name.clone().unwrap_or_else(default_node_name);
+        let mut options = async_nats::ConnectOptions::new()
+            .name(format!("sigmahub {node}"))
+            .retry_on_initial_connect()
+            .max_reconnects(None);
+        if let Some(path) = &cluster.credentials_file {
+            options = options.credentials_file(path).await.map_err(|source| {
+                ClusterError::Credentials {
+                    path: path.clone(),
+                    source,
+                }
+            })?;
+        }
+        if let Some(token) = &cluster.token {
+            options = options.token(token.clone());
+        }
+        let client = tokio::time::timeout(Duration::from_secs(10), options.connect(&url))
+            .await
+            .unwrap_or_else(|_| {
+                Err(async_nats::ConnectError::with_source(
+                    async_nats::ConnectErrorKind::TimedOut,
+                    std::io::Error::from(std::io::ErrorKind::TimedOut),
+                ))
+            })
+            .map_err(|source| ClusterError::Connect {
+                url: url.clone(),
+                source,
+            })?;
+        let js = jetstream::new(client.clone());
+        let prefix = cluster.subject_prefix.clone();
+        let name = stream_name(&prefix);
+        let stream = js
+            .get_or_create_stream(stream_config(&name, &prefix, config))
+            .await
+            .map_err(|e| ClusterError::Stream {
+                stream: name.clone(),
+                source: e.into(),
+            })?;
+        let mut stream = stream;
+        let info = stream.info().await.map_err(|e| ClusterError::Stream {
+            stream: name.clone(),
+            source: e.into(),
+        })?;
+        let epoch = format!("{:x}", info.created.unix_timestamp_nanos());
+        if let Some(history) = hub.history() {
+            history.set_epoch(epoch.clone());
+        }
+        tracing::info!(%url, node, stream = name, epoch, "joined the cluster");
+        let this = Arc::new(Self {
+            client,
+            js,
+            stream,
+            prefix,
+            node,
+            hub,
+            interest: Mutex::new(HashMap::new()),
+            published: AtomicU64::new(0),
+            epoch,
+        });
+        for name in &config.default_subscriptions {
+            if let Ok(channel) = Channel::new(name) {
+                this.listen(&channel, true).await?;
+            }
+        }
+        Ok(this)
+    }
+
+    /// This node's name.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// The epoch of the cluster's offsets (the stream's creation time).
+    pub fn epoch(&self) -> &str {
+        &self.epoch
+    }
+
+    /// Publishes `events` to the whole cluster, in order; returns each one's offset once
+    /// the stream has stored it. Every node, this one included, delivers them when the
+    /// stream republishes them.
+    pub async fn publish(
+        &self,
+        events: &[Event],
+        now: SystemTime,
+    ) -> Result<Vec<u64>, ClusterError> {
+        let mut acks = Vec::with_capacity(events.len());
+        for event in events {
+            let subject = subject::of(&self.prefix, event.channel()).publish;
+            let payload = frame::payload_of(&event.to_frame(now));
+            let mut headers = HeaderMap::new();
+            let id = self.published.fetch_add(1, Ordering::Relaxed);
+            headers.insert("Nats-Msg-Id", format!("{}-{}", self.node, id).as_str());
+            // Sent in order on one connection, so stored in order; acknowledged later.
+            let ack = self
+                .js
+                .publish_with_headers(subject, headers, payload)
+                .await
+                .map_err(|e| ClusterError::Publish(e.into()))?;
+            acks.push(ack);
+        }
+        let mut offsets = Vec::with_capacity(acks.len());
+        for ack in acks {
+            let ack = ack.await.map_err(|e| ClusterError::Publish(e.into()))?;
+            offsets.push(ack.sequence);
+        }
+        Ok(offsets)
+    }
+
+    /// Makes sure this node receives `channel`'s events, before a local client subscribes
+    /// to it. Returns once NATS has the subscription.
+    pub async fn ensure_interest(&self, channel: &Channel) -> Result<(), ClusterError> {
+        self.listen(channel, false).await
+    }
+
+    async fn listen(&self, channel: &Channel, pinned: bool) -> Result<(), ClusterError> {
+        {
+            let mut interest = self.interest.lock().expect("interest lock");
+            if let Some(existing) = interest.get_mut(channel) {
+                existing.ensured = Instant::now();
+                existing.pinned |= pinned;
+                return Ok(());
+            }
+        }
+        let live = subject::of(&self.prefix, channel).live;
+        let subscriber = self
+            .client
+            .subscribe(live)
+            .await
+            .map_err(|e| ClusterError::Subscribe(e.into()))?;
+        self.client
+            .flush()
+            .await
+            .map_err(|e| ClusterError::Subscribe(e.into()))?;
+        let task = tokio::spawn(receive(self.hub.clone(), channel.clone(), subscriber));
+        let mut interest = self.interest.lock().expect("interest lock");
+        match interest.get_mut(channel) {
+            // Another subscriber raced us here: keep theirs.
+            Some(existing) => {
+                task.abort();
+                existing.ensured = Instant::now();
+                existing.pinned |= pinned;
+            }
+            None => {
+                interest.insert(
+                    channel.clone(),
+                    Interest {
+                        task,
+                        ensured: Instant::now(),
+                        pinned,
+                    },
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops listening on channels without local subscribers for a few seconds, and
+    /// forgets their local history (it stops being complete). Called about once a second.
+    pub fn sweep(&self) {
+        let now = Instant::now();
+        let mut interest = self.interest.lock().expect("interest lock");
+        interest.retain(|channel, i| {
+            let keep = i.pinned
+                || now.duration_since(i.ensured) < INTEREST_LINGER
+                || self.hub.subscriber_count(channel) > 0;
+            if !keep {
+                i.task.abort();
+                if let Some(history) = self.hub.history() {
+                    history.forget(channel);
+                }
+                tracing::debug!(%channel, "no local subscribers: left the channel in NATS");
+            }
+            keep
+        });
+    }
+
+    /// The channels this node listens to in NATS.
+    pub fn channels(&self) -> Vec<Channel> {
+        let interest = self.interest.lock().expect("interest lock");
+        let mut channels: Vec<Channel> = interest.keys().cloned().collect();
+        channels.sort();
+        channels
+    }
+
+    /// The stream, for reading history.
+    pub fn stream(&self) -> &stream::Stream {
+        &self.stream
+    }
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("node", &self.node)
+            .field("prefix", &self.prefix)
+            .field("epoch", &self.epoch)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Delivers a channel's live events to the hub, in stream order.
+async fn receive(hub: Hub, channel: Channel, mut subscriber: async_nats::Subscriber) {
+    while let Some(message) = subscriber.next().await {
+        let Some((offset, prev)) = sequence(message.headers.as_ref()) else {
+            tracing::warn!(%channel, "a live message without stream sequence headers; dropped");
+            continue;
+        };
+        let payload = message.payload;
+        if serde_json::from_slice::<serde::de::IgnoredAny>(&payload).is_err()
+            || payload.last() != Some(&b'}')
+        {
+            tracing::warn!(%channel, offset, "a live message that is not a sigmahub event; dropped");
+            continue;
+        }
+        hub.publish_sequenced(&channel, offset, prev, SystemTime::now(), |offset| {
+            with_offset(&payload, offset)
+        });
+    }
+}
+
+/// `Nats-Sequence` and `Nats-Last-Sequence` of a republished message.
+fn sequence(headers: Option<&HeaderMap>) -> Option<(u64, u64)> {
+    let headers = headers?;
+    let offset = headers.get("Nats-Sequence")?.as_str().parse().ok()?;
+    let prev = headers
+        .get("Nats-Last-Sequence")
+        .and_then(|v| v.as_str().parse().ok())
+        .unwrap_or(crate::engine::history::UNKNOWN);
+    Some((offset, prev))
+}
+
+/// The frame of an event's JSON (`{…}`) with `,"offset":N` added before its last brace.
+fn with_offset(payload: &Bytes, offset: u64) -> Bytes {
+    let body = &payload[..payload.len() - 1];
+    let mut buf = FrameBuf::with_capacity(body.len() + 32);
+    buf.extend_from_slice(body);
+    buf.extend_from_slice(b",\"offset\":");
+    buf.extend_from_slice(itoa::Buffer::new().format(offset).as_bytes());
+    buf.extend_from_slice(b"}");
+    buf.finish(OpCode::Text)
+}
+
+/// The stream's name: the prefix in capitals.
+fn stream_name(prefix: &str) -> String {
+    prefix.to_ascii_uppercase()
+}
+
+fn stream_config(name: &str, prefix: &str, config: &Config) -> stream::Config {
+    stream::Config {
+        name: name.to_owned(),
+        subjects: vec![subject::stream_pattern(prefix)],
+        republish: Some(stream::Republish {
+            source: subject::stream_pattern(prefix),
+            destination: subject::live_pattern(prefix),
+            headers_only: false,
+        }),
+        allow_direct: true,
+        max_messages_per_subject: config.history.size.max(1) as i64,
+        max_age: config.history.max_age,
+        duplicate_window: Duration::from_secs(120).min(config.history.max_age),
+        discard: stream::DiscardPolicy::Old,
+        storage: stream::StorageType::File,
+        ..Default::default()
+    }
+}
+
+fn default_node_name() -> String {
+    let host = sysinfo::System::host_name().unwrap_or_else(|_| "node".to_owned());
+    format!("{host}-{}", std::process::id())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_offset_goes_in_before_the_last_brace() {
+        let payload = Bytes::from_static(br#"{"type":"a","timestamp":"t","data":{}}"#);
+        let frame = with_offset(&payload, 42);
+        assert_eq!(
+            &frame::payload_of(&frame)[..],
+            br#"{"type":"a","timestamp":"t","data":{},"offset":42}"#
+        );
+    }
+
+    #[test]
+    fn sequence_headers_are_read() {
+        let mut h = HeaderMap::new();
+        h.insert("Nats-Sequence", "7");
+        h.insert("Nats-Last-Sequence", "3");
+        assert_eq!(sequence(Some(&h)), Some((7, 3)));
+        assert_eq!(sequence(None), None);
+    }
+}

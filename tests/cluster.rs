@@ -1,0 +1,145 @@
+//! Several sigmahub nodes on one real nats-server (with JetStream, on its own free port):
+//! events cross nodes exactly once and in one order, and a node only receives the channels
+//! it has subscribers for.
+
+mod common;
+
+use common::nats::NatsServer;
+use common::TestServer;
+use serde_json::{json, Value};
+
+async fn node(nats: &NatsServer, name: &str) -> TestServer {
+    let url = nats.url();
+    let name = name.to_owned();
+    TestServer::with(move |c| {
+        c.cluster.nats_url = Some(url);
+        c.cluster.node_name = Some(name);
+        c.default_subscriptions = vec!["notification".into()];
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_published_on_one_node_reaches_subscribers_on_every_node_once() {
+    let nats = NatsServer::start();
+    let a = node(&nats, "a").await;
+    let b = node(&nats, "b").await;
+    let mut on_a = a.client().await;
+    let mut on_b = b.client().await;
+    on_a.subscribe(&["orders"]).await;
+    on_b.subscribe(&["orders"]).await;
+
+    let (status, reply) = a
+        .publish(&json!((0..20)
+            .map(|n| json!({"type": "orders", "data": {"n": n}}))
+            .collect::<Vec<_>>()))
+        .await;
+    assert_eq!(status, 200, "{reply}");
+    let offsets: Vec<u64> = reply["offsets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o.as_u64().unwrap())
+        .collect();
+    assert_eq!(offsets.len(), 20);
+
+    for client in [&mut on_a, &mut on_b] {
+        for (n, offset) in offsets.iter().enumerate() {
+            let event = client.recv_type("orders").await;
+            assert_eq!(event["data"]["n"], n, "{event}");
+            assert_eq!(event["offset"], *offset);
+        }
+    }
+    // Nothing twice: the next thing either sees is a fresh event.
+    b.publish(&json!({"type": "orders", "data": {"n": "last"}}))
+        .await;
+    for client in [&mut on_a, &mut on_b] {
+        assert_eq!(client.recv_type("orders").await["data"]["n"], "last");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_publishers_on_two_nodes_give_every_subscriber_one_order() {
+    const EACH: usize = 150;
+    let nats = NatsServer::start();
+    let a = node(&nats, "a").await;
+    let b = node(&nats, "b").await;
+    let mut on_a = a.client().await;
+    let mut on_b = b.client().await;
+    on_a.subscribe(&["orders"]).await;
+    on_b.subscribe(&["orders"]).await;
+
+    let publish_from = |server: &TestServer, who: &'static str| {
+        let addr = server.addr;
+        async move {
+            for n in 0..EACH {
+                let body = json!({"type": "orders", "data": {"from": who, "n": n}});
+                let (status, reply) = common::http_post_json(addr, "/api/v1/publish", &body).await;
+                assert_eq!(status, 200, "{reply}");
+            }
+        }
+    };
+    tokio::join!(publish_from(&a, "a"), publish_from(&b, "b"));
+
+    let mut orders: Vec<Vec<(String, u64, u64)>> = Vec::new();
+    for client in [&mut on_a, &mut on_b] {
+        let mut seen = Vec::new();
+        let mut next = std::collections::HashMap::from([("a", 0u64), ("b", 0u64)]);
+        for _ in 0..2 * EACH {
+            let event: Value = client.recv_type("orders").await;
+            let from = event["data"]["from"].as_str().unwrap().to_owned();
+            let n = event["data"]["n"].as_u64().unwrap();
+            let expected = next.get_mut(from.as_str()).unwrap();
+            assert_eq!(n, *expected, "each publisher's order is kept");
+            *expected += 1;
+            seen.push((from, n, event["offset"].as_u64().unwrap()));
+        }
+        orders.push(seen);
+    }
+    assert_eq!(orders[0], orders[1], "both nodes deliver one order");
+    assert!(
+        orders[0].windows(2).all(|w| w[0].2 < w[1].2),
+        "offsets rise"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_listens_only_to_channels_it_has_subscribers_for() {
+    let nats = NatsServer::start();
+    let a = node(&nats, "a").await;
+    let b = node(&nats, "b").await;
+    let live = "sigmahub.live.orders";
+    let mut on_a = a.client().await;
+    on_a.subscribe(&["orders"]).await;
+
+    let subs_a = nats.subscriptions_of("sigmahub a").await;
+    let subs_b = nats.subscriptions_of("sigmahub b").await;
+    assert!(subs_a.iter().any(|s| s == live), "{subs_a:?}");
+    assert!(!subs_b.iter().any(|s| s == live), "{subs_b:?}");
+    // Both listen to their default channel.
+    assert!(
+        subs_b.iter().any(|s| s == "sigmahub.live.notification"),
+        "{subs_b:?}"
+    );
+
+    // Published on b, which has no subscriber and so receives nothing of it, it still
+    // reaches a's client.
+    b.publish(&json!({"type": "orders", "data": {"n": 1}}))
+        .await;
+    assert_eq!(on_a.recv_type("orders").await["data"]["n"], 1);
+
+    // When a's last subscriber leaves, a stops listening (after a short linger).
+    on_a.close().await;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let subs = nats.subscriptions_of("sigmahub a").await;
+        if !subs.iter().any(|s| s == live) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a still listens: {subs:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+}
