@@ -143,3 +143,68 @@ async fn a_node_listens_only_to_channels_it_has_subscribers_for() {
         tokio::time::sleep(std::time::Duration::from_millis(250)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_resumes_on_another_node_from_the_stream() {
+    let nats = NatsServer::start();
+    let a = node(&nats, "a").await;
+    let b = node(&nats, "b").await;
+    let mut on_a = a.client().await;
+    let reply = on_a.subscribe(&["orders"]).await;
+    let epoch = reply["data"]["epoch"].as_str().unwrap().to_owned();
+    for n in 0..3 {
+        a.publish(&json!({"type": "orders", "data": {"n": n}}))
+            .await;
+    }
+    let mut seen = 0;
+    for n in 0..3 {
+        let event = on_a.recv_type("orders").await;
+        assert_eq!(event["data"]["n"], n);
+        seen = event["offset"].as_u64().unwrap();
+    }
+    on_a.close().await;
+    // Missed while away, some through each node; b follows no one on `orders`.
+    for n in 3..7 {
+        let via = if n % 2 == 0 { &a } else { &b };
+        via.publish(&json!({"type": "orders", "data": {"n": n}}))
+            .await;
+    }
+
+    let mut on_b = b.client().await;
+    on_b.send(&json!({"type": "subscribe", "data": {
+        "channels": ["orders"], "since": {"orders": seen}, "epoch": epoch}}))
+        .await;
+    let reply = on_b.recv_type("subscribe_response").await;
+    assert_eq!(
+        reply["data"]["recovery"]["orders"],
+        json!({"recovered": true, "replayed": 4}),
+        "{reply}"
+    );
+    assert_eq!(
+        reply["data"]["epoch"],
+        epoch.as_str(),
+        "one epoch across nodes"
+    );
+    a.publish(&json!({"type": "orders", "data": {"n": 7}}))
+        .await;
+    let mut last = 0;
+    for n in 3..8 {
+        let event = on_b.recv_type("orders").await;
+        assert_eq!(event["data"]["n"], n);
+        last = event["offset"].as_u64().unwrap();
+    }
+
+    // Up to date, on a third node that has never seen the channel: nothing to replay, and
+    // that is a complete recovery.
+    let c = node(&nats, "c").await;
+    let mut on_c = c.client().await;
+    on_c.send(&json!({"type": "subscribe", "data": {
+        "channels": ["orders"], "since": {"orders": last}, "epoch": epoch}}))
+        .await;
+    let reply = on_c.recv_type("subscribe_response").await;
+    assert_eq!(
+        reply["data"]["recovery"]["orders"],
+        json!({"recovered": true, "replayed": 0}),
+        "{reply}"
+    );
+}

@@ -26,6 +26,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use async_nats::jetstream::stream::DirectGetErrorKind;
 use async_nats::jetstream::{self, stream};
 use async_nats::HeaderMap;
 use bytes::Bytes;
@@ -33,6 +34,7 @@ use futures_util::StreamExt;
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
+use crate::engine::history::UNKNOWN;
 use crate::engine::hub::Hub;
 use crate::event::Event;
 use crate::frame::{self, FrameBuf, OpCode};
@@ -98,6 +100,8 @@ pub struct Cluster {
     interest: Mutex<HashMap<Channel, Interest>>,
     published: AtomicU64,
     epoch: String,
+    /// Most events read back per channel: the stream keeps no more per subject.
+    history_size: usize,
 }
 
 impl Cluster {
@@ -167,6 +171,7 @@ impl Cluster {
             interest: Mutex::new(HashMap::new()),
             published: AtomicU64::new(0),
             epoch,
+            history_size: config.history.size,
         });
         for name in &config.default_subscriptions {
             if let Ok(channel) = Channel::new(name) {
@@ -265,6 +270,70 @@ impl Cluster {
         Ok(())
     }
 
+    /// Reads what `channel` had after `since` back from the stream into this node's
+    /// history, in front of what the node received live, so that a client reconnecting
+    /// here from another node recovers completely. Call after
+    /// [`ensure_interest`](Self::ensure_interest) and before subscribing the client.
+    ///
+    /// The start is vouched for when the stream still holds the channel's event at or
+    /// before `since` (per-subject limits drop the oldest first). `since = 0` ("from the
+    /// beginning") is never vouched for: older events may have been dropped.
+    pub async fn backfill(&self, channel: &Channel, since: u64) {
+        let Some(history) = self.hub.history() else {
+            return;
+        };
+        let stop = history.first(channel).unwrap_or(u64::MAX);
+        if since.saturating_add(1) >= stop {
+            return; // this node's own history reaches back
+        }
+        let subject = subject::of(&self.prefix, channel).publish;
+        let latest = match self
+            .stream
+            .direct_get_last_for_subject(subject.as_str())
+            .await
+        {
+            Ok(last) => last.sequence,
+            Err(e) if e.kind() == DirectGetErrorKind::NotFound => 0,
+            Err(e) => {
+                tracing::warn!(%channel, error = %e, "cannot read history from the stream");
+                return;
+            }
+        };
+        let vouched = since > 0
+            && matches!(
+                self.stream.direct_get_first_for_subject(subject.as_str()).await,
+                Ok(first) if first.sequence <= since
+            );
+        let mut prev = if vouched { since } else { UNKNOWN };
+        let mut events = Vec::new();
+        let mut next = since + 1;
+        while events.len() < self.history_size {
+            let message = match self
+                .stream
+                .direct_get_next_for_subject(subject.as_str(), Some(next))
+                .await
+            {
+                Ok(message) if message.sequence < stop => message,
+                Ok(_) => break,
+                Err(e) if e.kind() == DirectGetErrorKind::NotFound => break,
+                Err(e) => {
+                    tracing::warn!(%channel, error = %e, "cannot read history from the stream");
+                    break;
+                }
+            };
+            let offset = message.sequence;
+            next = offset + 1;
+            if !is_event(&message.payload) {
+                continue;
+            }
+            let frame = with_offset(&message.payload, offset);
+            events.push((offset, prev, SystemTime::from(message.time), frame));
+            prev = offset;
+        }
+        let taken = history.backfill(channel, events, latest, SystemTime::now());
+        tracing::debug!(%channel, since, taken, "history read back from the stream");
+    }
+
     /// Stops listening on channels without local subscribers for a few seconds, and
     /// forgets their local history (it stops being complete). Called about once a second.
     pub fn sweep(&self) {
@@ -317,9 +386,7 @@ async fn receive(hub: Hub, channel: Channel, mut subscriber: async_nats::Subscri
             continue;
         };
         let payload = message.payload;
-        if serde_json::from_slice::<serde::de::IgnoredAny>(&payload).is_err()
-            || payload.last() != Some(&b'}')
-        {
+        if !is_event(&payload) {
             tracing::warn!(%channel, offset, "a live message that is not a sigmahub event; dropped");
             continue;
         }
@@ -329,6 +396,14 @@ async fn receive(hub: Hub, channel: Channel, mut subscriber: async_nats::Subscri
     }
 }
 
+/// Whether a payload from NATS is a JSON object, as sigmahub nodes publish (anything else
+/// on our subjects came from elsewhere and is not passed to clients).
+fn is_event(payload: &[u8]) -> bool {
+    payload.first() == Some(&b'{')
+        && payload.last() == Some(&b'}')
+        && serde_json::from_slice::<serde::de::IgnoredAny>(payload).is_ok()
+}
+
 /// `Nats-Sequence` and `Nats-Last-Sequence` of a republished message.
 fn sequence(headers: Option<&HeaderMap>) -> Option<(u64, u64)> {
     let headers = headers?;
@@ -336,7 +411,7 @@ fn sequence(headers: Option<&HeaderMap>) -> Option<(u64, u64)> {
     let prev = headers
         .get("Nats-Last-Sequence")
         .and_then(|v| v.as_str().parse().ok())
-        .unwrap_or(crate::engine::history::UNKNOWN);
+        .unwrap_or(UNKNOWN);
     Some((offset, prev))
 }
 

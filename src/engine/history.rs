@@ -240,6 +240,57 @@ impl History {
         Some(deliver(&frame))
     }
 
+    /// Puts events read back from elsewhere (a cluster's stream) in front of `channel`'s
+    /// log, oldest first, each `(offset, prev, published at, frame)`. Only those older than
+    /// the log's first entry are taken (live events may have arrived meanwhile); the log's
+    /// bounds still apply. Returns how many were taken.
+    ///
+    /// `latest` is the channel's latest offset where the events came from: a log that has
+    /// seen nothing yet takes it as its last, so a client that missed nothing recovers.
+    pub fn backfill(
+        &self,
+        channel: &Channel,
+        events: Vec<(u64, u64, SystemTime, Bytes)>,
+        latest: u64,
+        now: SystemTime,
+    ) -> usize {
+        let log = self.log(channel);
+        let mut log = log.lock();
+        if log.last == 0 && log.entries.is_empty() {
+            log.last = latest;
+        }
+        let before = match log.entries.front() {
+            Some(first) => first.offset,
+            // Emptied by age after events: what is older is older still.
+            None if log.last > latest => return 0,
+            None => u64::MAX,
+        };
+        let older: Vec<Entry> = events
+            .into_iter()
+            .filter(|(offset, ..)| *offset < before)
+            .map(|(offset, prev, at, frame)| Entry {
+                offset,
+                prev,
+                at,
+                frame,
+            })
+            .collect();
+        let taken = older.len();
+        if log.entries.is_empty() {
+            log.last = older.last().map_or(log.last, |e| e.offset.max(log.last));
+        }
+        for entry in older.into_iter().rev() {
+            log.entries.push_front(entry);
+        }
+        self.trim(&mut log, now);
+        taken
+    }
+
+    /// The offset of the first event kept for `channel`, if any.
+    pub fn first(&self, channel: &Channel) -> Option<u64> {
+        self.log(channel).lock().entries.front().map(|e| e.offset)
+    }
+
     /// The offset of the latest event of `channel` in its log (0: none).
     pub fn last(&self, channel: &Channel) -> u64 {
         self.log(channel).lock().last
@@ -515,6 +566,37 @@ mod tests {
     #[test]
     fn epochs_differ_between_hubs() {
         assert_ne!(history(1).epoch(), history(1).epoch());
+    }
+
+    #[test]
+    fn backfilled_events_go_in_front_and_complete_the_chain() {
+        let h = history(10);
+        let now = SystemTime::now();
+        let c = ch("a");
+        let frame = |o: u64| Bytes::from(o.to_string());
+        // Live: 20 (after 15) arrived; the stream holds 12 (after 9) and 15 (after 12).
+        h.append_sequenced(&c, 20, 15, now, frame, |_| ());
+        let fetched = vec![
+            (12, 9, now, frame(12)),
+            (15, 12, now, frame(15)),
+            (20, 15, now, frame(20)),
+        ];
+        assert_eq!(h.backfill(&c, fetched, 20, now), 2, "20 is already there");
+        assert_eq!(
+            missed(&h, "a", 9),
+            (Recovery::complete(3), vec![12, 15, 20])
+        );
+        assert_eq!(h.first(&c), Some(12));
+        // Into an empty log, the backfill is the log.
+        let d = ch("d");
+        h.backfill(&d, vec![(3, 1, now, frame(3))], 3, now);
+        assert_eq!(h.last(&d), 3);
+        assert_eq!(missed(&h, "d", 1), (Recovery::complete(1), vec![3]));
+        // Nothing to read back, but the source's latest is known: up to date is recovered.
+        let e = ch("e");
+        h.backfill(&e, Vec::new(), 7, now);
+        assert_eq!(missed(&h, "e", 7), (Recovery::complete(0), vec![]));
+        assert_eq!(missed(&h, "e", 8).0.reason, Some(Incomplete::UnknownOffset));
     }
 
     #[test]

@@ -29,6 +29,7 @@ use super::reader::{Incoming, MessageReader, ReadEnd};
 use super::writer::{self, CLOSE_LINGER};
 use super::Shared;
 use crate::auth::permissions::{Identity, Method};
+use crate::cluster::Cluster;
 use crate::engine::history::{Incomplete, Locked, Recovery};
 use crate::engine::hub::{Client, Rejection, SubscriptionChange};
 use crate::engine::outbox::Closing;
@@ -117,6 +118,14 @@ async fn serve<R, W>(
         deadlines: Deadlines::new(config.idle_timeout),
         resume: handshake.resume,
     };
+    if let (Some(cluster), Some(resume)) = (&shared.cluster, &session.resume) {
+        // Resuming the channels it gets on connect: read back what this node lacks.
+        let defaults = &config.default_subscriptions;
+        Box::pin(backfill(cluster, resume, |name| {
+            defaults.iter().any(|d| d == name)
+        }))
+        .await;
+    }
     if let Some(code) = session.start(handshake.token) {
         // A refused token: the writer sends the `auth_response`, then closes.
         outbox.close(Closing::AfterFlush(code));
@@ -209,6 +218,23 @@ impl Disconnect {
             Self::ConnectionLost => "connection_lost",
             Self::Violation => "violation",
             Self::Refused => "refused",
+        }
+    }
+}
+
+/// Reads back from the cluster's stream what a resuming client missed on the channels
+/// `wanted` names, so that this node can replay it even if it was not following them.
+async fn backfill(cluster: &Cluster, resume: &Resume, wanted: impl Fn(&str) -> bool) {
+    if resume
+        .epoch
+        .as_deref()
+        .is_some_and(|e| e != cluster.epoch())
+    {
+        return; // answered with epoch_changed
+    }
+    for (name, since) in &resume.since {
+        if let (true, Ok(channel)) = (wanted(name), Channel::new(name)) {
+            cluster.backfill(&channel, *since).await;
         }
     }
 }
@@ -551,6 +577,12 @@ impl Session<'_> {
             if let Err(e) = cluster.ensure_interest(&channel).await {
                 tracing::warn!(conn = self.client.id(), %channel, error = %e, "cannot listen in the cluster");
             }
+        }
+        if let Some(resume) = &list.resume {
+            backfill(cluster, resume, |name| {
+                list.channels.iter().any(|c| c == name)
+            })
+            .await;
         }
     }
 
