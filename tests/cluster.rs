@@ -208,3 +208,80 @@ async fn a_client_resumes_on_another_node_from_the_stream() {
         "{reply}"
     );
 }
+
+/// What each node's subscriber gets when nats-server dies mid-stream and comes back:
+/// everything published while it is up, once and in order, on every node; what is
+/// published on a node during the outage, on that node only; and a `connection_error`,
+/// then a `notification`, about the outage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_a_nats_outage_nodes_serve_local_publishes_and_resume_after() {
+    let mut nats = NatsServer::start();
+    let url = nats.url();
+    let with_defaults = |name: &'static str| {
+        let url = url.clone();
+        move |c: &mut sigmahub::Config| {
+            c.cluster.nats_url = Some(url);
+            c.cluster.node_name = Some(name.into());
+            c.default_subscriptions = vec!["notification".into(), "connection_error".into()];
+        }
+    };
+    let a = TestServer::with(with_defaults("a")).await;
+    let b = TestServer::with(with_defaults("b")).await;
+    let mut on_a = a.client().await;
+    let mut on_b = b.client().await;
+    on_a.subscribe(&["orders"]).await;
+    on_b.subscribe(&["orders"]).await;
+    let orders = |n: u64| json!({"type": "orders", "data": {"n": n}});
+
+    // Up: through the cluster, to both.
+    for n in 0..5 {
+        let (_, reply) = a.publish(&orders(n)).await;
+        assert!(reply["offsets"].is_array(), "{reply}");
+    }
+    for client in [&mut on_a, &mut on_b] {
+        for n in 0..5 {
+            assert_eq!(client.recv_type("orders").await["data"]["n"], n);
+        }
+    }
+
+    // Down: each node says so, and serves what is published on it, to its own clients.
+    nats.kill();
+    for client in [&mut on_a, &mut on_b] {
+        let error = client.recv_type("connection_error").await;
+        assert_eq!(error["data"]["reason"], "cluster_disconnected", "{error}");
+    }
+    for n in 5..8 {
+        let (status, reply) = a.publish(&orders(n)).await;
+        assert_eq!(status, 200);
+        assert_eq!(reply["delivered"], 1, "local only: {reply}");
+        assert!(reply.get("offsets").is_none());
+    }
+    for n in 5..8 {
+        let event = on_a.recv_type("orders").await;
+        assert_eq!(event["data"]["n"], n);
+        assert!(event.get("offset").is_none(), "not in the stream: {event}");
+    }
+
+    // Back: both nodes reconnect by themselves and the cluster path resumes.
+    nats.restart();
+    for client in [&mut on_a, &mut on_b] {
+        let back = client
+            .recv_until("the reconnection notice", |m| {
+                m["type"] == "notification" && m["data"]["cluster"]["connected"] == true
+            })
+            .await;
+        assert_eq!(back["data"]["level"], "info");
+    }
+    for n in 8..11 {
+        let (_, reply) = b.publish(&orders(n)).await;
+        assert!(reply["offsets"].is_array(), "{reply}");
+    }
+    // b never saw 5..8 (published on a during the outage); nothing is repeated.
+    for (client, first) in [(&mut on_a, 8), (&mut on_b, 8)] {
+        for n in first..11 {
+            assert_eq!(client.recv_type("orders").await["data"]["n"], n);
+        }
+    }
+    let (_, stats) = a.request("GET", "/api/v1/stats", Vec::new()).await;
+    assert_eq!(stats["cluster"]["connected"], true, "{stats}");
+}

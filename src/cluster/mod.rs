@@ -74,6 +74,9 @@ pub enum ClusterError {
     /// A publish was not stored.
     #[error("publish to NATS failed: {0}")]
     Publish(async_nats::Error),
+    /// Not connected to NATS right now (it reconnects by itself).
+    #[error("not connected to NATS")]
+    Disconnected,
     /// Subscribing to a channel's live subject failed.
     #[error("cannot subscribe in NATS: {0}")]
     Subscribe(async_nats::Error),
@@ -117,7 +120,8 @@ impl Cluster {
         let mut options = async_nats::ConnectOptions::new()
             .name(format!("sigmahub {node}"))
             .retry_on_initial_connect()
-            .max_reconnects(None);
+            .max_reconnects(None)
+            .event_callback(announce(hub.clone(), node.clone()));
         if let Some(path) = &cluster.credentials_file {
             options = options.credentials_file(path).await.map_err(|source| {
                 ClusterError::Credentials {
@@ -186,6 +190,21 @@ impl Cluster {
         &self.node
     }
 
+    /// Whether the NATS connection is up now.
+    pub fn is_connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    /// The cluster part of the stats and `/readyz`.
+    pub fn status(&self) -> serde_json::Value {
+        serde_json::json!({
+            "node": self.node,
+            "connected": self.is_connected(),
+            "epoch": self.epoch,
+            "listening": self.interest.lock().expect("interest lock").len(),
+        })
+    }
+
     /// The epoch of the cluster's offsets (the stream's creation time).
     pub fn epoch(&self) -> &str {
         &self.epoch
@@ -199,6 +218,10 @@ impl Cluster {
         events: &[Event],
         now: SystemTime,
     ) -> Result<Vec<u64>, ClusterError> {
+        // Fail at once rather than wait for acknowledgements that cannot come.
+        if !self.is_connected() {
+            return Err(ClusterError::Disconnected);
+        }
         let mut acks = Vec::with_capacity(events.len());
         for event in events {
             let subject = subject::of(&self.prefix, event.channel()).publish;
@@ -247,7 +270,13 @@ impl Cluster {
             .flush()
             .await
             .map_err(|e| ClusterError::Subscribe(e.into()))?;
-        let task = tokio::spawn(receive(self.hub.clone(), channel.clone(), subscriber));
+        let task = tokio::spawn(receive(
+            self.hub.clone(),
+            self.stream.clone(),
+            channel.clone(),
+            subject::of(&self.prefix, channel).publish,
+            subscriber,
+        ));
         let mut interest = self.interest.lock().expect("interest lock");
         match interest.get_mut(channel) {
             // Another subscriber raced us here: keep theirs.
@@ -378,21 +407,135 @@ impl std::fmt::Debug for Cluster {
     }
 }
 
-/// Delivers a channel's live events to the hub, in stream order.
-async fn receive(hub: Hub, channel: Channel, mut subscriber: async_nats::Subscriber) {
+/// Delivers a channel's live events to the hub, in stream order. When a message does not
+/// follow the last one delivered (this node's connection dropped while others published),
+/// the missing events are read back from the stream first, so none is skipped.
+async fn receive(
+    hub: Hub,
+    stream: stream::Stream,
+    channel: Channel,
+    subject: String,
+    mut subscriber: async_nats::Subscriber,
+) {
+    let mut last = 0u64;
     while let Some(message) = subscriber.next().await {
         let Some((offset, prev)) = sequence(message.headers.as_ref()) else {
             tracing::warn!(%channel, "a live message without stream sequence headers; dropped");
             continue;
         };
-        let payload = message.payload;
-        if !is_event(&payload) {
-            tracing::warn!(%channel, offset, "a live message that is not a sigmahub event; dropped");
+        if offset <= last {
             continue;
         }
-        hub.publish_sequenced(&channel, offset, prev, SystemTime::now(), |offset| {
-            with_offset(&payload, offset)
-        });
+        if last != 0 && prev != UNKNOWN && prev > last {
+            fill_gap(&hub, &stream, &channel, &subject, last, offset).await;
+        }
+        deliver(
+            &hub,
+            &channel,
+            offset,
+            prev,
+            &message.payload,
+            SystemTime::now(),
+        );
+        last = offset;
+    }
+}
+
+/// Reads `channel`'s events after `last` and before `until` back from the stream and
+/// delivers them.
+async fn fill_gap(
+    hub: &Hub,
+    stream: &stream::Stream,
+    channel: &Channel,
+    subject: &str,
+    mut last: u64,
+    until: u64,
+) {
+    let mut filled = 0;
+    loop {
+        match stream
+            .direct_get_next_for_subject(subject, Some(last + 1))
+            .await
+        {
+            Ok(message) if message.sequence < until => {
+                let offset = message.sequence;
+                deliver(
+                    hub,
+                    channel,
+                    offset,
+                    last,
+                    &message.payload,
+                    SystemTime::from(message.time),
+                );
+                last = offset;
+                filled += 1;
+            }
+            Ok(_) => break,
+            Err(e) => {
+                if e.kind() != DirectGetErrorKind::NotFound {
+                    tracing::warn!(%channel, error = %e, "cannot read missed events from the stream");
+                }
+                break;
+            }
+        }
+    }
+    tracing::info!(%channel, filled, "delivered events missed while disconnected from NATS");
+}
+
+/// Frames one event from the stream with its offset and fans it out.
+fn deliver(hub: &Hub, channel: &Channel, offset: u64, prev: u64, payload: &Bytes, at: SystemTime) {
+    if !is_event(payload) {
+        tracing::warn!(%channel, offset, "a message that is not a sigmahub event; dropped");
+        return;
+    }
+    hub.publish_sequenced(channel, offset, prev, at, |offset| {
+        with_offset(payload, offset)
+    });
+}
+
+/// Tells this node's clients when the link to the rest of the cluster goes down
+/// (`connection_error`) and comes back (`notification`). Meanwhile each node keeps
+/// delivering what is published on it.
+fn announce(
+    hub: Hub,
+    node: String,
+) -> impl Fn(async_nats::Event) -> std::future::Ready<()> + Send + Sync + 'static {
+    let was_connected = std::sync::atomic::AtomicBool::new(false);
+    move |event| {
+        let now = SystemTime::now();
+        let published = match event {
+            async_nats::Event::Disconnected => {
+                tracing::warn!(
+                    node,
+                    "lost the NATS connection; serving local publishes only"
+                );
+                Event::new(
+                    "connection_error",
+                    &serde_json::json!({
+                        "reason": "cluster_disconnected",
+                        "message": "this node lost its link to the cluster; events published on other nodes are not delivered until it is back",
+                        "node": node,
+                        "timestamp": crate::event::unix_seconds(now),
+                    }),
+                )
+            }
+            async_nats::Event::Connected if was_connected.swap(true, Ordering::Relaxed) => {
+                tracing::info!(node, "NATS connection restored");
+                Event::new(
+                    "notification",
+                    &serde_json::json!({
+                        "message": "this node is linked to the cluster again",
+                        "level": "info",
+                        "cluster": {"node": node, "connected": true},
+                    }),
+                )
+            }
+            _ => return std::future::ready(()),
+        };
+        if let Ok(event) = published {
+            hub.publish_at(&event, now);
+        }
+        std::future::ready(())
     }
 }
 

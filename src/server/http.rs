@@ -478,6 +478,7 @@ fn ready(shared: &Shared) -> Response<ResponseBody> {
         status,
         &serde_json::json!({
             "status": state,
+            "cluster": shared.cluster.as_ref().map(|c| c.status()),
             "upstream": {
                 "engine": shared.config.engine.url.is_some(),
                 "breakers_not_closed": open,
@@ -529,6 +530,7 @@ fn stats(shared: &Shared) -> serde_json::Value {
         "events_published": hub.published,
         "frames_delivered": hub.delivered,
         "analytics": shared.analytics.summary(hub.connected_total),
+        "cluster": shared.cluster.as_ref().map(|c| c.status()),
         "latency": latency(&shared.counters.publish_to_write.snapshot()),
         "channels": channels,
         "refused": shared.admission.refused.to_json(),
