@@ -105,6 +105,8 @@ pub struct Cluster {
     epoch: String,
     /// Most events read back per channel: the stream keeps no more per subject.
     history_size: usize,
+    /// Bumped on every reconnection: each channel's receiver then checks what it missed.
+    reconnects: tokio::sync::watch::Sender<u64>,
 }
 
 impl Cluster {
@@ -117,11 +119,12 @@ impl Cluster {
             .clone()
             .expect("Cluster::connect needs cluster.nats_url");
         let node = cluster.node_name.clone().unwrap_or_else(default_node_name);
+        let (reconnects, _) = tokio::sync::watch::channel(0u64);
         let mut options = async_nats::ConnectOptions::new()
             .name(format!("sigmahub {node}"))
             .retry_on_initial_connect()
             .max_reconnects(None)
-            .event_callback(announce(hub.clone(), node.clone()));
+            .event_callback(announce(hub.clone(), node.clone(), reconnects.clone()));
         if let Some(path) = &cluster.credentials_file {
             options = options.credentials_file(path).await.map_err(|source| {
                 ClusterError::Credentials {
@@ -176,6 +179,7 @@ impl Cluster {
             published: AtomicU64::new(0),
             epoch,
             history_size: config.history.size,
+            reconnects,
         });
         for name in &config.default_subscriptions {
             if let Ok(channel) = Channel::new(name) {
@@ -260,22 +264,38 @@ impl Cluster {
                 return Ok(());
             }
         }
-        let live = subject::of(&self.prefix, channel).live;
+        let subjects = subject::of(&self.prefix, channel);
+        // This node's view of the channel starts after its latest event now. Whatever is
+        // stored between this and the subscription taking effect shows as a gap in front
+        // of the first live event, and is read back then.
+        let latest = self
+            .latest(&subjects.publish)
+            .await
+            .map_err(ClusterError::Subscribe)?;
         let subscriber = self
             .client
-            .subscribe(live)
+            .subscribe(subjects.live)
             .await
             .map_err(|e| ClusterError::Subscribe(e.into()))?;
-        self.client
-            .flush()
+        // A flush only empties our buffer. A request on the same connection is answered
+        // after the server has taken the SUB sent before it: from its answer on, every
+        // event the stream stores comes to us.
+        self.latest(&subjects.publish)
             .await
-            .map_err(|e| ClusterError::Subscribe(e.into()))?;
+            .map_err(ClusterError::Subscribe)?;
+        if let Some(history) = self.hub.history() {
+            history.backfill(channel, Vec::new(), latest, SystemTime::now());
+        }
         let task = tokio::spawn(receive(
-            self.hub.clone(),
-            self.stream.clone(),
-            channel.clone(),
-            subject::of(&self.prefix, channel).publish,
+            Receiver {
+                hub: self.hub.clone(),
+                stream: self.stream.clone(),
+                channel: channel.clone(),
+                subject: subjects.publish,
+                last: latest,
+            },
             subscriber,
+            self.reconnects.subscribe(),
         ));
         let mut interest = self.interest.lock().expect("interest lock");
         match interest.get_mut(channel) {
@@ -316,13 +336,8 @@ impl Cluster {
             return; // this node's own history reaches back
         }
         let subject = subject::of(&self.prefix, channel).publish;
-        let latest = match self
-            .stream
-            .direct_get_last_for_subject(subject.as_str())
-            .await
-        {
-            Ok(last) => last.sequence,
-            Err(e) if e.kind() == DirectGetErrorKind::NotFound => 0,
+        let latest = match self.latest(&subject).await {
+            Ok(latest) => latest,
             Err(e) => {
                 tracing::warn!(%channel, error = %e, "cannot read history from the stream");
                 return;
@@ -361,6 +376,15 @@ impl Cluster {
         }
         let taken = history.backfill(channel, events, latest, SystemTime::now());
         tracing::debug!(%channel, since, taken, "history read back from the stream");
+    }
+
+    /// The offset of the latest event stored on `subject` (0: none).
+    async fn latest(&self, subject: &str) -> Result<u64, async_nats::Error> {
+        match self.stream.direct_get_last_for_subject(subject).await {
+            Ok(last) => Ok(last.sequence),
+            Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(0),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Stops listening on channels without local subscribers for a few seconds, and
@@ -407,79 +431,122 @@ impl std::fmt::Debug for Cluster {
     }
 }
 
-/// Delivers a channel's live events to the hub, in stream order. When a message does not
-/// follow the last one delivered (this node's connection dropped while others published),
-/// the missing events are read back from the stream first, so none is skipped.
-async fn receive(
+/// One channel's live feed on this node.
+struct Receiver {
     hub: Hub,
     stream: stream::Stream,
     channel: Channel,
+    /// The channel's stream-side subject, for reading back.
     subject: String,
+    /// The offset of the last event delivered (or the channel's latest when the
+    /// subscription was taken).
+    last: u64,
+}
+
+/// Delivers a channel's live events to the hub, in stream order. Events stored while this
+/// node's link was down are read back from the stream: when a live event does not follow
+/// the last one delivered, and after every reconnection (the events stored before the
+/// subscription was renewed would otherwise wait for the next live one).
+async fn receive(
+    mut feed: Receiver,
     mut subscriber: async_nats::Subscriber,
+    mut reconnects: tokio::sync::watch::Receiver<u64>,
 ) {
-    let mut last = 0u64;
-    while let Some(message) = subscriber.next().await {
-        let Some((offset, prev)) = sequence(message.headers.as_ref()) else {
-            tracing::warn!(%channel, "a live message without stream sequence headers; dropped");
-            continue;
-        };
-        if offset <= last {
-            continue;
+    loop {
+        tokio::select! {
+            message = subscriber.next() => {
+                let Some(message) = message else { return };
+                feed.live(message).await;
+            }
+            changed = reconnects.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                feed.catch_up().await;
+            }
         }
-        if last != 0 && prev != UNKNOWN && prev > last {
-            fill_gap(&hub, &stream, &channel, &subject, last, offset).await;
+    }
+}
+
+impl Receiver {
+    async fn live(&mut self, message: async_nats::Message) {
+        let Some((offset, prev)) = sequence(message.headers.as_ref()) else {
+            tracing::warn!(channel = %self.channel, "a live message without stream sequence headers; dropped");
+            return;
+        };
+        if offset <= self.last {
+            return; // already read back
+        }
+        if prev != UNKNOWN && prev > self.last {
+            self.read_back(offset).await;
         }
         deliver(
-            &hub,
-            &channel,
+            &self.hub,
+            &self.channel,
             offset,
             prev,
             &message.payload,
             SystemTime::now(),
         );
-        last = offset;
+        self.last = offset;
     }
-}
 
-/// Reads `channel`'s events after `last` and before `until` back from the stream and
-/// delivers them.
-async fn fill_gap(
-    hub: &Hub,
-    stream: &stream::Stream,
-    channel: &Channel,
-    subject: &str,
-    mut last: u64,
-    until: u64,
-) {
-    let mut filled = 0;
-    loop {
-        match stream
-            .direct_get_next_for_subject(subject, Some(last + 1))
+    /// After a reconnection: the stream's latest for the channel is asked on the renewed
+    /// connection, after the renewed subscription, so everything up to it is read back
+    /// here and everything after it comes live.
+    async fn catch_up(&mut self) {
+        let latest = match self
+            .stream
+            .direct_get_last_for_subject(self.subject.as_str())
             .await
         {
-            Ok(message) if message.sequence < until => {
-                let offset = message.sequence;
-                deliver(
-                    hub,
-                    channel,
-                    offset,
-                    last,
-                    &message.payload,
-                    SystemTime::from(message.time),
-                );
-                last = offset;
-                filled += 1;
-            }
-            Ok(_) => break,
+            Ok(last) => last.sequence,
+            Err(e) if e.kind() == DirectGetErrorKind::NotFound => return,
             Err(e) => {
-                if e.kind() != DirectGetErrorKind::NotFound {
-                    tracing::warn!(%channel, error = %e, "cannot read missed events from the stream");
-                }
-                break;
+                tracing::warn!(channel = %self.channel, error = %e, "cannot check for missed events");
+                return;
             }
+        };
+        if latest > self.last {
+            self.read_back(latest + 1).await;
         }
     }
-    tracing::info!(%channel, filled, "delivered events missed while disconnected from NATS");
+
+    /// Reads the channel's events after the last delivered and before `until` back from
+    /// the stream and delivers them.
+    async fn read_back(&mut self, until: u64) {
+        let mut filled = 0;
+        loop {
+            match self
+                .stream
+                .direct_get_next_for_subject(self.subject.as_str(), Some(self.last + 1))
+                .await
+            {
+                Ok(message) if message.sequence < until => {
+                    let offset = message.sequence;
+                    let at = SystemTime::from(message.time);
+                    deliver(
+                        &self.hub,
+                        &self.channel,
+                        offset,
+                        self.last,
+                        &message.payload,
+                        at,
+                    );
+                    self.last = offset;
+                    filled += 1;
+                }
+                Ok(_) => break,
+                Err(e) => {
+                    if e.kind() != DirectGetErrorKind::NotFound {
+                        tracing::warn!(channel = %self.channel, error = %e, "cannot read missed events from the stream");
+                    }
+                    break;
+                }
+            }
+        }
+        tracing::info!(channel = %self.channel, filled, "delivered events missed while the NATS link was down");
+    }
 }
 
 /// Frames one event from the stream with its offset and fans it out.
@@ -499,6 +566,7 @@ fn deliver(hub: &Hub, channel: &Channel, offset: u64, prev: u64, payload: &Bytes
 fn announce(
     hub: Hub,
     node: String,
+    reconnects: tokio::sync::watch::Sender<u64>,
 ) -> impl Fn(async_nats::Event) -> std::future::Ready<()> + Send + Sync + 'static {
     let was_connected = std::sync::atomic::AtomicBool::new(false);
     move |event| {
@@ -521,6 +589,7 @@ fn announce(
             }
             async_nats::Event::Connected if was_connected.swap(true, Ordering::Relaxed) => {
                 tracing::info!(node, "NATS connection restored");
+                reconnects.send_modify(|n| *n += 1);
                 Event::new(
                     "notification",
                     &serde_json::json!({
