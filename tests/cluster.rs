@@ -357,3 +357,123 @@ async fn a_subscribe_over_a_slow_link_is_in_effect_when_answered() {
         assert_eq!(on_b.recv_type(&channel).await["data"]["round"], round);
     }
 }
+
+/// `GET /api/v1/stats` of a node run as a binary.
+async fn stats_of(node: &common::binary::Binary) -> Value {
+    let (status, _, body) =
+        common::request_raw_at(node.addr, "GET", "/api/v1/stats", Vec::new(), &[]).await;
+    assert_eq!(status, 200);
+    serde_json::from_slice(&body).unwrap()
+}
+
+/// Waits until exactly one of `nodes` leads the pollers; returns its index.
+async fn leader_among(nodes: &[&common::binary::Binary]) -> usize {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let mut leaders = Vec::new();
+        for (i, node) in nodes.iter().enumerate() {
+            if stats_of(node).await["cluster"]["leader"] == true {
+                leaders.push(i);
+            }
+        }
+        assert!(leaders.len() <= 1, "two leaders: {leaders:?}");
+        if let [leader] = leaders[..] {
+            return leader;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no leader");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+/// One node polls the upstreams (here: the host); the others get its snapshots, so a
+/// subscriber anywhere gets the same status. When the leader is killed (SIGKILL, real
+/// processes), another node takes over within seconds; when one is stopped cleanly it
+/// hands over at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_node_polls_and_another_takes_over_when_it_is_killed() {
+    use common::binary::Binary;
+    let nats = NatsServer::start();
+    let url = nats.url();
+    let spawn = |name: &str| {
+        Binary::spawn(&[
+            "--cluster-nats-url",
+            &url,
+            "--cluster-node-name",
+            name,
+            "--host-status-interval",
+            "500ms",
+            "--default-subscriptions",
+            "system.status",
+        ])
+    };
+    let mut nodes = vec![spawn("a"), spawn("b"), spawn("c")];
+
+    let leader = leader_among(&nodes.iter().collect::<Vec<_>>()).await;
+    let follower = (leader + 1) % 3;
+    let stats = stats_of(&nodes[follower]).await;
+    assert_eq!(
+        stats["upstream"]["breakers"],
+        json!({}),
+        "a follower polls: {stats}"
+    );
+    // The follower polls nothing itself, yet its cache and its subscribers get the status.
+    let (status, _, _) = common::request_raw_at(
+        nodes[follower].addr,
+        "GET",
+        "/api/v1/snapshot/system.status",
+        Vec::new(),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", nodes[follower].addr))
+        .await
+        .unwrap();
+    async fn next_status(
+        ws: &mut tokio_tungstenite::WebSocketStream<
+            tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+        >,
+    ) -> Value {
+        use futures_util::StreamExt;
+        loop {
+            let message = tokio::time::timeout(common::DEADLINE, ws.next())
+                .await
+                .expect("a status in time")
+                .unwrap()
+                .unwrap();
+            if let Ok(text) = message.to_text() {
+                let value: Value = serde_json::from_str(text).unwrap();
+                if value["type"] == "system.status" {
+                    return value;
+                }
+            }
+        }
+    }
+    next_status(&mut ws).await;
+
+    // Killed: no resignation; its key expires and another node takes it.
+    let killed_at = std::time::Instant::now();
+    nodes.remove(leader).kill();
+    let new_leader = leader_among(&nodes.iter().collect::<Vec<_>>()).await;
+    // leader_among waits at most 20 s; the key lives 5 s. The figure goes in the log.
+    println!("takeover after SIGKILL: {:?}", killed_at.elapsed());
+    // Status keeps coming to the same subscriber (whichever node now polls).
+    let before = next_status(&mut ws).await["timestamp"].clone();
+    loop {
+        if next_status(&mut ws).await["timestamp"] != before {
+            break;
+        }
+    }
+
+    // Stopped cleanly: it resigns (without waiting for its key to expire), and the last
+    // node takes over.
+    let stopped_at = std::time::Instant::now();
+    let logs = nodes.remove(new_leader).stop();
+    assert!(
+        logs.iter()
+            .any(|l| l["fields"]["message"] == "resigned the poller leadership"),
+        "no resignation in the logs"
+    );
+    leader_among(&nodes.iter().collect::<Vec<_>>()).await;
+    println!("takeover after SIGTERM: {:?}", stopped_at.elapsed());
+}

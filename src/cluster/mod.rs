@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use async_nats::jetstream::stream::DirectGetErrorKind;
-use async_nats::jetstream::{self, stream};
+use async_nats::jetstream::{self, kv, stream};
 use async_nats::HeaderMap;
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -39,10 +39,17 @@ use crate::engine::hub::Hub;
 use crate::event::Event;
 use crate::frame::{self, FrameBuf, OpCode};
 use crate::protocol::channel::Channel;
+use crate::upstream::snapshot::{Snapshot, SnapshotCache};
 
 /// How long a channel stays subscribed in NATS after its last local subscriber left, so a
 /// client that reconnects at once does not cost a resubscription.
 const INTEREST_LINGER: Duration = Duration::from_secs(5);
+
+/// How long the poller leader's key lives without renewal: a dead leader is replaced
+/// within about this long.
+pub const LEADER_TTL: Duration = Duration::from_secs(5);
+
+const LEADER_KEY: &str = "pollers";
 
 /// What can go wrong talking to NATS.
 #[derive(Debug, thiserror::Error)]
@@ -107,12 +114,22 @@ pub struct Cluster {
     history_size: usize,
     /// Bumped on every reconnection: each channel's receiver then checks what it missed.
     reconnects: tokio::sync::watch::Sender<u64>,
+    /// Whether this node holds the poller leadership.
+    leader: std::sync::atomic::AtomicBool,
+    /// Background tasks (snapshot follower, leadership), stopped by [`Cluster::close`].
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// The leader key's store and revision while this node holds it, to resign on close.
+    held: tokio::sync::Mutex<Option<(kv::Store, u64)>>,
 }
 
 impl Cluster {
     /// Connects to NATS, creates (or checks) the stream, names the hub's offsets after it,
     /// and listens on `config.default_subscriptions` for good.
-    pub async fn connect(config: &Config, hub: Hub) -> Result<Arc<Self>, ClusterError> {
+    pub async fn connect(
+        config: &Config,
+        hub: Hub,
+        snapshots: Arc<SnapshotCache>,
+    ) -> Result<Arc<Self>, ClusterError> {
         let cluster = &config.cluster;
         let url = cluster
             .nats_url
@@ -180,13 +197,165 @@ impl Cluster {
             epoch,
             history_size: config.history.size,
             reconnects,
+            leader: std::sync::atomic::AtomicBool::new(false),
+            tasks: Mutex::new(Vec::new()),
+            held: tokio::sync::Mutex::new(None),
         });
         for name in &config.default_subscriptions {
             if let Ok(channel) = Channel::new(name) {
                 this.listen(&channel, true).await?;
             }
         }
+        this.follow_snapshots(snapshots).await?;
         Ok(this)
+    }
+
+    /// Keeps this node's snapshot cache the same as every node's: the poller leader sends
+    /// each snapshot through the stream, and every node (the leader too) stores and
+    /// broadcasts it to its own subscribers. At start, the latest of each is read back.
+    async fn follow_snapshots(&self, cache: Arc<SnapshotCache>) -> Result<(), ClusterError> {
+        let mut subscriber = self
+            .client
+            .subscribe(subject::snapshots_live(&self.prefix))
+            .await
+            .map_err(|e| ClusterError::Subscribe(e.into()))?;
+        for channel in crate::upstream::STATUS_TYPES {
+            let subject = subject::snapshot_of(&self.prefix, channel).publish;
+            if let Ok(message) = self.stream.direct_get_last_for_subject(subject).await {
+                if let Some(snapshot) = Snapshot::from_wire(&message.payload, SystemTime::now()) {
+                    cache.store(snapshot);
+                }
+            }
+        }
+        let hub = self.hub.clone();
+        let task = tokio::spawn(async move {
+            while let Some(message) = subscriber.next().await {
+                let Some(snapshot) = Snapshot::from_wire(&message.payload, SystemTime::now())
+                else {
+                    tracing::warn!(subject = %message.subject, "not a sigmahub snapshot; dropped");
+                    continue;
+                };
+                let snapshot = cache.store(snapshot);
+                for frame in snapshot.frames.iter() {
+                    hub.publish_frame(&snapshot.channel, frame);
+                }
+            }
+        });
+        self.tasks.lock().expect("tasks lock").push(task);
+        Ok(())
+    }
+
+    /// Leaves the cluster: resigns the poller leadership (so another node takes over at
+    /// once rather than after [`LEADER_TTL`]) and stops listening. Called when the server
+    /// shuts down.
+    pub async fn close(&self) {
+        for task in self.tasks.lock().expect("tasks lock").drain(..) {
+            task.abort();
+        }
+        if let Some((store, revision)) = self.held.lock().await.take() {
+            match store
+                .delete_expect_revision(LEADER_KEY, Some(revision))
+                .await
+            {
+                Ok(()) => tracing::info!(node = self.node, "resigned the poller leadership"),
+                Err(e) => tracing::warn!(error = %e, "could not resign the poller leadership"),
+            }
+        }
+        for (_, interest) in self.interest.lock().expect("interest lock").drain() {
+            interest.task.abort();
+        }
+        let _ = self.client.flush().await;
+    }
+
+    /// Sends a status snapshot to every node (this one included), which store and
+    /// broadcast it.
+    pub async fn publish_snapshot(&self, snapshot: &Snapshot) -> Result<(), ClusterError> {
+        if !self.is_connected() {
+            return Err(ClusterError::Disconnected);
+        }
+        let subject = subject::snapshot_of(&self.prefix, &snapshot.channel).publish;
+        self.js
+            .publish(subject, snapshot.to_wire().into())
+            .await
+            .map_err(|e| ClusterError::Publish(e.into()))?
+            .await
+            .map_err(|e| ClusterError::Publish(e.into()))?;
+        Ok(())
+    }
+
+    /// Runs for the poller leadership until the process ends, and says on the returned
+    /// channel whether this node holds it. The leader holds a key in a KV bucket whose
+    /// entries live [`LEADER_TTL`]; it renews the key every second, and when it stops
+    /// (killed, cut off), another node takes the key once it has expired.
+    pub fn leadership(self: &Arc<Self>) -> tokio::sync::watch::Receiver<bool> {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let this = self.clone();
+        let task = tokio::spawn(async move { this.campaign(tx).await });
+        self.tasks.lock().expect("tasks lock").push(task);
+        rx
+    }
+
+    async fn campaign(&self, leader: tokio::sync::watch::Sender<bool>) {
+        let bucket = format!("{}_leader", self.prefix);
+        let mut ticks = tokio::time::interval(Duration::from_secs(1));
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut kv = None;
+        let mut revision = None;
+        loop {
+            ticks.tick().await;
+            if kv.is_none() {
+                match self.leader_bucket(&bucket).await {
+                    Ok(store) => kv = Some(store),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot open the leader bucket");
+                        continue;
+                    }
+                }
+            }
+            let store = kv.as_ref().expect("opened above");
+            let value = Bytes::from(self.node.clone());
+            revision = match revision {
+                Some(held) => match store.update(LEADER_KEY, value, held).await {
+                    Ok(renewed) => Some(renewed),
+                    // Taken by another node (ours expired): step down.
+                    Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => None,
+                    // NATS unreachable: keep polling for our own clients meanwhile.
+                    Err(_) => Some(held),
+                },
+                None => store.create(LEADER_KEY, value).await.ok(),
+            };
+            let is_leader = revision.is_some();
+            *self.held.lock().await = revision.map(|r| (store.clone(), r));
+            self.leader.store(is_leader, Ordering::Relaxed);
+            if *leader.borrow() != is_leader {
+                tracing::info!(
+                    node = self.node,
+                    leader = is_leader,
+                    "poller leadership changed"
+                );
+                let _ = leader.send(is_leader);
+            }
+        }
+    }
+
+    /// The leader bucket, created as a plain stream (async-nats' KV creation speaks a
+    /// newer server API than 2.9's).
+    async fn leader_bucket(&self, bucket: &str) -> Result<kv::Store, async_nats::Error> {
+        self.js
+            .get_or_create_stream(stream::Config {
+                name: format!("KV_{bucket}"),
+                subjects: vec![format!("$KV.{bucket}.>")],
+                max_messages_per_subject: 1,
+                max_age: LEADER_TTL,
+                allow_rollup: true,
+                deny_delete: true,
+                allow_direct: true,
+                discard: stream::DiscardPolicy::New,
+                duplicate_window: Duration::from_secs(1),
+                ..Default::default()
+            })
+            .await?;
+        Ok(self.js.get_key_value(bucket).await?)
     }
 
     /// This node's name.
@@ -204,6 +373,7 @@ impl Cluster {
         serde_json::json!({
             "node": self.node,
             "connected": self.is_connected(),
+            "leader": self.leader.load(Ordering::Relaxed),
             "epoch": self.epoch,
             "listening": self.interest.lock().expect("interest lock").len(),
         })

@@ -25,6 +25,21 @@ pub fn of(prefix: &str, channel: &str) -> Subjects {
     }
 }
 
+/// The subjects of `channel`'s status snapshots. `$` is in no channel name, so the
+/// `$snap` token never collides with a channel's subjects.
+pub fn snapshot_of(prefix: &str, channel: &str) -> Subjects {
+    let tail = tail(channel);
+    Subjects {
+        publish: format!("{prefix}.ev.$snap.{tail}"),
+        live: format!("{prefix}.live.$snap.{tail}"),
+    }
+}
+
+/// Every snapshot's live subject.
+pub fn snapshots_live(prefix: &str) -> String {
+    format!("{prefix}.live.$snap.>")
+}
+
 /// The subject pattern the stream captures.
 pub fn stream_pattern(prefix: &str) -> String {
     format!("{prefix}.ev.>")

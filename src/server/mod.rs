@@ -152,7 +152,10 @@ impl Server {
         config.validate()?;
         let mut shared = Shared::new(config)?;
         if shared.config.cluster.enabled() {
-            shared.cluster = Some(Cluster::connect(&shared.config, shared.hub.clone()).await?);
+            let cluster =
+                Cluster::connect(&shared.config, shared.hub.clone(), shared.snapshots.clone())
+                    .await?;
+            shared.cluster = Some(cluster);
         }
         let shared = Arc::new(shared);
         let addr = shared.config.listen;
@@ -197,16 +200,31 @@ impl Server {
         tracing::info!(addr = %listener.local_addr().map_err(|source| ServeError::Bind { addr: shared.config.listen, source })?, "sigmahub listening");
 
         let timers = tokio::spawn(run_timers(shared.clone()));
+        let outlet = || Outlet {
+            hub: shared.hub.clone(),
+            snapshots: shared.snapshots.clone(),
+            breakers: shared.breakers.clone(),
+            cluster: shared.cluster.clone(),
+        };
         let mut pollers = tokio::task::JoinSet::new();
-        upstream::start(
-            &shared.config,
-            Outlet {
-                hub: shared.hub.clone(),
-                snapshots: shared.snapshots.clone(),
-                breakers: shared.breakers.clone(),
-            },
-            &mut pollers,
-        );
+        match &shared.cluster {
+            None => upstream::start(&shared.config, outlet(), &mut pollers),
+            // In a cluster only the leader polls; the others get its snapshots and events.
+            Some(cluster) => {
+                let mut leader = cluster.leadership();
+                let (config, outlet) = (shared.config.clone(), outlet());
+                pollers.spawn(async move {
+                    let mut running = tokio::task::JoinSet::new();
+                    while leader.changed().await.is_ok() {
+                        if *leader.borrow_and_update() {
+                            upstream::start(&config, outlet.clone(), &mut running);
+                        } else {
+                            running.abort_all();
+                        }
+                    }
+                });
+            }
+        }
         tokio::pin!(shutdown);
         loop {
             let (tcp, peer) = tokio::select! {
@@ -257,6 +275,9 @@ impl Server {
         timers.abort();
         // Pollers loop forever and hold no client state: dropping the set aborts them.
         drop(pollers);
+        if let Some(cluster) = &shared.cluster {
+            cluster.close().await;
+        }
         shared.hub.close_all(CloseCode::GOING_AWAY);
         shared.tasks.close();
         let deadline = shared.config.shutdown_timeout;

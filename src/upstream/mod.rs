@@ -32,6 +32,14 @@ use self::poller::{Outlet, Policy, PollSpec};
 use self::rpc::{RpcClient, UpstreamError};
 use crate::config::Config;
 
+/// The status types pollers publish as snapshots.
+pub const STATUS_TYPES: [&str; 4] = [
+    "system.status",
+    "agent.status",
+    "storage.update",
+    "compression.update",
+];
+
 /// Every poller's breaker, as the stats API shows it.
 #[derive(Debug, Default)]
 pub struct BreakerBoard {

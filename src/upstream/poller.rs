@@ -15,6 +15,7 @@ use super::breaker::{Breaker, BreakerState, Transition};
 use super::rpc::UpstreamError;
 use super::snapshot::{Snapshot, SnapshotCache};
 use super::BreakerBoard;
+use crate::cluster::Cluster;
 use crate::engine::hub::Hub;
 use crate::event::{unix_seconds, Event};
 use crate::protocol::channel::Channel;
@@ -53,6 +54,8 @@ pub(crate) struct Outlet {
     pub(crate) hub: Hub,
     pub(crate) snapshots: Arc<SnapshotCache>,
     pub(crate) breakers: Arc<BreakerBoard>,
+    /// In a cluster, snapshots and events go to every node through it.
+    pub(crate) cluster: Option<Arc<Cluster>>,
 }
 
 /// Breaker and reporting settings.
@@ -154,9 +157,44 @@ impl Outlet {
         }
     }
 
-    fn broadcast(&self, snapshot: &Snapshot) {
+    fn broadcast(&self, snapshot: &Arc<Snapshot>) {
+        if let Some(cluster) = &self.cluster {
+            // Every node (this one too) stores and broadcasts it when it comes back.
+            let (cluster, snapshot, hub) = (cluster.clone(), snapshot.clone(), self.hub.clone());
+            tokio::spawn(async move {
+                if let Err(e) = cluster.publish_snapshot(&snapshot).await {
+                    tracing::warn!(error = %e, "snapshot not sent to the cluster; broadcast here only");
+                    for frame in snapshot.frames.iter() {
+                        hub.publish_frame(&snapshot.channel, frame);
+                    }
+                }
+            });
+            return;
+        }
         for frame in snapshot.frames.iter() {
             self.hub.publish_frame(&snapshot.channel, frame);
+        }
+    }
+
+    /// Publishes an event of the pollers' own (`rpc_error`, breaker notifications): to
+    /// every node in a cluster.
+    fn publish(&self, event: Event, now: SystemTime) {
+        match &self.cluster {
+            None => {
+                self.hub.publish_at(&event, now);
+            }
+            Some(cluster) => {
+                let (cluster, hub) = (cluster.clone(), self.hub.clone());
+                tokio::spawn(async move {
+                    if cluster
+                        .publish(std::slice::from_ref(&event), now)
+                        .await
+                        .is_err()
+                    {
+                        hub.publish_at(&event, now);
+                    }
+                });
+            }
         }
     }
 
@@ -176,7 +214,7 @@ impl Outlet {
             "timestamp": unix_seconds(now),
         });
         if let Ok(event) = Event::new("rpc_error", &data) {
-            self.hub.publish_at(&event, now);
+            self.publish(event, now);
         }
     }
 
@@ -215,7 +253,7 @@ impl Outlet {
             },
         });
         if let Ok(event) = Event::new("notification", &data) {
-            self.hub.publish_at(&event, now);
+            self.publish(event, now);
         }
     }
 }

@@ -25,6 +25,25 @@ pub struct Staleness {
     pub error_code: &'static str,
 }
 
+impl Staleness {
+    /// Every error code a snapshot can be stale with.
+    pub const CODES: [&'static str; 5] = [
+        "RPC_DISCONNECT",
+        "SYSTEM_STATUS_FAILED",
+        "COMPRESSION_JOBS_FAILED",
+        "AGENT_STATUS_FAILED",
+        "CIRCUIT_BREAKER_OPEN",
+    ];
+
+    /// The staleness with error code `code`, if it is one of [`Self::CODES`].
+    pub fn from_code(code: &str) -> Option<Self> {
+        Self::CODES
+            .iter()
+            .find(|c| **c == code)
+            .map(|error_code| Self { error_code })
+    }
+}
+
 /// The latest value of one status type.
 #[derive(Debug, Clone)]
 pub struct Snapshot {
@@ -81,6 +100,61 @@ impl Snapshot {
             "error_code": self.stale.map(|s| s.error_code),
             "last_update": event::rfc3339(self.last_update),
         })
+    }
+
+    /// The snapshot as a cluster's poller leader sends it to the other nodes.
+    pub fn to_wire(&self) -> Vec<u8> {
+        #[derive(serde::Serialize)]
+        struct Wire<'a> {
+            channel: &'a str,
+            items: &'a [Box<RawValue>],
+            last_update_ms: u64,
+            stale: Option<&'a str>,
+        }
+        serde_json::to_vec(&Wire {
+            channel: &self.channel,
+            items: &self.items,
+            last_update_ms: self
+                .last_update
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+            stale: self.stale.map(|s| s.error_code),
+        })
+        .expect("a snapshot serializes")
+    }
+
+    /// A snapshot received from the cluster, its frames encoded here, stamped `now`.
+    /// `None` if it is not one sigmahub sent.
+    pub fn from_wire(bytes: &[u8], now: SystemTime) -> Option<Self> {
+        #[derive(serde::Deserialize)]
+        struct Wire {
+            channel: String,
+            items: Vec<Box<RawValue>>,
+            last_update_ms: u64,
+            stale: Option<String>,
+        }
+        let wire: Wire = serde_json::from_slice(bytes).ok()?;
+        let channel = Channel::new(&wire.channel).ok()?;
+        if wire
+            .items
+            .iter()
+            .any(|i| !i.get().trim_start().starts_with('{'))
+        {
+            return None;
+        }
+        let stale = match wire.stale {
+            None => None,
+            Some(code) => Some(Staleness::from_code(&code)?),
+        };
+        let last_update =
+            SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(wire.last_update_ms);
+        Some(Self::new(
+            channel,
+            wire.items.into(),
+            last_update,
+            stale,
+            now,
+        ))
     }
 
     /// The snapshot as the REST API shows it: its status, `type` and `items`.
@@ -190,6 +264,13 @@ mod tests {
         assert!(payload(&snap.frames[0])["data"].get("stale").is_none());
 
         let stale = snap.to_stale("RPC_DISCONNECT", now);
+        let back = Snapshot::from_wire(&stale.to_wire(), now).expect("round trip");
+        assert_eq!(back.frames, stale.frames, "the same frames on every node");
+        assert!(Snapshot::from_wire(
+            br#"{"channel":"x","items":[1],"last_update_ms":0,"stale":null}"#,
+            now
+        )
+        .is_none());
         let data = payload(&stale.frames[0])["data"].clone();
         assert_eq!(data["stale"], true);
         assert_eq!(data["error_code"], "RPC_DISCONNECT");

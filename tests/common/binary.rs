@@ -80,6 +80,12 @@ impl Binary {
         }
     }
 
+    /// Kills it (SIGKILL): no shutdown, no goodbye.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Stops it with SIGTERM and returns every log line.
     pub fn stop(mut self) -> Vec<Value> {
         let _ = Command::new("kill")
