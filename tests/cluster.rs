@@ -477,3 +477,36 @@ async fn one_node_polls_and_another_takes_over_when_it_is_killed() {
     leader_among(&nodes.iter().collect::<Vec<_>>()).await;
     println!("takeover after SIGTERM: {:?}", stopped_at.elapsed());
 }
+
+/// A client's own `publish` over the socket reaches every node too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_publish_reaches_every_node() {
+    const KEY: &str = "cluster-test-key-0123456789";
+    let nats = NatsServer::start();
+    let keyed = |name: &'static str| {
+        let url = nats.url();
+        move |c: &mut sigmahub::Config| {
+            c.cluster.nats_url = Some(url);
+            c.cluster.node_name = Some(name.into());
+            c.default_subscriptions = vec![];
+            c.auth.publish_keys = vec![KEY.into()];
+        }
+    };
+    let a = TestServer::with(keyed("a")).await;
+    let b = TestServer::with(keyed("b")).await;
+    let mut on_b = b.connect_with(&format!("?token={KEY}"), &[]).await.unwrap();
+    on_b.recv_type("notification").await;
+    on_b.subscribe(&["orders"]).await;
+    let mut publisher = a.connect_with(&format!("?token={KEY}"), &[]).await.unwrap();
+    publisher.recv_type("notification").await;
+    publisher
+        .send(&json!({"type": "publish", "correlation_id": 7,
+            "data": {"type": "orders", "data": {"from": "a's socket"}}}))
+        .await;
+    let reply = publisher.recv_type("publish_response").await;
+    assert_eq!(reply["correlation_id"], 7);
+    assert!(reply["data"]["offsets"].is_array(), "{reply}");
+    let event = on_b.recv_type("orders").await;
+    assert_eq!(event["data"]["from"], "a's socket");
+    assert_eq!(event["offset"], reply["data"]["offsets"][0]);
+}

@@ -763,6 +763,35 @@ impl Session<'_> {
             self.client.send(error_reply(&e, now));
             return;
         }
+        if let Some(cluster) = &self.shared.cluster {
+            // To every node, through the stream; answered once it is stored. The client's
+            // own subscriptions get the events the way every subscriber does.
+            let (cluster, hub) = (cluster.clone(), self.shared.hub.clone());
+            let outbox = self.client.outbox().clone();
+            let correlation_id = correlation_id.cloned();
+            tokio::spawn(async move {
+                let reply = match cluster.publish(&events, now).await {
+                    Ok(offsets) => serde_json::json!({
+                        "success": true,
+                        "accepted": events.len(),
+                        "offsets": offsets,
+                        "delivered": null,
+                    }),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cluster publish failed; delivering on this node only");
+                        let delivery = hub.publish_batch(&events, now);
+                        serde_json::json!({
+                            "success": true,
+                            "accepted": events.len(),
+                            "delivered": delivery.queued,
+                        })
+                    }
+                };
+                let id = correlation_id.as_ref().map(CorrelationId::as_raw);
+                outbox.push(event::encode_serialize("publish_response", now, id, &reply));
+            });
+            return;
+        }
         let delivery = self.shared.hub.publish_batch(&events, now);
         self.client.send(event::encode_serialize(
             "publish_response",
