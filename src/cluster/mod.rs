@@ -35,7 +35,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::Config;
 use crate::engine::history::UNKNOWN;
-use crate::engine::hub::Hub;
+use crate::engine::hub::{Delivery, Hub};
 use crate::event::Event;
 use crate::frame::{self, FrameBuf, OpCode};
 use crate::protocol::channel::Channel;
@@ -87,6 +87,15 @@ pub enum ClusterError {
     /// Subscribing to a channel's live subject failed.
     #[error("cannot subscribe in NATS: {0}")]
     Subscribe(async_nats::Error),
+}
+
+/// Where [`Cluster::publish_or_deliver_here`] put the events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Published {
+    /// Stored in the stream at these offsets; every node delivers them.
+    Stored(Vec<u64>),
+    /// NATS was unreachable: delivered on this node only.
+    Here(Delivery),
 }
 
 /// One channel's live subscription.
@@ -419,6 +428,18 @@ impl Cluster {
         Ok(offsets)
     }
 
+    /// Publishes `events` to the cluster; if NATS cannot take them, delivers them on this
+    /// node only (without offsets), so a publish is never lost to an outage.
+    pub async fn publish_or_deliver_here(&self, events: &[Event], now: SystemTime) -> Published {
+        match self.publish(events, now).await {
+            Ok(offsets) => Published::Stored(offsets),
+            Err(e) => {
+                tracing::warn!(error = %e, "cluster publish failed; delivering on this node only");
+                Published::Here(self.hub.publish_batch(events, now))
+            }
+        }
+    }
+
     /// Makes sure this node receives `channel`'s events, before a local client subscribes
     /// to it. Returns once NATS has the subscription.
     pub async fn ensure_interest(&self, channel: &Channel) -> Result<(), ClusterError> {
@@ -438,8 +459,7 @@ impl Cluster {
         // This node's view of the channel starts after its latest event now. Whatever is
         // stored between this and the subscription taking effect shows as a gap in front
         // of the first live event, and is read back then.
-        let latest = self
-            .latest(&subjects.publish)
+        let start = latest(&self.stream, &subjects.publish)
             .await
             .map_err(ClusterError::Subscribe)?;
         let subscriber = self
@@ -450,11 +470,11 @@ impl Cluster {
         // A flush only empties our buffer. A request on the same connection is answered
         // after the server has taken the SUB sent before it: from its answer on, every
         // event the stream stores comes to us.
-        self.latest(&subjects.publish)
+        latest(&self.stream, &subjects.publish)
             .await
             .map_err(ClusterError::Subscribe)?;
         if let Some(history) = self.hub.history() {
-            history.backfill(channel, Vec::new(), latest, SystemTime::now());
+            history.backfill(channel, Vec::new(), start, SystemTime::now());
         }
         let task = tokio::spawn(receive(
             Receiver {
@@ -462,7 +482,7 @@ impl Cluster {
                 stream: self.stream.clone(),
                 channel: channel.clone(),
                 subject: subjects.publish,
-                last: latest,
+                last: start,
             },
             subscriber,
             self.reconnects.subscribe(),
@@ -506,8 +526,8 @@ impl Cluster {
             return; // this node's own history reaches back
         }
         let subject = subject::of(&self.prefix, channel).publish;
-        let latest = match self.latest(&subject).await {
-            Ok(latest) => latest,
+        let newest = match latest(&self.stream, &subject).await {
+            Ok(newest) => newest,
             Err(e) => {
                 tracing::warn!(%channel, error = %e, "cannot read history from the stream");
                 return;
@@ -544,17 +564,8 @@ impl Cluster {
             events.push((offset, prev, SystemTime::from(message.time), frame));
             prev = offset;
         }
-        let taken = history.backfill(channel, events, latest, SystemTime::now());
+        let taken = history.backfill(channel, events, newest, SystemTime::now());
         tracing::debug!(%channel, since, taken, "history read back from the stream");
-    }
-
-    /// The offset of the latest event stored on `subject` (0: none).
-    async fn latest(&self, subject: &str) -> Result<u64, async_nats::Error> {
-        match self.stream.direct_get_last_for_subject(subject).await {
-            Ok(last) => Ok(last.sequence),
-            Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(0),
-            Err(e) => Err(e.into()),
-        }
     }
 
     /// Stops listening on channels without local subscribers for a few seconds, and
@@ -665,20 +676,15 @@ impl Receiver {
     /// connection, after the renewed subscription, so everything up to it is read back
     /// here and everything after it comes live.
     async fn catch_up(&mut self) {
-        let latest = match self
-            .stream
-            .direct_get_last_for_subject(self.subject.as_str())
-            .await
-        {
-            Ok(last) => last.sequence,
-            Err(e) if e.kind() == DirectGetErrorKind::NotFound => return,
+        let newest = match latest(&self.stream, &self.subject).await {
+            Ok(newest) => newest,
             Err(e) => {
                 tracing::warn!(channel = %self.channel, error = %e, "cannot check for missed events");
                 return;
             }
         };
-        if latest > self.last {
-            self.read_back(latest + 1).await;
+        if newest > self.last {
+            self.read_back(newest + 1).await;
         }
     }
 
@@ -716,6 +722,15 @@ impl Receiver {
             }
         }
         tracing::info!(channel = %self.channel, filled, "delivered events missed while the NATS link was down");
+    }
+}
+
+/// The offset of the latest event stored on `subject` (0: none).
+async fn latest(stream: &stream::Stream, subject: &str) -> Result<u64, async_nats::Error> {
+    match stream.direct_get_last_for_subject(subject).await {
+        Ok(last) => Ok(last.sequence),
+        Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(0),
+        Err(e) => Err(e.into()),
     }
 }
 

@@ -194,20 +194,12 @@ impl History {
         let mut log = log.lock();
         // Taken under the channel's lock, so offsets rise along the channel in delivery order.
         let offset = self.next.fetch_add(1, Ordering::Relaxed);
-        let frame = encode(offset);
         let prev = if log.last == 0 {
             log.start_prev
         } else {
             log.last
         };
-        log.entries.push_back(Entry {
-            offset,
-            prev,
-            at: now,
-            frame: frame.clone(),
-        });
-        log.last = offset;
-        self.trim(&mut log, now);
+        let frame = self.record(&mut log, offset, prev, now, encode);
         deliver(&frame)
     }
 
@@ -228,6 +220,19 @@ impl History {
         if offset <= log.last {
             return None;
         }
+        let frame = self.record(&mut log, offset, prev, now, encode);
+        Some(deliver(&frame))
+    }
+
+    /// Encodes the event at `offset` and keeps it as the log's latest.
+    fn record(
+        &self,
+        log: &mut Log,
+        offset: u64,
+        prev: u64,
+        now: SystemTime,
+        encode: impl FnOnce(u64) -> Bytes,
+    ) -> Bytes {
         let frame = encode(offset);
         log.entries.push_back(Entry {
             offset,
@@ -236,8 +241,8 @@ impl History {
             frame: frame.clone(),
         });
         log.last = offset;
-        self.trim(&mut log, now);
-        Some(deliver(&frame))
+        self.trim(log, now);
+        frame
     }
 
     /// Puts events read back from elsewhere (a cluster's stream) in front of `channel`'s

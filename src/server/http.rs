@@ -43,6 +43,7 @@ use super::admission::Refusal;
 use super::counters::Limit;
 use super::reader::Prefixed;
 use super::{dashboard, metrics, session, Shared};
+use crate::cluster::Published;
 use crate::engine::latency::HistogramSnapshot;
 use crate::protocol::message::{Resume, MAX_RESUME_CHANNELS};
 use crate::protocol::publish;
@@ -422,9 +423,10 @@ where
         }
     };
     let now = SystemTime::now();
-    if let Some(cluster) = &shared.cluster {
-        match cluster.publish(&events, now).await {
-            Ok(offsets) => {
+    let total = match &shared.cluster {
+        None => shared.hub.publish_batch(&events, now),
+        Some(cluster) => match cluster.publish_or_deliver_here(&events, now).await {
+            Published::Stored(offsets) => {
                 return json(
                     StatusCode::OK,
                     &serde_json::json!({
@@ -435,12 +437,9 @@ where
                     }),
                 );
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "cluster publish failed; delivering on this node only");
-            }
-        }
-    }
-    let total = shared.hub.publish_batch(&events, now);
+            Published::Here(delivery) => delivery,
+        },
+    };
     json(
         StatusCode::OK,
         &serde_json::json!({

@@ -29,7 +29,7 @@ use super::reader::{Incoming, MessageReader, ReadEnd};
 use super::writer::{self, CLOSE_LINGER};
 use super::Shared;
 use crate::auth::permissions::{Identity, Method};
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, Published};
 use crate::engine::history::{Incomplete, Locked, Recovery};
 use crate::engine::hub::{Client, Rejection, SubscriptionChange};
 use crate::engine::outbox::Closing;
@@ -766,26 +766,22 @@ impl Session<'_> {
         if let Some(cluster) = &self.shared.cluster {
             // To every node, through the stream; answered once it is stored. The client's
             // own subscriptions get the events the way every subscriber does.
-            let (cluster, hub) = (cluster.clone(), self.shared.hub.clone());
+            let cluster = cluster.clone();
             let outbox = self.client.outbox().clone();
             let correlation_id = correlation_id.cloned();
             tokio::spawn(async move {
-                let reply = match cluster.publish(&events, now).await {
-                    Ok(offsets) => serde_json::json!({
+                let reply = match cluster.publish_or_deliver_here(&events, now).await {
+                    Published::Stored(offsets) => serde_json::json!({
                         "success": true,
                         "accepted": events.len(),
                         "offsets": offsets,
                         "delivered": null,
                     }),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cluster publish failed; delivering on this node only");
-                        let delivery = hub.publish_batch(&events, now);
-                        serde_json::json!({
-                            "success": true,
-                            "accepted": events.len(),
-                            "delivered": delivery.queued,
-                        })
-                    }
+                    Published::Here(delivery) => serde_json::json!({
+                        "success": true,
+                        "accepted": events.len(),
+                        "delivered": delivery.queued,
+                    }),
                 };
                 let id = correlation_id.as_ref().map(CorrelationId::as_raw);
                 outbox.push(event::encode_serialize("publish_response", now, id, &reply));

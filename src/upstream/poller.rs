@@ -184,15 +184,11 @@ impl Outlet {
                 self.hub.publish_at(&event, now);
             }
             Some(cluster) => {
-                let (cluster, hub) = (cluster.clone(), self.hub.clone());
+                let cluster = cluster.clone();
                 tokio::spawn(async move {
-                    if cluster
-                        .publish(std::slice::from_ref(&event), now)
-                        .await
-                        .is_err()
-                    {
-                        hub.publish_at(&event, now);
-                    }
+                    cluster
+                        .publish_or_deliver_here(std::slice::from_ref(&event), now)
+                        .await;
                 });
             }
         }
