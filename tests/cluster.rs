@@ -332,6 +332,55 @@ async fn a_node_cut_off_from_nats_fills_the_gap_from_the_stream() {
     assert_eq!(event["data"]["n"], 4, "nothing twice: {event}");
 }
 
+/// A silent cut (no reset, no FIN: the link just stops passing bytes) is noticed by the
+/// node's pings; meanwhile a publish on it waits for its acknowledgement a bounded time and
+/// is then delivered on that node, never lost; after the link is back, publishes go
+/// through the stream again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_cut_is_noticed_and_publishes_on_the_cut_node_still_deliver() {
+    let nats = NatsServer::start();
+    let proxy = common::nats::Proxy::start(nats.port).await;
+    let proxy_url = proxy.url();
+    let b = TestServer::with(move |c| {
+        c.cluster.nats_url = Some(proxy_url);
+        c.cluster.node_name = Some("b".into());
+        c.default_subscriptions = vec!["notification".into(), "connection_error".into()];
+    })
+    .await;
+    let mut on_b = b.client().await;
+    on_b.subscribe(&["orders"]).await;
+
+    proxy.stall();
+    let (status, reply) = b
+        .publish(&json!({"type": "orders", "data": {"n": 1}}))
+        .await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(
+        reply["delivered"], 1,
+        "delivered here, without the stream: {reply}"
+    );
+    let event = on_b.recv_type("orders").await;
+    assert_eq!(event["data"]["n"], 1);
+    assert!(event.get("offset").is_none(), "not stored: {event}");
+    on_b.recv_type("connection_error").await;
+
+    proxy.restore();
+    on_b.recv_until("the reconnection notice", |m| {
+        m["data"]["cluster"]["connected"] == true
+    })
+    .await;
+    let (_, reply) = b
+        .publish(&json!({"type": "orders", "data": {"n": 2}}))
+        .await;
+    assert!(
+        reply["offsets"].is_array(),
+        "through the stream again: {reply}"
+    );
+    let event = on_b.recv_type("orders").await;
+    assert_eq!(event["data"]["n"], 2);
+    assert!(event["offset"].is_u64(), "{event}");
+}
+
 /// A subscribe is in effect across the cluster when it is answered, even over a slow link
 /// to NATS: an event published on another node right after the answer is delivered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -51,6 +51,11 @@ pub const LEADER_TTL: Duration = Duration::from_secs(5);
 
 const LEADER_KEY: &str = "pollers";
 
+/// How often an idle link pings NATS. The client gives the link up after three unanswered
+/// pings, so a silent cut (no reset, no FIN) is noticed within about three of these; the
+/// client's default, 60 s, would leave publishes waiting on it for three minutes.
+const PING_INTERVAL: Duration = Duration::from_secs(5);
+
 /// What can go wrong talking to NATS.
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
@@ -150,6 +155,7 @@ impl Cluster {
             .name(format!("sigmahub {node}"))
             .retry_on_initial_connect()
             .max_reconnects(None)
+            .ping_interval(PING_INTERVAL)
             .event_callback(announce(hub.clone(), node.clone(), reconnects.clone()));
         if let Some(path) = &cluster.credentials_file {
             options = options.credentials_file(path).await.map_err(|source| {
@@ -873,5 +879,107 @@ mod tests {
         h.insert("Nats-Last-Sequence", "3");
         assert_eq!(sequence(Some(&h)), Some((7, 3)));
         assert_eq!(sequence(None), None);
+    }
+
+    /// A real nats-server with JetStream on a free port and its own store, killed on drop.
+    struct Nats {
+        child: std::process::Child,
+        port: u16,
+        store: std::path::PathBuf,
+    }
+
+    impl Nats {
+        fn start() -> Self {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("a free port")
+                .port();
+            let store = std::env::temp_dir().join(format!("sigmahub-unit-nats-{port}"));
+            let child = std::process::Command::new("nats-server")
+                .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+                .arg(&store)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("nats-server is not installed (scripts/test-all.sh installs it)");
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+                assert!(Instant::now() < deadline, "nats-server did not start");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Self { child, port, store }
+        }
+    }
+
+    impl Drop for Nats {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            let _ = std::fs::remove_dir_all(&self.store);
+        }
+    }
+
+    /// Live messages can be lost without the connection dropping (NATS drops messages to a
+    /// slow subscriber). A live event that does not follow the last one delivered makes
+    /// the receiver read the missing ones back from the stream first: the node's clients
+    /// get every event, in order, once.
+    #[tokio::test]
+    async fn a_gap_before_a_live_event_is_read_back_from_the_stream_first() {
+        let nats = Nats::start();
+        let url = format!("nats://127.0.0.1:{}", nats.port);
+        let mut config = Config::default();
+        config.cluster.nats_url = Some(url.clone());
+        let hub = Hub::new(&config);
+        let cluster = Cluster::connect(&config, hub.clone(), Arc::default())
+            .await
+            .expect("joins the cluster");
+        let channel = Channel::new("gappy").unwrap();
+        let subjects = subject::of(&cluster.prefix, &channel);
+
+        // What the stream republishes, seen by a client of our own.
+        let watcher = async_nats::connect(&url).await.unwrap();
+        let mut live = watcher.subscribe(subjects.live).await.unwrap();
+        watcher.flush().await.unwrap();
+        let events: Vec<Event> = (0..5)
+            .map(|i| Event::new("gappy", &serde_json::json!({ "i": i })).unwrap())
+            .collect();
+        let offsets = cluster.publish(&events, SystemTime::now()).await.unwrap();
+        let mut messages = Vec::new();
+        while messages.len() < events.len() {
+            let next = tokio::time::timeout(Duration::from_secs(10), live.next()).await;
+            messages.push(next.expect("republished in time").expect("subscribed"));
+        }
+
+        let mut client = hub.connect().unwrap();
+        client.subscribe(["gappy"]);
+        let mut feed = Receiver {
+            hub: hub.clone(),
+            stream: cluster.stream().clone(),
+            channel: channel.clone(),
+            subject: subjects.publish,
+            last: 0,
+        };
+        // The second, third and fourth live messages never arrive.
+        let mut messages = messages.into_iter();
+        feed.live(messages.next().unwrap()).await;
+        feed.live(messages.next_back().unwrap()).await;
+
+        let mut frames = Vec::new();
+        client.outbox().drain_into(&mut frames, usize::MAX);
+        let received: Vec<(u64, u64)> = frames
+            .iter()
+            .map(|frame| {
+                let event: serde_json::Value =
+                    serde_json::from_slice(&frame::payload_of(frame)).unwrap();
+                (
+                    event["offset"].as_u64().unwrap(),
+                    event["data"]["i"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        let expected: Vec<(u64, u64)> = offsets.iter().copied().zip(0..).collect();
+        assert_eq!(received, expected);
+        assert_eq!(feed.last, offsets[4]);
+        cluster.close().await;
     }
 }

@@ -5,6 +5,8 @@
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub struct NatsServer {
@@ -115,30 +117,60 @@ impl Drop for NatsServer {
 }
 
 /// A TCP proxy in front of a nats-server, to cut one node off while the server stays up:
-/// `cut` closes every connection through it and refuses new ones until `restore`. Small
-/// writes go through at once (no Nagle delay), as they would on a direct connection.
+/// `cut` closes every connection through it and refuses new ones until `restore`; `stall`
+/// stops passing bytes either way without closing anything (a silent network cut: no
+/// reset, no FIN); `restore` ends both, closing the stalled connections. Small writes go through
+/// at once (no Nagle delay), as they would on a direct connection.
 pub struct Proxy {
     pub port: u16,
-    open: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    open: Arc<AtomicBool>,
+    stalled: Arc<AtomicBool>,
     generation: tokio::sync::watch::Sender<u64>,
     task: tokio::task::JoinHandle<()>,
 }
 
+/// Copies `from` to `to`, holding each chunk for `latency`. A chunk read while `stalled`
+/// is held until the stall ends, and then the connection is closed.
+async fn pump(
+    mut from: impl tokio::io::AsyncRead + Unpin,
+    mut to: impl tokio::io::AsyncWrite + Unpin,
+    latency: Duration,
+    stalled: &AtomicBool,
+) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = from.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        tokio::time::sleep(latency).await;
+        if stalled.load(Ordering::Acquire) {
+            while stalled.load(Ordering::Acquire) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            // What was held is dropped with the connection.
+            return Err(std::io::Error::other("stalled"));
+        }
+        to.write_all(&buf[..n]).await?;
+    }
+}
+
 impl Proxy {
     pub async fn start(target_port: u16) -> Self {
-        Self::with_latency(target_port, std::time::Duration::ZERO).await
+        Self::with_latency(target_port, Duration::ZERO).await
     }
 
     /// A proxy that holds every chunk from the client for `latency` before passing it on:
     /// a slow link from one node to NATS.
-    pub async fn with_latency(target_port: u16, latency: std::time::Duration) -> Self {
-        use std::sync::atomic::Ordering;
+    pub async fn with_latency(target_port: u16, latency: Duration) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        let open = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let open = Arc::new(AtomicBool::new(true));
+        let stalled = Arc::new(AtomicBool::new(false));
         let (generation, _) = tokio::sync::watch::channel(0u64);
         let cuts = generation.clone();
-        let is_open = open.clone();
+        let (is_open, is_stalled) = (open.clone(), stalled.clone());
         let task = tokio::spawn(async move {
             loop {
                 let Ok((mut inbound, _)) = listener.accept().await else {
@@ -148,6 +180,7 @@ impl Proxy {
                     continue; // dropped: refused
                 }
                 let mut cut = cuts.subscribe();
+                let stalled = is_stalled.clone();
                 tokio::spawn(async move {
                     let Ok(mut outbound) =
                         tokio::net::TcpStream::connect(("127.0.0.1", target_port)).await
@@ -156,21 +189,10 @@ impl Proxy {
                     };
                     let _ = inbound.set_nodelay(true);
                     let _ = outbound.set_nodelay(true);
-                    let (mut from_client, mut to_client) = inbound.split();
-                    let (mut from_server, mut to_server) = outbound.split();
-                    let up = async {
-                        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                        let mut buf = vec![0u8; 64 * 1024];
-                        loop {
-                            let n = from_client.read(&mut buf).await?;
-                            if n == 0 {
-                                return Ok::<_, std::io::Error>(());
-                            }
-                            tokio::time::sleep(latency).await;
-                            to_server.write_all(&buf[..n]).await?;
-                        }
-                    };
-                    let down = tokio::io::copy(&mut from_server, &mut to_client);
+                    let (from_client, to_client) = inbound.split();
+                    let (from_server, to_server) = outbound.split();
+                    let up = pump(from_client, to_server, latency, &stalled);
+                    let down = pump(from_server, to_client, Duration::ZERO, &stalled);
                     tokio::select! {
                         _ = async { tokio::try_join!(up, down) } => {}
                         _ = cut.changed() => {}
@@ -181,6 +203,7 @@ impl Proxy {
         Self {
             port,
             open,
+            stalled,
             generation,
             task,
         }
@@ -192,13 +215,19 @@ impl Proxy {
 
     /// Closes every connection through the proxy and refuses new ones.
     pub fn cut(&self) {
-        self.open.store(false, std::sync::atomic::Ordering::Release);
+        self.open.store(false, Ordering::Release);
         self.generation.send_modify(|g| *g += 1);
     }
 
-    /// Lets connections through again.
+    /// Passes no more bytes, and closes nothing.
+    pub fn stall(&self) {
+        self.stalled.store(true, Ordering::Release);
+    }
+
+    /// Lets connections through again; connections that were stalled are closed.
     pub fn restore(&self) {
-        self.open.store(true, std::sync::atomic::Ordering::Release);
+        self.stalled.store(false, Ordering::Release);
+        self.open.store(true, Ordering::Release);
     }
 }
 
