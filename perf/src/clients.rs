@@ -35,15 +35,13 @@ impl Tally {
             gaps: AtomicU64::new(0),
             duplicates: AtomicU64::new(0),
             closed: Mutex::new(Default::default()),
-            latency: (0..SHARDS)
-                .map(|_| Mutex::new(Histogram::new_with_bounds(1, 120_000_000, 3).unwrap()))
-                .collect(),
+            latency: (0..SHARDS).map(|_| Mutex::new(histogram())).collect(),
         })
     }
 
     /// Publish-to-receipt latency of every event, in microseconds.
     pub fn latency(&self) -> Histogram<u64> {
-        let mut all = Histogram::new_with_bounds(1, 120_000_000, 3).unwrap();
+        let mut all = histogram();
         for shard in &self.latency {
             all.add(&*shard.lock().unwrap()).unwrap();
         }
@@ -53,6 +51,11 @@ impl Tally {
     fn closed(&self, why: String) {
         *self.closed.lock().unwrap().entry(why).or_default() += 1;
     }
+}
+
+/// An empty latency histogram: 1 µs to 120 s, three significant digits.
+pub fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 120_000_000, 3).expect("valid bounds")
 }
 
 /// The number after `"key":` in `text`. The generator reads only its own events, whose

@@ -11,7 +11,9 @@ use hyper_util::rt::TokioIo;
 pub struct Published {
     pub events: u64,
     pub requests: u64,
-    pub queued: u64,
+    /// Frames the server said it queued; `None` when it did not say (a cluster node answers
+    /// before the event has gone round the cluster).
+    pub queued: Option<u64>,
     pub slow_consumers: u64,
     pub elapsed: Duration,
 }
@@ -32,7 +34,7 @@ pub async fn run(
     let mut out = Published {
         events: 0,
         requests: 0,
-        queued: 0,
+        queued: Some(0),
         slow_consumers: 0,
         elapsed: Duration::ZERO,
     };
@@ -65,7 +67,10 @@ pub async fn run(
         }
         out.events += batch;
         out.requests += 1;
-        out.queued += reply["delivered"].as_u64().unwrap_or(0);
+        out.queued = match (out.queued, reply["delivered"].as_u64()) {
+            (Some(sum), Some(n)) => Some(sum + n),
+            _ => None,
+        };
         out.slow_consumers += reply["slow_consumers"].as_u64().unwrap_or(0);
     }
     out.elapsed = start.elapsed();

@@ -1,4 +1,4 @@
-//! The server under test: spawned by the generator, or an existing process by pid. Its CPU
+//! The servers under test: spawned by the generator, or existing processes by pid. Their CPU
 //! time and resident memory are read from /proc.
 
 use std::process::Stdio;
@@ -6,11 +6,31 @@ use std::time::Duration;
 
 use tokio::process::{Child, Command};
 
-/// CPU seconds (user + system) and resident set size of a process.
+/// CPU seconds (user + system) and resident set size of a process, or of several summed.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Usage {
     pub cpu_seconds: f64,
     pub rss_bytes: u64,
+}
+
+impl std::ops::Add for Usage {
+    type Output = Usage;
+    fn add(self, other: Usage) -> Usage {
+        Usage {
+            cpu_seconds: self.cpu_seconds + other.cpu_seconds,
+            rss_bytes: self.rss_bytes + other.rss_bytes,
+        }
+    }
+}
+
+impl std::ops::Sub for Usage {
+    type Output = Usage;
+    fn sub(self, other: Usage) -> Usage {
+        Usage {
+            cpu_seconds: self.cpu_seconds - other.cpu_seconds,
+            rss_bytes: self.rss_bytes.saturating_sub(other.rss_bytes),
+        }
+    }
 }
 
 pub struct Server {
@@ -87,7 +107,7 @@ impl Server {
         }
     }
 
-    /// Stops a spawned server with SIGTERM and waits for it.
+    /// Stops a spawned server with SIGTERM and waits for it; leaves an existing one alone.
     pub async fn stop(mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = std::process::Command::new("kill")
@@ -105,4 +125,27 @@ fn ticks_per_second() -> f64 {
         .ok()
         .and_then(|o| String::from_utf8(o.stdout).ok()?.trim().parse().ok())
         .unwrap_or(100.0)
+}
+
+/// Several servers (the nodes of a cluster, or one), measured together.
+pub struct Fleet {
+    pub servers: Vec<Server>,
+}
+
+impl Fleet {
+    /// The summed usage of every server, and each one's.
+    pub fn usage(&self) -> (Usage, Vec<Usage>) {
+        let each: Vec<Usage> = self.servers.iter().map(Server::usage).collect();
+        (
+            each.iter().copied().fold(Usage::default(), |a, b| a + b),
+            each,
+        )
+    }
+
+    /// Stops every spawned server.
+    pub async fn stop(self) {
+        for server in self.servers {
+            server.stop().await;
+        }
+    }
 }
