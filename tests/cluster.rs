@@ -19,6 +19,27 @@ async fn node(nats: &NatsServer, name: &str) -> TestServer {
     .await
 }
 
+/// A node linked to NATS through `proxy`, whose clients also get `connection_error`.
+async fn node_behind(proxy: &common::nats::Proxy, name: &str) -> TestServer {
+    let url = proxy.url();
+    let name = name.to_owned();
+    TestServer::with(move |c| {
+        c.cluster.nats_url = Some(url);
+        c.cluster.node_name = Some(name);
+        c.default_subscriptions = vec!["notification".into(), "connection_error".into()];
+    })
+    .await
+}
+
+/// Waits for the notification that the client's node is linked to the cluster again.
+async fn reconnected(client: &mut common::Client) -> Value {
+    client
+        .recv_until("the reconnection notice", |m| {
+            m["type"] == "notification" && m["data"]["cluster"]["connected"] == true
+        })
+        .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_published_on_one_node_reaches_subscribers_on_every_node_once() {
     let nats = NatsServer::start();
@@ -265,12 +286,7 @@ async fn through_a_nats_outage_nodes_serve_local_publishes_and_resume_after() {
     // Back: both nodes reconnect by themselves and the cluster path resumes.
     nats.restart();
     for client in [&mut on_a, &mut on_b] {
-        let back = client
-            .recv_until("the reconnection notice", |m| {
-                m["type"] == "notification" && m["data"]["cluster"]["connected"] == true
-            })
-            .await;
-        assert_eq!(back["data"]["level"], "info");
+        assert_eq!(reconnected(client).await["data"]["level"], "info");
     }
     for n in 8..11 {
         let (_, reply) = b.publish(&orders(n)).await;
@@ -294,13 +310,7 @@ async fn a_node_cut_off_from_nats_fills_the_gap_from_the_stream() {
     let nats = NatsServer::start();
     let proxy = common::nats::Proxy::start(nats.port).await;
     let a = node(&nats, "a").await;
-    let proxy_url = proxy.url();
-    let b = TestServer::with(move |c| {
-        c.cluster.nats_url = Some(proxy_url);
-        c.cluster.node_name = Some("b".into());
-        c.default_subscriptions = vec!["notification".into(), "connection_error".into()];
-    })
-    .await;
+    let b = node_behind(&proxy, "b").await;
     let mut on_b = b.client().await;
     on_b.subscribe(&["orders"]).await;
     let orders = |n: u64| json!({"type": "orders", "data": {"n": n}});
@@ -314,10 +324,7 @@ async fn a_node_cut_off_from_nats_fills_the_gap_from_the_stream() {
         assert!(reply["offsets"].is_array(), "a is still linked: {reply}");
     }
     proxy.restore();
-    on_b.recv_until("the reconnection notice", |m| {
-        m["data"]["cluster"]["connected"] == true
-    })
-    .await;
+    reconnected(&mut on_b).await;
     // Read back on reconnection, before any new event comes to show the gap.
     let mut last = 0;
     for n in 1..4 {
@@ -340,13 +347,7 @@ async fn a_node_cut_off_from_nats_fills_the_gap_from_the_stream() {
 async fn a_silent_cut_is_noticed_and_publishes_on_the_cut_node_still_deliver() {
     let nats = NatsServer::start();
     let proxy = common::nats::Proxy::start(nats.port).await;
-    let proxy_url = proxy.url();
-    let b = TestServer::with(move |c| {
-        c.cluster.nats_url = Some(proxy_url);
-        c.cluster.node_name = Some("b".into());
-        c.default_subscriptions = vec!["notification".into(), "connection_error".into()];
-    })
-    .await;
+    let b = node_behind(&proxy, "b").await;
     let mut on_b = b.client().await;
     on_b.subscribe(&["orders"]).await;
 
@@ -365,10 +366,7 @@ async fn a_silent_cut_is_noticed_and_publishes_on_the_cut_node_still_deliver() {
     on_b.recv_type("connection_error").await;
 
     proxy.restore();
-    on_b.recv_until("the reconnection notice", |m| {
-        m["data"]["cluster"]["connected"] == true
-    })
-    .await;
+    reconnected(&mut on_b).await;
     let (_, reply) = b
         .publish(&json!({"type": "orders", "data": {"n": 2}}))
         .await;
