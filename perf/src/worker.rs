@@ -232,3 +232,46 @@ impl Worker {
         Ok(report)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(received: u64, latencies: &[u64]) -> Report {
+        let mut histogram = clients::histogram();
+        for &us in latencies {
+            histogram.record(us).unwrap();
+        }
+        Report {
+            ready: 2,
+            received,
+            closed: BTreeMap::from([("close 4000".to_owned(), 1)]),
+            latency: histogram
+                .iter_recorded()
+                .map(|v| (v.value_iterated_to(), v.count_at_value()))
+                .collect(),
+            ..Report::default()
+        }
+    }
+
+    #[test]
+    fn reports_merge_into_one_histogram_and_summed_counts() {
+        let mut all = report(10, &[100, 200]);
+        all.merge(report(5, &[300, 300_000]));
+        assert_eq!((all.ready, all.received), (4, 15));
+        assert_eq!(all.closed["close 4000"], 2);
+        let histogram = all.histogram();
+        assert_eq!(histogram.len(), 4);
+        assert_eq!(histogram.value_at_quantile(0.5), 200);
+        assert!(histogram.equivalent(histogram.max(), 300_000));
+    }
+
+    #[test]
+    fn a_report_survives_its_line() {
+        let sent = report(7, &[42]);
+        let line = serde_json::to_string(&sent).unwrap();
+        assert!(!line.contains('\n'));
+        let got: Report = serde_json::from_str(&line).unwrap();
+        assert_eq!((got.received, got.latency), (7, sent.latency));
+    }
+}
