@@ -928,7 +928,7 @@ mod tests {
         let nats = Nats::start();
         let url = format!("nats://127.0.0.1:{}", nats.port);
         let mut config = Config::default();
-        config.cluster.nats_url = Some(url.clone());
+        config.cluster.nats_url = Some(url);
         let hub = Hub::new(&config);
         let cluster = Cluster::connect(&config, hub.clone(), Arc::default())
             .await
@@ -936,10 +936,10 @@ mod tests {
         let channel = Channel::new("gappy").unwrap();
         let subjects = subject::of(&cluster.prefix, &channel);
 
-        // What the stream republishes, seen by a client of our own.
-        let watcher = async_nats::connect(&url).await.unwrap();
-        let mut live = watcher.subscribe(subjects.live).await.unwrap();
-        watcher.flush().await.unwrap();
+        // What the stream republishes, caught on the node's connection with the same
+        // barrier as `listen` (a flush alone does not wait for the server to take the SUB).
+        let mut live = cluster.client.subscribe(subjects.live).await.unwrap();
+        latest(&cluster.stream, &subjects.publish).await.unwrap();
         let events: Vec<Event> = (0..5)
             .map(|i| Event::new("gappy", &serde_json::json!({ "i": i })).unwrap())
             .collect();
