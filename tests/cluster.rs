@@ -8,27 +8,25 @@ use common::nats::NatsServer;
 use common::TestServer;
 use serde_json::{json, Value};
 
-async fn node(nats: &NatsServer, name: &str) -> TestServer {
-    let url = nats.url();
+/// A node on `url` named `name`, whose clients get `defaults` on connect.
+async fn node_on(url: String, name: &str, defaults: &[&str]) -> TestServer {
     let name = name.to_owned();
+    let defaults: Vec<String> = defaults.iter().map(|d| d.to_string()).collect();
     TestServer::with(move |c| {
         c.cluster.nats_url = Some(url);
         c.cluster.node_name = Some(name);
-        c.default_subscriptions = vec!["notification".into()];
+        c.default_subscriptions = defaults;
     })
     .await
 }
 
+async fn node(nats: &NatsServer, name: &str) -> TestServer {
+    node_on(nats.url(), name, &["notification"]).await
+}
+
 /// A node linked to NATS through `proxy`, whose clients also get `connection_error`.
 async fn node_behind(proxy: &common::nats::Proxy, name: &str) -> TestServer {
-    let url = proxy.url();
-    let name = name.to_owned();
-    TestServer::with(move |c| {
-        c.cluster.nats_url = Some(url);
-        c.cluster.node_name = Some(name);
-        c.default_subscriptions = vec!["notification".into(), "connection_error".into()];
-    })
-    .await
+    node_on(proxy.url(), name, &["notification", "connection_error"]).await
 }
 
 /// Waits for the notification that the client's node is linked to the cluster again.
@@ -387,13 +385,7 @@ async fn a_subscribe_over_a_slow_link_is_in_effect_when_answered() {
     let slow =
         common::nats::Proxy::with_latency(nats.port, std::time::Duration::from_millis(60)).await;
     let a = node(&nats, "a").await;
-    let slow_url = slow.url();
-    let b = TestServer::with(move |c| {
-        c.cluster.nats_url = Some(slow_url);
-        c.cluster.node_name = Some("b".into());
-        c.default_subscriptions = vec![];
-    })
-    .await;
+    let b = node_on(slow.url(), "b", &[]).await;
     let mut on_b = b.client().await;
     for round in 0..3 {
         let channel = format!("orders{round}");

@@ -15,7 +15,6 @@ const SHARDS: usize = 16;
 
 /// Counters shared by every client.
 pub struct Tally {
-    pub connected: AtomicUsize,
     pub ready: AtomicUsize,
     pub failed: AtomicUsize,
     pub received: AtomicU64,
@@ -28,7 +27,6 @@ pub struct Tally {
 impl Tally {
     pub fn new() -> Arc<Self> {
         Arc::new(Self {
-            connected: AtomicUsize::new(0),
             ready: AtomicUsize::new(0),
             failed: AtomicUsize::new(0),
             received: AtomicU64::new(0),
@@ -113,7 +111,6 @@ async fn run(
     let stream = socket.connect(plan.server).await?;
     let url = format!("ws://{}/ws", plan.server);
     let (mut ws, _) = tokio_tungstenite::client_async(url, stream).await?;
-    tally.connected.fetch_add(1, Ordering::Relaxed);
     let subscribe = serde_json::json!({"type": "subscribe", "data": {"channels": [plan.channel]}});
     ws.send(Message::text(subscribe.to_string())).await?;
     loop {

@@ -763,42 +763,25 @@ impl Session<'_> {
             self.client.send(error_reply(&e, now));
             return;
         }
-        if let Some(cluster) = &self.shared.cluster {
-            // To every node, through the stream; answered once it is stored. The client's
-            // own subscriptions get the events the way every subscriber does.
-            let cluster = cluster.clone();
-            let outbox = self.client.outbox().clone();
-            let correlation_id = correlation_id.cloned();
-            tokio::spawn(async move {
-                let reply = match cluster.publish_or_deliver_here(&events, now).await {
-                    Published::Stored(offsets) => serde_json::json!({
-                        "success": true,
-                        "accepted": events.len(),
-                        "offsets": offsets,
-                        "delivered": null,
-                    }),
-                    Published::Here(delivery) => serde_json::json!({
-                        "success": true,
-                        "accepted": events.len(),
-                        "delivered": delivery.queued,
-                    }),
-                };
-                let id = correlation_id.as_ref().map(CorrelationId::as_raw);
-                outbox.push(event::encode_serialize("publish_response", now, id, &reply));
-            });
+        let Some(cluster) = &self.shared.cluster else {
+            let delivery = self.shared.hub.publish_batch(&events, now);
+            let reply = publish_reply(events.len(), &Published::Here(delivery));
+            let id = correlation_id.map(CorrelationId::as_raw);
+            self.client
+                .send(event::encode_serialize("publish_response", now, id, &reply));
             return;
-        }
-        let delivery = self.shared.hub.publish_batch(&events, now);
-        self.client.send(event::encode_serialize(
-            "publish_response",
-            now,
-            correlation_id.map(CorrelationId::as_raw),
-            &serde_json::json!({
-                "success": true,
-                "accepted": events.len(),
-                "delivered": delivery.queued,
-            }),
-        ));
+        };
+        // To every node, through the stream; answered once it is stored. The client's own
+        // subscriptions get the events the way every subscriber does.
+        let cluster = cluster.clone();
+        let outbox = self.client.outbox().clone();
+        let correlation_id = correlation_id.cloned();
+        tokio::spawn(async move {
+            let published = cluster.publish_or_deliver_here(&events, now).await;
+            let reply = publish_reply(events.len(), &published);
+            let id = correlation_id.as_ref().map(CorrelationId::as_raw);
+            outbox.push(event::encode_serialize("publish_response", now, id, &reply));
+        });
     }
 
     fn count_rejections(&self, rejected: &[Rejection]) {
@@ -907,6 +890,24 @@ fn subscription_reply(
             resumed,
         },
     )
+}
+
+/// The `publish_response` data: with the offsets when the cluster's stream stored the
+/// events (every node delivers them), else how many client queues they went to here.
+fn publish_reply(accepted: usize, published: &Published) -> serde_json::Value {
+    match published {
+        Published::Stored(offsets) => serde_json::json!({
+            "success": true,
+            "accepted": accepted,
+            "offsets": offsets,
+            "delivered": null,
+        }),
+        Published::Here(delivery) => serde_json::json!({
+            "success": true,
+            "accepted": accepted,
+            "delivered": delivery.queued,
+        }),
+    }
 }
 
 fn error_reply(e: &MessageError, now: SystemTime) -> Bytes {
