@@ -59,6 +59,11 @@ pub(crate) struct Cli {
     #[arg(long, env = "SIGMAHUB_CLIENT_QUEUE_CAPACITY", value_name = "FRAMES")]
     client_queue_capacity: Option<usize>,
 
+    /// Bytes that may wait in one client's queue (it holds at most this plus one frame)
+    /// [default: 262144].
+    #[arg(long, env = "SIGMAHUB_CLIENT_QUEUE_BYTES", value_name = "BYTES")]
+    client_queue_bytes: Option<usize>,
+
     /// On a full client queue: close the client (4000) or drop frames and report them
     /// [default: close].
     #[arg(long, env = "SIGMAHUB_SLOW_CONSUMER", value_enum)]
@@ -325,6 +330,7 @@ impl Cli {
             listen,
             max_message_size,
             client_queue_capacity,
+            client_queue_bytes,
             slow_consumer,
             max_subscriptions_per_connection,
             ping_interval,

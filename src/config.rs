@@ -17,6 +17,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::auth::keys::MIN_KEY_LEN;
+use crate::engine::outbox;
 use crate::protocol::channel::{self, DEFAULT_CHANNELS};
 
 /// What to do with a client whose queue is full.
@@ -49,7 +50,13 @@ pub struct Config {
     /// buffer: about 5 s of events at 50 events/s.
     pub client_queue_capacity: usize,
 
-    /// What happens when a client's queue is full. Default `close`.
+    /// Bytes that may wait in one client's queue: it takes frames while it holds less, so
+    /// it never holds more than this plus one frame. Default 256 KiB, a full queue of 1 KiB
+    /// events: 20,000 clients hold at most 5 GiB between them, and that only if every frame
+    /// were theirs alone (a broadcast frame is one allocation shared by every subscriber).
+    pub client_queue_bytes: usize,
+
+    /// What happens when a client's queue is full (in frames or in bytes). Default `close`.
     pub slow_consumer: SlowConsumerPolicy,
 
     /// Most channels one connection may be subscribed to at once, the 8 defaults included.
@@ -414,6 +421,7 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 12080)),
             max_message_size: 64 * 1024,
             client_queue_capacity: 256,
+            client_queue_bytes: 256 * 1024,
             slow_consumer: SlowConsumerPolicy::Close,
             max_subscriptions_per_connection: 50,
             ping_interval: Duration::from_secs(30),
@@ -497,8 +505,17 @@ impl Config {
         if self.max_message_size < 128 {
             return Err(invalid("max_message_size", "must be at least 128 bytes"));
         }
-        if self.client_queue_capacity == 0 {
-            return Err(invalid("client_queue_capacity", "must be at least 1"));
+        if !(1..=outbox::MAX_CAPACITY).contains(&self.client_queue_capacity) {
+            return Err(invalid(
+                "client_queue_capacity",
+                format!("must be 1 to {}", outbox::MAX_CAPACITY),
+            ));
+        }
+        if !(1024..=outbox::MAX_BYTE_CAPACITY).contains(&self.client_queue_bytes) {
+            return Err(invalid(
+                "client_queue_bytes",
+                format!("must be 1024 to {}", outbox::MAX_BYTE_CAPACITY),
+            ));
         }
         if self.max_subscriptions_per_connection == 0 {
             return Err(invalid(

@@ -5,92 +5,10 @@
 
 mod common;
 
+use common::raw::{close_code, frame, raw_ws};
 use common::TestServer;
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-
-/// Opens a WebSocket by hand and returns the socket just after the 101 response.
-async fn raw_ws(server: &TestServer) -> TcpStream {
-    let mut tcp = TcpStream::connect(server.addr).await.unwrap();
-    let request = format!(
-        "GET /ws HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-        server.addr
-    );
-    tcp.write_all(request.as_bytes()).await.unwrap();
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut byte = [0u8; 1];
-        common::within(tcp.read_exact(&mut byte)).await.unwrap();
-        head.push(byte[0]);
-    }
-    assert!(
-        head.starts_with(b"HTTP/1.1 101"),
-        "{}",
-        String::from_utf8_lossy(&head)
-    );
-    tcp
-}
-
-/// A client frame with the given first byte, masked or not.
-fn frame(first: u8, payload: &[u8], masked: bool) -> Vec<u8> {
-    let mut out = vec![first];
-    let bit = if masked { 0x80 } else { 0 };
-    match payload.len() {
-        n if n < 126 => out.push(bit | n as u8),
-        n if n < 65536 => {
-            out.push(bit | 126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            out.push(bit | 127);
-            out.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    if masked {
-        let key = [7, 1, 9, 3];
-        out.extend_from_slice(&key);
-        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
-    } else {
-        out.extend_from_slice(payload);
-    }
-    out
-}
-
-/// Reads server frames until a close frame (returning its code) or the end of the stream.
-async fn close_code(tcp: &mut TcpStream) -> Option<u16> {
-    let mut buf = Vec::new();
-    let read_all = async {
-        let mut chunk = [0u8; 4096];
-        loop {
-            match tcp.read(&mut chunk).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        }
-    };
-    let _ = tokio::time::timeout(common::DEADLINE, read_all).await;
-    // Walk the server's (unmasked) frames.
-    let mut at = 0;
-    while at + 2 <= buf.len() {
-        let opcode = buf[at] & 0x0f;
-        let (len, header) = match buf[at + 1] & 0x7f {
-            126 => (u16::from_be_bytes([buf[at + 2], buf[at + 3]]) as usize, 4),
-            127 => (
-                u64::from_be_bytes(buf[at + 2..at + 10].try_into().unwrap()) as usize,
-                10,
-            ),
-            n => (n as usize, 2),
-        };
-        let payload = &buf[at + header..(at + header + len).min(buf.len())];
-        if opcode == 0x8 {
-            return payload.get(..2).map(|c| u16::from_be_bytes([c[0], c[1]]));
-        }
-        at += header + len;
-    }
-    None
-}
+use tokio::io::AsyncWriteExt;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_clients_get_their_answer_and_a_bystander_gets_everything() {
@@ -159,18 +77,23 @@ async fn hostile_clients_get_their_answer_and_a_bystander_gets_everything() {
         .send(&json!({"type": "subscribe", "data": {"channels": ten_thousand}}))
         .await;
     assert_eq!(greedy.closed().await, Some(1009));
-    // 2,000 fit in a message: 8 defaults + 42 = the limit of 50; the rest are refused by
-    // name, and the connection stays.
+    // 2,000 fit in a message but not in a connection's 50 subscriptions: refused whole,
+    // in an error far smaller than the request, and the connection stays.
     let two_thousand: Vec<String> = (0..2_000).map(|i| format!("ch{i}")).collect();
     client
         .send(&json!({"type": "subscribe", "data": {"channels": two_thousand}}))
         .await;
+    let error = client.recv_type("error").await;
+    assert_eq!(error["data"]["code"], "too_many_channels");
+    assert!(error.to_string().len() < 512, "{error}");
+    // 50: 8 defaults + 42 reach the limit; the other 8 are refused by name.
+    let fifty: Vec<String> = (0..50).map(|i| format!("ch{i}")).collect();
+    client
+        .send(&json!({"type": "subscribe", "data": {"channels": fifty}}))
+        .await;
     let reply = client.recv_type("subscribe_response").await;
     assert_eq!(reply["data"]["subscribed"].as_array().unwrap().len(), 42);
-    assert_eq!(
-        reply["data"]["rejected"].as_array().unwrap().len(),
-        2_000 - 42
-    );
+    assert_eq!(reply["data"]["rejected"].as_array().unwrap().len(), 8);
     assert_eq!(reply["data"]["rejected"][0]["code"], "subscription_limit");
 
     // Subscribe/unsubscribe churn leaves nothing behind.

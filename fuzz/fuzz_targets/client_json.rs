@@ -6,7 +6,7 @@ use sigmahub::protocol::message::{parse, ClientMessage};
 
 fuzz_target!(|data: &[u8]| {
     let mut buf = data.to_vec();
-    match parse(&mut buf) {
+    match parse(&mut buf, 50) {
         Ok(ClientMessage::Subscribe(list) | ClientMessage::Unsubscribe(list)) => {
             if let Some(id) = list.correlation_id {
                 serde_json::from_str::<serde_json::Value>(id.as_raw().get())

@@ -13,6 +13,7 @@
 //!   reach each subscriber in that order.
 //! - A full client queue never slows the publisher: the slow-consumer policy applies.
 
+use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -39,6 +40,7 @@ struct Shared {
     topics: Topics,
     slots: Slots,
     queue_capacity: usize,
+    queue_bytes: usize,
     policy: SlowConsumerPolicy,
     max_subscriptions: usize,
     max_subscribers: usize,
@@ -89,15 +91,50 @@ pub struct HubStats {
     pub delivered: u64,
 }
 
+/// What the clients' queues hold together ([`Hub::queued`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Queued {
+    /// Frames waiting to be written, over every client.
+    pub frames: u64,
+    /// Their bytes, a broadcast frame counted once per client that holds it: an upper
+    /// bound of the memory they pin (shared frames are one allocation).
+    pub bytes: u64,
+}
+
 /// A channel name refused by subscribe or unsubscribe, with the reason.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Rejection {
-    /// The name as the client sent it.
+    /// The name as the client sent it, cut to [`MAX_ECHOED_NAME`] bytes (then ending in
+    /// `…`): a reply never echoes more of a name than a valid one could hold.
     pub channel: String,
     /// A stable machine-readable code.
     pub code: &'static str,
     /// A human-readable reason.
-    pub reason: String,
+    pub reason: Cow<'static, str>,
+}
+
+/// Most bytes of a refused name that a [`Rejection`] keeps.
+pub const MAX_ECHOED_NAME: usize = channel::MAX_CHANNEL_LEN;
+
+impl Rejection {
+    /// A rejection of `name`, which is echoed cut to [`MAX_ECHOED_NAME`] bytes.
+    pub fn new(name: &str, code: &'static str, reason: impl Into<Cow<'static, str>>) -> Self {
+        let channel = match name.len() {
+            n if n <= MAX_ECHOED_NAME => name.to_owned(),
+            _ => {
+                let mut end = MAX_ECHOED_NAME;
+                while !name.is_char_boundary(end) {
+                    end -= 1;
+                }
+                format!("{}…", &name[..end])
+            }
+        };
+        Self {
+            channel,
+            code,
+            reason: reason.into(),
+        }
+    }
 }
 
 /// The outcome of [`Client::subscribe`] or [`Client::unsubscribe`].
@@ -117,6 +154,7 @@ impl Hub {
                 topics: Topics::new(),
                 slots: Slots::new(),
                 queue_capacity: config.client_queue_capacity,
+                queue_bytes: config.client_queue_bytes,
                 policy: config.slow_consumer,
                 max_subscriptions: config.max_subscriptions_per_connection,
                 max_subscribers: config.max_subscribers_per_channel,
@@ -134,7 +172,12 @@ impl Hub {
 
     /// Registers a new client with an empty outbox and no subscriptions.
     pub fn connect(&self) -> Result<Client, SlotsExhausted> {
-        let outbox = Arc::new(Outbox::new(self.shared.queue_capacity, self.shared.policy));
+        let shared = &self.shared;
+        let outbox = Arc::new(Outbox::bounded(
+            shared.queue_capacity,
+            shared.queue_bytes,
+            shared.policy,
+        ));
         let slot = self.shared.slots.insert(outbox.clone())?;
         let now = self.shared.clients.fetch_add(1, Ordering::Relaxed) + 1;
         self.shared.peak_clients.fetch_max(now, Ordering::Relaxed);
@@ -321,6 +364,17 @@ impl Hub {
         }
     }
 
+    /// What every client's queue holds now, summed. A walk over the clients (no counter on
+    /// the publish path): call it for stats, not per event.
+    pub fn queued(&self) -> Queued {
+        let mut queued = Queued::default();
+        self.for_each_outbox(|outbox| {
+            queued.frames += outbox.len() as u64;
+            queued.bytes += outbox.queued_bytes() as u64;
+        });
+        queued
+    }
+
     /// Asks every connected client's writer to flush its queue and close with `code`.
     pub fn close_all(&self, code: CloseCode) {
         self.for_each_outbox(|outbox| outbox.close(Closing::AfterFlush(code)));
@@ -438,25 +492,23 @@ impl Client {
             let channel = match Channel::new(name) {
                 Ok(channel) => channel,
                 Err(e) => {
-                    change.rejected.push(Rejection {
-                        channel: name.to_owned(),
-                        code: e.code(),
-                        reason: e.to_string(),
-                    });
+                    change
+                        .rejected
+                        .push(Rejection::new(name, e.code(), e.message()));
                     continue;
                 }
             };
             if self.subscriptions.len() + change.changed.len() >= limit {
-                change.rejected.push(Rejection {
-                    channel: name.to_owned(),
-                    code: "subscription_limit",
-                    reason: format!("at most {limit} subscriptions per connection"),
-                });
+                change.rejected.push(Rejection::new(
+                    name,
+                    "subscription_limit",
+                    "the connection holds as many subscriptions as it may (max_subscriptions_per_connection)",
+                ));
                 continue;
             }
             let full = self.hub.shared.max_subscribers;
             if full > 0 && self.hub.shared.topics.subscriber_count(name) >= full {
-                change.rejected.push(channel_full(name, full));
+                change.rejected.push(channel_full(name));
                 continue;
             }
             change.changed.push(channel);
@@ -481,7 +533,7 @@ impl Client {
                 .subscribe_within(channel, self.slot, limit)
             {
                 Ok(_) => self.subscriptions.push(channel.clone()),
-                Err(_) => late.push(channel_full(channel, limit)),
+                Err(_) => late.push(channel_full(channel)),
             }
         }
         late
@@ -496,11 +548,9 @@ impl Client {
         let mut change = SubscriptionChange::default();
         for name in names {
             if let Err(e) = channel::validate(name) {
-                change.rejected.push(Rejection {
-                    channel: name.to_owned(),
-                    code: e.code(),
-                    reason: e.to_string(),
-                });
+                change
+                    .rejected
+                    .push(Rejection::new(name, e.code(), e.message()));
                 continue;
             }
             if let Some(i) = self.subscriptions.iter().position(|c| c.as_str() == name) {
@@ -517,12 +567,12 @@ impl Client {
     }
 }
 
-fn channel_full(name: &str, limit: usize) -> Rejection {
-    Rejection {
-        channel: name.to_owned(),
-        code: "channel_full",
-        reason: format!("the channel has its maximum of {limit} subscribers"),
-    }
+fn channel_full(name: &str) -> Rejection {
+    Rejection::new(
+        name,
+        "channel_full",
+        "the channel has as many subscribers as it may (max_subscribers_per_channel)",
+    )
 }
 
 impl Drop for Client {
@@ -612,6 +662,26 @@ mod tests {
         let codes: Vec<_> = change.rejected.iter().map(|r| r.code).collect();
         assert_eq!(codes, ["invalid_channel", "subscription_limit"]);
         assert_eq!(a.subscriptions().len(), 2);
+    }
+
+    #[test]
+    fn refused_names_are_echoed_no_longer_than_a_valid_one() {
+        let hub = hub();
+        let mut a = hub.connect().unwrap();
+        let long = "é".repeat(40_000);
+        let change = a.subscribe([long.as_str(), "ok", &"a".repeat(200)]);
+        assert_eq!(change.rejected.len(), 2);
+        for r in &change.rejected {
+            assert!(
+                r.channel.len() <= MAX_ECHOED_NAME + '…'.len_utf8(),
+                "{}",
+                r.channel.len()
+            );
+            assert!(r.channel.ends_with('…'));
+        }
+        assert!(change.rejected[0].channel.starts_with("éé"));
+        let unsub = a.unsubscribe([long.as_str()]);
+        assert!(unsub.rejected[0].channel.len() <= MAX_ECHOED_NAME + 3);
     }
 
     #[test]

@@ -11,17 +11,22 @@
 //! before any event that the subscription let through.
 //!
 //! # Bounds and slow consumers
-//! At most `capacity` frames wait in the queue. A push beyond that follows the
+//! The queue takes a frame while it holds fewer than `capacity` frames *and* fewer than
+//! `byte_capacity` bytes, so it never holds more than `capacity` frames nor more than
+//! `byte_capacity` bytes plus one frame. A push beyond either bound follows the
 //! [`SlowConsumerPolicy`]: `Close` marks the outbox for an immediate close with
 //! [`CloseCode::SLOW_CONSUMER`] (the writer discards the queue); `Drop` discards the new frame
 //! and counts it, and the writer tells the client how many it lost. Either way the publisher
 //! never waits, and memory per client stays bounded.
 //!
+//! Both counts live in one word ([`Load`]), so one atomic add admits a frame against both
+//! bounds.
+//!
 //! # Memory
 //! The queue is a `SegQueue`, which allocates its blocks on first use and frees them as they
 //! drain: an idle client's outbox holds no frame buffer.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::OnceLock;
 use std::task::{Context, Poll};
 
@@ -33,6 +38,38 @@ use crossbeam_utils::Backoff;
 use super::latency::Stamp;
 use crate::config::SlowConsumerPolicy;
 use crate::protocol::close::CloseCode;
+
+/// Frames and bytes queued, packed into one `u64`: frames in the high 24 bits, bytes in the
+/// low 40. [`crate::Config::validate`] keeps both bounds well inside their fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Load(u64);
+
+impl Load {
+    const FRAME_SHIFT: u32 = 40;
+    const BYTES: u64 = (1 << Self::FRAME_SHIFT) - 1;
+
+    /// The load of `frames` frames of `bytes` bytes in all.
+    #[inline]
+    fn of(frames: usize, bytes: usize) -> Self {
+        Self(((frames as u64) << Self::FRAME_SHIFT) | bytes as u64)
+    }
+
+    #[inline]
+    fn frames(self) -> usize {
+        (self.0 >> Self::FRAME_SHIFT) as usize
+    }
+
+    #[inline]
+    fn bytes(self) -> usize {
+        (self.0 & Self::BYTES) as usize
+    }
+}
+
+/// Most frames an outbox can count (its `Load` field), with room to spare.
+pub const MAX_CAPACITY: usize = 1 << 20;
+
+/// Most bytes an outbox can count (its `Load` field), with room to spare.
+pub const MAX_BYTE_CAPACITY: usize = 1 << 36;
 
 const OPEN: u8 = 0;
 const CLOSE_AFTER_FLUSH: u8 = 1;
@@ -63,8 +100,10 @@ pub enum Closing {
 /// A client's bounded frame queue. See the [module docs](self).
 pub struct Outbox {
     queue: SegQueue<Bytes>,
-    len: AtomicUsize,
+    /// The frames and bytes in the queue ([`Load`]).
+    load: AtomicU64,
     capacity: usize,
+    byte_capacity: usize,
     policy: SlowConsumerPolicy,
     waker: AtomicWaker,
     state: AtomicU8,
@@ -77,12 +116,21 @@ pub struct Outbox {
 }
 
 impl Outbox {
-    /// An empty outbox holding at most `capacity` frames.
+    /// An empty outbox holding at most `capacity` frames, with no bound on their bytes
+    /// beyond [`MAX_BYTE_CAPACITY`]; see [`bounded`](Self::bounded).
     pub fn new(capacity: usize, policy: SlowConsumerPolicy) -> Self {
+        Self::bounded(capacity, MAX_BYTE_CAPACITY, policy)
+    }
+
+    /// An empty outbox that takes frames while it holds fewer than `capacity` frames and
+    /// fewer than `byte_capacity` bytes (each clamped to 1 ..= [`MAX_CAPACITY`] and
+    /// [`MAX_BYTE_CAPACITY`]).
+    pub fn bounded(capacity: usize, byte_capacity: usize, policy: SlowConsumerPolicy) -> Self {
         Self {
             queue: SegQueue::new(),
-            len: AtomicUsize::new(0),
-            capacity: capacity.max(1),
+            load: AtomicU64::new(0),
+            capacity: capacity.clamp(1, MAX_CAPACITY),
+            byte_capacity: byte_capacity.clamp(1, MAX_BYTE_CAPACITY),
             policy,
             waker: AtomicWaker::new(),
             state: AtomicU8::new(OPEN),
@@ -125,9 +173,12 @@ impl Outbox {
         if self.state.load(Ordering::Acquire) != OPEN {
             return (Push::Closed, false);
         }
-        let before = self.len.fetch_add(1, Ordering::AcqRel);
-        if before >= self.capacity {
-            self.len.fetch_sub(1, Ordering::AcqRel);
+        // A frame longer than the byte field could hold is counted as the whole field:
+        // it is refused unless the queue is empty, and never corrupts the frame count.
+        let add = Load::of(1, frame.len().min(MAX_BYTE_CAPACITY));
+        let before = Load(self.load.fetch_add(add.0, Ordering::AcqRel));
+        if before.frames() >= self.capacity || before.bytes() >= self.byte_capacity {
+            self.load.fetch_sub(add.0, Ordering::AcqRel);
             return match self.policy {
                 SlowConsumerPolicy::Close => {
                     self.close(Closing::Now(CloseCode::SLOW_CONSUMER));
@@ -139,14 +190,15 @@ impl Outbox {
                 }
             };
         }
-        if before == 0 {
+        let was_empty = before.frames() == 0;
+        if was_empty {
             if let Some(since) = since {
                 // Before the frame is visible: a writer that pops it also sees the stamp.
                 self.since.store(since.to_raw(), Ordering::Relaxed);
             }
         }
         self.queue.push(frame);
-        (Push::Queued, before == 0)
+        (Push::Queued, was_empty)
     }
 
     /// Wakes the writer.
@@ -208,7 +260,12 @@ impl Outbox {
 
     /// The number of queued frames.
     pub fn len(&self) -> usize {
-        self.len.load(Ordering::Acquire)
+        Load(self.load.load(Ordering::Acquire)).frames()
+    }
+
+    /// The bytes of the queued frames (frames shared with other clients counted in full).
+    pub fn queued_bytes(&self) -> usize {
+        Load(self.load.load(Ordering::Acquire)).bytes()
     }
 
     /// How many more frames fit before the queue is full.
@@ -263,7 +320,7 @@ impl Outbox {
     }
 
     fn has_work(&self) -> bool {
-        self.len.load(Ordering::Acquire) > 0
+        self.load.load(Ordering::Acquire) != 0
             || self.state.load(Ordering::Acquire) != OPEN
             || self.dropped.load(Ordering::Relaxed) > 0
     }
@@ -274,19 +331,23 @@ impl Outbox {
     /// few nanoseconds a counted frame may not be in the queue yet; the drain spins briefly
     /// for it rather than lose order.
     pub fn drain_into(&self, out: &mut Vec<Bytes>, max: usize) -> usize {
-        let want = self.len.load(Ordering::Acquire).min(max);
+        let want = self.len().min(max);
         let backoff = Backoff::new();
-        let mut got = 0;
+        let (mut got, mut bytes) = (0, 0);
         while got < want {
             match self.queue.pop() {
                 Some(frame) => {
+                    bytes += frame.len().min(MAX_BYTE_CAPACITY);
                     out.push(frame);
                     got += 1;
                 }
                 None => backoff.snooze(),
             }
         }
-        self.len.fetch_sub(got, Ordering::AcqRel);
+        if got > 0 {
+            self.load
+                .fetch_sub(Load::of(got, bytes).0, Ordering::AcqRel);
+        }
         got
     }
 
@@ -309,7 +370,9 @@ impl std::fmt::Debug for Outbox {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Outbox")
             .field("len", &self.len())
+            .field("bytes", &self.queued_bytes())
             .field("capacity", &self.capacity)
+            .field("byte_capacity", &self.byte_capacity)
             .field("closing", &self.closing())
             .finish()
     }
@@ -318,6 +381,7 @@ impl std::fmt::Debug for Outbox {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::AtomicUsize;
     use std::sync::Arc;
     use std::task::Wake;
 
@@ -389,6 +453,60 @@ mod tests {
         assert!(!outbox.is_closing());
         assert_eq!(outbox.take_dropped(), 2);
         assert_eq!(outbox.take_dropped(), 0);
+    }
+
+    #[test]
+    fn bytes_are_bounded_as_well_as_frames() {
+        let outbox = Outbox::bounded(100, 1000, SlowConsumerPolicy::Close);
+        let big = Bytes::from(vec![0u8; 600]);
+        assert_eq!(outbox.push(big.clone()), Push::Queued);
+        assert_eq!(outbox.queued_bytes(), 600);
+        // Under the bound before it: taken, although it ends above.
+        assert_eq!(outbox.push(big.clone()), Push::Queued);
+        assert_eq!(outbox.queued_bytes(), 1200);
+        assert_eq!(outbox.push(frame(1)), Push::Overflowed);
+        assert_eq!(
+            outbox.closing(),
+            Some(Closing::Now(CloseCode::SLOW_CONSUMER))
+        );
+
+        let outbox = Outbox::bounded(100, 1000, SlowConsumerPolicy::Drop);
+        outbox.push(big.clone());
+        outbox.push(big.clone());
+        assert_eq!(outbox.push(frame(1)), Push::Dropped);
+        let mut out = Vec::new();
+        assert_eq!(outbox.drain_into(&mut out, 1), 1);
+        assert_eq!((outbox.len(), outbox.queued_bytes()), (1, 600));
+        assert_eq!(outbox.push(frame(1)), Push::Queued);
+        outbox.clear();
+        assert_eq!((outbox.len(), outbox.queued_bytes()), (0, 0));
+        // A frame larger than the whole bound still reaches an empty queue.
+        assert_eq!(outbox.push(Bytes::from(vec![0u8; 5000])), Push::Queued);
+    }
+
+    #[test]
+    fn concurrent_pushes_and_drains_keep_the_counts_exact() {
+        let outbox = Arc::new(Outbox::bounded(64, 64 * 100, SlowConsumerPolicy::Drop));
+        let pushers: Vec<_> = (0..3)
+            .map(|t| {
+                let outbox = outbox.clone();
+                std::thread::spawn(move || {
+                    for i in 0..20_000usize {
+                        outbox.push(Bytes::from(vec![t as u8; 1 + (i % 100)]));
+                    }
+                })
+            })
+            .collect();
+        let mut out = Vec::new();
+        while !pushers.iter().all(|p| p.is_finished()) {
+            out.clear();
+            outbox.drain_into(&mut out, 16);
+            assert!(outbox.len() <= 64 + 3);
+            assert!(outbox.queued_bytes() <= 64 * 100 + 3 * 100);
+        }
+        pushers.into_iter().for_each(|p| p.join().unwrap());
+        outbox.clear();
+        assert_eq!((outbox.len(), outbox.queued_bytes()), (0, 0));
     }
 
     #[test]

@@ -42,6 +42,15 @@ pub enum ChannelError {
 }
 
 impl ChannelError {
+    /// The error's message, as `to_string` gives it, without allocating.
+    pub fn message(self) -> &'static str {
+        match self {
+            Self::Empty => "channel name is empty",
+            Self::TooLong => "channel name is longer than 128 bytes",
+            Self::InvalidCharacter => "channel name may only contain A-Z a-z 0-9 . _ - : /",
+        }
+    }
+
     /// A stable machine-readable code for this error, sent to clients.
     pub fn code(self) -> &'static str {
         match self {
@@ -130,6 +139,17 @@ mod tests {
     fn defaults_are_valid() {
         for name in DEFAULT_CHANNELS {
             Channel::new(name).unwrap();
+        }
+    }
+
+    #[test]
+    fn messages_are_the_display_text() {
+        for e in [
+            ChannelError::Empty,
+            ChannelError::TooLong,
+            ChannelError::InvalidCharacter,
+        ] {
+            assert_eq!(e.message(), e.to_string());
         }
     }
 

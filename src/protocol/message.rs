@@ -13,7 +13,8 @@
 //! | `auth`        | `data.token`: a JWT or key; answered by `auth_response`                     |
 //! | `publish`     | `data`: one event `{"type", "data"}` or an array, as `POST /api/v1/publish` |
 //!
-//! Any message may carry a `correlation_id` (string or number, top level or in `data`) that
+//! A subscribe or unsubscribe names at most as many channels as a connection may hold
+//! (`too_many_channels` otherwise). Any message may carry a `correlation_id` (string or number, top level or in `data`) that
 //! the reply echoes.
 
 use serde_json::value::RawValue;
@@ -126,7 +127,12 @@ fn error(code: &'static str, message: impl Into<String>) -> MessageError {
 }
 
 /// Parses one client text message. `payload` is used as simd-json's scratch space.
-pub fn parse(payload: &mut [u8]) -> Result<ClientMessage, MessageError> {
+///
+/// A subscribe or unsubscribe may name at most `max_channels` channels (the server passes
+/// `max_subscriptions_per_connection`: a longer list can never succeed); a longer one is
+/// refused whole with `too_many_channels`, before any name is copied, so that the work
+/// and memory a request costs stay in proportion to what it can do.
+pub fn parse(payload: &mut [u8], max_channels: usize) -> Result<ClientMessage, MessageError> {
     let mut buffers = simd_json::Buffers::with_max_depth(payload.len(), MAX_DEPTH);
     let value = simd_json::to_borrowed_value_with_buffers(payload, &mut buffers)
         .map_err(|e| error("invalid_json", format!("message is not valid JSON: {e}")))?;
@@ -148,7 +154,7 @@ pub fn parse(payload: &mut [u8]) -> Result<ClientMessage, MessageError> {
     };
     match kind {
         "subscribe" | "unsubscribe" => {
-            let channels = channel_list(kind, data).map_err(with_id)?;
+            let channels = channel_list(kind, data, max_channels).map_err(with_id)?;
             let resume = match kind {
                 "subscribe" => resume(data).map_err(with_id)?,
                 _ => None,
@@ -202,7 +208,11 @@ pub fn parse(payload: &mut [u8]) -> Result<ClientMessage, MessageError> {
     }
 }
 
-fn channel_list(kind: &str, data: Option<&BorrowedValue<'_>>) -> Result<Vec<String>, MessageError> {
+fn channel_list(
+    kind: &str,
+    data: Option<&BorrowedValue<'_>>,
+    max_channels: usize,
+) -> Result<Vec<String>, MessageError> {
     let missing = || {
         error(
             "invalid_message",
@@ -217,6 +227,15 @@ fn channel_list(kind: &str, data: Option<&BorrowedValue<'_>>) -> Result<Vec<Stri
     let items = list
         .as_array()
         .ok_or_else(|| error("invalid_message", format!("`data.{key}` must be an array")))?;
+    if items.len() > max_channels {
+        return Err(error(
+            "too_many_channels",
+            format!(
+                "a {kind} may name at most {max_channels} channels (max_subscriptions_per_connection); this one named {}, and nothing was changed",
+                items.len()
+            ),
+        ));
+    }
     items
         .iter()
         .enumerate()
@@ -306,7 +325,7 @@ mod tests {
     use super::*;
 
     fn parse_str(s: &str) -> Result<ClientMessage, MessageError> {
-        parse(&mut s.as_bytes().to_vec())
+        parse(&mut s.as_bytes().to_vec(), 50)
     }
 
     #[test]
@@ -390,6 +409,21 @@ mod tests {
         ];
         for (input, code) in cases {
             assert_eq!(parse_str(input).unwrap_err().code, code, "{input}");
+        }
+    }
+
+    #[test]
+    fn a_list_longer_than_the_allowance_is_refused_whole() {
+        let names: Vec<String> = (0..51).map(|i| format!("c{i}")).collect();
+        for kind in ["subscribe", "unsubscribe"] {
+            let m =
+                serde_json::json!({"type": kind, "correlation_id": 7, "data": {"events": names}});
+            let e = parse_str(&m.to_string()).unwrap_err();
+            assert_eq!(e.code, "too_many_channels");
+            assert!(e.message.contains("51"), "{}", e.message);
+            assert_eq!(e.correlation_id.unwrap().as_raw().get(), "7");
+            let m = serde_json::json!({"type": kind, "data": {"events": &names[..50]}});
+            assert_eq!(channels(parse_str(&m.to_string()).unwrap()).len(), 50);
         }
     }
 

@@ -528,6 +528,7 @@ fn stats(shared: &Shared) -> serde_json::Value {
         "messages_received": shared.counters.messages_received.get(),
         "events_published": hub.published,
         "frames_delivered": hub.delivered,
+        "memory": super::memory::Memory::now(&shared.hub),
         "analytics": shared.analytics.summary(hub.connected_total),
         "cluster": shared.cluster.as_ref().map(|c| c.status()),
         "latency": latency(&shared.counters.publish_to_write.snapshot()),

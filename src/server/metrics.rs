@@ -249,6 +249,31 @@ impl Collector for Scrape {
             shared.analytics.reconnections(),
         )?;
 
+        let memory = super::memory::Memory::now(&shared.hub);
+        if let Some(resident) = memory.resident_bytes {
+            single(
+                &mut e,
+                "process_resident_memory_bytes",
+                "Resident memory size of the sigmahub process in bytes",
+                Gauge,
+                resident,
+            )?;
+        }
+        single(
+            &mut e,
+            "sigmahub_queued_frames",
+            "Frames waiting in client queues, over every client",
+            Gauge,
+            memory.queued_frames,
+        )?;
+        single(
+            &mut e,
+            "sigmahub_queued_bytes",
+            "Bytes waiting in client queues, over every client (a broadcast frame counted per client holding it; each client holds at most client_queue_bytes plus one frame)",
+            Gauge,
+            memory.queued_bytes,
+        )?;
+
         let mut channels = shared.hub.channels();
         channels.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         let other: usize = channels.iter().skip(TOP_CHANNELS).map(|(_, n)| n).sum();

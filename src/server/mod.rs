@@ -22,6 +22,7 @@ mod dashboard;
 mod deadline;
 mod gate;
 mod http;
+mod memory;
 mod metrics;
 pub(crate) mod reader;
 mod session;

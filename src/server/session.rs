@@ -26,7 +26,7 @@ use super::analytics::ClientKey;
 use super::counters::Limit;
 use super::deadline::Deadlines;
 use super::reader::{Incoming, MessageReader, ReadEnd};
-use super::writer::{self, CLOSE_LINGER};
+use super::writer::{self, WriteFailed, CLOSE_LINGER};
 use super::Shared;
 use crate::auth::permissions::{Identity, Method};
 use crate::cluster::{Cluster, Published};
@@ -43,6 +43,10 @@ use crate::protocol::message::{
 use crate::protocol::publish;
 use crate::protocol::rate::{TokenBucket, Verdict};
 use crate::upstream::snapshot::SnapshotCache;
+
+/// Most refused channels a `subscribe_response` or `unsubscribe_response` lists; past it,
+/// `rejected_total` gives the count. A reply stays small whatever the request named.
+pub(crate) const MAX_LISTED_REJECTIONS: usize = 16;
 
 /// The welcome text SigmaVault clients expect.
 pub const WELCOME_MESSAGE: &str = "Welcome to SigmaVault WebSocket";
@@ -147,7 +151,14 @@ async fn serve<R, W>(
                 let _ = Box::pin(tokio::time::timeout(CLOSE_LINGER, &mut read_half)).await;
                 match written {
                     Ok(code) => (Some(code), Disconnect::ClosedByServer),
-                    Err(e) => (None, Disconnect::WriteFailed(e.kind())),
+                    // Closed for a reason the client could not be told (it reads nothing):
+                    // still a close for that reason, counted as such.
+                    Err(WriteFailed { closing: Some(code), error }) => {
+                        (Some(code), Disconnect::CloseUnsent(error.kind()))
+                    }
+                    Err(WriteFailed { closing: None, error }) => {
+                        (None, Disconnect::WriteFailed(error.kind()))
+                    }
                 }
             }
             end = &mut read_half => {
@@ -184,7 +195,9 @@ async fn serve<R, W>(
         reason = reason.as_str(),
         code = code.map(|c| c.code),
         error = match reason {
-            Disconnect::WriteFailed(kind) => Some(tracing::field::display(kind)),
+            Disconnect::WriteFailed(kind) | Disconnect::CloseUnsent(kind) => {
+                Some(tracing::field::display(kind))
+            }
             _ => None,
         },
         duration_ms = duration.as_millis() as u64,
@@ -197,6 +210,9 @@ async fn serve<R, W>(
 enum Disconnect {
     /// The server closed it (shutdown, slow consumer, keep-alive, token expiry, …): `code`.
     ClosedByServer,
+    /// The server closed it for `code`, but the socket did not take the close frame (a
+    /// client that reads nothing); the socket was dropped.
+    CloseUnsent(std::io::ErrorKind),
     /// Writing to the socket failed.
     WriteFailed(std::io::ErrorKind),
     /// The client sent a close frame.
@@ -213,6 +229,7 @@ impl Disconnect {
     fn as_str(self) -> &'static str {
         match self {
             Self::ClosedByServer => "closed_by_server",
+            Self::CloseUnsent(_) => "closed_by_server",
             Self::WriteFailed(_) => "write_failed",
             Self::ClientClosed => "client_closed",
             Self::ConnectionLost => "connection_lost",
@@ -589,7 +606,8 @@ impl Session<'_> {
     /// Answers one text message, or says what is left to do.
     fn handle_message(&mut self, payload: &mut [u8]) -> Step {
         let now = SystemTime::now();
-        let message = match message::parse(payload) {
+        let max_channels = self.shared.config.max_subscriptions_per_connection;
+        let message = match message::parse(payload, max_channels) {
             Ok(message) => message,
             Err(e) => {
                 self.client.send(error_reply(&e, now));
@@ -682,13 +700,9 @@ impl Session<'_> {
             .map(String::as_str)
             .partition(|name| channel::validate(name).is_err() || identity.may_subscribe(name));
         let mut change = self.client.plan_subscribe(allowed);
-        change
-            .rejected
-            .extend(forbidden.into_iter().map(|name| Rejection {
-                channel: name.to_owned(),
-                code: "forbidden",
-                reason: "your token does not allow this channel".to_owned(),
-            }));
+        change.rejected.extend(forbidden.into_iter().map(|name| {
+            Rejection::new(name, "forbidden", "your token does not allow this channel")
+        }));
         let after: Vec<Channel> = self
             .client
             .subscriptions()
@@ -874,19 +888,25 @@ fn subscription_reply(
         changed: BTreeMap<&'static str, &'a [Channel]>,
         subscriptions: &'a [Channel],
         rejected: &'a [Rejection],
+        /// Present when `rejected` lists only the first of them.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        rejected_total: Option<usize>,
         #[serde(flatten)]
         resumed: Resumed<'a>,
     }
     let id = request.correlation_id.as_ref().map(CorrelationId::as_raw);
+    let rejected = &change.rejected;
+    let listed = &rejected[..rejected.len().min(MAX_LISTED_REJECTIONS)];
     event::encode_serialize(
         kind,
         now,
         id,
         &Reply {
-            success: change.rejected.is_empty(),
+            success: rejected.is_empty(),
             changed: [(changed_key, change.changed.as_slice())].into(),
             subscriptions,
-            rejected: &change.rejected,
+            rejected: listed,
+            rejected_total: (listed.len() < rejected.len()).then_some(rejected.len()),
             resumed,
         },
     )
@@ -1005,6 +1025,70 @@ mod tests {
         assert_eq!(reply["data"]["subscriptions"], serde_json::json!(["a"]));
         assert_eq!(reply["data"]["rejected"][0]["channel"], "b c");
         assert_eq!(reply["data"]["rejected"][0]["code"], "invalid_channel");
+    }
+
+    #[tokio::test]
+    async fn a_huge_refused_subscribe_gets_a_small_summarised_reply() {
+        // An operator's generous limit, so that the request is read rather than refused
+        // whole (`too_many_channels`, below the default limit).
+        let shared = Shared::new(Config {
+            max_subscriptions_per_connection: 100_000,
+            ..Config::default()
+        })
+        .unwrap();
+        let mut s = session(&shared);
+        s.identity = Some(Identity::anonymous());
+        // 16,000 invalid names, and one as long as a whole message.
+        let mut names: Vec<String> = (0..16_000).map(|i| format!("b{i}!")).collect();
+        names.push("x!".repeat(30_000));
+        let request =
+            serde_json::json!({"type": "unsubscribe", "data": {"events": names}}).to_string();
+        for kind in ["subscribe", "unsubscribe"] {
+            let request = request.replace("unsubscribe", kind);
+            send(&mut s, &request);
+            let mut frames = Vec::new();
+            s.client.outbox().drain_into(&mut frames, usize::MAX);
+            assert_eq!(frames.len(), 1);
+            assert!(
+                frames[0].len() < 4096,
+                "a {} byte request got a {} byte reply",
+                request.len(),
+                frames[0].len()
+            );
+            let reply = json(&frames[0]);
+            let rejected = reply["data"]["rejected"].as_array().unwrap();
+            assert_eq!(rejected.len(), MAX_LISTED_REJECTIONS);
+            assert_eq!(rejected[0]["channel"], "b0!");
+            assert_eq!(reply["data"]["rejected_total"], 16_001);
+        }
+        assert_eq!(
+            shared
+                .counters
+                .subscriptions_failed
+                .load(std::sync::atomic::Ordering::Relaxed),
+            16_001
+        );
+        // A reply that lists every refusal says nothing more.
+        send(&mut s, r#"{"type":"subscribe","data":{"events":["a b"]}}"#);
+        let reply = &replies(&s.client)[0];
+        assert_eq!(reply["data"]["rejected"].as_array().unwrap().len(), 1);
+        assert!(reply["data"].get("rejected_total").is_none());
+    }
+
+    #[tokio::test]
+    async fn a_list_longer_than_the_allowance_is_refused_in_a_small_error() {
+        let shared = Shared::new(Config::default()).unwrap();
+        let mut s = session(&shared);
+        s.identity = Some(Identity::anonymous());
+        let request =
+            serde_json::json!({"type": "subscribe", "data": {"events": vec!["!"; 16_000]}})
+                .to_string();
+        send(&mut s, &request);
+        let mut frames = Vec::new();
+        s.client.outbox().drain_into(&mut frames, usize::MAX);
+        assert_eq!(frames.len(), 1);
+        assert!(frames[0].len() < 512, "{} bytes", frames[0].len());
+        assert_eq!(json(&frames[0])["data"]["code"], "too_many_channels");
     }
 
     #[tokio::test]

@@ -28,14 +28,42 @@ const MAX_BATCH: usize = 256;
 /// How long a closing connection may take to write its last frames.
 pub(crate) const CLOSE_LINGER: Duration = Duration::from_secs(2);
 
+/// Why the writer stopped without sending its close frame.
+#[derive(Debug)]
+pub(crate) struct WriteFailed {
+    /// The close the server had decided on (a slow consumer, a shutdown, …), if it had:
+    /// the connection ends for that reason even though the client never got the frame.
+    pub(crate) closing: Option<CloseCode>,
+    /// What the socket said.
+    pub(crate) error: io::Error,
+}
+
 /// Runs until the connection is closed (close frame written, write side shut down) or the
-/// socket fails. Returns the close code sent, if any.
+/// socket fails. Returns the close code sent.
 ///
 /// A close requested with [`Closing::Now`] interrupts a write blocked on a full socket: the
 /// frame being written is completed (so the stream stays well-formed), the rest of the
 /// batch is discarded, and the close frame follows, all within [`CLOSE_LINGER`]. A client
-/// that reads nothing at all is then simply dropped.
+/// that reads nothing at all is then simply dropped: the error carries the close code it
+/// could not be sent, so it is still counted as closed for that reason.
 pub(crate) async fn run<W: AsyncWrite + Unpin>(
+    outbox: &Outbox,
+    socket: &mut W,
+    counters: &Counters,
+) -> Result<CloseCode, WriteFailed> {
+    let code_of = |outbox: &Outbox| match outbox.closing() {
+        Some(Closing::Now(code) | Closing::AfterFlush(code)) => Some(code),
+        None => None,
+    };
+    drive(outbox, socket, counters)
+        .await
+        .map_err(|error| WriteFailed {
+            closing: code_of(outbox),
+            error,
+        })
+}
+
+async fn drive<W: AsyncWrite + Unpin>(
     outbox: &Outbox,
     socket: &mut W,
     counters: &Counters,
@@ -376,7 +404,8 @@ mod tests {
             () = tokio::time::sleep(Duration::from_secs(60)) => {}
         }
         outbox.close(Closing::Now(CloseCode::SLOW_CONSUMER));
-        let err = run.await.unwrap_err();
-        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        let failed = run.await.unwrap_err();
+        assert_eq!(failed.error.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(failed.closing, Some(CloseCode::SLOW_CONSUMER));
     }
 }

@@ -5,6 +5,7 @@
 pub mod binary;
 pub mod engine;
 pub mod nats;
+pub mod raw;
 pub mod scrape;
 
 use std::future::Future;
@@ -358,6 +359,15 @@ pub async fn request_raw_at(
 pub async fn http_post_json(addr: SocketAddr, path: &str, body: &Value) -> (u16, Value) {
     let (status, _, bytes) =
         request_raw_at(addr, "POST", path, body.to_string().into_bytes(), &[]).await;
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+/// GETs `path` from `addr`; returns the status and the JSON answer.
+pub async fn http_get_json(addr: SocketAddr, path: &str) -> (u16, Value) {
+    let (status, _, bytes) = request_raw_at(addr, "GET", path, Vec::new(), &[]).await;
     (
         status,
         serde_json::from_slice(&bytes).unwrap_or(Value::Null),
