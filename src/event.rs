@@ -142,16 +142,31 @@ pub(crate) fn encode_serialize(
 }
 
 /// Formats `now` as RFC 3339 UTC with milliseconds, e.g. `2025-12-23T13:08:37.123Z`.
+/// Times outside RFC 3339's years (0000 to 9999) are written as the nearest end of that
+/// range, never a panic: a token's `exp` is the client's to choose.
 pub fn rfc3339(now: SystemTime) -> String {
-    OffsetDateTime::from(now)
+    utc(now)
         .format(RFC3339_MILLIS)
-        .expect("a SystemTime always formats")
+        .expect("a date within years 0000-9999 always formats")
 }
 
 fn write_timestamp(buf: &mut FrameBuf, now: SystemTime) {
-    OffsetDateTime::from(now)
+    utc(now)
         .format_into(&mut buf.writer(), RFC3339_MILLIS)
-        .expect("a SystemTime always formats");
+        .expect("a date within years 0000-9999 always formats");
+}
+
+/// `now` in UTC, clamped to years 0000 to 9999.
+fn utc(now: SystemTime) -> OffsetDateTime {
+    const FIRST: OffsetDateTime = time::macros::datetime!(0000-01-01 00:00:00 UTC);
+    const LAST: OffsetDateTime = time::macros::datetime!(9999-12-31 23:59:59.999 UTC);
+    let nanos = match now.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(after) => i128::try_from(after.as_nanos()).unwrap_or(i128::MAX),
+        Err(before) => -i128::try_from(before.duration().as_nanos()).unwrap_or(i128::MAX),
+    };
+    OffsetDateTime::from_unix_timestamp_nanos(nanos)
+        .unwrap_or(if nanos < 0 { FIRST } else { LAST })
+        .clamp(FIRST, LAST)
 }
 
 /// Seconds since the Unix epoch, as SigmaVault's `server_time` and `timestamp` data fields.
@@ -199,6 +214,19 @@ mod tests {
         let v = payload(&frame);
         assert_eq!(v["correlation_id"], "req-1");
         assert_eq!(v["timestamp"], "1970-01-01T00:00:00.000Z");
+    }
+
+    #[test]
+    fn times_outside_rfc3339_are_clamped_not_a_panic() {
+        let far = SystemTime::UNIX_EPOCH + Duration::from_secs(1 << 40);
+        assert_eq!(rfc3339(far), "9999-12-31T23:59:59.999Z");
+        if let Some(huge) = SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(i64::MAX as u64))
+        {
+            assert_eq!(rfc3339(huge), "9999-12-31T23:59:59.999Z");
+        }
+        let early = SystemTime::UNIX_EPOCH - Duration::from_secs(1 << 40);
+        assert_eq!(rfc3339(early), "0000-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(SystemTime::UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
     }
 
     #[test]

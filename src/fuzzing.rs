@@ -44,3 +44,14 @@ pub fn read_client_frames(wire: &[u8], max_message_size: usize) -> Read {
         }
     }
 }
+
+/// What a session does with an accepted token's expiry: the `expires_at` its
+/// `auth_response` shows, and the moment its expiry timer is armed for (`None`: too far to
+/// arm), counted from now.
+pub fn token_lifetime(expires_at: std::time::SystemTime) -> (String, Option<std::time::Duration>) {
+    let shown = crate::event::rfc3339(expires_at);
+    let clock = tokio::time::Instant::now();
+    let armed = crate::server::deadline::on_clock(expires_at, std::time::SystemTime::now(), clock)
+        .map(|at| at - clock);
+    (shown, armed)
+}

@@ -246,6 +246,95 @@ async fn bad_credentials_get_their_documented_close_codes() {
     assert_eq!(stats["closes"]["4004"], 2, "{stats}");
 }
 
+/// What the audit broke: `iss`/`aud` configured but missing from a token; an `exp` in
+/// milliseconds or past 2^63 (the task used to panic: no `auth_response`, no close code);
+/// a token inside the leeway welcomed and then closed at once.
+#[tokio::test]
+async fn required_claims_huge_expiries_and_the_leeway() {
+    let server = TestServer::with(|c| {
+        c.auth.jwt_secret = Some(SECRET.into());
+        c.auth.issuer = Some("sigmahub-tests".into());
+        c.auth.audience = Some("sigmahub".into());
+        c.auth.leeway = Duration::from_secs(30);
+        // Ten refusals in a row from one address: no backoff here.
+        c.auth.backoff_after = 0;
+    })
+    .await;
+    let claims =
+        |exp: Value| json!({"sub": "a", "exp": exp, "iss": "sigmahub-tests", "aud": "sigmahub"});
+    let mut bystander = server
+        .connect_with(
+            &format!("?token={}", hs256(claims(json!(now() + 3600)))),
+            &[],
+        )
+        .await
+        .unwrap();
+    accepted(&mut bystander).await;
+
+    let mut without = Vec::new();
+    for claim in ["iss", "aud"] {
+        let mut c = claims(json!(now() + 3600));
+        c.as_object_mut().unwrap().remove(claim);
+        without.push((claim.to_owned(), c));
+    }
+    without.push((
+        "exp in milliseconds".to_owned(),
+        claims(json!(now() * 1000)),
+    ));
+    without.push(("exp 2^63".to_owned(), claims(json!(1u64 << 63))));
+    without.push(("exp u64::MAX".to_owned(), claims(json!(u64::MAX))));
+    for (what, c) in without {
+        for by_message in [false, true] {
+            let token = hs256(c.clone());
+            let mut client = if by_message {
+                let mut client = server.raw_client().await;
+                client
+                    .send(&json!({"type": "auth", "data": {"token": token}}))
+                    .await;
+                client
+            } else {
+                server
+                    .connect_with(&format!("?token={token}"), &[])
+                    .await
+                    .unwrap()
+            };
+            assert_eq!(
+                refused(&mut client).await,
+                ("invalid_token".into(), Some(4003)),
+                "{what}"
+            );
+        }
+    }
+
+    // Expired 10 s ago, inside the 30 s leeway: welcomed, and open until exp + 30 s.
+    let exp = now() - 10;
+    let mut late = server
+        .connect_with(&format!("?token={}", hs256(claims(json!(exp)))), &[])
+        .await
+        .unwrap();
+    let reply = late.recv().await;
+    assert_eq!(reply["data"]["success"], true, "{reply}");
+    let expected = sigmahub::event::rfc3339(SystemTime::UNIX_EPOCH + Duration::from_secs(exp + 30));
+    assert_eq!(reply["data"]["expires_at"], expected.as_str());
+    late.recv_type("notification").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    late.send(&json!({"type": "ping"})).await;
+    late.recv_type("pong").await;
+
+    bystander.send(&json!({"type": "ping"})).await;
+    bystander.recv_type("pong").await;
+    let stats = stats_without_key(&server).await;
+    assert_eq!(stats["closes"]["4003"], 10, "{stats}");
+    assert_eq!(stats["closes"]["4004"], 0, "{stats}");
+}
+
+/// `GET /api/v1/stats` on a server without publish keys.
+async fn stats_without_key(server: &TestServer) -> Value {
+    let (status, body) = server.request("GET", "/api/v1/stats", Vec::new()).await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
 #[tokio::test]
 async fn grants_decide_subscriptions_and_socket_publishing() {
     let server = secured().await;

@@ -41,7 +41,10 @@ fuzz_target!(|ops: Vec<Op>| {
                 };
                 let names: Vec<&str> = channels.iter().map(|c| CHANNELS[*c as usize % 4]).collect();
                 let holders = |name: &str| clients.iter().filter(|(_, m)| m.contains(name)).count();
-                let full: Vec<bool> = CHANNELS.iter().map(|n| holders(n) >= MAX_PER_CHANNEL).collect();
+                let full: Vec<bool> = CHANNELS
+                    .iter()
+                    .map(|n| holders(n) >= MAX_PER_CHANNEL)
+                    .collect();
                 let (c, model) = &mut clients[i];
                 let change = c.subscribe(names.iter().copied());
                 for r in &change.rejected {

@@ -2,8 +2,10 @@
 //!
 //! The key is chosen by the token's `alg` among the configured ones, so an RS256 public key
 //! can never be used as an HMAC secret (the classic algorithm-confusion attack), and `none`
-//! is never accepted. Required claims: `sub` and `exp`; `nbf` is honoured; `iss` and `aud`
-//! are checked when configured. sigmahub's own claims:
+//! is never accepted. Required claims: `sub` and `exp` (in seconds, at most the end of year
+//! 9999), and `iss` and `aud` whenever `auth.issuer` and `auth.audience` are configured (a
+//! token without them is refused, not waved through); `nbf` is honoured. sigmahub's own
+//! claims:
 //!
 //! | claim       | meaning                                                        | absent    |
 //! |-------------|----------------------------------------------------------------|-----------|
@@ -19,6 +21,10 @@ use serde::Deserialize;
 
 use super::permissions::{Identity, Method, PatternError, Patterns};
 use super::AuthError;
+
+/// The latest `exp` accepted: 9999-12-31T23:59:59Z, the end of RFC 3339's range. A larger
+/// one is almost always milliseconds where seconds belong, and is refused as such.
+pub(crate) const MAX_EXP: u64 = 253_402_300_799;
 
 /// The claims sigmahub reads.
 #[derive(Debug, Deserialize)]
@@ -74,7 +80,13 @@ impl JwtVerifier {
         }
         // The algorithm is set per token (see `verify`); this one is a placeholder.
         let mut validation = Validation::new(Algorithm::HS256);
-        validation.required_spec_claims = HashSet::from(["exp".to_owned(), "sub".to_owned()]);
+        // jsonwebtoken checks `iss` and `aud` only when a token carries them; configured,
+        // they are required.
+        let required = ["exp", "sub"]
+            .into_iter()
+            .chain(settings.issuer.map(|_| "iss"))
+            .chain(settings.audience.map(|_| "aud"));
+        validation.required_spec_claims = required.map(str::to_owned).collect::<HashSet<_>>();
         validation.leeway = settings.leeway.as_secs();
         validation.validate_nbf = true;
         // Without a configured audience, tokens that name one are refused (RFC 7519 §4.1.3:
@@ -115,6 +127,12 @@ impl JwtVerifier {
                 _ => invalid(&e),
             })?
             .claims;
+        if claims.exp > MAX_EXP {
+            return Err(AuthError::Invalid(
+                "`exp` is past the year 9999: give it in seconds since 1970, not milliseconds"
+                    .to_owned(),
+            ));
+        }
         let patterns = |p: Result<Patterns, PatternError>, claim: &str| {
             p.map_err(|e| AuthError::Invalid(format!("`{claim}` claim: {e}")))
         };
@@ -126,7 +144,10 @@ impl JwtVerifier {
         Ok(Identity {
             subject: claims.sub,
             method: Method::Jwt,
-            expires_at: Some(SystemTime::UNIX_EPOCH + Duration::from_secs(claims.exp)),
+            // The token is accepted until `exp` plus the leeway, so the connection lasts
+            // as long (`MAX_EXP` keeps the sum far from overflowing).
+            expires_at: (SystemTime::UNIX_EPOCH + Duration::from_secs(claims.exp))
+                .checked_add(Duration::from_secs(self.validation.leeway)),
             subscribe,
             publish,
         })
@@ -226,6 +247,95 @@ mod tests {
         assert!(matches!(v.verify(&forged), Err(AuthError::Invalid(r)) if r.contains("signature")));
         assert!(matches!(v.verify("not.a.jwt"), Err(AuthError::Invalid(_))));
         assert!(matches!(v.verify(""), Err(AuthError::Invalid(_))));
+    }
+
+    #[test]
+    fn configured_issuer_and_audience_are_required_claims() {
+        let v = JwtVerifier::new(JwtSettings {
+            hs256_secret: Some(SECRET),
+            rs256_public_pem: None,
+            issuer: Some("sigmahub-tests"),
+            audience: Some("sigmahub"),
+            leeway: Duration::ZERO,
+            default_subscribe: Patterns::none(),
+        })
+        .unwrap()
+        .unwrap();
+        let exp = now() + 60;
+        let both = token(
+            serde_json::json!({"sub": "a", "exp": exp, "iss": "sigmahub-tests", "aud": "sigmahub"}),
+        );
+        assert!(v.verify(&both).is_ok());
+        let no_iss = token(serde_json::json!({"sub": "a", "exp": exp, "aud": "sigmahub"}));
+        assert!(matches!(v.verify(&no_iss), Err(AuthError::Invalid(r)) if r.contains("`iss`")));
+        let no_aud = token(serde_json::json!({"sub": "a", "exp": exp, "iss": "sigmahub-tests"}));
+        assert!(matches!(v.verify(&no_aud), Err(AuthError::Invalid(r)) if r.contains("`aud`")));
+        // Neither configured: neither needed.
+        let plain = JwtVerifier::new(JwtSettings {
+            hs256_secret: Some(SECRET),
+            rs256_public_pem: None,
+            issuer: None,
+            audience: None,
+            leeway: Duration::ZERO,
+            default_subscribe: Patterns::none(),
+        })
+        .unwrap()
+        .unwrap();
+        assert!(plain
+            .verify(&token(serde_json::json!({"sub": "a", "exp": exp})))
+            .is_ok());
+    }
+
+    #[test]
+    fn an_expiry_past_year_9999_is_an_invalid_token_not_a_panic() {
+        let v = verifier();
+        for exp in [
+            serde_json::json!(MAX_EXP + 1),
+            serde_json::json!(now() * 1000),
+            serde_json::json!(u64::MAX),
+            serde_json::json!(1u64 << 63),
+            serde_json::json!(1e300),
+            serde_json::json!(-1),
+            serde_json::json!("tomorrow"),
+        ] {
+            let t = token(serde_json::json!({"sub": "a", "exp": exp, "iss": "sigmahub-tests"}));
+            assert!(
+                matches!(v.verify(&t), Err(AuthError::Invalid(_))),
+                "exp {exp}"
+            );
+        }
+        let t =
+            token(serde_json::json!({"sub": "a", "exp": now() * 1000, "iss": "sigmahub-tests"}));
+        assert!(matches!(v.verify(&t), Err(AuthError::Invalid(r)) if r.contains("milliseconds")));
+        let last = token(serde_json::json!({"sub": "a", "exp": MAX_EXP, "iss": "sigmahub-tests"}));
+        let id = v.verify(&last).unwrap();
+        assert_eq!(
+            crate::event::rfc3339(id.expires_at.unwrap()),
+            "9999-12-31T23:59:59.000Z"
+        );
+    }
+
+    #[test]
+    fn a_token_lasts_until_exp_plus_the_leeway() {
+        let v = JwtVerifier::new(JwtSettings {
+            hs256_secret: Some(SECRET),
+            rs256_public_pem: None,
+            issuer: None,
+            audience: None,
+            leeway: Duration::from_secs(30),
+            default_subscribe: Patterns::none(),
+        })
+        .unwrap()
+        .unwrap();
+        // Expired 10 s ago, inside the leeway: accepted, and good for 20 s more.
+        let exp = now() - 10;
+        let id = v
+            .verify(&token(serde_json::json!({"sub": "a", "exp": exp})))
+            .unwrap();
+        assert_eq!(
+            id.expires_at,
+            Some(SystemTime::UNIX_EPOCH + Duration::from_secs(exp + 30))
+        );
     }
 
     #[test]

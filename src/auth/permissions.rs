@@ -94,7 +94,8 @@ pub struct Identity {
     pub subject: String,
     /// How the identity was established.
     pub method: Method,
-    /// When the credentials stop being valid; the connection is closed then (4004).
+    /// When the credentials stop being valid (a token's `exp` plus `auth.leeway`); the
+    /// connection is closed then (4004).
     pub expires_at: Option<SystemTime>,
     /// Channels it may subscribe to.
     pub subscribe: Patterns,

@@ -48,12 +48,7 @@ impl Deadlines {
         }
         self.update(|d| {
             d.auth = None;
-            d.expiry = expires_at.map(|at| {
-                let left = at
-                    .duration_since(SystemTime::now())
-                    .unwrap_or(Duration::ZERO);
-                Instant::now() + left
-            });
+            d.expiry = expires_at.and_then(|at| on_clock(at, SystemTime::now(), Instant::now()));
         });
     }
 
@@ -106,6 +101,14 @@ impl Deadlines {
     pub(crate) fn passed(&mut self) -> impl Future<Output = CloseCode> + '_ {
         std::future::poll_fn(|cx| self.poll_passed(cx))
     }
+}
+
+/// The wall-clock moment `at` on the runtime's clock, given that `now` on the wall clock is
+/// `clock` on the runtime's; at once if it has passed, and `None` (no deadline at all) if
+/// it is too far away to represent. Never a panic, whatever a token's `exp` says.
+pub(crate) fn on_clock(at: SystemTime, now: SystemTime, clock: Instant) -> Option<Instant> {
+    let left = at.duration_since(now).unwrap_or(Duration::ZERO);
+    clock.checked_add(left)
 }
 
 impl Inner {
@@ -166,6 +169,18 @@ mod tests {
         d.authenticated(Some(SystemTime::now() + Duration::from_secs(60)));
         d.authenticated(Some(SystemTime::now() + Duration::from_secs(600)));
         assert_eq!(passes_within(&mut d, Duration::from_secs(599)).await, None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_expiry_at_the_end_of_time_is_no_deadline_and_no_panic() {
+        let mut d = Deadlines::new(Duration::ZERO);
+        let last = SystemTime::UNIX_EPOCH + Duration::from_secs(crate::auth::jwt::MAX_EXP);
+        d.authenticated(Some(last));
+        assert_eq!(passes_within(&mut d, Duration::from_secs(3600)).await, None);
+        if let Some(far) = SystemTime::now().checked_add(Duration::from_secs(i64::MAX as u64 / 2)) {
+            d.authenticated(Some(far));
+            assert_eq!(passes_within(&mut d, Duration::from_secs(3600)).await, None);
+        }
     }
 
     #[tokio::test(start_paused = true)]

@@ -19,7 +19,7 @@ mod analytics;
 mod backoff;
 mod counters;
 mod dashboard;
-mod deadline;
+pub(crate) mod deadline;
 mod gate;
 mod http;
 mod memory;
