@@ -43,6 +43,25 @@ async fn hostile_clients_get_their_answer_and_a_bystander_gets_everything() {
             1009,
         ),
         (
+            "empty fragments of a message that never ends",
+            std::iter::once(frame(0x01, b"{", true))
+                .chain((0..10_000).map(|_| frame(0x00, b"", true)))
+                .flatten()
+                .collect(),
+            1009,
+        ),
+        ("a one-byte close payload", frame(0x88, &[3], true), 1002),
+        (
+            "a close code no endpoint may send (1005)",
+            frame(0x88, &1005u16.to_be_bytes(), true),
+            1002,
+        ),
+        (
+            "a close reason that is not UTF-8",
+            frame(0x88, &[0x03, 0xe8, 0xff, 0xfe], true),
+            1007,
+        ),
+        (
             "one frame declaring 2^62 bytes",
             {
                 let mut f = vec![0x81, 0x80 | 127];

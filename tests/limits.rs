@@ -158,3 +158,23 @@ async fn a_ping_frame_flood_counts_against_the_same_limit() {
     }
     assert_eq!(flooder.closed().await, Some(1008));
 }
+
+/// Unsolicited pongs are frames too: a pong flood is warned, then closed with 1008 (the
+/// audit sent 3.3 million in 5 s, all accepted).
+#[tokio::test]
+async fn a_pong_frame_flood_counts_against_the_same_limit() {
+    let server = TestServer::with(|c| {
+        c.max_inbound_per_minute = 100;
+        c.inbound_burst = 10;
+    })
+    .await;
+    let mut flooder = server.client().await;
+    for _ in 0..12 {
+        let pong = tokio_tungstenite::tungstenite::Message::Pong(b"x"[..].into());
+        let _ = futures_util::SinkExt::send(&mut flooder.ws, pong).await;
+    }
+    assert_eq!(flooder.closed().await, Some(1008));
+    let (_, stats) = server.request("GET", "/api/v1/stats", vec![]).await;
+    assert_eq!(stats["limits"]["rate_limited"], 1, "{stats}");
+    assert_eq!(stats["closes"]["1008"], 1, "{stats}");
+}

@@ -46,10 +46,22 @@ pub(crate) enum ReadEnd {
     Violation(CloseCode),
 }
 
+/// Most frames one message may arrive in. Browsers never fragment; libraries that do cut
+/// at a write buffer (Go's gorilla: 4 KiB, 16 fragments for a 64 KiB message). More closes
+/// with 1009: without a bound, a message that never ends is a flood of empty frames that
+/// no rate limit sees.
+pub(crate) const MAX_FRAGMENTS: usize = 64;
+
+/// A fragmented text message being read.
+struct Partial {
+    bytes: Vec<u8>,
+    fragments: usize,
+}
+
 pub(crate) struct MessageReader<S> {
     gate: FrameGate<S>,
     max_message_size: usize,
-    partial: Option<Vec<u8>>,
+    partial: Option<Partial>,
 }
 
 impl<S: AsyncRead + Unpin> MessageReader<S> {
@@ -97,7 +109,12 @@ impl<S: AsyncRead + Unpin> MessageReader<S> {
                 Err(e) => break Err(read_end(e)),
             };
             match frame.opcode {
-                OpCode::Close => break Ok(Incoming::Close),
+                OpCode::Close => {
+                    break match close_violation(&frame.payload) {
+                        None => Ok(Incoming::Close),
+                        Some(code) => Err(ReadEnd::Violation(code)),
+                    }
+                }
                 OpCode::Ping => break Ok(Incoming::Ping(Bytes::copy_from_slice(&frame.payload))),
                 OpCode::Pong => break Ok(Incoming::Pong),
                 OpCode::Binary => break Err(ReadEnd::Violation(CloseCode::UNSUPPORTED_DATA)),
@@ -108,17 +125,25 @@ impl<S: AsyncRead + Unpin> MessageReader<S> {
                     // fastwebsockets validated the UTF-8 of this unfragmented message.
                     break Ok(Incoming::Text(frame.payload.into()));
                 }
-                OpCode::Text => partial = Some(frame.payload.into()),
+                OpCode::Text => {
+                    partial = Some(Partial {
+                        bytes: frame.payload.into(),
+                        fragments: 1,
+                    })
+                }
                 OpCode::Continuation => {
                     let Some(message) = partial.as_mut() else {
                         break Err(ReadEnd::Violation(CloseCode::PROTOCOL_ERROR));
                     };
-                    if message.len() + frame.payload.len() > max_message_size {
+                    message.fragments += 1;
+                    if message.bytes.len() + frame.payload.len() > max_message_size
+                        || message.fragments > MAX_FRAGMENTS
+                    {
                         break Err(ReadEnd::Violation(CloseCode::MESSAGE_TOO_BIG));
                     }
-                    message.extend_from_slice(&frame.payload);
+                    message.bytes.extend_from_slice(&frame.payload);
                     if frame.fin {
-                        let message = partial.take().expect("checked above");
+                        let message = partial.take().expect("checked above").bytes;
                         if std::str::from_utf8(&message).is_err() {
                             break Err(ReadEnd::Violation(CloseCode::INVALID_PAYLOAD));
                         }
@@ -133,6 +158,24 @@ impl<S: AsyncRead + Unpin> MessageReader<S> {
         self.partial = partial;
         result
     }
+}
+
+/// What is wrong with a client's close frame payload, if anything (RFC 6455 §5.5.1, §7.4):
+/// one byte, a code no endpoint may send, or a reason that is not UTF-8.
+fn close_violation(payload: &[u8]) -> Option<CloseCode> {
+    let (code, reason) = match payload {
+        [] => return None,
+        [_] => return Some(CloseCode::PROTOCOL_ERROR),
+        [high, low, reason @ ..] => (u16::from_be_bytes([*high, *low]), reason),
+    };
+    // 1004-1006 and 1015 are reserved for reports, never sent; 1016-2999 are unassigned.
+    let sendable = matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999);
+    if !sendable {
+        return Some(CloseCode::PROTOCOL_ERROR);
+    }
+    std::str::from_utf8(reason)
+        .is_err()
+        .then_some(CloseCode::INVALID_PAYLOAD)
 }
 
 fn read_end(e: WebSocketError) -> ReadEnd {
@@ -255,6 +298,30 @@ mod tests {
             ),
             (frame(true, 0, b"orphan"), CloseCode::PROTOCOL_ERROR),
             (
+                std::iter::once(frame(false, 1, b"{"))
+                    .chain((0..MAX_FRAGMENTS).map(|_| frame(false, 0, b"")))
+                    .flatten()
+                    .collect(),
+                CloseCode::MESSAGE_TOO_BIG,
+            ),
+            (frame(true, 8, &[3]), CloseCode::PROTOCOL_ERROR),
+            (
+                frame(true, 8, &1005u16.to_be_bytes()),
+                CloseCode::PROTOCOL_ERROR,
+            ),
+            (
+                frame(true, 8, &999u16.to_be_bytes()),
+                CloseCode::PROTOCOL_ERROR,
+            ),
+            (
+                frame(true, 8, &5000u16.to_be_bytes()),
+                CloseCode::PROTOCOL_ERROR,
+            ),
+            (
+                frame(true, 8, &[0x0f, 0xa0, 0xff]),
+                CloseCode::INVALID_PAYLOAD,
+            ),
+            (
                 frame(false, 9, b"fragmented ping"),
                 CloseCode::PROTOCOL_ERROR,
             ),
@@ -264,6 +331,28 @@ mod tests {
         for (wire, code) in cases {
             let got = read_all(wire, 150).await;
             assert_eq!(got.last(), Some(&Err(ReadEnd::Violation(code))), "{code}");
+        }
+    }
+
+    #[tokio::test]
+    async fn up_to_the_fragment_bound_and_valid_closes_are_read() {
+        let wire: Vec<u8> = std::iter::once(frame(false, 1, b"a"))
+            .chain((2..MAX_FRAGMENTS).map(|_| frame(false, 0, b"")))
+            .chain(std::iter::once(frame(true, 0, b"b")))
+            .flatten()
+            .collect();
+        assert_eq!(read_all(wire, 1024).await[0], Ok("ab".into()));
+        for payload in [
+            vec![],
+            1000u16.to_be_bytes().to_vec(),
+            [&3000u16.to_be_bytes()[..], "fin ✓".as_bytes()].concat(),
+            4999u16.to_be_bytes().to_vec(),
+        ] {
+            assert_eq!(
+                read_all(frame(true, 8, &payload), 1024).await[0],
+                Ok("Close".into()),
+                "{payload:?}"
+            );
         }
     }
 

@@ -539,8 +539,9 @@ impl Session<'_> {
                 code = self.deadlines.passed() => return Ending::Read(ReadEnd::Violation(code)),
             };
             self.client.outbox().mark_alive();
-            // Text messages and pings (each answered) count against the inbound limit.
-            if matches!(incoming, Incoming::Text(_) | Incoming::Ping(_)) {
+            // Every message and control frame counts against the inbound limit (a message's
+            // fragments are bounded by the reader); only the client's close does not.
+            if !matches!(incoming, Incoming::Close) {
                 match self.limit.take(tokio::time::Instant::now().into_std()) {
                     Verdict::Allow => {}
                     Verdict::Warn => {
