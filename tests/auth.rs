@@ -649,3 +649,32 @@ async fn failed_credentials_back_off_exponentially_per_address() {
     let stats = stats(&server).await;
     assert_eq!(stats["limits"]["auth_backoff"], 3, "{stats}");
 }
+
+/// The audit's pattern: four wrong publish keys (one under the bar), then a valid
+/// low-privilege token, again and again. A token proves nothing about the keys: the key
+/// failures keep counting and the address is barred.
+#[tokio::test]
+async fn a_good_token_does_not_clear_wrong_publish_keys() {
+    let server = TestServer::with(|c| {
+        c.auth.jwt_secret = Some(SECRET.into());
+        c.auth.publish_keys = vec![KEY_NEW.into()];
+        c.auth.backoff_after = 4;
+    })
+    .await;
+    let event = json!({"type": "notification"});
+    let wrong = "publish-key-guess-0123456789";
+    let reader = hs256(json!({"sub": "reader", "exp": now() + 3600, "subscribe": []}));
+    for _ in 0..4 {
+        assert_eq!(server.publish_with_key(wrong, &event).await.0, 401);
+    }
+    let mut client = server
+        .connect_with(&format!("?token={reader}"), &[])
+        .await
+        .unwrap();
+    accepted(&mut client).await;
+    // The fifth wrong key in a row bars the address, good token or not.
+    assert_eq!(server.publish_with_key(wrong, &event).await.0, 401);
+    let (status, body) = server.publish_with_key(wrong, &event).await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["error"]["code"], "auth_backoff");
+}

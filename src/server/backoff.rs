@@ -4,8 +4,14 @@
 //! An address may fail `auth.backoff_after` times in a row for free; each further failure
 //! bars it for twice as long as the last (1 s, 2 s, 4 s, … up to `auth.max_backoff`).
 //! While barred, its upgrades and authenticated HTTP requests get 429 with `Retry-After`
-//! before any credential is looked at. A success clears the address's record, and records
-//! left alone for ten minutes are forgotten. Sans-IO: callers pass `now`.
+//! before any credential is looked at. Records left alone for ten minutes are forgotten.
+//! Sans-IO: callers pass `now`.
+//!
+//! Failures are counted per [`Credential`] kind, and a success clears only its own kind:
+//! a valid low-privilege token proves nothing about the publish keys an address keeps
+//! guessing, so it must not reset that count (the audit kept an address from ever being
+//! barred by using one after every fourth wrong key). A bar, once earned, holds for every
+//! route.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -18,9 +24,28 @@ const FORGET_AFTER: Duration = Duration::from_secs(600);
 /// Past this many records, forgotten ones are swept out on the next failure.
 const SWEEP_AT: usize = 10_000;
 
+/// A kind of credential whose failures are counted apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Credential {
+    /// A client token (JWT) on the socket or the snapshot API.
+    Token,
+    /// A publish key, on the HTTP API or given as a socket token.
+    PublishKey,
+}
+
+impl Credential {
+    fn index(self) -> usize {
+        match self {
+            Self::Token => 0,
+            Self::PublishKey => 1,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Failures {
-    count: u32,
+    /// Failures in a row, per [`Credential`].
+    counts: [u32; 2],
     barred_until: Instant,
     last: Instant,
 }
@@ -59,8 +84,9 @@ impl AuthBackoff {
         }
     }
 
-    /// Records a failure; returns how long the address is now barred (zero: not yet).
-    pub(crate) fn failed(&self, address: IpAddr, now: Instant) -> Duration {
+    /// Records a failure of a `kind` credential; returns how long the address is now
+    /// barred (zero: not yet).
+    pub(crate) fn failed(&self, address: IpAddr, kind: Credential, now: Instant) -> Duration {
         if self.free == 0 {
             return Duration::ZERO;
         }
@@ -69,30 +95,39 @@ impl AuthBackoff {
             failures.retain(|_, f| f.barred_until > now || now - f.last < FORGET_AFTER);
         }
         let f = failures.entry(address).or_insert(Failures {
-            count: 0,
+            counts: [0; 2],
             barred_until: now,
             last: now,
         });
         if now - f.last >= FORGET_AFTER {
-            f.count = 0;
+            f.counts = [0; 2];
         }
-        f.count = f.count.saturating_add(1);
+        let count = &mut f.counts[kind.index()];
+        *count = count.saturating_add(1);
         f.last = now;
-        let over = f.count.saturating_sub(self.free);
+        let over = count.saturating_sub(self.free);
         if over == 0 {
             return Duration::ZERO;
         }
         let bar = Duration::from_secs(1)
             .saturating_mul(1u32 << (over - 1).min(30))
             .min(self.max);
-        f.barred_until = now + bar;
+        f.barred_until = f.barred_until.max(now + bar);
         bar
     }
 
-    /// Records a success: the address starts afresh.
-    pub(crate) fn succeeded(&self, address: IpAddr) {
-        if self.free > 0 {
-            self.lock().remove(&address);
+    /// Records a success of a `kind` credential: that kind starts afresh; failures of the
+    /// other kind stand.
+    pub(crate) fn succeeded(&self, address: IpAddr, kind: Credential) {
+        if self.free == 0 {
+            return;
+        }
+        let mut failures = self.lock();
+        if let Some(f) = failures.get_mut(&address) {
+            f.counts[kind.index()] = 0;
+            if f.counts == [0; 2] {
+                failures.remove(&address);
+            }
         }
     }
 }
@@ -111,10 +146,12 @@ mod tests {
         let a = ip("203.0.113.9");
         let now = Instant::now();
         for _ in 0..3 {
-            assert_eq!(b.failed(a, now), Duration::ZERO);
+            assert_eq!(b.failed(a, Credential::PublishKey, now), Duration::ZERO);
             assert!(b.check(a, now).is_ok());
         }
-        let bars: Vec<u64> = (0..6).map(|_| b.failed(a, now).as_secs()).collect();
+        let bars: Vec<u64> = (0..6)
+            .map(|_| b.failed(a, Credential::PublishKey, now).as_secs())
+            .collect();
         assert_eq!(bars, [1, 2, 4, 8, 10, 10]);
         assert_eq!(b.check(a, now), Err(Duration::from_secs(10)));
         assert!(
@@ -129,18 +166,56 @@ mod tests {
         let b = AuthBackoff::new(1, Duration::from_secs(300));
         let a = ip("198.51.100.1");
         let now = Instant::now();
-        b.failed(a, now);
-        assert_eq!(b.failed(a, now), Duration::from_secs(1));
-        b.succeeded(a);
+        b.failed(a, Credential::PublishKey, now);
+        assert_eq!(
+            b.failed(a, Credential::PublishKey, now),
+            Duration::from_secs(1)
+        );
+        b.succeeded(a, Credential::PublishKey);
         assert!(b.check(a, now).is_ok());
-        assert_eq!(b.failed(a, now), Duration::ZERO);
+        assert_eq!(b.failed(a, Credential::PublishKey, now), Duration::ZERO);
 
         let later = now + FORGET_AFTER;
         assert_eq!(
-            b.failed(a, later),
+            b.failed(a, Credential::PublishKey, later),
             Duration::ZERO,
             "the old failure was forgotten"
         );
+    }
+
+    #[test]
+    fn a_success_clears_only_its_own_kind() {
+        let b = AuthBackoff::new(4, Duration::from_secs(300));
+        let a = ip("198.51.100.7");
+        let now = Instant::now();
+        // The audit's pattern: four wrong keys, a good token, again and again.
+        let mut barred = None;
+        for round in 0..3 {
+            for _ in 0..4 {
+                if b.failed(a, Credential::PublishKey, now) > Duration::ZERO {
+                    barred.get_or_insert(round);
+                }
+            }
+            b.succeeded(a, Credential::Token);
+        }
+        assert_eq!(
+            barred,
+            Some(1),
+            "the second round's first wrong key bars it"
+        );
+        assert!(b.check(a, now).is_err());
+        // And the other way round: token failures survive a good key.
+        let c = ip("198.51.100.8");
+        for _ in 0..4 {
+            b.failed(c, Credential::Token, now);
+        }
+        b.succeeded(c, Credential::PublishKey);
+        assert_eq!(b.failed(c, Credential::Token, now), Duration::from_secs(1));
+        // A good key after key failures clears the record.
+        let d = ip("198.51.100.9");
+        b.failed(d, Credential::PublishKey, now);
+        b.succeeded(d, Credential::PublishKey);
+        assert!(b.lock().get(&d).is_none());
     }
 
     #[test]
@@ -149,7 +224,7 @@ mod tests {
         let a = ip("192.0.2.1");
         let now = Instant::now();
         for _ in 0..100 {
-            assert_eq!(b.failed(a, now), Duration::ZERO);
+            assert_eq!(b.failed(a, Credential::PublishKey, now), Duration::ZERO);
         }
         assert!(b.check(a, now).is_ok());
     }
@@ -159,10 +234,10 @@ mod tests {
         let b = AuthBackoff::new(5, Duration::from_secs(300));
         let now = Instant::now();
         for i in 0..SWEEP_AT as u32 {
-            b.failed(IpAddr::from(i.to_be_bytes()), now);
+            b.failed(IpAddr::from(i.to_be_bytes()), Credential::Token, now);
         }
         let later = now + FORGET_AFTER;
-        b.failed(ip("10.0.0.1"), later);
+        b.failed(ip("10.0.0.1"), Credential::Token, later);
         assert_eq!(b.lock().len(), 1);
     }
 }

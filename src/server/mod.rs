@@ -53,6 +53,7 @@ use crate::protocol::close::CloseCode;
 use crate::upstream::poller::Outlet;
 use crate::upstream::snapshot::SnapshotCache;
 use crate::upstream::{self, BreakerBoard};
+use backoff::Credential;
 
 /// Why the server could not start or keep serving.
 #[derive(Debug, thiserror::Error)]
@@ -113,6 +114,10 @@ impl Shared {
 impl Shared {
     /// Checks a client's token (a JWT or a publish key) and records the outcome in the
     /// failed-credentials backoff of `address`, whatever route it came by.
+    ///
+    /// A success clears the failures of its own kind only. A refused token counts as a
+    /// failed token and, where publish keys exist, as a failed key too: it may have been a
+    /// guess at either. An expired one was signed by the issuer, so it is no key guess.
     pub(crate) fn verify_token(
         &self,
         address: std::net::IpAddr,
@@ -120,22 +125,30 @@ impl Shared {
     ) -> Result<Arc<Identity>, AuthError> {
         let verified = self.auth.verify(token);
         match &verified {
-            Ok(identity) if identity.method == Method::Anonymous => {}
-            Ok(_) => self.backoff.succeeded(address),
-            Err(_) => {
-                self.backoff.failed(address, std::time::Instant::now());
+            Ok(identity) => match identity.method {
+                Method::Anonymous => {}
+                Method::Jwt => self.backoff.succeeded(address, Credential::Token),
+                Method::ApiKey => self.backoff.succeeded(address, Credential::PublishKey),
+            },
+            Err(e) => {
+                let now = std::time::Instant::now();
+                self.backoff.failed(address, Credential::Token, now);
+                if self.auth.publish_needs_key() && *e != AuthError::Expired {
+                    self.backoff.failed(address, Credential::PublishKey, now);
+                }
             }
         }
         verified
     }
 
-    /// Whether `key` is a publish key, recorded in the backoff of `address` like a token.
+    /// Whether `key` is a publish key, recorded in the backoff of `address`.
     pub(crate) fn verify_publish_key(&self, address: std::net::IpAddr, key: &str) -> bool {
         let valid = self.auth.is_publish_key(key);
         if valid {
-            self.backoff.succeeded(address);
+            self.backoff.succeeded(address, Credential::PublishKey);
         } else {
-            self.backoff.failed(address, std::time::Instant::now());
+            self.backoff
+                .failed(address, Credential::PublishKey, std::time::Instant::now());
         }
         valid
     }
