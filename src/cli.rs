@@ -269,8 +269,9 @@ pub(crate) struct Cli {
     #[arg(long, env = "SIGMAHUB_AUTH_MAX_BACKOFF", value_parser = humantime::parse_duration, value_name = "DURATION")]
     auth_max_backoff: Option<Duration>,
 
-    /// Browser origins allowed to open WebSockets, comma-separated; globs like
-    /// https://*.example.com [default: any].
+    /// Browser origins allowed to open WebSockets, comma-separated
+    /// (https://app.example.com, https://*.example.com, *) [default: any]; the HTTP API
+    /// answers browsers from these and its own origin only.
     #[arg(
         long,
         env = "SIGMAHUB_AUTH_ALLOWED_ORIGINS",
@@ -278,6 +279,17 @@ pub(crate) struct Cli {
         value_name = "ORIGINS"
     )]
     auth_allowed_origins: Option<Vec<String>>,
+
+    /// Host names the server answers to, comma-separated (`hub.example.com`,
+    /// `*.example.com`, `*`); others get 421 [default: localhost names on a loopback
+    /// address, any name elsewhere; IP addresses always].
+    #[arg(
+        long,
+        env = "SIGMAHUB_AUTH_ALLOWED_HOSTS",
+        value_delimiter = ',',
+        value_name = "HOSTS"
+    )]
+    auth_allowed_hosts: Option<Vec<String>>,
 
     /// Base URL of a SigmaVault engine to poll over JSON-RPC (`{url}/rpc`), e.g.
     /// http://127.0.0.1:5000/api/v1 [default: none].
@@ -378,6 +390,7 @@ impl Cli {
             auth_backoff_after => backoff_after,
             auth_max_backoff => max_backoff,
             auth_allowed_origins => allowed_origins,
+            auth_allowed_hosts => allowed_hosts,
         );
         if let Some(url) = self.engine_url {
             config.engine.url = Some(url);

@@ -50,8 +50,9 @@ pub struct Config {
     /// buffer: about 5 s of events at 50 events/s.
     pub client_queue_capacity: usize,
 
-    /// Bytes that may wait in one client's queue: it takes frames while it holds less, so
-    /// it never holds more than this plus one frame. Default 256 KiB, a full queue of 1 KiB
+    /// Bytes that may wait in one client's queue: it takes frames while it holds less,
+    /// so it holds at most this plus one frame, or one whole publish batch that found it
+    /// empty (whose frames every subscriber shares). Default 256 KiB, a full queue of 1 KiB
     /// events: 20,000 clients hold at most 5 GiB between them, and that only if every frame
     /// were theirs alone (a broadcast frame is one allocation shared by every subscriber).
     pub client_queue_bytes: usize,
@@ -194,9 +195,16 @@ pub struct AuthConfig {
     /// Longest bar for failed credentials. Default 5 min.
     #[serde(with = "humantime_serde")]
     pub max_backoff: Duration,
-    /// Origins allowed to open WebSockets from a browser (`https://app.example.com`, or a
-    /// glob like `https://*.example.com`); others get HTTP 403. Default: empty, any origin.
+    /// Origins allowed to open WebSockets from a browser (`https://app.example.com`,
+    /// `https://*.example.com` for every name below a domain, or `*`); others get HTTP 403.
+    /// Default: empty, any origin may upgrade. The HTTP API answers a browser request only
+    /// from the server's own origin or one on this list (with CORS), whatever the default.
     pub allowed_origins: Vec<String>,
+    /// Host names the server answers to (`hub.example.com`, `*.example.com`, or `*`); a
+    /// request naming another host gets HTTP 421 (DNS rebinding). Hosts given as IP
+    /// addresses always pass. Default: empty, which on a loopback address means
+    /// `localhost` and `*.localhost` only, and on any other address every name.
+    pub allowed_hosts: Vec<String>,
 }
 
 impl Default for AuthConfig {
@@ -213,6 +221,7 @@ impl Default for AuthConfig {
             backoff_after: 5,
             max_backoff: Duration::from_secs(300),
             allowed_origins: Vec::new(),
+            allowed_hosts: Vec::new(),
         }
     }
 }
@@ -253,6 +262,7 @@ impl std::fmt::Debug for AuthConfig {
             .field("backoff_after", &shown.backoff_after)
             .field("max_backoff", &shown.max_backoff)
             .field("allowed_origins", &shown.allowed_origins)
+            .field("allowed_hosts", &shown.allowed_hosts)
             .finish()
     }
 }
@@ -600,6 +610,10 @@ impl Config {
                 format!("each key must be at least {MIN_KEY_LEN} bytes"),
             ));
         }
+        crate::auth::origin::OriginPolicy::new(&auth.allowed_origins)
+            .map_err(|e| invalid("auth.allowed_origins", e.to_string()))?;
+        crate::auth::host::HostPolicy::new(&auth.allowed_hosts, self.listen)
+            .map_err(|e| invalid("auth.allowed_hosts", e.to_string()))?;
         if self.listen.ip().is_loopback() || auth.allow_anonymous {
             return Ok(());
         }

@@ -491,9 +491,10 @@ async fn only_allowed_origins_may_upgrade() {
         .await;
     assert_eq!(status, 403);
     assert!(!headers.contains_key("access-control-allow-origin"));
-    let (_, headers, _) = server
+    let (status, headers, _) = server
         .request_full("GET", "/api/v1/snapshot", Vec::new(), &evil)
         .await;
+    assert_eq!(status, 403, "another site's page may not read the API");
     assert!(!headers.contains_key("access-control-allow-origin"));
 }
 
@@ -677,4 +678,151 @@ async fn a_good_token_does_not_clear_wrong_publish_keys() {
     let (status, body) = server.publish_with_key(wrong, &event).await;
     assert_eq!(status, 429, "{body}");
     assert_eq!(body["error"]["code"], "auth_backoff");
+}
+
+/// Sends `request` (a whole HTTP/1.1 request, `{addr}` replaced) over a fresh socket and
+/// returns the response's status code.
+async fn raw_status(server: &TestServer, request: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let request = request.replace("{addr}", &server.addr.to_string());
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut head = [0u8; 12];
+    common::within(tcp.read_exact(&mut head)).await.unwrap();
+    std::str::from_utf8(&head[9..12]).unwrap().parse().unwrap()
+}
+
+/// The audit's cross-site publish and DNS rebinding: a page elsewhere may neither publish
+/// (a `text/plain` POST needs no preflight) nor read operator data, and a request naming
+/// a host the server does not answer to (a rebound name) is refused, WebSocket included.
+#[tokio::test]
+async fn pages_elsewhere_cannot_publish_or_read_and_rebound_names_are_refused() {
+    let server = TestServer::with(|c| {
+        c.auth.allowed_origins = vec!["https://app.example.com".into()];
+    })
+    .await;
+    let mut subscriber = server.client().await;
+    let own = format!("http://{}", server.addr);
+    let post = |origin: Option<&str>, content_type: &str, n: u64| {
+        let origin = origin
+            .map(|o| format!("Origin: {o}\r\n"))
+            .unwrap_or_default();
+        let body = json!({"type": "notification", "data": {"n": n}}).to_string();
+        format!(
+            "POST /api/v1/publish HTTP/1.1\r\nHost: {{addr}}\r\n{origin}Content-Type: {content_type}\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    // Refused: another site's page, with or without a preflight-free content type; and a
+    // body not declared JSON from anywhere.
+    assert_eq!(
+        raw_status(
+            &server,
+            &post(Some("https://evil.example"), "text/plain", 1)
+        )
+        .await,
+        403
+    );
+    assert_eq!(
+        raw_status(
+            &server,
+            &post(Some("https://evil.example"), "application/json", 2)
+        )
+        .await,
+        403
+    );
+    assert_eq!(
+        raw_status(&server, &post(Some("null"), "application/json", 3)).await,
+        403
+    );
+    assert_eq!(raw_status(&server, &post(None, "text/plain", 4)).await, 415);
+    assert_eq!(
+        raw_status(&server, &post(None, "application/x-www-form-urlencoded", 5)).await,
+        415
+    );
+    // Answered: no origin (a service), the listed origin, the server's own pages.
+    assert_eq!(
+        raw_status(&server, &post(None, "application/json", 10)).await,
+        200
+    );
+    assert_eq!(
+        raw_status(
+            &server,
+            &post(
+                Some("https://app.example.com"),
+                "application/json; charset=utf-8",
+                11
+            )
+        )
+        .await,
+        200
+    );
+    assert_eq!(
+        raw_status(&server, &post(Some(&own), "application/json", 12)).await,
+        200
+    );
+    for n in 10..=12 {
+        assert_eq!(subscriber.recv_type("notification").await["data"]["n"], n);
+    }
+
+    // Operator data: not to another site's page.
+    let get = |path: &str, host: &str, origin: Option<&str>| {
+        let origin = origin
+            .map(|o| format!("Origin: {o}\r\n"))
+            .unwrap_or_default();
+        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n{origin}Connection: close\r\n\r\n")
+    };
+    for path in ["/api/v1/stats", "/api/v1/snapshot", "/metrics"] {
+        assert_eq!(
+            raw_status(&server, &get(path, "{addr}", Some("https://evil.example"))).await,
+            403,
+            "{path}"
+        );
+        assert_eq!(
+            raw_status(&server, &get(path, "{addr}", None)).await,
+            200,
+            "{path}"
+        );
+    }
+
+    // DNS rebinding: the page's name, pointed at us, shows in Host. Refused everywhere.
+    let port = server.addr.port();
+    let rebound = format!("evil.example:{port}");
+    for path in ["/api/v1/stats", "/metrics", "/", "/healthz"] {
+        assert_eq!(
+            raw_status(&server, &get(path, &rebound, None)).await,
+            421,
+            "{path}"
+        );
+        // Same origin as far as the browser knows: still refused.
+        let origin = format!("http://{rebound}");
+        assert_eq!(
+            raw_status(&server, &get(path, &rebound, Some(&origin))).await,
+            421,
+            "{path}"
+        );
+    }
+    let upgrade = format!(
+        "GET /ws HTTP/1.1\r\nHost: {rebound}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    assert_eq!(raw_status(&server, &upgrade).await, 421);
+    // The loopback names and addresses are answered.
+    for host in [
+        format!("localhost:{port}"),
+        format!("127.0.0.1:{port}"),
+        "app.localhost".to_owned(),
+    ] {
+        assert_eq!(
+            raw_status(&server, &get("/api/v1/stats", &host, None)).await,
+            200,
+            "{host}"
+        );
+    }
+
+    let stats = stats_without_key(&server).await;
+    assert_eq!(stats["limits"]["origin_not_allowed"], 6, "{stats}");
+    assert_eq!(stats["limits"]["unsupported_media_type"], 2, "{stats}");
+    assert_eq!(stats["limits"]["host_not_allowed"], 9, "{stats}");
 }

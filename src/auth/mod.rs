@@ -7,12 +7,14 @@
 //!   channel and publish on none over the socket.
 //! - **`POST /api/v1/publish`** needs one of `auth.publish_keys` (as `Authorization: Bearer`
 //!   or `X-API-Key`) once any is configured.
-//! - **Browsers** may be held to an origin allowlist (see [`origin`]).
+//! - **Browsers** may be held to an origin allowlist (see [`origin`]); every request must
+//!   name a host the server answers to (see [`host`]), against DNS rebinding.
 //!
 //! Secure by default: a server listening on a non-loopback address refuses to start
 //! without token authentication and publish keys, unless `auth.allow_anonymous` says that
 //! open access is intended (see [`crate::Config::validate`]).
 
+pub mod host;
 pub mod jwt;
 pub mod keys;
 pub mod origin;
@@ -98,10 +100,15 @@ impl Authenticator {
             field: "auth.jwt_public_key_file",
             reason: format!("not an RSA public key in PEM form: {e}"),
         })?;
+        let origins =
+            OriginPolicy::new(&config.allowed_origins).map_err(|e| ConfigError::Invalid {
+                field: "auth.allowed_origins",
+                reason: e.to_string(),
+            })?;
         Ok(Self {
             jwt,
             keys: ApiKeys::new(&config.publish_keys),
-            origins: OriginPolicy::new(&config.allowed_origins),
+            origins,
             anonymous: Identity::anonymous(),
             service: Arc::new(Identity {
                 subject: "api-key".to_owned(),
@@ -159,6 +166,12 @@ impl Authenticator {
     /// Whether a WebSocket upgrade with this `Origin` header may proceed.
     pub fn origin_allowed(&self, origin: Option<&[u8]>) -> bool {
         self.origins.allows(origin)
+    }
+
+    /// Whether an HTTP API request with this `Origin` (if any) to this `Host` may be
+    /// answered: no origin, the server's own, or a listed one.
+    pub fn api_origin_allowed(&self, origin: Option<&[u8]>, host: Option<&[u8]>) -> bool {
+        self.origins.api_allows(origin, host)
     }
 }
 

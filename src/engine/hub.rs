@@ -51,6 +51,8 @@ struct Shared {
     /// Offsets are assigned elsewhere (a cluster's stream): local publishes get none.
     sequenced_elsewhere: bool,
     next_client_id: AtomicU64,
+    /// Ids of publish batches, for the outboxes' byte bound ([`Outbox::push_in_batch`]).
+    next_batch: AtomicU64,
     clients: AtomicUsize,
     peak_clients: AtomicUsize,
     published: AtomicU64,
@@ -162,6 +164,7 @@ impl Hub {
                 history: (config.history.size > 0).then(|| History::new(&config.history)),
                 sequenced_elsewhere: config.cluster.enabled(),
                 next_client_id: AtomicU64::new(1),
+                next_batch: AtomicU64::new(0),
                 clients: AtomicUsize::new(0),
                 peak_clients: AtomicUsize::new(0),
                 published: AtomicU64::new(0),
@@ -214,7 +217,8 @@ impl Hub {
     ///
     /// Every event is queued for every subscriber before any writer is woken, so a writer
     /// finds the whole batch in its queue and sends it with one vectored write instead of
-    /// racing the publisher frame by frame.
+    /// racing the publisher frame by frame. A client whose queue the batch found empty
+    /// takes all of it, even past `client_queue_bytes` (not past `client_queue_capacity`).
     pub fn publish_batch(&self, events: &[Event], now: SystemTime) -> Delivery {
         if let [event] = events {
             return self.publish_at(event, now);
@@ -222,11 +226,13 @@ impl Hub {
         thread_local! {
             static OWED: std::cell::RefCell<Vec<Arc<Outbox>>> = const { std::cell::RefCell::new(Vec::new()) };
         }
+        // Ids start at 1: 0 means "no batch" to the outbox.
+        let batch = self.shared.next_batch.fetch_add(1, Ordering::Relaxed) + 1;
         OWED.with(|owed| {
             let mut owed = owed.borrow_mut();
             let mut delivery = Delivery::default();
             let mut push = |outbox: &Arc<Outbox>, frame, since| {
-                let (push, wake) = outbox.push_event(frame, since);
+                let (push, wake) = outbox.push_in_batch(frame, since, batch);
                 if wake {
                     owed.push(Arc::clone(outbox));
                 }

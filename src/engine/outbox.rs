@@ -13,7 +13,10 @@
 //! # Bounds and slow consumers
 //! The queue takes a frame while it holds fewer than `capacity` frames *and* fewer than
 //! `byte_capacity` bytes, so it never holds more than `capacity` frames nor more than
-//! `byte_capacity` bytes plus one frame. A push beyond either bound follows the
+//! `byte_capacity` bytes plus one frame. One exception keeps a large publish from closing
+//! every subscriber: the frames of one publish batch that found the queue empty are taken
+//! whole, up to the frame bound ([`Outbox::push_in_batch`]); they are broadcast frames,
+//! one allocation shared by every subscriber. A push beyond either bound follows the
 //! [`SlowConsumerPolicy`]: `Close` marks the outbox for an immediate close with
 //! [`CloseCode::SLOW_CONSUMER`] (the writer discards the queue); `Drop` discards the new frame
 //! and counts it, and the writer tells the client how many it lost. Either way the publisher
@@ -113,6 +116,9 @@ pub struct Outbox {
     /// The publish stamp of the event that found the queue empty (0: none); see
     /// [`super::latency`].
     since: AtomicU64,
+    /// The publish batch whose first frame found the queue empty (0: none); its frames are
+    /// exempt from the byte bound.
+    batch: AtomicU64,
 }
 
 impl Outbox {
@@ -138,6 +144,7 @@ impl Outbox {
             dropped: AtomicU64::new(0),
             awaiting_pong: AtomicBool::new(false),
             since: AtomicU64::new(0),
+            batch: AtomicU64::new(0),
         }
     }
 
@@ -157,7 +164,7 @@ impl Outbox {
     /// [`wake`](Self::wake) once it has queued the rest of its batch.
     #[inline]
     pub fn push_deferred(&self, frame: Bytes) -> (Push, bool) {
-        self.enqueue(frame, None)
+        self.enqueue(frame, None, 0)
     }
 
     /// Queues an event published at `since`, like [`push_deferred`](Self::push_deferred).
@@ -165,11 +172,21 @@ impl Outbox {
     /// figure ([`take_since`](Self::take_since)).
     #[inline]
     pub fn push_event(&self, frame: Bytes, since: Option<Stamp>) -> (Push, bool) {
-        self.enqueue(frame, since)
+        self.enqueue(frame, since, 0)
+    }
+
+    /// Queues an event of publish batch `batch` (a non-zero id unique to the batch, whose
+    /// frames one thread pushes in order), like [`push_event`](Self::push_event). If the
+    /// batch's first frame found the queue empty, the rest of the batch is exempt from the
+    /// byte bound (not from the frame bound): a publish is taken whole or not at all by a
+    /// client that keeps up, however large its events.
+    #[inline]
+    pub fn push_in_batch(&self, frame: Bytes, since: Option<Stamp>, batch: u64) -> (Push, bool) {
+        self.enqueue(frame, since, batch)
     }
 
     #[inline]
-    fn enqueue(&self, frame: Bytes, since: Option<Stamp>) -> (Push, bool) {
+    fn enqueue(&self, frame: Bytes, since: Option<Stamp>, batch: u64) -> (Push, bool) {
         if self.state.load(Ordering::Acquire) != OPEN {
             return (Push::Closed, false);
         }
@@ -177,7 +194,11 @@ impl Outbox {
         // it is refused unless the queue is empty, and never corrupts the frame count.
         let add = Load::of(1, frame.len().min(MAX_BYTE_CAPACITY));
         let before = Load(self.load.fetch_add(add.0, Ordering::AcqRel));
-        if before.frames() >= self.capacity || before.bytes() >= self.byte_capacity {
+        let over_bytes = || {
+            before.bytes() >= self.byte_capacity
+                && (batch == 0 || self.batch.load(Ordering::Relaxed) != batch)
+        };
+        if before.frames() >= self.capacity || over_bytes() {
             self.load.fetch_sub(add.0, Ordering::AcqRel);
             return match self.policy {
                 SlowConsumerPolicy::Close => {
@@ -192,6 +213,10 @@ impl Outbox {
         }
         let was_empty = before.frames() == 0;
         if was_empty {
+            if batch != 0 {
+                // Read back by this batch's next pushes, on this same thread.
+                self.batch.store(batch, Ordering::Relaxed);
+            }
             if let Some(since) = since {
                 // Before the frame is visible: a writer that pops it also sees the stamp.
                 self.since.store(since.to_raw(), Ordering::Relaxed);
@@ -482,6 +507,31 @@ mod tests {
         assert_eq!((outbox.len(), outbox.queued_bytes()), (0, 0));
         // A frame larger than the whole bound still reaches an empty queue.
         assert_eq!(outbox.push(Bytes::from(vec![0u8; 5000])), Push::Queued);
+    }
+
+    #[test]
+    fn a_batch_that_finds_the_queue_empty_is_taken_whole() {
+        let outbox = Outbox::bounded(10, 1000, SlowConsumerPolicy::Close);
+        let big = || Bytes::from(vec![0u8; 600]);
+        for _ in 0..5 {
+            assert_eq!(outbox.push_in_batch(big(), None, 7).0, Push::Queued);
+        }
+        assert_eq!(outbox.queued_bytes(), 3000);
+        // The next batch finds it full: the byte bound applies.
+        assert_eq!(outbox.push_in_batch(big(), None, 8).0, Push::Overflowed);
+
+        // ...and the frame bound always does.
+        let outbox = Outbox::bounded(3, 1000, SlowConsumerPolicy::Drop);
+        for _ in 0..3 {
+            assert_eq!(outbox.push_in_batch(big(), None, 9).0, Push::Queued);
+        }
+        assert_eq!(outbox.push_in_batch(big(), None, 9).0, Push::Dropped);
+
+        // A batch that starts on a non-empty queue gets no exemption.
+        let outbox = Outbox::bounded(10, 1000, SlowConsumerPolicy::Drop);
+        outbox.push(big());
+        assert_eq!(outbox.push_in_batch(big(), None, 10).0, Push::Queued);
+        assert_eq!(outbox.push_in_batch(big(), None, 10).0, Push::Dropped);
     }
 
     #[test]

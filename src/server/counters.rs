@@ -22,7 +22,8 @@ pub(crate) enum Limit {
     ForbiddenSubscribe,
     /// A socket publish on a channel the client's token does not allow.
     ForbiddenPublish,
-    /// A WebSocket upgrade from an origin not on the allowlist (HTTP 403).
+    /// A WebSocket upgrade, or an HTTP API request, from an origin the server does not
+    /// answer (HTTP 403).
     OriginRefused,
     /// An HTTP request without valid credentials (HTTP 401): publish or stats without a
     /// publish key, snapshots without a token.
@@ -31,10 +32,14 @@ pub(crate) enum Limit {
     AuthBackoff,
     /// A `POST /api/v1/publish` body over `max_publish_body_size` (HTTP 413).
     PublishBodyTooLarge,
+    /// A request naming a host the server does not answer to (HTTP 421).
+    HostRefused,
+    /// A `POST /api/v1/publish` whose body is not declared JSON (HTTP 415).
+    NotJson,
 }
 
 impl Limit {
-    const ALL: [Self; 9] = [
+    const ALL: [Self; 11] = [
         Self::RateLimited,
         Self::TooManySubscriptions,
         Self::ChannelFull,
@@ -44,6 +49,8 @@ impl Limit {
         Self::Unauthorized,
         Self::AuthBackoff,
         Self::PublishBodyTooLarge,
+        Self::HostRefused,
+        Self::NotJson,
     ];
 
     /// The name in the stats and metrics.
@@ -58,6 +65,8 @@ impl Limit {
             Self::Unauthorized => "unauthorized",
             Self::AuthBackoff => "auth_backoff",
             Self::PublishBodyTooLarge => "publish_body_too_large",
+            Self::HostRefused => "host_not_allowed",
+            Self::NotJson => "unsupported_media_type",
         }
     }
 

@@ -15,13 +15,20 @@
 //!
 //! Every error body is `{"error": {"code": …, "message": …}}`.
 //!
+//! Before any route: a request whose `Host` names a host the server does not answer to
+//! gets 421 (`auth.allowed_hosts`, DNS rebinding), and an `/api/` or `/metrics` request
+//! carrying an `Origin` that is neither the server's own nor on `auth.allowed_origins`
+//! gets 403 (a page elsewhere may not publish or read operator data). A publish must
+//! declare `Content-Type: application/json` (415 otherwise), so that a browser cannot send
+//! one without a CORS preflight.
+//!
 //! The upgrade's credentials are `Authorization: Bearer <token>` or `?token=<token>` (for
 //! browsers, which cannot set headers on a WebSocket); the header wins when both are given.
 //! Publishing takes a key as `Authorization: Bearer <key>` or `X-API-Key: <key>`.
 //!
-//! CORS: a browser page may call `/api/` only from an origin on `auth.allowed_origins`
-//! (which then gets `Access-Control-Allow-Origin` and preflight answers); with no list,
-//! no CORS headers are sent and only same-origin pages can read the answers.
+//! CORS: a browser page elsewhere may call `/api/` only from an origin on
+//! `auth.allowed_origins` (which then gets `Access-Control-Allow-Origin` and preflight
+//! answers); with no list, only same-origin pages are answered.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -32,7 +39,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Body;
 use hyper::header::{
     HeaderValue, ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS,
-    ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_MAX_AGE, ALLOW, AUTHORIZATION, CONTENT_TYPE,
+    ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_MAX_AGE, ALLOW, AUTHORIZATION, CONTENT_TYPE, HOST,
     ORIGIN, RETRY_AFTER, VARY, WWW_AUTHENTICATE,
 };
 use hyper::{Method, Request, Response, StatusCode};
@@ -61,10 +68,35 @@ where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    let host = req.headers().get(HOST);
+    if !shared.hosts.allows(host.map(HeaderValue::as_bytes)) {
+        shared.counters.hit(Limit::HostRefused);
+        tracing::debug!(%peer, host = ?host, "refused: host not allowed");
+        return error(
+            StatusCode::MISDIRECTED_REQUEST,
+            "host_not_allowed",
+            "this server does not answer to that host name (auth.allowed_hosts)",
+        );
+    }
     let origin = req.headers().get(ORIGIN).cloned();
-    let api = req.uri().path().starts_with("/api/");
+    let path = req.uri().path();
+    let api = path.starts_with("/api/");
+    // The operators' data and every API call: browsers only from here or a listed origin.
+    let guarded = api || path == "/metrics";
     let mut response = if api && req.method() == Method::OPTIONS {
         preflight(&shared, origin.as_ref())
+    } else if guarded
+        && !shared.auth.api_origin_allowed(
+            origin.as_ref().map(HeaderValue::as_bytes),
+            host.map(HeaderValue::as_bytes),
+        )
+    {
+        shared.counters.hit(Limit::OriginRefused);
+        error(
+            StatusCode::FORBIDDEN,
+            "origin_not_allowed",
+            "a page from this origin may not call the API (auth.allowed_origins)",
+        )
     } else {
         answer(shared.clone(), req, peer).await
     };
@@ -277,6 +309,24 @@ fn upgrade_resume<B>(req: &Request<B>) -> Result<Option<Box<Resume>>, String> {
     Ok(given.then(|| Box::new(resume)))
 }
 
+/// Whether the request declares a JSON body: `application/json` or `application/*+json`,
+/// with any parameters.
+fn declares_json(headers: &hyper::HeaderMap) -> bool {
+    let Some(value) = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let essence = value
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || essence
+            .strip_prefix("application/")
+            .is_some_and(|sub| sub.ends_with("+json"))
+}
+
 fn bearer(headers: &hyper::HeaderMap) -> Option<&str> {
     let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
@@ -398,6 +448,15 @@ where
 {
     if let Some(refused) = publish_key_refusal(shared, req.headers(), address) {
         return refused;
+    }
+    // A browser form or a `text/plain` fetch needs no CORS preflight; JSON does.
+    if !declares_json(req.headers()) {
+        shared.counters.hit(Limit::NotJson);
+        return error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "publish bodies are JSON: send `Content-Type: application/json`",
+        );
     }
     let limit = shared.config.max_publish_body_size;
     let body = match Limited::new(req.into_body(), limit).collect().await {

@@ -42,6 +42,7 @@ use tokio_util::task::TaskTracker;
 pub use http::ResponseBody;
 pub use session::WELCOME_MESSAGE;
 
+use crate::auth::host::HostPolicy;
 use crate::auth::permissions::{Identity, Method};
 use crate::auth::{AuthError, Authenticator};
 use crate::cluster::{Cluster, ClusterError};
@@ -78,6 +79,8 @@ pub enum ServeError {
 pub(crate) struct Shared {
     pub(crate) hub: Hub,
     pub(crate) auth: Authenticator,
+    /// The host names requests may name (DNS rebinding).
+    pub(crate) hosts: HostPolicy,
     pub(crate) counters: counters::Counters,
     pub(crate) analytics: analytics::Analytics,
     pub(crate) backoff: backoff::AuthBackoff,
@@ -97,6 +100,12 @@ impl Shared {
         Ok(Self {
             hub: Hub::new(&config),
             auth: Authenticator::new(&config.auth, &config.default_subscriptions)?,
+            hosts: HostPolicy::new(&config.auth.allowed_hosts, config.listen).map_err(|e| {
+                ConfigError::Invalid {
+                    field: "auth.allowed_hosts",
+                    reason: e.to_string(),
+                }
+            })?,
             counters: counters::Counters::new(config.metrics),
             analytics: analytics::Analytics::default(),
             backoff: backoff::AuthBackoff::new(config.auth.backoff_after, config.auth.max_backoff),
