@@ -111,15 +111,21 @@ pub(crate) struct Cli {
     #[arg(long, env = "SIGMAHUB_HANDSHAKE_TIMEOUT", value_parser = humantime::parse_duration, value_name = "DURATION")]
     handshake_timeout: Option<Duration>,
 
-    /// Most WebSocket connections at once, 0 for no limit [default: 100000].
+    /// Longest a publish request's body may take to arrive (then 408) [default: 10s].
+    #[arg(long, env = "SIGMAHUB_BODY_TIMEOUT", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    body_timeout: Option<Duration>,
+
+    /// Most connections at once, HTTP and WebSocket, 0 for no limit [default: 100000].
     #[arg(long, env = "SIGMAHUB_MAX_CONNECTIONS", value_name = "N")]
     max_connections: Option<usize>,
 
-    /// Most connections from one client address, 0 for no limit [default: 10].
+    /// Most connections (HTTP and WebSocket) from one client address, 0 for no limit
+    /// [default: 10].
     #[arg(long, env = "SIGMAHUB_MAX_CONNECTIONS_PER_IP", value_name = "N")]
     max_connections_per_ip: Option<usize>,
 
-    /// New connections one address may open per minute, 0 for no limit [default: 60].
+    /// New WebSocket connections one address may open per minute, 0 for no limit
+    /// [default: 60].
     #[arg(long, env = "SIGMAHUB_CONNECTION_RATE_PER_IP", value_name = "N")]
     connection_rate_per_ip: Option<u32>,
 
@@ -352,6 +358,7 @@ impl Cli {
             max_publish_body_size,
             default_subscriptions,
             handshake_timeout,
+            body_timeout,
             max_connections,
             max_connections_per_ip,
             connection_rate_per_ip,

@@ -89,16 +89,25 @@ pub struct Config {
     #[serde(with = "humantime_serde")]
     pub handshake_timeout: Duration,
 
-    /// Most WebSocket connections at once; more are refused with HTTP 503. 0 is unlimited.
-    /// Default 100,000 (one process holds what its open-file limit allows anyway).
+    /// Longest a publish request's body may take to arrive, once its head has; then HTTP
+    /// 408 and the connection is closed. Default 10 s: a 1 MiB body at 1 Mbit/s.
+    #[serde(with = "humantime_serde")]
+    pub body_timeout: Duration,
+
+    /// Most connections at once, plain HTTP and WebSocket; more are refused with HTTP 503.
+    /// 0 is unlimited. Default 100,000 (one process holds what its open-file limit allows
+    /// anyway).
     pub max_connections: usize,
 
-    /// Most connections from one client address; more are refused with HTTP 429. 0 is
-    /// unlimited. Default 10 (Skreaver's).
+    /// Most connections from one client address, plain HTTP and WebSocket (a WebSocket
+    /// keeps the place its connection took); more are refused with HTTP 429. 0 is
+    /// unlimited. Default 10 (Skreaver's). Behind `trusted_proxies`, WebSockets are counted
+    /// by the forwarded address and plain HTTP is the proxy's to limit.
     pub max_connections_per_ip: usize,
 
-    /// New connections one address may open per minute on average (reconnect storms);
-    /// faster ones are refused with HTTP 429 and `Retry-After`. 0 is unlimited. Default 60.
+    /// New WebSocket connections one address may open per minute on average (reconnect
+    /// storms); faster ones are refused with HTTP 429 and `Retry-After`. 0 is unlimited.
+    /// Default 60.
     pub connection_rate_per_ip: u32,
 
     /// New connections one address may open in a burst above that rate. Default 20.
@@ -440,6 +449,7 @@ impl Default for Config {
             shutdown_timeout: Duration::from_secs(5),
             max_publish_body_size: 1024 * 1024,
             handshake_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(10),
             max_connections: 100_000,
             max_connections_per_ip: 10,
             connection_rate_per_ip: 60,
@@ -538,6 +548,7 @@ impl Config {
             ("pong_timeout", self.pong_timeout),
             ("heartbeat_interval", self.heartbeat_interval),
             ("handshake_timeout", self.handshake_timeout),
+            ("body_timeout", self.body_timeout),
             ("host.status_interval", self.host.status_interval),
             ("host.storage_interval", self.host.storage_interval),
             ("engine.poll_interval", self.engine.poll_interval),

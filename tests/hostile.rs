@@ -243,11 +243,15 @@ async fn hostile_credentials_and_floods_leave_an_authenticated_bystander_whole()
 
     // A connection flood from one address at the default limits (10 at once, bursts of
     // 20): every attempt is upgraded or refused with 429 and Retry-After before the 101.
+    let flooder = [127, 0, 0, 5].into();
     let mut admitted = Vec::new();
     let mut refused = 0;
     for _ in 0..40 {
-        match tokio_tungstenite::connect_async(format!("{}?token={good}", server.ws_url())).await {
-            Ok((ws, _)) => admitted.push(ws),
+        match server
+            .connect_from(flooder, &format!("?token={good}"))
+            .await
+        {
+            Ok(client) => admitted.push(client),
             Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
                 assert_eq!(response.status().as_u16(), 429);
                 assert!(response.headers().contains_key("retry-after"));
@@ -258,6 +262,19 @@ async fn hostile_credentials_and_floods_leave_an_authenticated_bystander_whole()
     }
     assert_eq!(admitted.len(), 10);
     assert_eq!(refused, 30);
+    // The flooding address is full, plain HTTP included; other addresses are served.
+    let bearer = format!("Bearer {KEY}");
+    let refused_event = json!({"type": "notification", "data": {"n": "refused"}});
+    let (status, _) = server
+        .request_from(
+            flooder,
+            "POST",
+            "/api/v1/publish",
+            refused_event.to_string().into_bytes(),
+            &[("authorization", &bearer)],
+        )
+        .await;
+    assert_eq!(status, 429);
     server.publish_with_key(KEY, &publish()).await;
 
     // The bystander received every event published to it, in order, and nothing else.

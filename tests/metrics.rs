@@ -22,15 +22,16 @@ async fn metrics_follow_connections_subscriptions_refusals_and_closes() {
     assert_eq!(value(&before, "websocket_connections_active", None), 0.0);
     assert_eq!(value(&before, "websocket_connections_total", None), 0.0);
 
-    let mut a = server.client().await;
-    let mut b = server.client().await;
+    // The clients come from an address of their own: the scrapes and publishes below
+    // (plain HTTP connections count too) from another.
+    let clients = [127, 0, 0, 2].into();
+    let mut a = server.client_from(clients).await;
+    let mut b = server.client_from(clients).await;
     a.send(&json!({"type": "subscribe", "data": {"channels": ["orders", "bad name"]}}))
         .await;
     a.recv_type("subscribe_response").await;
-    // The third connection from this address is refused with 429.
-    assert!(tokio_tungstenite::connect_async(server.ws_url())
-        .await
-        .is_err());
+    // The third connection from that address is refused with 429.
+    assert!(server.connect_from(clients, "").await.is_err());
     server
         .publish(&json!({"type": "orders", "data": {"n": 1}}))
         .await;

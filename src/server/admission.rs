@@ -1,8 +1,14 @@
-//! Admission control for WebSocket upgrades: total and per-IP connection limits, a per-IP
-//! connection rate (a token bucket against reconnect storms), and the client address behind
-//! trusted reverse proxies.
+//! Admission control: total and per-IP connection limits, a per-IP WebSocket connection
+//! rate (a token bucket against reconnect storms), and the client address behind trusted
+//! reverse proxies.
 //!
-//! A refused upgrade is answered before the 101 with HTTP 503 (server full) or 429 (this
+//! Every TCP connection from a client counts against `max_connections` and
+//! `max_connections_per_ip` from the moment it is accepted, plain HTTP or WebSocket: a
+//! WebSocket keeps the place its connection took. The connection rate applies to WebSocket
+//! upgrades. Behind a trusted proxy the proxy's own connections are not counted (they
+//! carry many clients); each upgrade is then admitted by the forwarded address instead.
+//!
+//! A refused connection or upgrade is answered with HTTP 503 (server full) or 429 (this
 //! address), each with `Retry-After`. Every refusal is counted.
 
 use std::collections::HashMap;
@@ -134,11 +140,55 @@ impl Admission {
             .unwrap_or(peer)
     }
 
-    /// Admits a connection from `address` at `now`, or says why not.
+    /// Whether `peer` is one of the trusted proxies.
+    pub(crate) fn is_trusted_proxy(&self, peer: IpAddr) -> bool {
+        self.trusted_proxies.contains(&peer.to_canonical())
+    }
+
+    /// Admits a WebSocket connection from `address` at `now` (its place and its share of
+    /// the connection rate), or says why not.
     pub(crate) fn admit(
         self: &Arc<Self>,
         address: IpAddr,
         now: Instant,
+    ) -> Result<Ticket, Refusal> {
+        self.admit_with(address, now, true)
+    }
+
+    /// Admits a TCP connection from `address` (its place only; an upgrade on it takes its
+    /// share of the rate with [`take_rate`](Self::take_rate)).
+    pub(crate) fn admit_connection(
+        self: &Arc<Self>,
+        address: IpAddr,
+        now: Instant,
+    ) -> Result<Ticket, Refusal> {
+        self.admit_with(address, now, false)
+    }
+
+    /// Takes an upgrade's share of the connection rate of `address`, whose connection
+    /// already holds a place.
+    pub(crate) fn take_rate(&self, address: IpAddr, now: Instant) -> Result<(), Refusal> {
+        let mut addresses = self.addresses.lock().unwrap_or_else(|e| e.into_inner());
+        let (per_minute, burst) = (self.rate_per_minute, self.rate_burst);
+        if per_minute == 0 {
+            return Ok(());
+        }
+        let entry = addresses.entry(address).or_insert_with(|| PerAddress {
+            active: 0,
+            rate: TokenBucket::new(per_minute, burst.max(1), now),
+        });
+        if entry.rate.take(now) != Verdict::Allow {
+            self.refused.rate.fetch_add(1, Ordering::Relaxed);
+            return Err(Refusal::TooFast(entry.rate.retry_after()));
+        }
+        Ok(())
+    }
+
+    fn admit_with(
+        self: &Arc<Self>,
+        address: IpAddr,
+        now: Instant,
+        rated: bool,
     ) -> Result<Ticket, Refusal> {
         let mut addresses = self.addresses.lock().unwrap_or_else(|e| e.into_inner());
         if self.max_connections > 0 && self.active.load(Ordering::Relaxed) >= self.max_connections {
@@ -158,7 +208,7 @@ impl Admission {
             self.refused.per_address.fetch_add(1, Ordering::Relaxed);
             return Err(Refusal::TooManyFromAddress);
         }
-        if per_minute > 0 && entry.rate.take(now) != Verdict::Allow {
+        if rated && per_minute > 0 && entry.rate.take(now) != Verdict::Allow {
             self.refused.rate.fetch_add(1, Ordering::Relaxed);
             return Err(Refusal::TooFast(entry.rate.retry_after()));
         }
@@ -242,6 +292,33 @@ mod tests {
         assert!(a
             .admit(ip("10.0.0.1"), now + Duration::from_secs(1))
             .is_ok());
+    }
+
+    #[test]
+    fn connections_take_places_and_upgrades_take_the_rate() {
+        let a = admission(|c| {
+            c.max_connections_per_ip = 2;
+            c.connection_rate_per_ip = 60;
+            c.connection_burst_per_ip = 1;
+        });
+        let now = Instant::now();
+        let http = a.admit_connection(ip("10.0.0.1"), now).unwrap();
+        let _ws = a.admit_connection(ip("10.0.0.1"), now).unwrap();
+        assert_eq!(
+            a.admit_connection(ip("10.0.0.1"), now).err(),
+            Some(Refusal::TooManyFromAddress)
+        );
+        assert!(a.take_rate(ip("10.0.0.1"), now).is_ok());
+        assert!(matches!(
+            a.take_rate(ip("10.0.0.1"), now),
+            Err(Refusal::TooFast(_))
+        ));
+        drop(http);
+        assert!(a.admit_connection(ip("10.0.0.1"), now).is_ok());
+        assert!(
+            a.is_trusted_proxy(ip("::ffff:10.9.9.9"))
+                == a.trusted_proxies.contains(&ip("10.9.9.9"))
+        );
     }
 
     #[test]

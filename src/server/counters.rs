@@ -36,10 +36,12 @@ pub(crate) enum Limit {
     HostRefused,
     /// A `POST /api/v1/publish` whose body is not declared JSON (HTTP 415).
     NotJson,
+    /// A `POST /api/v1/publish` whose body did not arrive within `body_timeout` (HTTP 408).
+    BodyTimeout,
 }
 
 impl Limit {
-    const ALL: [Self; 11] = [
+    const ALL: [Self; 12] = [
         Self::RateLimited,
         Self::TooManySubscriptions,
         Self::ChannelFull,
@@ -51,6 +53,7 @@ impl Limit {
         Self::PublishBodyTooLarge,
         Self::HostRefused,
         Self::NotJson,
+        Self::BodyTimeout,
     ];
 
     /// The name in the stats and metrics.
@@ -67,6 +70,7 @@ impl Limit {
             Self::PublishBodyTooLarge => "publish_body_too_large",
             Self::HostRefused => "host_not_allowed",
             Self::NotJson => "unsupported_media_type",
+            Self::BodyTimeout => "body_timeout",
         }
     }
 

@@ -39,14 +39,14 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Body;
 use hyper::header::{
     HeaderValue, ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS,
-    ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_MAX_AGE, ALLOW, AUTHORIZATION, CONTENT_TYPE, HOST,
-    ORIGIN, RETRY_AFTER, VARY, WWW_AUTHENTICATE,
+    ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_MAX_AGE, ALLOW, AUTHORIZATION, CONNECTION,
+    CONTENT_TYPE, HOST, ORIGIN, RETRY_AFTER, VARY, WWW_AUTHENTICATE,
 };
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use super::admission::Refusal;
+use super::admission::{Refusal, Ticket};
 use super::counters::Limit;
 use super::reader::Prefixed;
 use super::{dashboard, metrics, session, Shared};
@@ -58,16 +58,48 @@ use crate::protocol::publish;
 /// The response body type of every sigmahub route.
 pub type ResponseBody = Full<Bytes>;
 
+/// One accepted HTTP connection: its peer, and the admission place it holds (none when
+/// the peer is a trusted proxy), which a WebSocket upgrade on it takes over.
+pub(crate) struct Connection {
+    /// The TCP peer.
+    pub(crate) peer: SocketAddr,
+    /// Its place among `max_connections` and `max_connections_per_ip`.
+    pub(crate) place: parking_lot::Mutex<Option<Ticket>>,
+}
+
+/// The answer to every request on a connection that was refused a place: 503 or 429 with
+/// `Retry-After`, and the connection closed.
+pub(crate) fn refused(refusal: Refusal) -> Response<ResponseBody> {
+    let (status, message) = match refusal {
+        Refusal::ServerFull => (StatusCode::SERVICE_UNAVAILABLE, "the server is full"),
+        Refusal::TooManyFromAddress => (
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many connections from your address",
+        ),
+        Refusal::TooFast(_) => (
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many new connections from your address",
+        ),
+    };
+    let mut response = error(status, refusal.code(), message);
+    let seconds = refusal.retry_after().as_secs().max(1);
+    response
+        .headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from(seconds));
+    response
+}
+
 /// Routes one request.
 pub(crate) async fn route<B>(
     shared: Arc<Shared>,
     req: Request<B>,
-    peer: SocketAddr,
+    conn: Arc<Connection>,
 ) -> Response<ResponseBody>
 where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    let peer = conn.peer;
     let host = req.headers().get(HOST);
     if !shared.hosts.allows(host.map(HeaderValue::as_bytes)) {
         shared.counters.hit(Limit::HostRefused);
@@ -98,7 +130,7 @@ where
             "a page from this origin may not call the API (auth.allowed_origins)",
         )
     } else {
-        answer(shared.clone(), req, peer).await
+        answer(shared.clone(), req, &conn).await
     };
     if let Some(origin) = origin.filter(|o| api && shared.auth.cors_allowed(o.as_bytes())) {
         let headers = response.headers_mut();
@@ -132,13 +164,18 @@ fn preflight(shared: &Shared, origin: Option<&HeaderValue>) -> Response<Response
     response
 }
 
-async fn answer<B>(shared: Arc<Shared>, req: Request<B>, peer: SocketAddr) -> Response<ResponseBody>
+async fn answer<B>(
+    shared: Arc<Shared>,
+    req: Request<B>,
+    conn: &Connection,
+) -> Response<ResponseBody>
 where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    let peer = conn.peer;
     match (req.method(), req.uri().path()) {
-        (&Method::GET, "/ws") => upgrade(shared, req, peer),
+        (&Method::GET, "/ws") => upgrade(shared, req, conn),
         (_, "/ws") => method_not_allowed("GET"),
         (&Method::POST, "/api/v1/publish") => {
             let address = shared.admission.client_address(peer, req.headers());
@@ -175,8 +212,9 @@ where
 fn upgrade<B>(
     shared: Arc<Shared>,
     mut req: Request<B>,
-    peer: SocketAddr,
+    conn: &Connection,
 ) -> Response<ResponseBody> {
+    let peer = conn.peer;
     if !fastwebsockets::upgrade::is_upgrade_request(&req) {
         return error(
             StatusCode::UPGRADE_REQUIRED,
@@ -206,27 +244,27 @@ fn upgrade<B>(
     if let Some(barred) = barred(&shared, address) {
         return barred;
     }
-    let ticket = match shared.admission.admit(address, std::time::Instant::now()) {
+    let now = std::time::Instant::now();
+    // A direct client's connection already holds its place, which the WebSocket keeps; it
+    // still takes its share of the connection rate. Behind a trusted proxy, the forwarded
+    // address is admitted here.
+    let mut place = conn.place.lock();
+    let admitted = match place.take() {
+        Some(ticket) => match shared.admission.take_rate(address, now) {
+            Ok(()) => Ok(ticket),
+            Err(refusal) => {
+                *place = Some(ticket);
+                Err(refusal)
+            }
+        },
+        None => shared.admission.admit(address, now),
+    };
+    drop(place);
+    let ticket = match admitted {
         Ok(ticket) => ticket,
         Err(refusal) => {
             tracing::debug!(%peer, %address, reason = refusal.code(), "upgrade refused");
-            let (status, message) = match refusal {
-                Refusal::ServerFull => (StatusCode::SERVICE_UNAVAILABLE, "the server is full"),
-                Refusal::TooManyFromAddress => (
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "too many connections from your address",
-                ),
-                Refusal::TooFast(_) => (
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "too many new connections from your address",
-                ),
-            };
-            let mut response = error(status, refusal.code(), message);
-            let seconds = refusal.retry_after().as_secs().max(1);
-            response
-                .headers_mut()
-                .insert(RETRY_AFTER, HeaderValue::from(seconds));
-            return response;
+            return refused(refusal);
         }
     };
     let (response, upgrade) = match fastwebsockets::upgrade::upgrade(&mut req) {
@@ -459,17 +497,32 @@ where
         );
     }
     let limit = shared.config.max_publish_body_size;
-    let body = match Limited::new(req.into_body(), limit).collect().await {
-        Ok(body) => body.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            shared.counters.hit(Limit::PublishBodyTooLarge);
-            return error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body_too_large",
-                &format!("publish bodies are limited to {limit} bytes"),
-            );
+    let too_large = || {
+        shared.counters.hit(Limit::PublishBodyTooLarge);
+        closing(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            &format!("publish bodies are limited to {limit} bytes"),
+        ))
+    };
+    // A declared length over the limit is refused before a byte of it is read.
+    if req.body().size_hint().lower() > limit as u64 {
+        return too_large();
+    }
+    let deadline = shared.config.body_timeout;
+    let collect = Limited::new(req.into_body(), limit).collect();
+    let body = match tokio::time::timeout(deadline, collect).await {
+        Ok(Ok(body)) => body.to_bytes(),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => return too_large(),
+        Ok(Err(e)) => return closing(error(StatusCode::BAD_REQUEST, "bad_body", &e.to_string())),
+        Err(_) => {
+            shared.counters.hit(Limit::BodyTimeout);
+            return closing(error(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                &format!("the request body did not arrive within {deadline:?} (body_timeout)"),
+            ));
         }
-        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_body", &e.to_string()),
     };
     let events = match publish::parse(&body) {
         Ok(events) => events,
@@ -622,6 +675,15 @@ fn latency(h: &HistogramSnapshot) -> serde_json::Value {
             "p99_ms_at_most": bound_ms(0.99),
         }
     })
+}
+
+/// `response` with `Connection: close`: the request's body was not read to its end, so the
+/// connection cannot carry another request.
+fn closing(mut response: Response<ResponseBody>) -> Response<ResponseBody> {
+    response
+        .headers_mut()
+        .insert(CONNECTION, HeaderValue::from_static("close"));
+    response
 }
 
 fn method_not_allowed(allow: &'static str) -> Response<ResponseBody> {

@@ -189,7 +189,7 @@ impl Collector for Scrape {
         family(
             &mut e,
             "sigmahub_connections_refused",
-            "WebSocket upgrades refused before the 101, by reason",
+            "Connections and WebSocket upgrades refused (HTTP 429/503) and upgrades from refused origins, by reason",
             Counter,
             "reason",
             refused_by_reason

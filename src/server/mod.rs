@@ -264,10 +264,38 @@ impl Server {
                 },
             };
             let _ = tcp.set_nodelay(true);
+            // Every client connection takes a place from the start (a trusted proxy's
+            // carry many clients: their upgrades are admitted by forwarded address).
+            let place = if shared.admission.is_trusted_proxy(peer.ip()) {
+                Ok(None)
+            } else {
+                let now = std::time::Instant::now();
+                shared
+                    .admission
+                    .admit_connection(peer.ip().to_canonical(), now)
+                    .map(Some)
+            };
+            let place = match place {
+                Ok(place) => place,
+                Err(refusal) => {
+                    tracing::debug!(%peer, reason = refusal.code(), "connection refused");
+                    shared
+                        .tasks
+                        .spawn(refuse(tcp, refusal, shared.config.handshake_timeout));
+                    continue;
+                }
+            };
             let conn_shared = shared.clone();
+            let connection = Arc::new(http::Connection {
+                peer,
+                place: parking_lot::Mutex::new(place),
+            });
             let service = service_fn(move |req| {
                 let shared = conn_shared.clone();
-                async move { Ok::<_, std::convert::Infallible>(http::route(shared, req, peer).await) }
+                let connection = connection.clone();
+                async move {
+                    Ok::<_, std::convert::Infallible>(http::route(shared, req, connection).await)
+                }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
@@ -315,6 +343,22 @@ impl Server {
         }
         Ok(())
     }
+}
+
+/// Answers a connection that was refused a place: its request (read within at most
+/// 2 s) gets 503 or 429 with `Retry-After`, and the connection is closed.
+async fn refuse(tcp: tokio::net::TcpStream, refusal: admission::Refusal, handshake: Duration) {
+    let service = service_fn(
+        move |_req: hyper::Request<hyper::body::Incoming>| async move {
+            Ok::<_, std::convert::Infallible>(http::refused(refusal))
+        },
+    );
+    let _ = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(handshake.min(Duration::from_secs(2)))
+        .keep_alive(false)
+        .serve_connection(TokioIo::new(tcp), service)
+        .await;
 }
 
 /// Heartbeat events, keep-alive pings and the analytics sampler until shutdown.

@@ -78,6 +78,15 @@ impl TestServer {
         client
     }
 
+    /// Connects a WebSocket client from the loopback address `source` and reads its
+    /// welcome.
+    pub async fn client_from(&self, source: std::net::IpAddr) -> Client {
+        let mut client = self.connect_from(source, "").await.expect("connect");
+        let welcome = client.recv().await;
+        assert_eq!(welcome["type"], "notification", "{welcome}");
+        client
+    }
+
     /// Connects a WebSocket client without reading anything.
     pub async fn raw_client(&self) -> Client {
         let (ws, _) = within(tokio_tungstenite::connect_async(self.ws_url()))
@@ -142,6 +151,23 @@ impl TestServer {
             &[("authorization", &bearer)],
         )
         .await
+    }
+
+    /// Sends one HTTP/1.1 request from the loopback address `source`; the JSON answer.
+    pub async fn request_from(
+        &self,
+        source: std::net::IpAddr,
+        method: &str,
+        path: &str,
+        body: Vec<u8>,
+        headers: &[(&str, &str)],
+    ) -> (u16, Value) {
+        let (status, _, bytes) =
+            request_raw_from(Some(source), self.addr, method, path, body, headers).await;
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
     }
 
     /// Sends one HTTP/1.1 request with a real hyper client.
@@ -323,6 +349,19 @@ pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     }
 }
 
+/// Polls the async `check` until it returns true, failing the test after [`DEADLINE`].
+pub async fn eventually_async<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let start = tokio::time::Instant::now();
+    while !check().await {
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Sends one HTTP/1.1 request to `addr` with a real hyper client; the body comes back as
 /// bytes.
 pub async fn request_raw_at(
@@ -332,7 +371,27 @@ pub async fn request_raw_at(
     body: Vec<u8>,
     headers: &[(&str, &str)],
 ) -> (u16, hyper::HeaderMap, Bytes) {
-    let stream = TcpStream::connect(addr).await.expect("connect");
+    request_raw_from(None, addr, method, path, body, headers).await
+}
+
+/// As [`request_raw_at`], from the loopback address `source` when given (the server counts
+/// per-address limits by it).
+pub async fn request_raw_from(
+    source: Option<std::net::IpAddr>,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Vec<u8>,
+    headers: &[(&str, &str)],
+) -> (u16, hyper::HeaderMap, Bytes) {
+    let stream = match source {
+        None => TcpStream::connect(addr).await.expect("connect"),
+        Some(source) => {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.bind(SocketAddr::new(source, 0)).unwrap();
+            within(socket.connect(addr)).await.expect("connect")
+        }
+    };
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
             .await
