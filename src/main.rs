@@ -67,6 +67,9 @@ fn main() -> ExitCode {
         let server = sigmahub::Server::bind(config).await?;
         server.run(shutdown_signal()).await
     });
+    // `run` has kept its own deadline; nothing left (a DNS lookup of a NATS reconnection,
+    // say) may keep the process from exiting.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -549,3 +549,81 @@ async fn a_socket_publish_reaches_every_node() {
     assert_eq!(event["data"]["from"], "a's socket");
     assert_eq!(event["offset"], reply["data"]["offsets"][0]);
 }
+
+/// A node whose nats-server is gone still stops on SIGTERM within its shutdown timeout,
+/// with exit 0 (the audit saw one log "shutting down", fail to resign its leadership, and
+/// stay up for 38 minutes). Leader, clients and all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_nats_is_gone_still_stops_in_time() {
+    use common::binary::Binary;
+    let mut nats = NatsServer::start();
+    let node = Binary::spawn(&[
+        "--cluster-nats-url",
+        &nats.url(),
+        "--cluster-node-name",
+        "lonely",
+        "--shutdown-timeout",
+        "2s",
+    ]);
+    leader_among(&[&node]).await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", node.addr))
+        .await
+        .unwrap();
+    futures_util::StreamExt::next(&mut ws).await;
+    nats.kill();
+    common::eventually_async("the node to notice", || async {
+        stats_of(&node).await["cluster"]["connected"] == false
+    })
+    .await;
+    let (logs, took) =
+        tokio::task::spawn_blocking(move || node.stop_within(std::time::Duration::from_secs(10)))
+            .await
+            .unwrap();
+    println!("stopped in {took:?}");
+    assert!(
+        took < std::time::Duration::from_secs(4),
+        "took {took:?} with a 2 s shutdown timeout"
+    );
+    assert!(logs
+        .iter()
+        .any(|l| l["fields"]["message"] == "shutting down: closing every client with 1001"));
+    // The client was told, as on any shutdown.
+    let code = loop {
+        match futures_util::StreamExt::next(&mut ws).await {
+            Some(Ok(tokio_tungstenite::tungstenite::Message::Close(frame))) => {
+                break frame.map(|f| u16::from(f.code))
+            }
+            Some(Ok(_)) => continue,
+            other => panic!("no close frame: {other:?}"),
+        }
+    };
+    assert_eq!(code, Some(1001));
+}
+
+/// The same, before the node has noticed (a silent cut looks connected for a while): the
+/// NATS requests give up at the shutdown deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cut_off_silently_still_stops_in_time() {
+    use common::binary::Binary;
+    let nats = NatsServer::start();
+    let proxy = common::nats::Proxy::start(nats.port).await;
+    let node = Binary::spawn(&[
+        "--cluster-nats-url",
+        &format!("nats://127.0.0.1:{}", proxy.port),
+        "--cluster-node-name",
+        "stalled",
+        "--shutdown-timeout",
+        "2s",
+    ]);
+    leader_among(&[&node]).await;
+    proxy.stall();
+    let (_, took) =
+        tokio::task::spawn_blocking(move || node.stop_within(std::time::Duration::from_secs(10)))
+            .await
+            .unwrap();
+    println!("stopped in {took:?}");
+    assert!(
+        took < std::time::Duration::from_secs(4),
+        "took {took:?} with a 2 s shutdown timeout"
+    );
+}

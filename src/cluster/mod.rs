@@ -260,26 +260,38 @@ impl Cluster {
         Ok(())
     }
 
-    /// Leaves the cluster: resigns the poller leadership (so another node takes over at
-    /// once rather than after [`LEADER_TTL`]) and stops listening. Called when the server
-    /// shuts down.
-    pub async fn close(&self) {
+    /// Leaves the cluster by `deadline`, whether NATS answers or not: resigns the poller
+    /// leadership (so another node takes over at once rather than after [`LEADER_TTL`]),
+    /// stops listening, and flushes what is buffered. Called when the server shuts down.
+    /// With NATS unreachable each step gives up at the deadline (the leader key then
+    /// expires by itself).
+    pub async fn close(&self, deadline: tokio::time::Instant) {
         for task in self.tasks.lock().expect("tasks lock").drain(..) {
             task.abort();
-        }
-        if let Some((store, revision)) = self.held.lock().await.take() {
-            match store
-                .delete_expect_revision(LEADER_KEY, Some(revision))
-                .await
-            {
-                Ok(()) => tracing::info!(node = self.node, "resigned the poller leadership"),
-                Err(e) => tracing::warn!(error = %e, "could not resign the poller leadership"),
-            }
         }
         for (_, interest) in self.interest.lock().expect("interest lock").drain() {
             interest.task.abort();
         }
-        let _ = self.client.flush().await;
+        let held = self.held.lock().await.take();
+        if !self.is_connected() {
+            // Nothing can be said to a NATS that is gone; the leader key expires by itself.
+            tracing::warn!("leaving a cluster whose NATS is unreachable");
+            return;
+        }
+        if let Some((store, revision)) = held {
+            let resign = store.delete_expect_revision(LEADER_KEY, Some(revision));
+            match tokio::time::timeout_at(deadline, resign).await {
+                Ok(Ok(())) => tracing::info!(node = self.node, "resigned the poller leadership"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "could not resign the poller leadership"),
+                Err(_) => tracing::warn!("could not resign the poller leadership in time"),
+            }
+        }
+        if tokio::time::timeout_at(deadline, self.client.flush())
+            .await
+            .is_err()
+        {
+            tracing::warn!("NATS did not take the last messages in time; leaving anyway");
+        }
     }
 
     /// Sends a status snapshot to every node (this one included), which store and
@@ -980,6 +992,8 @@ mod tests {
         let expected: Vec<(u64, u64)> = offsets.iter().copied().zip(0..).collect();
         assert_eq!(received, expected);
         assert_eq!(feed.last, offsets[4]);
-        cluster.close().await;
+        cluster
+            .close(tokio::time::Instant::now() + Duration::from_secs(5))
+            .await;
     }
 }

@@ -11,8 +11,9 @@
 //!
 //! # Shutdown
 //! When the `shutdown` future given to [`Server::run`] completes, the server stops accepting,
-//! asks every client to flush its queue and close with 1001 (going away), and waits up to
-//! `shutdown_timeout` for them before returning.
+//! asks every client to flush its queue and close with 1001 (going away), leaves the
+//! cluster (if any), and returns once both are done or `shutdown_timeout` has passed,
+//! whichever comes first: a NATS server that is gone cannot hold a stopping node.
 
 mod admission;
 mod analytics;
@@ -321,26 +322,32 @@ impl Server {
         }
 
         tracing::info!("shutting down: closing every client with 1001");
+        // Every step below ends by this deadline, whatever the clients or NATS do.
+        let deadline = tokio::time::Instant::now() + shared.config.shutdown_timeout;
         drop(listener);
         shared.shutdown.cancel();
         timers.abort();
         // Pollers loop forever and hold no client state: dropping the set aborts them.
         drop(pollers);
-        if let Some(cluster) = &shared.cluster {
-            cluster.close().await;
-        }
         shared.hub.close_all(CloseCode::GOING_AWAY);
         shared.tasks.close();
-        let deadline = shared.config.shutdown_timeout;
-        if tokio::time::timeout(deadline, shared.tasks.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                remaining = shared.hub.stats().clients,
-                "shutdown deadline passed; dropping remaining connections"
-            );
-        }
+        let leave_cluster = async {
+            if let Some(cluster) = &shared.cluster {
+                cluster.close(deadline).await;
+            }
+        };
+        let drain_clients = async {
+            if tokio::time::timeout_at(deadline, shared.tasks.wait())
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    remaining = shared.hub.stats().clients,
+                    "shutdown deadline passed; dropping remaining connections"
+                );
+            }
+        };
+        tokio::join!(leave_cluster, drain_clients);
         Ok(())
     }
 }

@@ -98,6 +98,34 @@ impl Binary {
         let _ = self.child.wait();
     }
 
+    /// Stops it with SIGTERM; fails the test unless it exits with success within `limit`.
+    /// Returns every log line and how long it took.
+    pub fn stop_within(mut self, limit: Duration) -> (Vec<Value>, Duration) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let start = Instant::now();
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            if start.elapsed() > limit {
+                let _ = self.child.kill();
+                panic!(
+                    "sigmahub still running {limit:?} after SIGTERM; its last lines: {:?}",
+                    self.logs().iter().rev().take(5).collect::<Vec<_>>()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let took = start.elapsed();
+        assert!(status.success(), "sigmahub exited with {status}");
+        if let Some(reader) = self.reader.take() {
+            reader.join().unwrap();
+        }
+        (self.logs(), took)
+    }
+
     /// Stops it with SIGTERM and returns every log line.
     pub fn stop(mut self) -> Vec<Value> {
         let _ = Command::new("kill")
