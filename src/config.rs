@@ -500,6 +500,13 @@ pub enum ConfigError {
     },
 }
 
+/// Whether a secret is made of fewer than 8 distinct bytes: typed by hand, not random.
+fn weak(secret: &str) -> bool {
+    let mut seen = [false; 256];
+    secret.bytes().for_each(|b| seen[usize::from(b)] = true);
+    seen.iter().filter(|s| **s).count() < 8
+}
+
 fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         field,
@@ -614,12 +621,43 @@ impl Config {
                     "must be at least 32 bytes (RFC 7518 §3.2: a key as long as the hash)",
                 ));
             }
+            if secret.trim().is_empty() {
+                return Err(invalid(
+                    "auth.jwt_secret",
+                    "is only whitespace: an empty setting, not a secret",
+                ));
+            }
+            if secret.trim() != secret {
+                tracing::warn!(
+                    "auth.jwt_secret begins or ends with whitespace; make sure the token issuer signs with exactly the same bytes"
+                );
+            }
+            if weak(secret) {
+                tracing::warn!(
+                    "auth.jwt_secret repeats a few characters; use random bytes (head -c 32 /dev/urandom | base64)"
+                );
+            }
         }
-        if auth.publish_keys.iter().any(|k| k.len() < MIN_KEY_LEN) {
-            return Err(invalid(
-                "auth.publish_keys",
-                format!("each key must be at least {MIN_KEY_LEN} bytes"),
-            ));
+        for key in &auth.publish_keys {
+            if key.len() < MIN_KEY_LEN {
+                return Err(invalid(
+                    "auth.publish_keys",
+                    format!("each key must be at least {MIN_KEY_LEN} bytes"),
+                ));
+            }
+            // Such a key could never be presented: HTTP strips the whitespace around a
+            // header's value and forbids control characters in it.
+            if key.trim() != key || key.chars().any(char::is_control) {
+                return Err(invalid(
+                    "auth.publish_keys",
+                    "a key may not begin or end with whitespace nor hold control characters: no client could send it",
+                ));
+            }
+            if weak(key) {
+                tracing::warn!(
+                    "a publish key repeats a few characters; use random bytes (head -c 24 /dev/urandom | base64)"
+                );
+            }
         }
         crate::auth::origin::OriginPolicy::new(&auth.allowed_origins)
             .map_err(|e| invalid("auth.allowed_origins", e.to_string()))?;
@@ -737,6 +775,33 @@ mod tests {
         c.auth.publish_keys = vec!["k".repeat(20)];
         let shown = format!("{c:?}");
         assert!(!shown.contains(&"s".repeat(40)) && !shown.contains(&"k".repeat(20)));
+    }
+
+    #[test]
+    fn secrets_no_client_could_use_are_refused() {
+        let mut c = Config::default();
+        c.auth.jwt_secret = Some(" ".repeat(32));
+        let err = c.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("auth.jwt_secret") && err.contains("whitespace"),
+            "{err}"
+        );
+        c.auth.jwt_secret = Some("\t\n".repeat(20));
+        assert!(c.validate().is_err());
+        c.auth.jwt_secret = None;
+        for key in [
+            " ".repeat(20),
+            format!(" {}", "k".repeat(20)),
+            format!("{}\n", "k".repeat(20)),
+            format!("{}\u{7}{}", "k".repeat(10), "k".repeat(10)),
+        ] {
+            c.auth.publish_keys = vec![key.clone()];
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains("auth.publish_keys"), "{key:?}: {err}");
+        }
+        c.auth.publish_keys = vec!["a1b2c3d4e5f6g7h8i9".into()];
+        c.validate().unwrap();
+        assert!(weak(&"x".repeat(32)) && !weak("a1b2c3d4e5f6g7h8i9"));
     }
 
     #[test]

@@ -143,3 +143,41 @@ fn a_public_address_without_auth_refuses_to_start() {
         "{config}"
     );
 }
+
+/// Secrets no client could use, and a private key where the public one belongs, stop the
+/// binary at start with a message that names the setting (the audit's server took them
+/// without a word).
+#[test]
+fn unusable_secrets_and_a_private_key_are_refused_at_start() {
+    let spaces = " ".repeat(32);
+    let (ok, _, err) = sigmahub(
+        &["--print-config"],
+        &[("SIGMAHUB_AUTH_JWT_SECRET", &spaces)],
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("auth.jwt_secret") && err.contains("whitespace"),
+        "{err}"
+    );
+    let (ok, _, err) = sigmahub(
+        &["--print-config"],
+        &[("SIGMAHUB_AUTH_PUBLISH_KEYS", "                    ")],
+    );
+    assert!(!ok);
+    assert!(err.contains("auth.publish_keys"), "{err}");
+    let private = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/test-rsa-private.pem"
+    );
+    let (ok, _, err) = sigmahub(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--auth-jwt-public-key-file",
+            private,
+        ],
+        &[],
+    );
+    assert!(!ok);
+    assert!(err.contains("private key"), "{err}");
+}

@@ -83,6 +83,19 @@ impl Authenticator {
             })?),
             None => None,
         };
+        // jsonwebtoken would take a private key here and verify with its public half; a
+        // private key has no business on the hub, and is most likely the wrong file.
+        if pem
+            .as_deref()
+            .is_some_and(|pem| pem.windows(11).any(|w| w == b"PRIVATE KEY"))
+        {
+            return Err(ConfigError::Invalid {
+                field: "auth.jwt_public_key_file",
+                reason: "holds a private key; give sigmahub only the public key \
+                         (openssl rsa -in private.pem -pubout -out public.pem)"
+                    .to_owned(),
+            });
+        }
         let default_subscribe =
             Patterns::new(default_channels).map_err(|e| ConfigError::Invalid {
                 field: "default_subscriptions",
@@ -214,6 +227,40 @@ mod tests {
         };
         let err = Authenticator::new(&config, &defaults()).unwrap_err();
         assert!(err.to_string().contains("/nonexistent/key.pem"), "{err}");
+    }
+
+    #[test]
+    fn a_private_key_given_as_the_public_key_is_refused() {
+        let config = AuthConfig {
+            jwt_public_key_file: Some(
+                concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/tests/fixtures/test-rsa-private.pem"
+                )
+                .into(),
+            ),
+            ..AuthConfig::default()
+        };
+        let err = Authenticator::new(&config, &defaults())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("private key") && err.contains("-pubout"),
+            "{err}"
+        );
+        let config = AuthConfig {
+            jwt_public_key_file: Some(
+                concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/tests/fixtures/test-rsa-public.pem"
+                )
+                .into(),
+            ),
+            ..AuthConfig::default()
+        };
+        assert!(Authenticator::new(&config, &defaults())
+            .unwrap()
+            .requires_token());
     }
 
     #[test]
