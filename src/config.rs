@@ -471,6 +471,9 @@ impl Default for Config {
     }
 }
 
+/// The longest duration any setting takes: ten years.
+pub const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
 /// A configuration value that cannot work.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -565,6 +568,34 @@ impl Config {
         ] {
             if d.is_zero() {
                 return Err(invalid(field, "must be greater than zero"));
+            }
+        }
+        // Timers are armed as `now + duration`: past about 292 billion years that
+        // overflows. Nothing sensible waits longer than a decade.
+        for (field, d) in [
+            ("ping_interval", self.ping_interval),
+            ("pong_timeout", self.pong_timeout),
+            ("heartbeat_interval", self.heartbeat_interval),
+            ("shutdown_timeout", self.shutdown_timeout),
+            ("handshake_timeout", self.handshake_timeout),
+            ("body_timeout", self.body_timeout),
+            ("idle_timeout", self.idle_timeout),
+            ("auth.leeway", self.auth.leeway),
+            ("auth.timeout", self.auth.timeout),
+            ("auth.max_backoff", self.auth.max_backoff),
+            ("history.max_age", self.history.max_age),
+            ("host.status_interval", self.host.status_interval),
+            ("host.storage_interval", self.host.storage_interval),
+            ("engine.poll_interval", self.engine.poll_interval),
+            ("engine.timeout", self.engine.timeout),
+            ("engine.breaker_reset", self.engine.breaker_reset),
+            (
+                "engine.error_report_interval",
+                self.engine.error_report_interval,
+            ),
+        ] {
+            if d > MAX_DURATION {
+                return Err(invalid(field, "must be at most 10 years"));
             }
         }
         let prefix = &self.cluster.subject_prefix;
@@ -802,6 +833,29 @@ mod tests {
         c.auth.publish_keys = vec!["a1b2c3d4e5f6g7h8i9".into()];
         c.validate().unwrap();
         assert!(weak(&"x".repeat(32)) && !weak("a1b2c3d4e5f6g7h8i9"));
+    }
+
+    #[test]
+    fn durations_too_long_to_arm_are_refused() {
+        let far = Duration::from_secs(u64::MAX / 2);
+        let c = Config {
+            ping_interval: far,
+            ..Config::default()
+        };
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("ping_interval"));
+        let mut c = Config::default();
+        c.engine.breaker_reset = MAX_DURATION + Duration::from_secs(1);
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("engine.breaker_reset"));
+        c.engine.breaker_reset = MAX_DURATION;
+        c.validate().unwrap();
     }
 
     #[test]

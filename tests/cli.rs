@@ -181,3 +181,19 @@ fn unusable_secrets_and_a_private_key_are_refused_at_start() {
     assert!(!ok);
     assert!(err.contains("private key"), "{err}");
 }
+
+/// A duration too long to arm a timer with used to panic the server's first tick (the
+/// same overflow as a token's exp past 2^63); it is a config error naming the setting.
+#[test]
+fn durations_too_long_to_arm_are_refused_at_start() {
+    for flag in [
+        "--ping-interval",
+        "--shutdown-timeout",
+        "--heartbeat-interval",
+        "--auth-max-backoff",
+    ] {
+        let (ok, _, err) = sigmahub(&[flag, "500000000000y", "--print-config"], &[]);
+        assert!(!ok, "{flag}");
+        assert!(err.contains("at most 10 years"), "{flag}: {err}");
+    }
+}

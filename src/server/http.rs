@@ -16,7 +16,7 @@
 //! Every error body is `{"error": {"code": …, "message": …}}`.
 //!
 //! Before any route: a request whose `Host` names a host the server does not answer to
-//! gets 421 (`auth.allowed_hosts`, DNS rebinding), and an `/api/` or `/metrics` request
+//! gets 421 (`auth.allowed_hosts`, DNS rebinding), and an `/api/`, `/metrics` or `/readyz` request
 //! carrying an `Origin` that is neither the server's own nor on `auth.allowed_origins`
 //! gets 403 (a page elsewhere may not publish or read operator data). A publish must
 //! declare `Content-Type: application/json` (415 otherwise), so that a browser cannot send
@@ -114,7 +114,7 @@ where
     let path = req.uri().path();
     let api = path.starts_with("/api/");
     // The operators' data and every API call: browsers only from here or a listed origin.
-    let guarded = api || path == "/metrics";
+    let guarded = api || path == "/metrics" || path == "/readyz";
     let mut response = if api && req.method() == Method::OPTIONS {
         preflight(&shared, origin.as_ref())
     } else if guarded

@@ -74,6 +74,7 @@ pub(crate) async fn run<R, W>(
 {
     let Ok(client) = shared.hub.connect() else {
         tracing::warn!(%address, "no free client slot; closing");
+        shared.counters.closed(CloseCode::INTERNAL_ERROR);
         let _ = writer::write_frames(
             &mut write,
             &mut [frame::close(CloseCode::INTERNAL_ERROR)],
