@@ -176,9 +176,9 @@ impl Authenticator {
         self.origins.lists(origin)
     }
 
-    /// Whether a WebSocket upgrade with this `Origin` header may proceed.
-    pub fn origin_allowed(&self, origin: Option<&[u8]>) -> bool {
-        self.origins.allows(origin)
+    /// Whether a WebSocket upgrade with this `Origin` header to this `Host` may proceed.
+    pub fn origin_allowed(&self, origin: Option<&[u8]>, host: Option<&[u8]>) -> bool {
+        self.origins.allows(origin, host)
     }
 
     /// Whether an HTTP API request with this `Origin` (if any) to this `Host` may be

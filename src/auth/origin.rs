@@ -3,9 +3,10 @@
 //! A browser sends `Origin` with every WebSocket handshake and every cross-origin (and most
 //! same-origin non-GET) HTTP request; other clients usually send none. The list decides:
 //!
-//! - **WebSocket upgrades**: with a list, an upgrade whose `Origin` is not on it gets HTTP
-//!   403 before the 101, which stops other sites' pages from opening sockets to the hub
-//!   with their visitors' network position. Without a list, any origin may upgrade.
+//! - **WebSocket upgrades**: with a list, an upgrade whose `Origin` is neither on it nor the
+//!   server's own gets HTTP 403 before the 101, which stops other sites' pages from
+//!   opening sockets to the hub with their visitors' network position. Without a list,
+//!   any origin may upgrade.
 //! - **The HTTP API**: a request that carries an `Origin` is answered only if that origin is
 //!   the server's own (same origin) or on the list; others get 403, so a page elsewhere can
 //!   neither publish nor read operator data, list or no list. Listed origins get CORS.
@@ -133,12 +134,14 @@ impl OriginPolicy {
             })
     }
 
-    /// Whether an upgrade carrying `origin` (the header's value, if any) may proceed.
-    pub fn allows(&self, origin: Option<&[u8]>) -> bool {
+    /// Whether an upgrade carrying `origin` (the header's value, if any) to `host` (the
+    /// `Host` header) may proceed: always without a list; with one, from no origin, the
+    /// server's own, or a listed one.
+    pub fn allows(&self, origin: Option<&[u8]>, host: Option<&[u8]>) -> bool {
         if self.allowed.is_empty() && !self.any {
             return true;
         }
-        origin.is_none_or(|origin| self.lists(origin))
+        self.api_allows(origin, host)
     }
 
     /// Whether an HTTP API request may be answered: it carries no `Origin` (not a
@@ -168,25 +171,29 @@ mod tests {
     #[test]
     fn empty_allows_every_upgrade_and_lists_nothing() {
         let p = OriginPolicy::default();
-        assert!(p.allows(Some(b"https://evil.example")));
+        assert!(p.allows(Some(b"https://evil.example"), None));
         assert!(!p.lists(b"https://app.example.com"));
     }
 
     #[test]
     fn only_listed_origins_pass() {
         let p = policy(&["https://app.example.com/", "https://*.example.org"]);
-        assert!(p.allows(Some(b"https://app.example.com")));
-        assert!(p.allows(Some(b"HTTPS://APP.EXAMPLE.COM")));
-        assert!(p.allows(Some(b"https://app.example.com:443")));
-        assert!(p.allows(Some(b"https://a.example.org")));
-        assert!(!p.allows(Some(b"https://example.org.evil.com")));
-        assert!(!p.allows(Some(b"http://app.example.com")));
-        assert!(!p.allows(Some(b"https://app.example.com:8443")));
-        assert!(!p.allows(Some(b"null")));
-        assert!(!p.allows(Some(&[0xff, 0xfe])));
-        assert!(p.allows(None), "non-browser clients send no Origin");
+        assert!(p.allows(Some(b"https://app.example.com"), None));
+        assert!(p.allows(Some(b"HTTPS://APP.EXAMPLE.COM"), None));
+        assert!(p.allows(Some(b"https://app.example.com:443"), None));
+        assert!(p.allows(Some(b"https://a.example.org"), None));
+        assert!(!p.allows(Some(b"https://example.org.evil.com"), None));
+        assert!(!p.allows(Some(b"http://app.example.com"), None));
+        assert!(!p.allows(Some(b"https://app.example.com:8443"), None));
+        assert!(!p.allows(Some(b"null"), None));
+        assert!(!p.allows(Some(&[0xff, 0xfe]), None));
+        assert!(p.allows(None, None), "non-browser clients send no Origin");
         assert!(p.lists(b"https://a.example.org"));
         assert!(!p.lists(b"https://evil.example"));
+        // A page the server itself served may upgrade, list or no list.
+        let host = Some(&b"127.0.0.1:12080"[..]);
+        assert!(p.allows(Some(b"http://127.0.0.1:12080"), host));
+        assert!(!p.allows(Some(b"http://127.0.0.1:12081"), host));
     }
 
     #[test]

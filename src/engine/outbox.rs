@@ -22,7 +22,7 @@
 //! and counts it, and the writer tells the client how many it lost. Either way the publisher
 //! never waits, and memory per client stays bounded.
 //!
-//! Both counts live in one word ([`Load`]), so one atomic add admits a frame against both
+//! Both counts live in one word, so one atomic add admits a frame against both
 //! bounds.
 //!
 //! # Memory

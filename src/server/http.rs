@@ -223,7 +223,8 @@ fn upgrade<B>(
         );
     }
     let origin = req.headers().get(ORIGIN).map(HeaderValue::as_bytes);
-    if !shared.auth.origin_allowed(origin) {
+    let host = req.headers().get(HOST).map(HeaderValue::as_bytes);
+    if !shared.auth.origin_allowed(origin, host) {
         shared.counters.hit(Limit::OriginRefused);
         tracing::debug!(%peer, origin = ?origin.map(String::from_utf8_lossy), "upgrade refused: origin");
         return error(
