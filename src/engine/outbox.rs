@@ -353,8 +353,11 @@ impl Outbox {
     /// Moves up to `max` queued frames into `out`, in order, and returns how many.
     ///
     /// Only the writer task calls this. A push counts itself before it enqueues, so for a
-    /// few nanoseconds a counted frame may not be in the queue yet; the drain spins briefly
-    /// for it rather than lose order.
+    /// few nanoseconds a counted frame may not be in the queue yet; the drain waits briefly
+    /// for it. It never waits long: a push refused by a full queue is counted too until it
+    /// takes its count back, and may never arrive. A counted frame the drain leaves behind
+    /// keeps the outbox ready ([`poll_ready`](Self::poll_ready)), so the next drain takes it,
+    /// in order.
     pub fn drain_into(&self, out: &mut Vec<Bytes>, max: usize) -> usize {
         let want = self.len().min(max);
         let backoff = Backoff::new();
@@ -366,6 +369,7 @@ impl Outbox {
                     out.push(frame);
                     got += 1;
                 }
+                None if backoff.is_completed() => break,
                 None => backoff.snooze(),
             }
         }
@@ -612,6 +616,44 @@ mod tests {
             }
         }
         threads.into_iter().for_each(|t| t.join().unwrap());
+        assert!(outbox.is_empty());
+    }
+
+    #[test]
+    fn a_drain_never_waits_for_a_refused_push() {
+        // A push counts itself, then takes the count back if the queue is full. A drain that
+        // read the count in between must not wait for a frame that will never come.
+        let outbox = Arc::new(Outbox::new(1, SlowConsumerPolicy::Drop));
+        let (done, finished) = std::sync::mpsc::channel();
+        let drainer = {
+            let outbox = outbox.clone();
+            std::thread::spawn(move || {
+                let stop = Arc::new(AtomicBool::new(false));
+                let pushes = Arc::new(AtomicUsize::new(0));
+                let pusher = {
+                    let (outbox, stop, pushes) = (outbox.clone(), stop.clone(), pushes.clone());
+                    std::thread::spawn(move || {
+                        while !stop.load(Ordering::Relaxed) {
+                            outbox.push(frame(9));
+                            pushes.fetch_add(1, Ordering::Relaxed);
+                        }
+                    })
+                };
+                let mut out = Vec::new();
+                while pushes.load(Ordering::Relaxed) < 2_000_000 {
+                    outbox.drain_into(&mut out, usize::MAX);
+                    out.clear();
+                }
+                stop.store(true, Ordering::Relaxed);
+                pusher.join().unwrap();
+                outbox.drain_into(&mut out, usize::MAX);
+                done.send(()).unwrap();
+            })
+        };
+        finished
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("drain_into waited for a frame that was refused");
+        drainer.join().unwrap();
         assert!(outbox.is_empty());
     }
 }

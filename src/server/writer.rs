@@ -86,6 +86,9 @@ async fn drive<W: AsyncWrite + Unpin>(
             if let Some(Closing::AfterFlush(code)) = outbox.closing() {
                 return Box::pin(finish(socket, Vec::new(), code)).await;
             }
+            // A frame counted but not queued yet (its publisher was preempted mid-push):
+            // let other tasks run while it lands.
+            tokio::task::yield_now().await;
             continue;
         }
         if let Written::Interrupted { partial } =
