@@ -34,7 +34,11 @@ fn frame(channel: usize, seq: u64) -> Bytes {
 #[test]
 fn racing_publish_subscribe_and_disconnect_never_misdeliver() {
     let mut config = Config::default();
-    config.client_queue_capacity = 1 << 20;
+    // Bounds far above what a churner that is descheduled for a while can collect; a client
+    // that overflows anyway (closed as a slow consumer) is checked for misdelivery and order
+    // but not for loss, and the run must check loss on most clients.
+    config.client_queue_capacity = sigmahub::engine::outbox::MAX_CAPACITY;
+    config.client_queue_bytes = sigmahub::engine::outbox::MAX_BYTE_CAPACITY;
     let hub = Hub::new(&config);
     let stop = Arc::new(AtomicBool::new(false));
     let publishers: Arc<Vec<Publisher>> = Arc::new(
@@ -70,6 +74,7 @@ fn racing_publish_subscribe_and_disconnect_never_misdeliver() {
                 let deadline = Instant::now() + Duration::from_secs(3);
                 let mut clients = 0u64;
                 let mut frames = 0u64;
+                let mut overflowed = 0u64;
                 while Instant::now() < deadline {
                     let c = (clients as usize + t) % CHANNELS.len();
                     let mut client = hub.connect().unwrap();
@@ -85,13 +90,18 @@ fn racing_publish_subscribe_and_disconnect_never_misdeliver() {
                     let done_before_leaving = publishers[c].done.load(Ordering::SeqCst);
                     let mut got = Vec::new();
                     client.outbox().drain_into(&mut got, usize::MAX);
+                    let complete = !client.outbox().is_closing();
                     drop(client);
 
                     let mut last = 0;
-                    for f in &got {
+                    for (i, f) in got.iter().enumerate() {
                         assert_eq!(
-                            f[0] as usize, c,
-                            "a frame of another channel reached this slot"
+                            f[0] as usize,
+                            c,
+                            "a frame of another channel reached this client: frame {i} of {}, \
+                             seq {}, first required {first_required}",
+                            got.len(),
+                            u64::from_be_bytes(f[1..9].try_into().unwrap()),
                         );
                         let seq = u64::from_be_bytes(f[1..9].try_into().unwrap());
                         assert!(seq > last, "duplicate or reordered: {seq} after {last}");
@@ -101,23 +111,30 @@ fn racing_publish_subscribe_and_disconnect_never_misdeliver() {
                         .iter()
                         .map(|f| u64::from_be_bytes(f[1..9].try_into().unwrap()))
                         .collect();
-                    for required in first_required..done_before_leaving {
-                        assert!(seqs.contains(&required), "lost seq {required}");
+                    if complete {
+                        for required in first_required..done_before_leaving {
+                            assert!(seqs.contains(&required), "lost seq {required}");
+                        }
+                    } else {
+                        overflowed += 1;
                     }
                     frames += got.len() as u64;
                     clients += 1;
                 }
-                (clients, frames)
+                (clients, frames, overflowed)
             })
         })
         .collect();
 
     let mut total_clients = 0;
     let mut total_frames = 0;
+    let mut total_overflowed = 0;
     for churner in churners {
-        let (clients, frames) = churner.join().expect("a churn thread found a violation");
+        let (clients, frames, overflowed) =
+            churner.join().expect("a churn thread found a violation");
         total_clients += clients;
         total_frames += frames;
+        total_overflowed += overflowed;
     }
     stop.store(true, Ordering::Relaxed);
     for p in publisher_threads {
@@ -131,5 +148,11 @@ fn racing_publish_subscribe_and_disconnect_never_misdeliver() {
         "only {total_clients} clients churned"
     );
     assert!(total_frames > 1_000, "only {total_frames} frames delivered");
-    println!("{total_clients} clients churned, {total_frames} frames checked");
+    assert!(
+        total_overflowed * 10 < total_clients,
+        "{total_overflowed} of {total_clients} clients overflowed: loss went mostly unchecked"
+    );
+    println!(
+        "{total_clients} clients churned ({total_overflowed} overflowed), {total_frames} frames checked"
+    );
 }

@@ -327,13 +327,10 @@ impl Hub {
             let frame = frame();
             let since = shared.timing.then(Stamp::now);
             set.for_each(|slot| {
-                let Some(entry) = shared.slots.get(slot, &guard) else {
+                let Some(outbox) = shared.slots.get(slot, &guard) else {
                     return;
                 };
-                let Some(outbox) = entry.as_ref() else {
-                    return;
-                };
-                match push(outbox, frame.clone(), since) {
+                match push(&outbox, frame.clone(), since) {
                     Push::Queued => delivery.queued += 1,
                     Push::Overflowed => delivery.overflowed += 1,
                     Push::Dropped => delivery.dropped += 1,
@@ -411,10 +408,8 @@ impl Hub {
     fn for_each_outbox(&self, mut f: impl FnMut(&Outbox)) {
         let guard = crossbeam_epoch::pin();
         for slot in 0..self.shared.slots.high_water() {
-            if let Some(entry) = self.shared.slots.get(slot, &guard) {
-                if let Some(outbox) = entry.as_deref() {
-                    f(outbox);
-                }
+            if let Some(outbox) = self.shared.slots.get(slot, &guard) {
+                f(&outbox);
             }
         }
     }

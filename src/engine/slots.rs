@@ -7,13 +7,35 @@
 //! epoch grace period (`crossbeam-epoch`): every publish runs pinned, and an id is reused
 //! only once every publish that was running when the client left has finished.
 //!
+//! The same grace period keeps the outbox itself alive: a slot holds one strong reference
+//! to its outbox as a raw pointer, and a release hands that reference to the deferred
+//! closure that frees the id. A pinned publisher therefore reads a slot with one plain
+//! load, and the outbox it finds outlives its pin.
+//!
+//! # Why `unsafe`
+//! The slots were `ArcSwapOption`s. `arc-swap`'s default strategy has an open report of a
+//! guard that observes a freed and reused value (vorner/arc-swap#210, a surviving variant of
+//! #156/#164). The race test failed once in CI with that shape, and we found no other
+//! explanation: a frame of one channel in the queue of a client subscribed only to
+//! another, as if a publisher's guard pointed at the next client's outbox, allocated where
+//! the old one had been. Epoch reclamation
+//! needs no per-read reference count at all, and every reader here is already pinned, so
+//! the table uses it directly: `Arc::into_raw` when a slot is filled, `Arc::from_raw` when
+//! it is released or read. The three `unsafe` blocks below rest on one invariant, stated
+//! at each.
+//!
 //! Storage is a fixed table of lazily allocated segments of [`SEGMENT`] slots, so lookups
 //! never lock and an idle server holds only the segments it has used.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+#![allow(unsafe_code)]
+
+use std::marker::PhantomData;
+use std::mem::ManuallyDrop;
+use std::ops::Deref;
+use std::ptr;
+use std::sync::atomic::{AtomicPtr, AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use arc_swap::ArcSwapOption;
 use crossbeam_epoch::Guard;
 use crossbeam_queue::SegQueue;
 
@@ -24,7 +46,8 @@ pub const SEGMENT: usize = 1024;
 /// Segments in the table: at most `SEGMENT * SEGMENTS` (16.7 million) clients at once.
 const SEGMENTS: usize = 16 * 1024;
 
-type Segment = Box<[ArcSwapOption<Outbox>]>;
+/// A slot: null, or a pointer from `Arc::into_raw` that owns one strong reference.
+type Segment = Box<[AtomicPtr<Outbox>]>;
 
 pub(crate) struct Slots {
     segments: Box<[OnceLock<Segment>]>,
@@ -38,6 +61,23 @@ pub(crate) struct Slots {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("no free client slot (the hub holds {} clients)", SEGMENT * SEGMENTS)]
 pub struct SlotsExhausted;
+
+/// The outbox in a slot, borrowed for as long as the reader stays pinned.
+pub(crate) struct Entry<'g> {
+    /// Never dropped: the reference belongs to the slot (or to its release's deferred
+    /// closure), not to this entry.
+    outbox: ManuallyDrop<Arc<Outbox>>,
+    _pinned: PhantomData<&'g Guard>,
+}
+
+impl Deref for Entry<'_> {
+    type Target = Arc<Outbox>;
+
+    #[inline]
+    fn deref(&self) -> &Arc<Outbox> {
+        &self.outbox
+    }
+}
 
 impl Slots {
     pub(crate) fn new() -> Self {
@@ -61,39 +101,78 @@ impl Slots {
                 id
             }
         };
-        let segment = self.segments[id as usize / SEGMENT]
-            .get_or_init(|| (0..SEGMENT).map(|_| ArcSwapOption::empty()).collect());
-        segment[id as usize % SEGMENT].store(Some(outbox));
+        let segment = self.segments[id as usize / SEGMENT].get_or_init(|| {
+            (0..SEGMENT)
+                .map(|_| AtomicPtr::new(ptr::null_mut()))
+                .collect()
+        });
+        // Release: a publisher that loads the pointer sees the outbox it points to.
+        let previous =
+            segment[id as usize % SEGMENT].swap(Arc::into_raw(outbox).cast_mut(), Ordering::AcqRel);
+        debug_assert!(previous.is_null(), "slot {id} was handed out twice");
         Ok(id)
     }
 
-    /// The outbox in slot `id`, if any. Call it only while pinned (the `guard` proves it).
+    /// The outbox in slot `id`, if any, valid while `guard` stays pinned.
     #[inline]
-    pub(crate) fn get(
-        &self,
-        id: u32,
-        _guard: &Guard,
-    ) -> Option<arc_swap::Guard<Option<Arc<Outbox>>>> {
+    pub(crate) fn get<'g>(&self, id: u32, _guard: &'g Guard) -> Option<Entry<'g>> {
         let segment = self.segments.get(id as usize / SEGMENT)?.get()?;
-        Some(segment[id as usize % SEGMENT].load())
+        let raw = segment[id as usize % SEGMENT].load(Ordering::Acquire);
+        if raw.is_null() {
+            return None;
+        }
+        // SAFETY: a non-null slot pointer came from `Arc::into_raw` and owns one strong
+        // reference. That reference is dropped only by the closure `release` defers, which
+        // crossbeam-epoch runs after every thread pinned when it was deferred has unpinned.
+        // We are pinned (`_guard`) and loaded the pointer before `release` swapped it out,
+        // so our pin precedes the deferral and the reference outlives `'g`. `ManuallyDrop`
+        // keeps us from dropping a reference we do not own.
+        let outbox = ManuallyDrop::new(unsafe { Arc::from_raw(raw) });
+        Some(Entry {
+            outbox,
+            _pinned: PhantomData,
+        })
     }
 
-    /// Empties slot `id` and returns the id to the free list after the grace period.
+    /// Empties slot `id`, then, after the grace period, drops the slot's reference to its
+    /// outbox and returns the id to the free list.
     ///
     /// The caller must already have removed `id` from every subscriber set.
     pub(crate) fn release(&self, id: u32) {
-        if let Some(segment) = self.segments[id as usize / SEGMENT].get() {
-            segment[id as usize % SEGMENT].store(None);
-        }
+        let raw = match self.segments[id as usize / SEGMENT].get() {
+            Some(segment) => segment[id as usize % SEGMENT].swap(ptr::null_mut(), Ordering::AcqRel),
+            None => ptr::null_mut(),
+        };
+        // SAFETY: the swap took the slot's pointer, which came from `Arc::into_raw` and owns
+        // one strong reference; nothing else will take it, so rebuilding the `Arc` here
+        // transfers that reference to the deferred closure exactly once.
+        let outbox = (!raw.is_null()).then(|| unsafe { Arc::from_raw(raw.cast_const()) });
         let free = self.free.clone();
         let guard = crossbeam_epoch::pin();
-        guard.defer(move || free.push(id));
+        guard.defer(move || {
+            drop(outbox);
+            free.push(id);
+        });
         guard.flush();
     }
 
     /// The number of ids ever handed out (the high-water mark of the table).
     pub(crate) fn high_water(&self) -> u32 {
         self.next.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Slots {
+    fn drop(&mut self) {
+        for segment in self.segments.iter().filter_map(OnceLock::get) {
+            for slot in segment.iter() {
+                let raw = slot.swap(ptr::null_mut(), Ordering::AcqRel);
+                if !raw.is_null() {
+                    // SAFETY: as in `release`; `&mut self` proves no reader is left.
+                    drop(unsafe { Arc::from_raw(raw.cast_const()) });
+                }
+            }
+        }
     }
 }
 
@@ -112,7 +191,7 @@ mod tests {
         let a = slots.insert(outbox()).unwrap();
         let reader = crossbeam_epoch::pin();
         slots.release(a);
-        assert!(slots.get(a, &reader).unwrap().is_none());
+        assert!(slots.get(a, &reader).is_none());
         // While `reader` stays pinned, `a` must not come back.
         for _ in 0..100 {
             let id = slots.insert(outbox()).unwrap();

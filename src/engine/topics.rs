@@ -6,6 +6,10 @@
 //! unsubscribe) serialize per shard on a mutex and publish new versions copy-on-write: the
 //! subscriber set of one topic on every change, the shard's map only when a topic is created
 //! or removed (its last subscriber left).
+//!
+//! A replaced map or set is dropped only after an epoch grace period (`crossbeam-epoch`):
+//! publishes run pinned, so a publish never depends on an `arc-swap` guard alone to keep
+//! what it reads alive (see the slot table's docs, [`super::slots`], for why).
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
@@ -54,11 +58,19 @@ impl Topics {
         }
     }
 
+    /// Stores `next` in `cell`; the version it replaces lives on until every thread pinned
+    /// now has unpinned.
+    fn replace<T: Send + Sync + 'static>(cell: &ArcSwap<T>, next: T) {
+        let old = cell.swap(Arc::new(next));
+        crossbeam_epoch::pin().defer(move || drop(old));
+    }
+
     fn shard(&self, name: &str) -> &Shard {
         &self.shards[self.hasher.hash_one(name) as usize % SHARDS]
     }
 
     /// Calls `f` with the subscribers of `name`, lock-free; `None` if nobody is subscribed.
+    /// The publish path calls it pinned (see the [module docs](self)).
     #[inline]
     pub(crate) fn with_subscribers<R>(
         &self,
@@ -104,13 +116,13 @@ impl Topics {
                 });
                 let mut next = Map::clone(&map);
                 next.insert(channel.clone(), topic.clone());
-                shard.map.store(Arc::new(next));
+                Self::replace(&shard.map, next);
                 topic
             }
         };
         match topic.subscribers.load().with(slot) {
             Some(next) => {
-                topic.subscribers.store(Arc::new(next));
+                Self::replace(&topic.subscribers, next);
                 Ok(true)
             }
             None => Ok(false),
@@ -130,11 +142,11 @@ impl Topics {
             return false;
         };
         let now_empty = next.is_empty();
-        topic.subscribers.store(Arc::new(next));
+        Self::replace(&topic.subscribers, next);
         if now_empty {
             let mut next_map = Map::clone(&map);
             next_map.remove(channel);
-            shard.map.store(Arc::new(next_map));
+            Self::replace(&shard.map, next_map);
         }
         true
     }
