@@ -9,7 +9,39 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::binary::Binary;
+use common::engine::Engine;
 use common::TestServer;
+
+fn setup_browser() {
+    let setup = Command::new(browser_dir().join("setup.sh"))
+        .status()
+        .expect("run tests/browser/setup.sh");
+    assert!(
+        setup.success(),
+        "installing chromium and playwright-core failed"
+    );
+}
+
+/// Runs `node tests/browser/<script> <args>` off the runtime; its output, and whether it
+/// succeeded.
+async fn node(script: &str, args: Vec<String>) -> (bool, String) {
+    let script = browser_dir().join(script);
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new("node")
+            .arg(script)
+            .args(args)
+            .output()
+            .expect("run node")
+    })
+    .await
+    .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
 
 fn browser_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser")
@@ -26,13 +58,7 @@ fn artifact(name: &str) -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_shows_the_live_server_in_a_real_browser() {
-    let setup = Command::new(browser_dir().join("setup.sh"))
-        .status()
-        .expect("run tests/browser/setup.sh");
-    assert!(
-        setup.success(),
-        "installing chromium and playwright-core failed"
-    );
+    setup_browser();
 
     // The binary with its embedded defaults, host metrics every second.
     let server = Binary::spawn(&["--host-status-interval", "1s"]);
@@ -47,25 +73,13 @@ async fn the_dashboard_shows_the_live_server_in_a_real_browser() {
     let screenshot = artifact("dashboard.png");
     let _ = std::fs::remove_file(&screenshot);
     let base = server.url("/");
-    let script = browser_dir().join("dashboard.mjs");
-    let shot = screenshot.clone();
     // Three clients and the page's own WebSocket.
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new("node")
-            .arg(script)
-            .args([base.as_str(), "4"])
-            .arg(&shot)
-            .output()
-            .expect("run node")
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    println!("{stdout}{stderr}");
+    let args = vec![base, "4".into(), screenshot.display().to_string()];
+    let (ok, output) = node("dashboard.mjs", args).await;
+    println!("{output}");
     assert!(
-        output.status.success(),
-        "the browser check failed (screenshot: {}):\n{stdout}{stderr}",
+        ok,
+        "the browser check failed (screenshot: {}):\n{output}",
         screenshot.display()
     );
     let png = std::fs::read(&screenshot).expect("the screenshot");
@@ -73,6 +87,20 @@ async fn the_dashboard_shows_the_live_server_in_a_real_browser() {
     println!("screenshot saved: {}", screenshot.display());
     drop(clients);
     server.stop();
+}
+
+/// Seed 000's own JavaScript client, in Chromium, against sigmahub polling an engine that
+/// answers as the real one does (tests/fixtures/sigmavault-engine): a SigmaVault frontend
+/// reads `memory_pct`, `load_average[0]` and a valid date.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_seed_client_reads_the_engines_status_in_a_real_browser() {
+    setup_browser();
+    let engine = Engine::start().await;
+    let url = engine.url();
+    let server = TestServer::with(move |c| c.engine.url = Some(url)).await;
+    let (ok, output) = node("seed_client.mjs", vec![format!("http://{}/", server.addr)]).await;
+    println!("{output}");
+    assert!(ok, "the seed's client failed:\n{output}");
 }
 
 #[tokio::test]

@@ -52,13 +52,25 @@ async fn normal_operation_sends_fresh_engine_data() {
     let server = server_for(&engine, 5, Duration::from_secs(300)).await;
     let mut client = server.client().await;
 
+    // system.status: the engine's answer in seed 000's shape, field by field.
     let s = status(&mut client).await;
-    assert_eq!(s["data"]["hostname"], "engine-host");
+    let d = &s["data"];
+    assert_eq!(d["hostname"], "vm", "{s}");
+    assert_eq!(d["uptime"], 1014);
+    assert_eq!(d["cpu_usage"], 21.9);
+    assert_eq!(d["memory_used"], 1_248_985_088u64);
+    assert_eq!(d["memory_total"], 25_276_059_648u64);
+    assert_eq!(d["memory_pct"], 4.9);
     assert_eq!(
-        s["data"]["load_average"],
-        serde_json::json!([0.5, 0.4, 0.3])
+        d["load_average"],
+        serde_json::json!([1.86669921875, 0.9345703125, 0.6357421875])
     );
-    assert!(s["data"].get("stale").is_none(), "{s}");
+    assert_eq!(
+        d["timestamp"], 1_796_107_872,
+        "Unix seconds of the engine's reading"
+    );
+    assert_eq!(d["platform"], "Linux", "extras ride along");
+    assert!(d.get("stale").is_none(), "{s}");
 
     // compression.update: one event per job, then the summary; read one whole cycle.
     client
@@ -69,23 +81,59 @@ async fn normal_operation_sends_fresh_engine_data() {
     let job1 = client.recv_type("compression.update").await;
     let job2 = client.recv_type("compression.update").await;
     let summary = client.recv_type("compression.update").await;
-    assert_eq!(job1["data"]["job_id"], "job-1");
-    assert_eq!(job1["data"]["progress"], 45.2);
-    assert_eq!(job2["data"]["job_id"], "job-2");
-    assert_eq!(summary["data"]["total_jobs"], 15);
+    let j = &job1["data"];
+    assert_eq!(
+        j["job_id"], "2e877596-d8ef-4e14-9235-3e6d8d59df76",
+        "{job1}"
+    );
+    for field in [
+        "status",
+        "job_type",
+        "priority",
+        "progress",
+        "phase",
+        "bytes_processed",
+        "bytes_total",
+        "compression_ratio",
+        "elapsed_seconds",
+        "eta_seconds",
+        "input_path",
+        "output_path",
+    ] {
+        assert!(j.get(field).is_some(), "{field} missing: {job1}");
+    }
+    assert_eq!(j["compression_ratio"], 1.0);
+    assert!(j["timestamp"].as_u64().unwrap() > 1_700_000_000, "{job1}");
+    assert_eq!(
+        job2["data"]["job_id"],
+        "6945b61a-4dc2-4300-893a-ec3d189e582b"
+    );
+    assert_eq!(summary["data"]["total_pending"], 2);
+    assert_eq!(summary["data"]["total_jobs"], 2);
     assert_eq!(summary["data"]["jobs"].as_array().unwrap().len(), 2);
+    assert_eq!(summary["data"]["jobs"][0]["compression_ratio"], 1.0);
 
+    // agent.status: the engine's 40 agents, each in the protocol's shape.
     let mut agents = std::collections::BTreeSet::new();
     let start = std::time::Instant::now();
-    while agents.len() < 2 {
+    while agents.len() < 40 {
         assert!(start.elapsed() < common::DEADLINE, "agents: {agents:?}");
         let a = client.recv_type("agent.status").await;
-        agents.insert(a["data"]["agent_id"].as_str().unwrap().to_owned());
+        let d = &a["data"];
+        assert!(d["status"].is_string(), "{a}");
+        assert_eq!(d["current_task"], Value::Null, "{a}");
+        assert!(d["memory_usage"].is_number(), "{a}");
+        assert!(d["timestamp"].is_u64(), "{a}");
+        agents.insert(d["agent_id"].as_str().unwrap().to_owned());
     }
-    assert_eq!(
-        agents.into_iter().collect::<Vec<_>>(),
-        ["STREAM-01", "TENSOR-07"]
-    );
+    assert!(agents.contains("agent-001") && agents.contains("agent-040"));
+
+    // agent.summary, for clients of SigmaVault's own hub.
+    let mut client = server.client().await;
+    client.subscribe(&["agent.summary"]).await;
+    let summary = client.recv_type("agent.summary").await;
+    assert_eq!(summary["data"]["total_agents"], 40, "{summary}");
+    assert_eq!(summary["data"]["agents"]["agent-001"]["name"], "TENSOR");
     common::eventually("one health check", || engine.calls("health.check") == 1).await;
 }
 
@@ -120,10 +168,7 @@ async fn a_single_failure_sends_stale_data_then_fresh_again() {
     );
     let (stale, report) = (stale.unwrap(), report.unwrap());
     assert_eq!(stale["data"]["error_code"], "SYSTEM_STATUS_FAILED");
-    assert_eq!(
-        stale["data"]["hostname"], "engine-host",
-        "the cached data goes on"
-    );
+    assert_eq!(stale["data"]["hostname"], "vm", "the cached data goes on");
     assert!(stale["data"]["last_update"]
         .as_str()
         .unwrap()
@@ -133,7 +178,7 @@ async fn a_single_failure_sends_stale_data_then_fresh_again() {
     assert_eq!(report["data"]["consecutive_failures"], 1);
 
     let s = fresh_status(&mut client).await;
-    assert_eq!(s["data"]["hostname"], "engine-host");
+    assert_eq!(s["data"]["hostname"], "vm");
 }
 
 /// Seed 003 scenarios 3 to 6: the breaker opens after 5 failures, serves cached data while
@@ -171,7 +216,7 @@ async fn the_breaker_opens_half_opens_and_closes() {
             })
             .await;
         assert_eq!(s["data"]["stale"], true);
-        assert_eq!(s["data"]["hostname"], "engine-host");
+        assert_eq!(s["data"]["hostname"], "vm");
     }
     assert_eq!(
         engine.calls("system.status"),
@@ -217,7 +262,7 @@ async fn rpc_errors_are_reported_at_a_bounded_rate() {
     let mut stale_events = 0;
     let mut reports = 0;
     let start = std::time::Instant::now();
-    while stale_events < 20 {
+    while stale_events < 400 {
         assert!(
             start.elapsed() < common::DEADLINE,
             "only {stale_events} stale events"
@@ -232,7 +277,7 @@ async fn rpc_errors_are_reported_at_a_bounded_rate() {
             _ => {}
         }
     }
-    // 10 failed polls (2 agents each): one report, not ten.
+    // 10 failed polls (the engine's 40 agents each): one report, not ten.
     assert_eq!(reports, 1);
 }
 
@@ -440,4 +485,38 @@ async fn the_default_five_minute_reset_in_paused_time() {
             "system.status:open"
         ]
     );
+}
+
+/// An engine answer that lacks protocol fields, or has them with the wrong type, is not
+/// passed on silently: what can be filled is, the rest is left out and counted.
+#[tokio::test]
+async fn an_engine_answer_that_lacks_fields_is_counted_not_passed_on() {
+    let engine = Engine::start().await;
+    let mut answer = default_answer("system.status").unwrap();
+    answer.as_object_mut().unwrap().remove("memory_usage");
+    answer["load_average"] = serde_json::json!("high");
+    engine.set("system.status", Behavior::Answer(answer));
+    let server = server_for(&engine, 5, Duration::from_secs(300)).await;
+    let mut client = server.client().await;
+    let s = status(&mut client).await;
+    let d = &s["data"];
+    assert_eq!(d["hostname"], "vm");
+    for field in ["memory_used", "memory_total", "memory_pct", "load_average"] {
+        assert!(d.get(field).is_none(), "{field} passed on: {s}");
+    }
+    let samples = common::scrape::scrape(&server).await;
+    for field in ["memory_used", "memory_total", "memory_pct", "load_average"] {
+        let fault = samples.iter().find(|s| {
+            s.metric == "sigmahub_upstream_translation_faults_total"
+                && s.labels.get("method") == Some("system.status")
+                && s.labels.get("field") == Some(field)
+        });
+        let Some(fault) = fault else {
+            panic!("no translation fault counted for {field}");
+        };
+        assert!(
+            matches!(fault.value, prometheus_parse::Value::Counter(n) | prometheus_parse::Value::Untyped(n) if n >= 1.0),
+            "{fault:?}"
+        );
+    }
 }

@@ -313,6 +313,17 @@ impl Collector for Scrape {
                 (method.to_owned(), state)
             }),
         )?;
+        let mut faults = e.encode_descriptor(
+            "sigmahub_upstream_translation_faults",
+            "Engine answers with no usable value for a protocol field, by method and field",
+            None,
+            MetricType::Counter,
+        )?;
+        for ((method, field), n) in shared.translation_faults.counts() {
+            faults
+                .encode_family(&[("method", method), ("field", field)])?
+                .encode_counter::<NoLabelSet, _, u64>(&n, None)?;
+        }
         let now = SystemTime::now();
         family(
             &mut e,

@@ -88,6 +88,8 @@ pub(crate) struct Shared {
     pub(crate) admission: Arc<admission::Admission>,
     pub(crate) snapshots: Arc<SnapshotCache>,
     pub(crate) breakers: Arc<BreakerBoard>,
+    /// Engine answers that did not fit the protocol (`/metrics`).
+    pub(crate) translation_faults: Arc<upstream::translate::Faults>,
     pub(crate) config: Arc<Config>,
     /// The NATS backplane, when `cluster.nats_url` is set.
     pub(crate) cluster: Option<Arc<Cluster>>,
@@ -113,6 +115,7 @@ impl Shared {
             admission: Arc::new(admission::Admission::new(&config)),
             snapshots: Arc::default(),
             breakers: Arc::default(),
+            translation_faults: Arc::default(),
             config: Arc::new(config),
             cluster: None,
             shutdown: CancellationToken::new(),
@@ -229,6 +232,7 @@ impl Server {
             snapshots: shared.snapshots.clone(),
             breakers: shared.breakers.clone(),
             cluster: shared.cluster.clone(),
+            faults: shared.translation_faults.clone(),
         };
         let mut pollers = tokio::task::JoinSet::new();
         match &shared.cluster {

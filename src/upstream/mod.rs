@@ -18,6 +18,7 @@ pub mod host;
 pub(crate) mod poller;
 pub mod rpc;
 pub mod snapshot;
+pub mod translate;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -30,12 +31,14 @@ use self::breaker::{Breaker, BreakerState};
 use self::host::HostProbe;
 use self::poller::{Outlet, Policy, PollSpec};
 use self::rpc::{RpcClient, UpstreamError};
+use self::translate::Faults;
 use crate::config::Config;
 
 /// The status types pollers publish as snapshots.
-pub const STATUS_TYPES: [&str; 4] = [
+pub const STATUS_TYPES: [&str; 5] = [
     "system.status",
     "agent.status",
+    "agent.summary",
     "storage.update",
     "compression.update",
 ];
@@ -149,7 +152,7 @@ pub(crate) fn start(config: &Config, outlet: Outlet, tasks: &mut tokio::task::Jo
         specs.push(PollSpec {
             name: "agents.list",
             error_code: "AGENT_STATUS_FAILED",
-            channels: &["agent.status"],
+            channels: &["agent.status", "agent.summary"],
             interval: engine.poll_interval,
             fetch: rpc("agents.list", serde_json::json!({})),
             shape: shape_agents,
@@ -230,73 +233,44 @@ fn raw(value: &impl serde::Serialize) -> Box<RawValue> {
 
 type Groups = Vec<(&'static str, Vec<Box<RawValue>>)>;
 
-fn shape_host_status(result: &RawValue) -> Result<Groups, String> {
+fn shape_host_status(result: &RawValue, _: &Faults) -> Result<Groups, String> {
     Ok(vec![("system.status", vec![result.to_owned()])])
 }
 
-fn shape_storage(result: &RawValue) -> Result<Groups, String> {
+fn shape_storage(result: &RawValue, _: &Faults) -> Result<Groups, String> {
     Ok(vec![("storage.update", vec![result.to_owned()])])
 }
 
-/// `system.status`: the engine's object, passed on as the event's data.
-fn shape_system_status(result: &RawValue) -> Result<Groups, String> {
-    object(result, "system.status")?;
-    Ok(vec![("system.status", vec![result.to_owned()])])
+/// `system.status`: the engine's answer translated to the protocol's fields.
+fn shape_system_status(result: &RawValue, faults: &Faults) -> Result<Groups, String> {
+    let record = object(result, "system.status")?;
+    let data = translate::system_status(&record, SystemTime::now(), faults);
+    Ok(vec![("system.status", vec![raw(&data)])])
 }
 
-/// `compression.queue.running` -> one `compression.update` per running or pending job (its
-/// progress fields), then the summary (`jobs` and the totals).
-fn shape_compression(result: &RawValue) -> Result<Groups, String> {
-    let map = object(result, "compression.queue.running")?;
-    let jobs = match map.get("jobs") {
-        Some(serde_json::Value::Array(jobs)) => jobs.clone(),
-        None | Some(serde_json::Value::Null) => Vec::new(),
-        Some(_) => return Err("compression.queue.running: `jobs` is not an array".into()),
-    };
-    let timestamp = crate::event::unix_seconds(SystemTime::now());
-    let mut items = Vec::with_capacity(jobs.len() + 1);
-    for job in &jobs {
-        let serde_json::Value::Object(job) = job else {
-            return Err("compression.queue.running: a job is not an object".into());
-        };
-        let mut job = job.clone();
-        job.entry("timestamp").or_insert(timestamp.into());
-        items.push(raw(&job));
-    }
-    let total = |key: &str| map.get(key).cloned().unwrap_or(serde_json::Value::from(0));
-    items.push(raw(&serde_json::json!({
-        "jobs": jobs,
-        "total_running": total("total_running"),
-        "total_pending": total("total_pending"),
-        "total_jobs": total("total_jobs"),
-        "timestamp": timestamp,
-    })));
-    Ok(vec![("compression.update", items)])
+/// `compression.queue.running` -> one `compression.update` per running or pending job, then
+/// the summary (`jobs` and the totals).
+fn shape_compression(result: &RawValue, faults: &Faults) -> Result<Groups, String> {
+    let answer = object(result, "compression.queue.running")?;
+    let events = translate::compression_events(&answer, SystemTime::now(), faults)?;
+    Ok(vec![(
+        "compression.update",
+        events.iter().map(raw).collect(),
+    )])
 }
 
-/// `agents.list` (an array, or an object with `agents`) -> one `agent.status` per agent.
-fn shape_agents(result: &RawValue) -> Result<Groups, String> {
-    let value: serde_json::Value = serde_json::from_str(result.get()).map_err(|e| e.to_string())?;
-    let agents = match value {
-        serde_json::Value::Array(agents) => agents,
-        serde_json::Value::Object(mut map) => match map.remove("agents") {
-            Some(serde_json::Value::Array(agents)) => agents,
-            _ => return Err("agents.list: no `agents` array".into()),
-        },
-        _ => return Err("agents.list: result is neither an array nor an object".into()),
-    };
-    let timestamp = crate::event::unix_seconds(SystemTime::now());
-    let items = agents
-        .into_iter()
-        .map(|agent| match agent {
-            serde_json::Value::Object(mut agent) => {
-                agent.entry("timestamp").or_insert(timestamp.into());
-                Ok(raw(&agent))
-            }
-            _ => Err("agents.list: an agent is not an object".to_string()),
-        })
-        .collect::<Result<_, _>>()?;
-    Ok(vec![("agent.status", items)])
+/// `agents.list` (an array, or an object with `agents`) -> one `agent.status` per agent, and
+/// the `agent.summary` of them all.
+fn shape_agents(result: &RawValue, faults: &Faults) -> Result<Groups, String> {
+    let answer: serde_json::Value =
+        serde_json::from_str(result.get()).map_err(|e| format!("agents.list: {e}"))?;
+    let now = SystemTime::now();
+    let agents = translate::agent_events(&answer, now, faults)?;
+    let summary = translate::agent_summary(&agents, now);
+    Ok(vec![
+        ("agent.status", agents.iter().map(raw).collect()),
+        ("agent.summary", vec![raw(&summary)]),
+    ])
 }
 
 #[cfg(test)]
@@ -307,9 +281,17 @@ mod tests {
         RawValue::from_string(s.into()).unwrap()
     }
 
+    fn shape_compression_test(result: &RawValue) -> Result<Groups, String> {
+        shape_compression(result, &Faults::default())
+    }
+
+    fn shape_agents_test(result: &RawValue) -> Result<Groups, String> {
+        shape_agents(result, &Faults::default())
+    }
+
     #[test]
     fn compression_becomes_one_event_per_job_and_a_summary() {
-        let groups = shape_compression(&rv(
+        let groups = shape_compression_test(&rv(
             r#"{"jobs":[{"job_id":"a","status":"running","progress":45.2},{"job_id":"b","status":"pending"}],
                 "total_running":1,"total_pending":1,"total_jobs":15}"#,
         ))
@@ -322,8 +304,8 @@ mod tests {
         assert_eq!(summary["jobs"].as_array().unwrap().len(), 2);
         let job: serde_json::Value = serde_json::from_str(items[0].get()).unwrap();
         assert_eq!(job["progress"], 45.2);
-        assert!(shape_compression(&rv(r#"{"jobs":5}"#)).is_err());
-        assert!(shape_compression(&rv("[]")).is_err());
+        assert!(shape_compression_test(&rv(r#"{"jobs":5}"#)).is_err());
+        assert!(shape_compression_test(&rv("[]")).is_err());
     }
 
     #[test]
@@ -332,10 +314,10 @@ mod tests {
             r#"[{"agent_id":"TENSOR-07"}]"#,
             r#"{"agents":[{"agent_id":"TENSOR-07"}]}"#,
         ] {
-            let groups = shape_agents(&rv(body)).unwrap();
+            let groups = shape_agents_test(&rv(body)).unwrap();
             assert_eq!(groups[0].1.len(), 1);
         }
-        assert!(shape_agents(&rv("[1]")).is_err());
-        assert!(shape_agents(&rv("7")).is_err());
+        assert!(shape_agents_test(&rv("[1]")).is_err());
+        assert!(shape_agents_test(&rv("7")).is_err());
     }
 }

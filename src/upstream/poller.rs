@@ -14,6 +14,7 @@ use serde_json::value::RawValue;
 use super::breaker::{Breaker, BreakerState, Transition};
 use super::rpc::UpstreamError;
 use super::snapshot::{Snapshot, SnapshotCache};
+use super::translate::Faults;
 use super::BreakerBoard;
 use crate::cluster::Cluster;
 use crate::engine::hub::Hub;
@@ -33,7 +34,9 @@ pub(crate) type Fetch =
     Box<dyn Fn() -> Pin<Box<dyn Future<Output = Fetched> + Send>> + Send + Sync>;
 
 /// Turns a result into `(channel, items)` groups; an `Err` is an invalid result.
-pub(crate) type Shape = fn(&RawValue) -> Result<Vec<(&'static str, Vec<Box<RawValue>>)>, String>;
+/// Fields the translation could not fill go to the [`Faults`].
+pub(crate) type Shape =
+    fn(&RawValue, &Faults) -> Result<Vec<(&'static str, Vec<Box<RawValue>>)>, String>;
 
 /// What a poller polls.
 pub(crate) struct PollSpec {
@@ -56,6 +59,8 @@ pub(crate) struct Outlet {
     pub(crate) breakers: Arc<BreakerBoard>,
     /// In a cluster, snapshots and events go to every node through it.
     pub(crate) cluster: Option<Arc<Cluster>>,
+    /// Engine answers that did not fit the protocol.
+    pub(crate) faults: Arc<Faults>,
 }
 
 /// Breaker and reporting settings.
@@ -83,9 +88,9 @@ pub(crate) async fn run(spec: PollSpec, outlet: Outlet, policy: Policy) {
             outlet.republish_stale(spec.channels, CIRCUIT_BREAKER_OPEN);
             continue;
         }
-        let outcome = (spec.fetch)()
-            .await
-            .and_then(|result| (spec.shape)(&result).map_err(UpstreamError::InvalidResponse));
+        let outcome = (spec.fetch)().await.and_then(|result| {
+            (spec.shape)(&result, &outlet.faults).map_err(UpstreamError::InvalidResponse)
+        });
         match outcome {
             Ok(groups) => {
                 let now = SystemTime::now();

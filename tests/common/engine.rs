@@ -36,28 +36,20 @@ pub struct Engine {
     task: tokio::task::JoinHandle<()>,
 }
 
-/// SigmaVault-shaped answers.
+/// The real engine's answer to `method`, as captured from SigmaVault's `engined`
+/// (tests/fixtures/sigmavault-engine, from ../shared/fixtures): never a shape we wrote.
 pub fn default_answer(method: &str) -> Option<Value> {
-    Some(match method {
-        "system.status" => json!({
-            "hostname": "engine-host", "uptime": 4242.5, "cpu_usage": 12.5,
-            "memory_used": 1024, "memory_total": 4096, "memory_pct": 25.0,
-            "load_average": [0.5, 0.4, 0.3], "timestamp": 1703337717
-        }),
-        "compression.queue.running" => json!({
-            "jobs": [
-                {"job_id": "job-1", "status": "running", "job_type": "compress_file", "progress": 45.2},
-                {"job_id": "job-2", "status": "pending", "job_type": "compress_data", "progress": 0.0}
-            ],
-            "total_running": 1, "total_pending": 1, "total_jobs": 15
-        }),
-        "agents.list" => json!([
-            {"agent_id": "TENSOR-07", "status": "active"},
-            {"agent_id": "STREAM-01", "status": "idle"}
-        ]),
-        "health.check" => json!({"status": "ok"}),
+    let text = match method {
+        "system.status" => include_str!("../fixtures/sigmavault-engine/system.status.json"),
+        "compression.queue.running" => {
+            include_str!("../fixtures/sigmavault-engine/compression.queue.running.json")
+        }
+        "agents.list" => include_str!("../fixtures/sigmavault-engine/agents.list.json"),
+        "health.check" => include_str!("../fixtures/sigmavault-engine/health.check.json"),
         _ => return None,
-    })
+    };
+    let answer: Value = serde_json::from_str(text).expect("a fixture is JSON");
+    Some(answer["result"].clone())
 }
 
 impl Engine {
