@@ -520,3 +520,43 @@ async fn an_engine_answer_that_lacks_fields_is_counted_not_passed_on() {
         );
     }
 }
+
+/// The engine's first agent, `n` times over with distinct ids.
+fn agents(n: usize) -> Value {
+    let first = default_answer("agents.list").unwrap()[0].clone();
+    Value::Array(
+        (0..n)
+            .map(|i| {
+                let mut agent = first.clone();
+                agent["agent_id"] = format!("agent-{i:04}").into();
+                agent
+            })
+            .collect(),
+    )
+}
+
+/// 500 agents are more than a client's 256-frame queue bound: the snapshot at connect and
+/// every poll's broadcast still reach a client that reads, whole, and close nobody.
+#[tokio::test]
+async fn five_hundred_agents_never_close_a_client_that_reads() {
+    let engine = Engine::start().await;
+    engine.set("agents.list", Behavior::Answer(agents(500)));
+    let server = server_for(&engine, 5, Duration::from_secs(300)).await;
+    common::eventually("the first agents poll", || engine.calls("agents.list") >= 2).await;
+    for _ in 0..3 {
+        // The snapshot at connect, then at least one broadcast of all 500.
+        let mut client = server.client().await;
+        for round in 0..2 {
+            let mut seen = std::collections::BTreeSet::new();
+            while seen.len() < 500 {
+                let m = client.recv().await;
+                assert_ne!(m["type"], "close", "round {round}: {m}");
+                if m["type"] == "agent.status" {
+                    seen.insert(m["data"]["agent_id"].as_str().unwrap().to_owned());
+                }
+            }
+        }
+    }
+    let (_, stats) = common::http_get_json(server.addr, "/api/v1/stats").await;
+    assert_eq!(stats["closes"]["4000"], 0, "{stats}");
+}

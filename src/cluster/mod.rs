@@ -251,9 +251,7 @@ impl Cluster {
                     continue;
                 };
                 let snapshot = cache.store(snapshot);
-                for frame in snapshot.frames.iter() {
-                    hub.publish_frame(&snapshot.channel, frame);
-                }
+                hub.publish_frames(&snapshot.channel, &snapshot.frames);
             }
         });
         self.tasks.lock().expect("tasks lock").push(task);

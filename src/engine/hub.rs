@@ -308,6 +308,36 @@ impl Hub {
         self.fan_out(channel, || frame.clone(), push_and_wake)
     }
 
+    /// Fans already encoded frames out to the subscribers of `channel`, in order, as one
+    /// batch: a client whose queue the batch found empty takes all of it, however many
+    /// frames (see [`Outbox::push_in_batch`]). For multi-frame snapshots (one frame per
+    /// agent, per job), which a client that keeps up must never be closed for.
+    pub fn publish_frames(&self, channel: &str, frames: &[Bytes]) -> Delivery {
+        if let [frame] = frames {
+            return self.publish_frame(channel, frame);
+        }
+        let batch = self.shared.next_batch.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut owed = Vec::new();
+        let mut delivery = Delivery::default();
+        for frame in frames {
+            delivery += self.fan_out(
+                channel,
+                || frame.clone(),
+                |outbox, frame, since| {
+                    let (push, wake) = outbox.push_in_batch(frame, since, batch);
+                    if wake {
+                        owed.push(Arc::clone(outbox));
+                    }
+                    push
+                },
+            );
+        }
+        for outbox in owed {
+            outbox.wake();
+        }
+        delivery
+    }
+
     /// One channel lookup; `frame` is called (the event encoded) only if there are
     /// subscribers; `push` queues a clone of it, with the publish stamp, for each.
     #[inline]

@@ -13,10 +13,15 @@
 //! # Bounds and slow consumers
 //! The queue takes a frame while it holds fewer than `capacity` frames *and* fewer than
 //! `byte_capacity` bytes, so it never holds more than `capacity` frames nor more than
-//! `byte_capacity` bytes plus one frame. One exception keeps a large publish from closing
-//! every subscriber: the frames of one publish batch that found the queue empty are taken
-//! whole, up to the frame bound ([`Outbox::push_in_batch`]); they are broadcast frames,
-//! one allocation shared by every subscriber. A push beyond either bound follows the
+//! `byte_capacity` bytes plus one frame, with one exception that keeps a large publish or
+//! snapshot from closing a client that keeps up: frames taken *whole* (a publish batch,
+//! [`Outbox::push_in_batch`], or a snapshot, [`Outbox::push_whole`], that finds the client
+//! keeping up: its queue within the bounds, not counting frames taken whole) are admitted
+//! past both bounds and widen them by their own size until the writer has drained as many
+//! frames and bytes (the *allowance*). They are broadcast frames, one allocation shared by
+//! every client. The allowance is capped at [`WHOLE_FACTOR`] times the bounds (one batch or
+//! snapshot is always taken when nothing else taken whole is pending), so a client that
+//! never reads holds at most that many queue entries. A push beyond the bounds follows the
 //! [`SlowConsumerPolicy`]: `Close` marks the outbox for an immediate close with
 //! [`CloseCode::SLOW_CONSUMER`] (the writer discards the queue); `Drop` discards the new frame
 //! and counts it, and the writer tells the client how many it lost. Either way the publisher
@@ -74,6 +79,10 @@ pub const MAX_CAPACITY: usize = 1 << 20;
 /// Most bytes an outbox can count (its `Load` field), with room to spare.
 pub const MAX_BYTE_CAPACITY: usize = 1 << 36;
 
+/// Frames and bytes taken whole and not drained yet may reach this many times the bounds
+/// (a single batch or snapshot may be larger, when nothing else taken whole is pending).
+pub const WHOLE_FACTOR: usize = 4;
+
 const OPEN: u8 = 0;
 const CLOSE_AFTER_FLUSH: u8 = 1;
 const CLOSE_NOW: u8 = 2;
@@ -116,9 +125,12 @@ pub struct Outbox {
     /// The publish stamp of the event that found the queue empty (0: none); see
     /// [`super::latency`].
     since: AtomicU64,
-    /// The publish batch whose first frame found the queue empty (0: none); its frames are
-    /// exempt from the byte bound.
+    /// The publish batch whose first frame found the queue empty (0: none); its other
+    /// frames are taken whole.
     batch: AtomicU64,
+    /// The frames and bytes taken whole and not drained yet ([`Load`]): the bounds are
+    /// widened by them.
+    allowance: AtomicU64,
 }
 
 impl Outbox {
@@ -145,6 +157,7 @@ impl Outbox {
             awaiting_pong: AtomicBool::new(false),
             since: AtomicU64::new(0),
             batch: AtomicU64::new(0),
+            allowance: AtomicU64::new(0),
         }
     }
 
@@ -177,9 +190,9 @@ impl Outbox {
 
     /// Queues an event of publish batch `batch` (a non-zero id unique to the batch, whose
     /// frames one thread pushes in order), like [`push_event`](Self::push_event). If the
-    /// batch's first frame found the queue empty, the rest of the batch is exempt from the
-    /// byte bound (not from the frame bound): a publish is taken whole or not at all by a
-    /// client that keeps up, however large its events.
+    /// batch's first frame found the queue empty, the rest of the batch is taken whole (see
+    /// the [module docs](self)): a client that keeps up receives a publish whole, however
+    /// many or large its events.
     #[inline]
     pub fn push_in_batch(&self, frame: Bytes, since: Option<Stamp>, batch: u64) -> (Push, bool) {
         self.enqueue(frame, since, batch)
@@ -194,29 +207,21 @@ impl Outbox {
         // it is refused unless the queue is empty, and never corrupts the frame count.
         let add = Load::of(1, frame.len().min(MAX_BYTE_CAPACITY));
         let before = Load(self.load.fetch_add(add.0, Ordering::AcqRel));
-        let over_bytes = || {
-            before.bytes() >= self.byte_capacity
-                && (batch == 0 || self.batch.load(Ordering::Relaxed) != batch)
-        };
-        if before.frames() >= self.capacity || over_bytes() {
-            self.load.fetch_sub(add.0, Ordering::AcqRel);
-            return match self.policy {
-                SlowConsumerPolicy::Close => {
-                    self.close(Closing::Now(CloseCode::SLOW_CONSUMER));
-                    (Push::Overflowed, false)
-                }
-                SlowConsumerPolicy::Drop => {
-                    self.dropped.fetch_add(1, Ordering::Relaxed);
-                    (Push::Dropped, false)
-                }
-            };
-        }
-        let was_empty = before.frames() == 0;
-        if was_empty {
-            if batch != 0 {
+        let whole = batch != 0
+            && (self.batch.load(Ordering::Relaxed) == batch || self.keeps_up(before))
+            && self.allowance_fits(add);
+        if whole {
+            if self.batch.load(Ordering::Relaxed) != batch {
                 // Read back by this batch's next pushes, on this same thread.
                 self.batch.store(batch, Ordering::Relaxed);
             }
+            self.allowance.fetch_add(add.0, Ordering::Relaxed);
+        } else if self.is_over(before) {
+            self.load.fetch_sub(add.0, Ordering::AcqRel);
+            return (self.refuse(1), false);
+        }
+        let was_empty = before.frames() == 0;
+        if was_empty {
             if let Some(since) = since {
                 // Before the frame is visible: a writer that pops it also sees the stamp.
                 self.since.store(since.to_raw(), Ordering::Relaxed);
@@ -224,6 +229,83 @@ impl Outbox {
         }
         self.queue.push(frame);
         (Push::Queued, was_empty)
+    }
+
+    /// Whether a queue holding `load` is at or over its bounds, widened by the allowance.
+    #[inline]
+    fn is_over(&self, load: Load) -> bool {
+        let allowance = Load(self.allowance.load(Ordering::Relaxed));
+        load.frames() >= self.capacity + allowance.frames()
+            || load.bytes() >= self.byte_capacity + allowance.bytes()
+    }
+
+    /// Whether a queue holding `load` keeps up: its frames beside those taken whole are
+    /// within the bounds.
+    #[inline]
+    fn keeps_up(&self, load: Load) -> bool {
+        let allowance = Load(self.allowance.load(Ordering::Relaxed));
+        load.frames().saturating_sub(allowance.frames()) < self.capacity
+            && load.bytes().saturating_sub(allowance.bytes()) < self.byte_capacity
+    }
+
+    /// Whether `add` more may be taken whole: always when nothing taken whole is pending,
+    /// else up to [`WHOLE_FACTOR`] times the bounds, so that a client that never reads
+    /// cannot collect batch after batch.
+    #[inline]
+    fn allowance_fits(&self, add: Load) -> bool {
+        let allowance = Load(self.allowance.load(Ordering::Relaxed));
+        allowance.0 == 0
+            || (allowance.frames() + add.frames() <= self.capacity * WHOLE_FACTOR
+                && allowance.bytes() + add.bytes() <= self.byte_capacity * WHOLE_FACTOR)
+    }
+
+    /// Applies the slow-consumer policy to `frames` frames that did not fit.
+    fn refuse(&self, frames: u64) -> Push {
+        match self.policy {
+            SlowConsumerPolicy::Close => {
+                self.close(Closing::Now(CloseCode::SLOW_CONSUMER));
+                Push::Overflowed
+            }
+            SlowConsumerPolicy::Drop => {
+                self.dropped.fetch_add(frames, Ordering::Relaxed);
+                Push::Dropped
+            }
+        }
+    }
+
+    /// Queues `frames` whole, in order, if the queue is within its bounds now: they are
+    /// admitted past the bounds and widen them until drained (see the [module docs](self)).
+    /// For a snapshot, which a new subscriber must receive entire however many frames it
+    /// holds. Refused whole (the slow-consumer policy applies once) when the queue is over
+    /// its bounds already: a client that does not read cannot make it grow by asking for
+    /// snapshot after snapshot. Wakes the writer.
+    pub fn push_whole(&self, frames: &[Bytes]) -> Push {
+        if self.state.load(Ordering::Acquire) != OPEN {
+            return Push::Closed;
+        }
+        if frames.is_empty() {
+            return Push::Queued;
+        }
+        let bytes = frames
+            .iter()
+            .map(|f| f.len().min(MAX_BYTE_CAPACITY))
+            .fold(0usize, usize::saturating_add)
+            .min(MAX_BYTE_CAPACITY);
+        let add = Load::of(frames.len().min(MAX_CAPACITY), bytes);
+        let before = Load(self.load.load(Ordering::Acquire));
+        if !self.keeps_up(before) || !self.allowance_fits(add) {
+            return self.refuse(frames.len() as u64);
+        }
+        // Allowance first: a concurrent push never sees these frames without it.
+        self.allowance.fetch_add(add.0, Ordering::Relaxed);
+        let before = Load(self.load.fetch_add(add.0, Ordering::AcqRel));
+        for frame in frames {
+            self.queue.push(frame.clone());
+        }
+        if before.frames() == 0 {
+            self.wake();
+        }
+        Push::Queued
     }
 
     /// Wakes the writer.
@@ -295,7 +377,8 @@ impl Outbox {
 
     /// How many more frames fit before the queue is full.
     pub fn room(&self) -> usize {
-        self.capacity.saturating_sub(self.len())
+        let allowance = Load(self.allowance.load(Ordering::Relaxed)).frames();
+        (self.capacity + allowance).saturating_sub(self.len())
     }
 
     /// Whether no frame is queued.
@@ -374,8 +457,19 @@ impl Outbox {
             }
         }
         if got > 0 {
-            self.load
-                .fetch_sub(Load::of(got, bytes).0, Ordering::AcqRel);
+            let drained = Load::of(got, bytes);
+            self.load.fetch_sub(drained.0, Ordering::AcqRel);
+            if self.allowance.load(Ordering::Relaxed) != 0 {
+                // Only the writer lowers it; publishers only raise it.
+                let _ = self
+                    .allowance
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |a| {
+                        let a = Load(a);
+                        let frames = a.frames().saturating_sub(drained.frames());
+                        let bytes = a.bytes().saturating_sub(drained.bytes());
+                        Some(Load::of(frames, bytes).0)
+                    });
+            }
         }
         got
     }
@@ -515,27 +609,85 @@ mod tests {
 
     #[test]
     fn a_batch_that_finds_the_queue_empty_is_taken_whole() {
-        let outbox = Outbox::bounded(10, 1000, SlowConsumerPolicy::Close);
         let big = || Bytes::from(vec![0u8; 600]);
+        // Five frames of 600 bytes against bounds of 3 frames and 1,000 bytes: all taken.
+        let outbox = Outbox::bounded(3, 1000, SlowConsumerPolicy::Close);
         for _ in 0..5 {
             assert_eq!(outbox.push_in_batch(big(), None, 7).0, Push::Queued);
         }
         assert_eq!(outbox.queued_bytes(), 3000);
-        // The next batch finds it full: the byte bound applies.
-        assert_eq!(outbox.push_in_batch(big(), None, 8).0, Push::Overflowed);
+        // The bounds are widened by what was taken whole, no more: 1,000 bytes (plus the
+        // frame that crosses them) beside it.
+        assert_eq!(outbox.push(big()), Push::Queued);
+        assert_eq!(outbox.push(big()), Push::Queued);
+        assert_eq!(outbox.push(big()), Push::Overflowed);
 
-        // ...and the frame bound always does.
+        // Once drained, the bounds are the configured ones again.
         let outbox = Outbox::bounded(3, 1000, SlowConsumerPolicy::Drop);
-        for _ in 0..3 {
+        for _ in 0..5 {
             assert_eq!(outbox.push_in_batch(big(), None, 9).0, Push::Queued);
         }
-        assert_eq!(outbox.push_in_batch(big(), None, 9).0, Push::Dropped);
+        outbox.drain_into(&mut Vec::new(), usize::MAX);
+        assert_eq!(outbox.room(), 3);
+        assert_eq!(outbox.push(big()), Push::Queued);
+        assert_eq!(outbox.push(big()), Push::Queued);
+        assert_eq!(outbox.push(big()), Push::Dropped);
 
-        // A batch that starts on a non-empty queue gets no exemption.
+        // A batch that finds the client behind (its own frames over the bounds) gets no
+        // exemption.
         let outbox = Outbox::bounded(10, 1000, SlowConsumerPolicy::Drop);
         outbox.push(big());
-        assert_eq!(outbox.push_in_batch(big(), None, 10).0, Push::Queued);
+        outbox.push(big());
         assert_eq!(outbox.push_in_batch(big(), None, 10).0, Push::Dropped);
+
+        // One that finds it keeping up is taken whole even if the queue is not empty.
+        let outbox = Outbox::bounded(10, 1000, SlowConsumerPolicy::Drop);
+        outbox.push(big());
+        for _ in 0..5 {
+            assert_eq!(outbox.push_in_batch(big(), None, 11).0, Push::Queued);
+        }
+
+        // A client that never reads cannot collect batch after batch.
+        let outbox = Outbox::bounded(2, 1 << 20, SlowConsumerPolicy::Drop);
+        let mut taken = 0;
+        for batch in 20..100 {
+            for _ in 0..3 {
+                if outbox.push_in_batch(big(), None, batch).0 == Push::Queued {
+                    taken += 1;
+                }
+            }
+        }
+        assert!(taken <= 2 + 2 * WHOLE_FACTOR + 3, "{taken} frames taken");
+    }
+
+    #[test]
+    fn a_snapshot_is_taken_whole_unless_the_queue_is_over_its_bounds() {
+        let small = || Bytes::from_static(b"x");
+        let snapshot: Vec<Bytes> = (0..500).map(|_| small()).collect();
+        let outbox = Outbox::bounded(256, 1 << 20, SlowConsumerPolicy::Close);
+        outbox.push(small());
+        assert_eq!(outbox.push_whole(&snapshot), Push::Queued);
+        assert_eq!(outbox.len(), 501);
+        // The queue still has its own 256 frames of room beside the snapshot.
+        assert_eq!(outbox.room(), 255);
+        for _ in 0..255 {
+            assert_eq!(outbox.push(small()), Push::Queued);
+        }
+        // A client that reads nothing cannot make it grow snapshot by snapshot.
+        assert_eq!(outbox.push_whole(&snapshot), Push::Overflowed);
+        let outbox = Outbox::bounded(256, 1 << 20, SlowConsumerPolicy::Drop);
+        assert_eq!(outbox.push_whole(&snapshot), Push::Queued);
+        for _ in 0..256 {
+            outbox.push(small());
+        }
+        assert_eq!(outbox.push_whole(&snapshot), Push::Dropped);
+        assert_eq!(outbox.take_dropped(), 500);
+        assert_eq!(outbox.len(), 756);
+        // Drained, the allowance is gone.
+        let mut out = Vec::new();
+        while outbox.drain_into(&mut out, 100) > 0 {}
+        assert_eq!(out.len(), 756);
+        assert_eq!(outbox.room(), 256);
     }
 
     #[test]

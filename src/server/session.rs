@@ -504,14 +504,9 @@ impl Session<'_> {
             return plan;
         }
         let locked = history.lock(resumed.iter().map(|(c, _)| *c));
-        // Room in the queue for the replay, after the reply and the snapshots.
-        let snapshots: usize = change
-            .changed
-            .iter()
-            .filter_map(|c| self.shared.snapshots.get(c))
-            .map(|s| s.frames.len())
-            .sum();
-        let mut room = self.client.outbox().room().saturating_sub(1 + snapshots);
+        // Room in the queue for the replay, after the reply (snapshots widen the bounds by
+        // their own size: they take none of it).
+        let mut room = self.client.outbox().room().saturating_sub(1);
         for (channel, since) in resumed {
             let (recovery, frames) = locked
                 .missed(channel, since)
@@ -832,9 +827,8 @@ impl Session<'_> {
 fn send_snapshots(client: &Client, change: &SubscriptionChange, snapshots: &SnapshotCache) {
     for channel in &change.changed {
         if let Some(snapshot) = snapshots.get(channel) {
-            for frame in snapshot.frames.iter() {
-                client.send(frame.clone());
-            }
+            // Whole: hundreds of agents are more than the queue's frame bound.
+            client.outbox().push_whole(&snapshot.frames);
         }
     }
 }

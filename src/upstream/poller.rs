@@ -169,16 +169,12 @@ impl Outlet {
             tokio::spawn(async move {
                 if let Err(e) = cluster.publish_snapshot(&snapshot).await {
                     tracing::warn!(error = %e, "snapshot not sent to the cluster; broadcast here only");
-                    for frame in snapshot.frames.iter() {
-                        hub.publish_frame(&snapshot.channel, frame);
-                    }
+                    hub.publish_frames(&snapshot.channel, &snapshot.frames);
                 }
             });
             return;
         }
-        for frame in snapshot.frames.iter() {
-            self.hub.publish_frame(&snapshot.channel, frame);
-        }
+        self.hub.publish_frames(&snapshot.channel, &snapshot.frames);
     }
 
     /// Publishes an event of the pollers' own (`rpc_error`, breaker notifications): to
