@@ -96,6 +96,15 @@ impl Authenticator {
                     .to_owned(),
             });
         }
+        // Config::validate bounds it too; an embedder may build an AuthConfig directly, and
+        // jsonwebtoken computes `now - leeway` unchecked (a leeway past 1970 overflowed:
+        // found by the token_times fuzz target).
+        if config.leeway > crate::config::MAX_DURATION {
+            return Err(ConfigError::Invalid {
+                field: "auth.leeway",
+                reason: "must be at most 10 years".to_owned(),
+            });
+        }
         let default_subscribe =
             Patterns::new(default_channels).map_err(|e| ConfigError::Invalid {
                 field: "default_subscriptions",
@@ -217,6 +226,34 @@ mod tests {
         assert!(matches!(auth.verify("guess"), Err(AuthError::Invalid(_))));
         assert!(auth.is_publish_key("service-key-0123456789"));
         assert!(!auth.is_publish_key("service-key-012345678"));
+    }
+
+    #[test]
+    fn a_leeway_past_ten_years_is_refused_not_overflowed() {
+        let secret = "leeway-test-secret-leeway-test-32b";
+        let token = |claims: serde_json::Value| {
+            jsonwebtoken::encode(
+                &jsonwebtoken::Header::default(),
+                &claims,
+                &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+            )
+            .unwrap()
+        };
+        let mut config = AuthConfig {
+            jwt_secret: Some(secret.into()),
+            leeway: std::time::Duration::from_secs(u64::from(u32::MAX)),
+            ..AuthConfig::default()
+        };
+        let err = Authenticator::new(&config, &defaults()).unwrap_err();
+        assert!(err.to_string().contains("auth.leeway"), "{err}");
+        // Ten years is the most, and works: a token expired five years ago is inside it.
+        config.leeway = crate::config::MAX_DURATION;
+        let auth = Authenticator::new(&config, &defaults()).unwrap();
+        let five_years_ago =
+            crate::event::unix_seconds(std::time::SystemTime::now()) - 5 * 365 * 24 * 3600;
+        let claims = serde_json::json!({"sub": "a", "exp": five_years_ago});
+        let id = auth.verify(&token(claims)).unwrap();
+        assert_eq!(id.subject, "a");
     }
 
     #[test]
