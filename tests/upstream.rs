@@ -560,3 +560,31 @@ async fn five_hundred_agents_never_close_a_client_that_reads() {
     let (_, stats) = common::http_get_json(server.addr, "/api/v1/stats").await;
     assert_eq!(stats["closes"]["4000"], 0, "{stats}");
 }
+
+/// `engine.url` without the `/api/v1` base: the engine answers 404 to every call. The
+/// error says so, with the URL it called, and a breaker that opens on an engine that never
+/// answered does not claim to serve cached data.
+#[tokio::test]
+async fn an_engine_url_without_its_api_base_is_named_in_the_error() {
+    let engine = Engine::start().await;
+    let url = format!("http://{}", engine.addr);
+    let server = TestServer::with(move |c| {
+        c.engine.url = Some(url);
+        c.engine.poll_interval = Duration::from_millis(100);
+        c.engine.breaker_threshold = 2;
+    })
+    .await;
+    let mut client = server.client().await;
+    let error = client.recv_type("rpc_error").await;
+    let message = error["data"]["message"].as_str().unwrap();
+    assert!(message.contains("HTTP 404"), "{error}");
+    assert!(
+        message.contains(&format!("http://{}/rpc", engine.addr)),
+        "{error}"
+    );
+    assert!(message.contains("/api/v1"), "{error}");
+    let opened = breaker_event(&mut client, "system.status", "open").await;
+    let text = opened["data"]["message"].as_str().unwrap();
+    assert!(!text.contains("serving cached data"), "{opened}");
+    assert!(text.contains("never answered"), "{opened}");
+}

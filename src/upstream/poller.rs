@@ -217,11 +217,23 @@ impl Outlet {
 
     fn breaker_changed(&self, spec: &PollSpec, breaker: &Breaker, t: Transition) {
         self.breakers.record(spec.name, breaker);
+        let cached = spec
+            .channels
+            .iter()
+            .any(|c| self.snapshots.get(c).is_some());
         let (level, message) = match t.to {
-            BreakerState::Open => (
+            BreakerState::Open if cached => (
                 "warning",
                 format!(
                     "circuit breaker for {} opened; serving cached data",
+                    spec.name
+                ),
+            ),
+            BreakerState::Open => (
+                "warning",
+                format!(
+                    "circuit breaker for {} opened; it has never answered, so there is no \
+                     data to serve",
                     spec.name
                 ),
             ),

@@ -31,9 +31,14 @@ pub enum UpstreamError {
     /// The engine did not answer in time: an outage.
     #[error("engine did not answer within {0:?}")]
     Timeout(Duration),
-    /// The engine answered with an HTTP error status.
-    #[error("engine answered HTTP {0}")]
-    Status(u16),
+    /// The engine answered with an HTTP error status (and no JSON-RPC body).
+    #[error("engine answered HTTP {status} to POST {url}{}", status_hint(*.status))]
+    Status {
+        /// The HTTP status.
+        status: u16,
+        /// The URL called.
+        url: String,
+    },
     /// The answer is not a JSON-RPC 2.0 response to this call.
     #[error("invalid JSON-RPC response: {0}")]
     InvalidResponse(String),
@@ -139,10 +144,24 @@ impl RpcClient {
         // JSON-RPC servers may carry errors on non-2xx statuses; read the body first.
         match parse_response(&body, id) {
             Err(UpstreamError::InvalidResponse(_)) if !status.is_success() => {
-                Err(UpstreamError::Status(status.as_u16()))
+                Err(UpstreamError::Status {
+                    status: status.as_u16(),
+                    url: self.endpoint.to_string(),
+                })
             }
             other => other,
         }
+    }
+}
+
+/// What an HTTP status most likely means about `engine.url`.
+fn status_hint(status: u16) -> &'static str {
+    match status {
+        404 | 405 => {
+            " (is engine.url the engine's API base? SigmaVault's usually ends in /api/v1, \
+             and calls go to {engine.url}/rpc)"
+        }
+        _ => "",
     }
 }
 

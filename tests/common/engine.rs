@@ -138,7 +138,11 @@ async fn answer(
             .body(Full::new(Bytes::from(body.to_string())))
             .unwrap()
     };
-    if !path_ok || request["jsonrpc"] != "2.0" {
+    if !path_ok {
+        // What the real engine (FastAPI) answers for any other path.
+        return reply(404, json!({"detail": "Not Found"}));
+    }
+    if request["jsonrpc"] != "2.0" {
         return reply(
             400,
             json!({"jsonrpc": "2.0", "error": {"code": -32600, "message": "bad request"}, "id": id}),
