@@ -588,3 +588,33 @@ async fn an_engine_url_without_its_api_base_is_named_in_the_error() {
     assert!(!text.contains("serving cached data"), "{opened}");
     assert!(text.contains("never answered"), "{opened}");
 }
+
+/// A call slower than the poll interval must not make the next tick fire at once: that
+/// sent the same stale frame twice in one millisecond.
+#[tokio::test]
+async fn a_slow_call_sends_one_stale_frame_per_tick() {
+    let engine = Engine::start().await;
+    let url = engine.url();
+    let server = TestServer::with(move |c| {
+        c.engine.url = Some(url);
+        c.engine.poll_interval = Duration::from_millis(100);
+        c.engine.timeout = Duration::from_millis(250);
+        // The second slow failure opens the breaker; the tick due at once then found it
+        // open and re-sent the stale frame just sent.
+        c.engine.breaker_threshold = 2;
+    })
+    .await;
+    let mut client = server.client().await;
+    fresh_status(&mut client).await;
+    engine.set("system.status", Behavior::Hang);
+    let mut stale = Vec::new();
+    while stale.len() < 6 {
+        let s = status(&mut client).await;
+        if s["data"]["stale"] == true {
+            stale.push(s);
+        }
+    }
+    for pair in stale.windows(2) {
+        assert_ne!(pair[0], pair[1], "the same stale frame twice");
+    }
+}

@@ -2,7 +2,9 @@
 //! result into snapshots and broadcasts, or, on failure, re-send the last good data stale.
 //!
 //! A poller awaits each call before the next tick (no overlapping calls), and every call is
-//! bounded by a timeout, so a hung engine delays nothing but its own poller.
+//! bounded by a timeout, so a hung engine delays nothing but its own poller. A call that
+//! outlasts the interval restarts it, so a method sends at most one round of frames per
+//! interval.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -88,9 +90,15 @@ pub(crate) async fn run(spec: PollSpec, outlet: Outlet, policy: Policy) {
             outlet.republish_stale(spec.channels, CIRCUIT_BREAKER_OPEN);
             continue;
         }
+        let started = tokio::time::Instant::now();
         let outcome = (spec.fetch)().await.and_then(|result| {
             (spec.shape)(&result, &outlet.faults).map_err(UpstreamError::InvalidResponse)
         });
+        if started.elapsed() >= spec.interval {
+            // A call that outlasted the interval: the next tick would be due at once and
+            // send this method's (stale) frames twice in a row. Start the next interval now.
+            ticks.reset();
+        }
         match outcome {
             Ok(groups) => {
                 let now = SystemTime::now();
