@@ -321,6 +321,11 @@ pub(crate) struct Cli {
     /// Least time between two `rpc_error` events of one method [default: 60s].
     #[arg(long, env = "SIGMAHUB_ENGINE_ERROR_REPORT_INTERVAL", value_parser = humantime::parse_duration, value_name = "DURATION")]
     engine_error_report_interval: Option<Duration>,
+
+    /// While a breaker is open, how often to probe the engine's health.check; 0 turns it
+    /// off [default: 30s].
+    #[arg(long, env = "SIGMAHUB_ENGINE_RECOVERY_PROBE_INTERVAL", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    engine_recovery_probe_interval: Option<Duration>,
 }
 
 /// How log lines are written.
@@ -388,6 +393,7 @@ impl Cli {
             engine_breaker_threshold => breaker_threshold,
             engine_breaker_reset => breaker_reset,
             engine_error_report_interval => error_report_interval,
+            engine_recovery_probe_interval => recovery_probe_interval,
         );
         overlay_in!(auth:
             auth_leeway => leeway,

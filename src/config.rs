@@ -419,6 +419,11 @@ pub struct EngineConfig {
     /// first failure and every breaker change are always reported). Default 60 s.
     #[serde(with = "humantime_serde")]
     pub error_report_interval: Duration,
+    /// While any breaker is open, how often to call the engine's `health.check`; when it
+    /// answers, open breakers try their method at once instead of waiting out
+    /// `breaker_reset`. Default 30 s; 0 turns the probe off.
+    #[serde(with = "humantime_serde")]
+    pub recovery_probe_interval: Duration,
 }
 
 impl Default for EngineConfig {
@@ -430,6 +435,7 @@ impl Default for EngineConfig {
             breaker_threshold: 5,
             breaker_reset: Duration::from_secs(300),
             error_report_interval: Duration::from_secs(60),
+            recovery_probe_interval: Duration::from_secs(30),
         }
     }
 }
@@ -592,6 +598,10 @@ impl Config {
             (
                 "engine.error_report_interval",
                 self.engine.error_report_interval,
+            ),
+            (
+                "engine.recovery_probe_interval",
+                self.engine.recovery_probe_interval,
             ),
         ] {
             if d > MAX_DURATION {

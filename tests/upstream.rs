@@ -618,3 +618,33 @@ async fn a_slow_call_sends_one_stale_frame_per_tick() {
         assert_ne!(pair[0], pair[1], "the same stale frame twice");
     }
 }
+
+/// After an outage the engine is back within seconds: the recovery probe's health.check
+/// answers, and the open breaker tries at once instead of serving cached data for the
+/// 5-minute reset.
+#[tokio::test]
+async fn the_recovery_probe_ends_an_outage_before_the_reset() {
+    let engine = Engine::start().await;
+    let url = engine.url();
+    let server = TestServer::with(move |c| {
+        c.engine.url = Some(url);
+        c.engine.poll_interval = Duration::from_millis(100);
+        c.engine.breaker_threshold = 1;
+        c.engine.breaker_reset = Duration::from_secs(300);
+        c.engine.recovery_probe_interval = Duration::from_millis(300);
+    })
+    .await;
+    let mut client = server.client().await;
+    fresh_status(&mut client).await;
+    engine.set("system.status", Behavior::HttpError(500));
+    breaker_event(&mut client, "system.status", "open").await;
+    let probes_before = engine.calls("health.check");
+    engine.set(
+        "system.status",
+        Behavior::Answer(default_answer("system.status").unwrap()),
+    );
+    breaker_event(&mut client, "system.status", "half_open").await;
+    breaker_event(&mut client, "system.status", "closed").await;
+    fresh_status(&mut client).await;
+    assert!(engine.calls("health.check") > probes_before);
+}

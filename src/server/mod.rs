@@ -233,6 +233,7 @@ impl Server {
             breakers: shared.breakers.clone(),
             cluster: shared.cluster.clone(),
             faults: shared.translation_faults.clone(),
+            recovery: Arc::default(),
         };
         let mut pollers = tokio::task::JoinSet::new();
         match &shared.cluster {

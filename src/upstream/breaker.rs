@@ -10,7 +10,8 @@
 //! ```
 //!
 //! - **Closed**: calls go through; `threshold` consecutive failures open it.
-//! - **Open**: no calls for `reset_after`; then the next [`Breaker::permit`] half-opens it.
+//! - **Open**: no calls for `reset_after`, or until [`Breaker::recovered`] says the engine
+//!   answers again (the recovery probe); then the next [`Breaker::permit`] half-opens it.
 //! - **HalfOpen**: exactly one trial call is let through; its success closes the breaker,
 //!   its failure re-opens it for another `reset_after`.
 //!
@@ -49,6 +50,8 @@ pub struct Breaker {
     consecutive_failures: u32,
     opened_at: Option<Instant>,
     trial_in_flight: bool,
+    /// The engine answered a probe since the breaker opened: try at once.
+    recovered: bool,
 }
 
 impl Breaker {
@@ -62,6 +65,7 @@ impl Breaker {
             consecutive_failures: 0,
             opened_at: None,
             trial_in_flight: false,
+            recovered: false,
         }
     }
 
@@ -90,7 +94,8 @@ impl Breaker {
         match self.state {
             BreakerState::Closed => (true, None),
             BreakerState::Open => {
-                if self.retry_at().is_some_and(|at| now >= at) {
+                if self.recovered || self.retry_at().is_some_and(|at| now >= at) {
+                    self.recovered = false;
                     self.trial_in_flight = true;
                     (true, Some(self.set(BreakerState::HalfOpen)))
                 } else {
@@ -105,6 +110,14 @@ impl Breaker {
                     (true, None)
                 }
             }
+        }
+    }
+
+    /// The engine answered a recovery probe: an open breaker lets its trial call through
+    /// at the next [`permit`](Self::permit) instead of waiting out `reset_after`.
+    pub fn recovered(&mut self) {
+        if self.state == BreakerState::Open {
+            self.recovered = true;
         }
     }
 
@@ -127,6 +140,7 @@ impl Breaker {
         };
         if open {
             self.opened_at = Some(now);
+            self.recovered = false;
             Some(self.set(BreakerState::Open))
         } else {
             None
@@ -199,5 +213,21 @@ mod tests {
         assert_eq!(b.on_success().map(|t| t.to), Some(BreakerState::Closed));
         assert_eq!(b.consecutive_failures(), 0);
         assert_eq!(b.permit(t1 + RESET), (true, None));
+    }
+
+    #[test]
+    fn a_recovery_half_opens_an_open_breaker_at_once() {
+        let t0 = Instant::now();
+        let mut b = Breaker::new(1, RESET);
+        b.recovered(); // closed: nothing to do
+        b.on_failure(t0);
+        assert_eq!(b.permit(t0), (false, None));
+        b.recovered();
+        let (allowed, transition) = b.permit(t0);
+        assert!(allowed);
+        assert_eq!(transition.unwrap().to, BreakerState::HalfOpen);
+        // The trial fails: open again, for the whole reset unless recovered again.
+        b.on_failure(t0);
+        assert_eq!(b.permit(t0 + Duration::from_secs(1)), (false, None));
     }
 }

@@ -16,6 +16,7 @@
 pub mod breaker;
 pub mod host;
 pub(crate) mod poller;
+pub(crate) mod probe;
 pub mod rpc;
 pub mod snapshot;
 pub mod translate;
@@ -123,6 +124,31 @@ pub(crate) fn start(config: &Config, outlet: Outlet, tasks: &mut tokio::task::Jo
                 Err(e) => tracing::warn!(error = %e, "engine health check failed"),
             }
         });
+        if !engine.recovery_probe_interval.is_zero() {
+            let (client, board, recovery) = (
+                client.clone(),
+                outlet.breakers.clone(),
+                outlet.recovery.clone(),
+            );
+            let interval = engine.recovery_probe_interval;
+            tasks.spawn(async move {
+                let any_open = || {
+                    board.all().iter().any(|(method, status)| {
+                        !method.starts_with("host.") && status.state == BreakerState::Open
+                    })
+                };
+                let check = || {
+                    let client = client.clone();
+                    async move {
+                        client
+                            .call("health.check", &serde_json::json!({}))
+                            .await
+                            .map(drop)
+                    }
+                };
+                probe::run(interval, any_open, check, &recovery).await;
+            });
+        }
         let rpc = |method: &'static str, params: serde_json::Value| -> poller::Fetch {
             let client = client.clone();
             Box::new(move || {

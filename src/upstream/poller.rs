@@ -14,6 +14,7 @@ use std::time::{Duration, Instant, SystemTime};
 use serde_json::value::RawValue;
 
 use super::breaker::{Breaker, BreakerState, Transition};
+use super::probe::Recovery;
 use super::rpc::UpstreamError;
 use super::snapshot::{Snapshot, SnapshotCache};
 use super::translate::Faults;
@@ -63,6 +64,8 @@ pub(crate) struct Outlet {
     pub(crate) cluster: Option<Arc<Cluster>>,
     /// Engine answers that did not fit the protocol.
     pub(crate) faults: Arc<Faults>,
+    /// Recovery probes the engine answered.
+    pub(crate) recovery: Arc<Recovery>,
 }
 
 /// Breaker and reporting settings.
@@ -80,8 +83,13 @@ pub(crate) async fn run(spec: PollSpec, outlet: Outlet, policy: Policy) {
     let mut ticks = tokio::time::interval(spec.interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_report: Option<Instant> = None;
+    // The recovery probes answered before this method's breaker last opened.
+    let mut probes_seen = outlet.recovery.generation();
     loop {
         ticks.tick().await;
+        if breaker.state() == BreakerState::Open && outlet.recovery.generation() > probes_seen {
+            breaker.recovered();
+        }
         let (allowed, transition) = breaker.permit(now());
         if let Some(t) = transition {
             outlet.breaker_changed(&spec, &breaker, t);
@@ -118,6 +126,9 @@ pub(crate) async fn run(spec: PollSpec, outlet: Outlet, policy: Policy) {
             Err(e) => {
                 let now = now();
                 let transition = breaker.on_failure(now);
+                if transition.is_some_and(|t| t.to == BreakerState::Open) {
+                    probes_seen = outlet.recovery.generation();
+                }
                 if let Some(t) = transition {
                     outlet.breaker_changed(&spec, &breaker, t);
                 }
