@@ -19,7 +19,7 @@ pub(crate) mod poller;
 pub(crate) mod probe;
 pub mod rpc;
 pub mod snapshot;
-pub mod translate;
+pub(crate) mod translate;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};

@@ -171,7 +171,7 @@ pub(crate) fn unix_seconds(text: &str) -> Option<i64> {
 /// Engine answers that did not fit the protocol: per method and field, how many times a
 /// required field could not be filled.
 #[derive(Debug, Default)]
-pub struct Faults {
+pub(crate) struct Faults {
     counts: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
 }
 
@@ -192,7 +192,7 @@ impl Faults {
     }
 
     /// Every count so far, by method and field.
-    pub fn counts(&self) -> BTreeMap<(&'static str, &'static str), u64> {
+    pub(crate) fn counts(&self) -> BTreeMap<(&'static str, &'static str), u64> {
         self.counts
             .lock()
             .unwrap_or_else(|e| e.into_inner())
