@@ -113,7 +113,9 @@ async fn normal_operation_sends_fresh_engine_data() {
     assert_eq!(summary["data"]["jobs"].as_array().unwrap().len(), 2);
     assert_eq!(summary["data"]["jobs"][0]["compression_ratio"], 1.0);
 
-    // agent.status: the engine's 40 agents, each in the protocol's shape.
+    // agent.status: the engine's 40 agents, each in the protocol's shape (sent when they
+    // change: a new client gets them all in its snapshot).
+    let mut client = server.client().await;
     let mut agents = std::collections::BTreeSet::new();
     let start = std::time::Instant::now();
     while agents.len() < 40 {
@@ -259,26 +261,71 @@ async fn rpc_errors_are_reported_at_a_bounded_rate() {
     let mut client = server.client().await;
     client.recv_type("agent.status").await; // cached once before the outage
     engine.set("agents.list", Behavior::RpcError(-32000));
-    let mut stale_events = 0;
+    let failing_from = engine.calls("agents.list");
+    // Ten failed polls, then a marker: everything the outage sent is before it.
+    common::eventually("ten failed polls", || {
+        engine.calls("agents.list") >= failing_from + 11
+    })
+    .await;
+    server
+        .publish(&serde_json::json!({"type": "notification", "data": {"marker": true}}))
+        .await;
+    let mut stale_agents = std::collections::BTreeMap::<String, usize>::new();
     let mut reports = 0;
-    let start = std::time::Instant::now();
-    while stale_events < 400 {
-        assert!(
-            start.elapsed() < common::DEADLINE,
-            "only {stale_events} stale events"
-        );
+    loop {
         let m = client.recv().await;
         match m["type"].as_str() {
             Some("agent.status") if m["data"]["stale"] == true => {
                 assert_eq!(m["data"]["error_code"], "AGENT_STATUS_FAILED");
-                stale_events += 1;
+                let id = m["data"]["agent_id"].as_str().unwrap().to_owned();
+                *stale_agents.entry(id).or_default() += 1;
             }
             Some("rpc_error") => reports += 1,
+            Some("notification") if m["data"]["marker"] == true => break,
             _ => {}
         }
     }
-    // 10 failed polls (the engine's 40 agents each): one report, not ten.
+    // One report, not ten; each of the 40 agents marked stale once, not once per poll.
     assert_eq!(reports, 1);
+    assert_eq!(stale_agents.len(), 40, "{stale_agents:?}");
+    assert!(stale_agents.values().all(|n| *n == 1), "{stale_agents:?}");
+}
+
+/// An agent's event goes out when the agent changed, not on every poll.
+#[tokio::test]
+async fn agent_events_are_sent_when_the_agent_changes() {
+    let engine = Engine::start().await;
+    let server = server_for(&engine, 5, Duration::from_secs(300)).await;
+    let mut client = server.client().await;
+    let mut seen = std::collections::BTreeSet::new();
+    while seen.len() < 40 {
+        let a = client.recv_type("agent.status").await;
+        seen.insert(a["data"]["agent_id"].as_str().unwrap().to_owned());
+    }
+    let mut agents = default_answer("agents.list").unwrap();
+    agents[6]["status"] = "busy".into();
+    engine.set("agents.list", Behavior::Answer(agents));
+    let from = engine.calls("agents.list");
+    common::eventually("five more polls", || {
+        engine.calls("agents.list") >= from + 6
+    })
+    .await;
+    server
+        .publish(&serde_json::json!({"type": "notification", "data": {"marker": true}}))
+        .await;
+    let mut sent = Vec::new();
+    loop {
+        let m = client.recv().await;
+        if m["type"] == "agent.status" {
+            sent.push((m["data"]["agent_id"].clone(), m["data"]["status"].clone()));
+        }
+        if m["type"] == "notification" && m["data"]["marker"] == true {
+            break;
+        }
+    }
+    // Five polls: the changed agent once, and nobody else (the first polls before the
+    // change may still have been in flight: they repeat nothing either).
+    assert_eq!(sent, [("agent-007".into(), "busy".into())], "{sent:?}");
 }
 
 #[tokio::test]
@@ -535,27 +582,40 @@ fn agents(n: usize) -> Value {
     )
 }
 
+/// Reads until every one of 500 agents was seen with `status`.
+async fn read_all_agents(client: &mut Client, status: &str) {
+    let mut seen = std::collections::BTreeSet::new();
+    while seen.len() < 500 {
+        let m = client.recv().await;
+        if m["type"] == "agent.status" && m["data"]["status"] == status {
+            seen.insert(m["data"]["agent_id"].as_str().unwrap().to_owned());
+        }
+    }
+}
+
 /// 500 agents are more than a client's 256-frame queue bound: the snapshot at connect and
-/// every poll's broadcast still reach a client that reads, whole, and close nobody.
+/// a poll that changes every agent still reach clients that read, whole, and close nobody.
 #[tokio::test]
 async fn five_hundred_agents_never_close_a_client_that_reads() {
     let engine = Engine::start().await;
     engine.set("agents.list", Behavior::Answer(agents(500)));
     let server = server_for(&engine, 5, Duration::from_secs(300)).await;
     common::eventually("the first agents poll", || engine.calls("agents.list") >= 2).await;
+    // The snapshot at connect.
+    let mut clients = Vec::new();
     for _ in 0..3 {
-        // The snapshot at connect, then at least one broadcast of all 500.
         let mut client = server.client().await;
-        for round in 0..2 {
-            let mut seen = std::collections::BTreeSet::new();
-            while seen.len() < 500 {
-                let m = client.recv().await;
-                assert_ne!(m["type"], "close", "round {round}: {m}");
-                if m["type"] == "agent.status" {
-                    seen.insert(m["data"]["agent_id"].as_str().unwrap().to_owned());
-                }
-            }
-        }
+        read_all_agents(&mut client, "idle").await;
+        clients.push(client);
+    }
+    // Every agent changes: one poll sends 500 events to each.
+    let mut busy = agents(500);
+    for agent in busy.as_array_mut().unwrap() {
+        agent["status"] = "busy".into();
+    }
+    engine.set("agents.list", Behavior::Answer(busy));
+    for client in &mut clients {
+        read_all_agents(client, "busy").await;
     }
     let (_, stats) = common::http_get_json(server.addr, "/api/v1/stats").await;
     assert_eq!(stats["closes"]["4000"], 0, "{stats}");

@@ -250,8 +250,12 @@ impl Cluster {
                     tracing::warn!(subject = %message.subject, "not a sigmahub snapshot; dropped");
                     continue;
                 };
+                let previous = cache.get(&snapshot.channel);
                 let snapshot = cache.store(snapshot);
-                hub.publish_frames(&snapshot.channel, &snapshot.frames);
+                hub.publish_frames(
+                    &snapshot.channel,
+                    &snapshot.to_broadcast(previous.as_deref()),
+                );
             }
         });
         self.tasks.lock().expect("tasks lock").push(task);

@@ -165,35 +165,41 @@ fn now() -> Instant {
 impl Outlet {
     fn publish_fresh(&self, channel: &'static str, items: Vec<Box<RawValue>>, now: SystemTime) {
         let channel = Channel::new(channel).expect("pollers use valid channel names");
-        let snapshot = self
-            .snapshots
-            .store(Snapshot::new(channel, items.into(), now, None, now));
-        self.broadcast(&snapshot);
+        self.publish_snapshot(Snapshot::new(channel, items.into(), now, None, now));
     }
 
     fn republish_stale(&self, channels: &[&str], error_code: &'static str) {
         let now = SystemTime::now();
         for channel in channels {
             if let Some(previous) = self.snapshots.get(channel) {
-                let snapshot = self.snapshots.store(previous.to_stale(error_code, now));
-                self.broadcast(&snapshot);
+                self.publish_snapshot(previous.to_stale(error_code, now));
             }
         }
     }
 
-    fn broadcast(&self, snapshot: &Arc<Snapshot>) {
-        if let Some(cluster) = &self.cluster {
-            // Every node (this one too) stores and broadcasts it when it comes back.
-            let (cluster, snapshot, hub) = (cluster.clone(), snapshot.clone(), self.hub.clone());
-            tokio::spawn(async move {
-                if let Err(e) = cluster.publish_snapshot(&snapshot).await {
-                    tracing::warn!(error = %e, "snapshot not sent to the cluster; broadcast here only");
-                    hub.publish_frames(&snapshot.channel, &snapshot.frames);
-                }
-            });
+    /// Stores `snapshot` and sends what changed since the one it replaces
+    /// ([`Snapshot::to_broadcast`]). In a cluster it goes through the stream, and every
+    /// node (this one too) stores it and works that out against its own cache.
+    fn publish_snapshot(&self, snapshot: Snapshot) {
+        let local = |hub: &Hub, cache: &SnapshotCache, snapshot: Snapshot| {
+            let previous = cache.get(&snapshot.channel);
+            let snapshot = cache.store(snapshot);
+            hub.publish_frames(
+                &snapshot.channel,
+                &snapshot.to_broadcast(previous.as_deref()),
+            );
+        };
+        let Some(cluster) = &self.cluster else {
+            local(&self.hub, &self.snapshots, snapshot);
             return;
-        }
-        self.hub.publish_frames(&snapshot.channel, &snapshot.frames);
+        };
+        let (cluster, hub, cache) = (cluster.clone(), self.hub.clone(), self.snapshots.clone());
+        tokio::spawn(async move {
+            if let Err(e) = cluster.publish_snapshot(&snapshot).await {
+                tracing::warn!(error = %e, "snapshot not sent to the cluster; broadcast here only");
+                local(&hub, &cache, snapshot);
+            }
+        });
     }
 
     /// Publishes an event of the pollers' own (`rpc_error`, breaker notifications): to

@@ -44,6 +44,25 @@ impl Staleness {
     }
 }
 
+/// The field that names an item of a status type sent per change (see
+/// [`Snapshot::to_broadcast`]): `agent.status`, one event per agent, by `agent_id`.
+pub fn change_key(channel: &str) -> Option<&'static str> {
+    match channel {
+        "agent.status" => Some("agent_id"),
+        _ => None,
+    }
+}
+
+/// An item's key and its data without `timestamp`, to compare two polls.
+fn keyed(item: &RawValue, key: &str) -> Option<(String, serde_json::Value)> {
+    let serde_json::Value::Object(mut data) = serde_json::from_str(item.get()).ok()? else {
+        return None;
+    };
+    data.remove("timestamp");
+    let id = data.get(key)?.as_str()?.to_owned();
+    Some((id, serde_json::Value::Object(data)))
+}
+
 /// The latest value of one status type.
 #[derive(Debug, Clone)]
 pub struct Snapshot {
@@ -91,6 +110,37 @@ impl Snapshot {
             Some(Staleness { error_code }),
             now,
         )
+    }
+
+    /// The frames to broadcast when this snapshot replaces `previous`. Every frame, except
+    /// for types sent per change ([`change_key`]): there, an item goes out when it is new
+    /// or its data changed (its `timestamp` aside), and during an outage every item goes
+    /// out once when the staleness changes (fresh to stale, or another `error_code`), not
+    /// again on every tick. New subscribers always receive every item (the snapshot).
+    pub fn to_broadcast(&self, previous: Option<&Snapshot>) -> Vec<Bytes> {
+        let (Some(key), Some(previous)) = (change_key(&self.channel), previous) else {
+            return self.frames.to_vec();
+        };
+        if previous.stale != self.stale {
+            return self.frames.to_vec();
+        }
+        if self.stale.is_some() {
+            return Vec::new();
+        }
+        let before: std::collections::HashMap<String, serde_json::Value> = previous
+            .items
+            .iter()
+            .filter_map(|item| keyed(item, key))
+            .collect();
+        self.items
+            .iter()
+            .zip(self.frames.iter())
+            .filter(|(item, _)| match keyed(item, key) {
+                Some((id, data)) => before.get(&id) != Some(&data),
+                None => true,
+            })
+            .map(|(_, frame)| frame.clone())
+            .collect()
     }
 
     /// Freshness alone: `stale`, `error_code`, `last_update` (the stats API shows this).
@@ -297,5 +347,64 @@ mod tests {
         assert_eq!(cache.get("a").unwrap().items[0].get(), r#"{"v":3}"#);
         assert_eq!(cache.all().len(), 2);
         assert!(cache.get("c").is_none());
+    }
+
+    fn agents(now: SystemTime, statuses: &[(&str, &str)]) -> Snapshot {
+        let items: Vec<_> = statuses
+            .iter()
+            .map(|(id, status)| {
+                raw(&format!(
+                    r#"{{"agent_id":"{id}","status":"{status}","timestamp":{}}}"#,
+                    crate::event::unix_seconds(now)
+                ))
+            })
+            .collect();
+        Snapshot::new(
+            Channel::new("agent.status").unwrap(),
+            items.into(),
+            now,
+            None,
+            now,
+        )
+    }
+
+    fn ids(frames: &[Bytes]) -> Vec<String> {
+        frames
+            .iter()
+            .map(|f| payload(f)["data"]["agent_id"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn agents_go_out_when_they_change_and_staleness_once_per_change() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_796_000_000);
+        let t1 = t0 + Duration::from_secs(5);
+        let first = agents(t0, &[("a", "idle"), ("b", "idle")]);
+        assert_eq!(ids(&first.to_broadcast(None)), ["a", "b"]);
+        // Only the timestamp moved: nothing to send.
+        let same = agents(t1, &[("a", "idle"), ("b", "idle")]);
+        assert!(same.to_broadcast(Some(&first)).is_empty());
+        // b changed, c is new.
+        let changed = agents(t1, &[("a", "idle"), ("b", "busy"), ("c", "idle")]);
+        assert_eq!(ids(&changed.to_broadcast(Some(&first))), ["b", "c"]);
+        // The outage: every agent once, then nothing while the code stays the same.
+        let stale = changed.to_stale("RPC_DISCONNECT", t1);
+        assert_eq!(stale.to_broadcast(Some(&changed)).len(), 3);
+        let still = stale.to_stale("RPC_DISCONNECT", t1);
+        assert!(still.to_broadcast(Some(&stale)).is_empty());
+        let open = still.to_stale("CIRCUIT_BREAKER_OPEN", t1);
+        assert_eq!(open.to_broadcast(Some(&still)).len(), 3);
+        // Fresh again: every agent, unmarked.
+        let back = agents(t1, &[("a", "idle"), ("b", "busy"), ("c", "idle")]);
+        assert_eq!(back.to_broadcast(Some(&open)).len(), 3);
+        // Other types go out whole every time.
+        let status = Snapshot::new(
+            Channel::new("system.status").unwrap(),
+            vec![raw("{}")].into(),
+            t0,
+            None,
+            t0,
+        );
+        assert_eq!(status.to_broadcast(Some(&status)).len(), 1);
     }
 }
