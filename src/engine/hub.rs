@@ -217,41 +217,26 @@ impl Hub {
     ///
     /// Every event is queued for every subscriber before any writer is woken, so a writer
     /// finds the whole batch in its queue and sends it with one vectored write instead of
-    /// racing the publisher frame by frame. A client whose queue the batch found empty
-    /// takes all of it, even past `client_queue_bytes` (not past `client_queue_capacity`).
+    /// racing the publisher frame by frame. A client that keeps up takes all of it, even
+    /// past its queue's bounds (see [`Outbox::push_in_batch`]).
     pub fn publish_batch(&self, events: &[Event], now: SystemTime) -> Delivery {
         if let [event] = events {
             return self.publish_at(event, now);
         }
-        thread_local! {
-            static OWED: std::cell::RefCell<Vec<Arc<Outbox>>> = const { std::cell::RefCell::new(Vec::new()) };
-        }
-        // Ids start at 1: 0 means "no batch" to the outbox.
-        let batch = self.shared.next_batch.fetch_add(1, Ordering::Relaxed) + 1;
-        OWED.with(|owed| {
-            let mut owed = owed.borrow_mut();
+        self.in_batch(|batch| {
             let mut delivery = Delivery::default();
-            let mut push = |outbox: &Arc<Outbox>, frame, since| {
-                let (push, wake) = outbox.push_in_batch(frame, since, batch);
-                if wake {
-                    owed.push(Arc::clone(outbox));
-                }
-                push
-            };
             for event in events {
                 let channel = event.channel();
+                let push = |o: &Arc<Outbox>, f, s| batch.push(o, f, s);
                 delivery += match self.local_history() {
-                    None => self.fan_out(channel, || event.to_frame(now), &mut push),
+                    None => self.fan_out(channel, || event.to_frame(now), push),
                     Some(history) => history.append(
                         channel,
                         now,
                         |offset| event.to_frame_at(now, Some(offset)),
-                        |frame| self.fan_out(channel, || frame.clone(), &mut push),
+                        |frame| self.fan_out(channel, || frame.clone(), push),
                     ),
                 };
-            }
-            for outbox in owed.drain(..) {
-                outbox.wake();
             }
             delivery
         })
@@ -309,33 +294,41 @@ impl Hub {
     }
 
     /// Fans already encoded frames out to the subscribers of `channel`, in order, as one
-    /// batch: a client whose queue the batch found empty takes all of it, however many
-    /// frames (see [`Outbox::push_in_batch`]). For multi-frame snapshots (one frame per
-    /// agent, per job), which a client that keeps up must never be closed for.
+    /// batch that a client keeping up takes whole (see [`Outbox::push_in_batch`]). For
+    /// multi-frame snapshots (one frame per agent, per job), which a client that keeps up
+    /// must never be closed for.
     pub fn publish_frames(&self, channel: &str, frames: &[Bytes]) -> Delivery {
         if let [frame] = frames {
             return self.publish_frame(channel, frame);
         }
-        let batch = self.shared.next_batch.fetch_add(1, Ordering::Relaxed) + 1;
-        let mut owed = Vec::new();
-        let mut delivery = Delivery::default();
-        for frame in frames {
-            delivery += self.fan_out(
-                channel,
-                || frame.clone(),
-                |outbox, frame, since| {
-                    let (push, wake) = outbox.push_in_batch(frame, since, batch);
-                    if wake {
-                        owed.push(Arc::clone(outbox));
-                    }
-                    push
-                },
-            );
+        self.in_batch(|batch| {
+            let mut delivery = Delivery::default();
+            for frame in frames {
+                delivery += self.fan_out(channel, || frame.clone(), |o, f, s| batch.push(o, f, s));
+            }
+            delivery
+        })
+    }
+
+    /// Runs `publish` with one publish batch ([`Outbox::push_in_batch`]), then wakes each
+    /// writer it owes a wake-up, once.
+    fn in_batch(&self, publish: impl FnOnce(&mut Batch<'_>) -> Delivery) -> Delivery {
+        thread_local! {
+            static OWED: std::cell::RefCell<Vec<Arc<Outbox>>> = const { std::cell::RefCell::new(Vec::new()) };
         }
-        for outbox in owed {
-            outbox.wake();
-        }
-        delivery
+        // Ids start at 1: 0 means "no batch" to the outbox.
+        let id = self.shared.next_batch.fetch_add(1, Ordering::Relaxed) + 1;
+        OWED.with(|owed| {
+            let mut batch = Batch {
+                id,
+                owed: owed.borrow_mut(),
+            };
+            let delivery = publish(&mut batch);
+            for outbox in batch.owed.drain(..) {
+                outbox.wake();
+            }
+            delivery
+        })
     }
 
     /// One channel lookup; `frame` is called (the event encoded) only if there are
@@ -442,6 +435,24 @@ impl Hub {
                 f(&outbox);
             }
         }
+    }
+}
+
+/// One publish batch in progress: its id, and the writers it owes a wake-up.
+struct Batch<'a> {
+    id: u64,
+    owed: std::cell::RefMut<'a, Vec<Arc<Outbox>>>,
+}
+
+impl Batch<'_> {
+    /// Queues a frame of this batch; the wake-up, if due, waits for the batch's end.
+    #[inline]
+    fn push(&mut self, outbox: &Arc<Outbox>, frame: Bytes, since: Option<Stamp>) -> Push {
+        let (push, wake) = outbox.push_in_batch(frame, since, self.id);
+        if wake {
+            self.owed.push(Arc::clone(outbox));
+        }
+        push
     }
 }
 

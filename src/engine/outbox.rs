@@ -125,8 +125,7 @@ pub struct Outbox {
     /// The publish stamp of the event that found the queue empty (0: none); see
     /// [`super::latency`].
     since: AtomicU64,
-    /// The publish batch whose first frame found the queue empty (0: none); its other
-    /// frames are taken whole.
+    /// The publish batch being taken whole (0: none); see [`Outbox::push_in_batch`].
     batch: AtomicU64,
     /// The frames and bytes taken whole and not drained yet ([`Load`]): the bounds are
     /// widened by them.
@@ -190,9 +189,9 @@ impl Outbox {
 
     /// Queues an event of publish batch `batch` (a non-zero id unique to the batch, whose
     /// frames one thread pushes in order), like [`push_event`](Self::push_event). If the
-    /// batch's first frame found the queue empty, the rest of the batch is taken whole (see
-    /// the [module docs](self)): a client that keeps up receives a publish whole, however
-    /// many or large its events.
+    /// batch's first frame finds the client keeping up, the batch is taken whole (see the
+    /// [module docs](self)): a client that keeps up receives a publish whole, however many
+    /// or large its events.
     #[inline]
     pub fn push_in_batch(&self, frame: Bytes, since: Option<Stamp>, batch: u64) -> (Push, bool) {
         self.enqueue(frame, since, batch)
@@ -207,16 +206,20 @@ impl Outbox {
         // it is refused unless the queue is empty, and never corrupts the frame count.
         let add = Load::of(1, frame.len().min(MAX_BYTE_CAPACITY));
         let before = Load(self.load.fetch_add(add.0, Ordering::AcqRel));
-        let whole = batch != 0
-            && (self.batch.load(Ordering::Relaxed) == batch || self.keeps_up(before))
-            && self.allowance_fits(add);
-        if whole {
-            if self.batch.load(Ordering::Relaxed) != batch {
+        let allowance = Load(self.allowance.load(Ordering::Relaxed));
+        let whole = batch != 0 && {
+            let current = self.batch.load(Ordering::Relaxed) == batch;
+            let whole = (current || self.keeps_up(before, allowance))
+                && self.allowance_fits(allowance, add);
+            if whole && !current {
                 // Read back by this batch's next pushes, on this same thread.
                 self.batch.store(batch, Ordering::Relaxed);
             }
+            whole
+        };
+        if whole {
             self.allowance.fetch_add(add.0, Ordering::Relaxed);
-        } else if self.is_over(before) {
+        } else if self.is_over(before, allowance) {
             self.load.fetch_sub(add.0, Ordering::AcqRel);
             return (self.refuse(1), false);
         }
@@ -231,29 +234,27 @@ impl Outbox {
         (Push::Queued, was_empty)
     }
 
-    /// Whether a queue holding `load` is at or over its bounds, widened by the allowance.
+    /// Whether a queue holding `load` is at or over its bounds, widened by `allowance`.
     #[inline]
-    fn is_over(&self, load: Load) -> bool {
-        let allowance = Load(self.allowance.load(Ordering::Relaxed));
+    fn is_over(&self, load: Load, allowance: Load) -> bool {
         load.frames() >= self.capacity + allowance.frames()
             || load.bytes() >= self.byte_capacity + allowance.bytes()
     }
 
-    /// Whether a queue holding `load` keeps up: its frames beside those taken whole are
-    /// within the bounds.
+    /// Whether a queue holding `load`, of which `allowance` was taken whole, keeps up: its
+    /// other frames are within the bounds.
     #[inline]
-    fn keeps_up(&self, load: Load) -> bool {
-        let allowance = Load(self.allowance.load(Ordering::Relaxed));
+    fn keeps_up(&self, load: Load, allowance: Load) -> bool {
         load.frames().saturating_sub(allowance.frames()) < self.capacity
             && load.bytes().saturating_sub(allowance.bytes()) < self.byte_capacity
     }
 
-    /// Whether `add` more may be taken whole: always when nothing taken whole is pending,
+    /// Whether `add` more may be taken whole beside `allowance`: always when nothing taken
+    /// whole is pending,
     /// else up to [`WHOLE_FACTOR`] times the bounds, so that a client that never reads
     /// cannot collect batch after batch.
     #[inline]
-    fn allowance_fits(&self, add: Load) -> bool {
-        let allowance = Load(self.allowance.load(Ordering::Relaxed));
+    fn allowance_fits(&self, allowance: Load, add: Load) -> bool {
         allowance.0 == 0
             || (allowance.frames() + add.frames() <= self.capacity * WHOLE_FACTOR
                 && allowance.bytes() + add.bytes() <= self.byte_capacity * WHOLE_FACTOR)
@@ -293,7 +294,8 @@ impl Outbox {
             .min(MAX_BYTE_CAPACITY);
         let add = Load::of(frames.len().min(MAX_CAPACITY), bytes);
         let before = Load(self.load.load(Ordering::Acquire));
-        if !self.keeps_up(before) || !self.allowance_fits(add) {
+        let allowance = Load(self.allowance.load(Ordering::Relaxed));
+        if !self.keeps_up(before, allowance) || !self.allowance_fits(allowance, add) {
             return self.refuse(frames.len() as u64);
         }
         // Allowance first: a concurrent push never sees these frames without it.

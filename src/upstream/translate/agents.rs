@@ -11,36 +11,24 @@ use super::{Faults, Field, Kind, Object, Source, Table};
 pub(crate) static AGENT: Table = Table {
     method: "agents.list",
     fields: &[
-        Field {
-            name: "agent_id",
-            kind: Kind::String,
-            sources: &[Source::At(&["agent_id"])],
-        },
-        Field {
-            name: "status",
-            kind: Kind::String,
-            sources: &[Source::At(&["status"])],
-        },
-        Field {
-            // The engine reports no current task; the protocol's field is then null.
-            name: "current_task",
-            kind: Kind::OptionalString,
-            sources: &[Source::At(&["current_task"]), Source::Null],
-        },
-        Field {
-            // In MB, as the protocol's example.
-            name: "memory_usage",
-            kind: Kind::Number,
-            sources: &[
+        Field::new("agent_id", Kind::String, &[Source::At(&["agent_id"])]),
+        Field::new("status", Kind::String, &[Source::At(&["status"])]),
+        // The engine reports no current task; the protocol's field is then null.
+        Field::new(
+            "current_task",
+            Kind::OptionalString,
+            &[Source::At(&["current_task"]), Source::Null],
+        ),
+        // In MB, as the protocol's example.
+        Field::new(
+            "memory_usage",
+            Kind::Number,
+            &[
                 Source::At(&["memory_usage_mb"]),
                 Source::At(&["memory_usage"]),
             ],
-        },
-        Field {
-            name: "timestamp",
-            kind: Kind::Number,
-            sources: &[Source::Now],
-        },
+        ),
+        Field::new("timestamp", Kind::Number, &[Source::Now]),
     ],
 };
 

@@ -10,79 +10,43 @@ use super::{Faults, Field, Kind, Object, Source, Table};
 pub(crate) static JOB: Table = Table {
     method: "compression.queue.running",
     fields: &[
-        Field {
-            name: "job_id",
-            kind: Kind::String,
-            sources: &[Source::At(&["job_id"])],
-        },
-        Field {
-            name: "status",
-            kind: Kind::String,
-            sources: &[Source::At(&["status"])],
-        },
-        Field {
-            name: "job_type",
-            kind: Kind::String,
-            sources: &[Source::At(&["job_type"])],
-        },
-        Field {
-            name: "priority",
-            kind: Kind::String,
-            sources: &[Source::At(&["priority"])],
-        },
-        Field {
-            name: "progress",
-            kind: Kind::Number,
-            sources: &[Source::At(&["progress"])],
-        },
-        Field {
-            name: "phase",
-            kind: Kind::String,
-            sources: &[Source::At(&["phase"])],
-        },
-        Field {
-            name: "bytes_processed",
-            kind: Kind::Number,
-            sources: &[Source::At(&["bytes_processed"])],
-        },
-        Field {
-            name: "bytes_total",
-            kind: Kind::Number,
-            sources: &[Source::At(&["bytes_total"])],
-        },
-        Field {
-            name: "compression_ratio",
-            kind: Kind::Number,
-            sources: &[
+        Field::new("job_id", Kind::String, &[Source::At(&["job_id"])]),
+        Field::new("status", Kind::String, &[Source::At(&["status"])]),
+        Field::new("job_type", Kind::String, &[Source::At(&["job_type"])]),
+        Field::new("priority", Kind::String, &[Source::At(&["priority"])]),
+        Field::new("progress", Kind::Number, &[Source::At(&["progress"])]),
+        Field::new("phase", Kind::String, &[Source::At(&["phase"])]),
+        Field::new(
+            "bytes_processed",
+            Kind::Number,
+            &[Source::At(&["bytes_processed"])],
+        ),
+        Field::new("bytes_total", Kind::Number, &[Source::At(&["bytes_total"])]),
+        Field::new(
+            "compression_ratio",
+            Kind::Number,
+            &[
                 Source::At(&["current_ratio"]),
                 Source::At(&["compression_ratio"]),
             ],
-        },
-        Field {
-            name: "elapsed_seconds",
-            kind: Kind::Number,
-            sources: &[Source::At(&["elapsed_seconds"])],
-        },
-        Field {
-            name: "eta_seconds",
-            kind: Kind::Number,
-            sources: &[Source::At(&["eta_seconds"])],
-        },
-        Field {
-            name: "input_path",
-            kind: Kind::OptionalString,
-            sources: &[Source::At(&["input_path"]), Source::Null],
-        },
-        Field {
-            name: "output_path",
-            kind: Kind::OptionalString,
-            sources: &[Source::At(&["output_path"]), Source::Null],
-        },
-        Field {
-            name: "timestamp",
-            kind: Kind::Number,
-            sources: &[Source::Now],
-        },
+        ),
+        Field::new(
+            "elapsed_seconds",
+            Kind::Number,
+            &[Source::At(&["elapsed_seconds"])],
+        ),
+        Field::new("eta_seconds", Kind::Number, &[Source::At(&["eta_seconds"])]),
+        Field::new(
+            "input_path",
+            Kind::OptionalString,
+            &[Source::At(&["input_path"]), Source::Null],
+        ),
+        Field::new(
+            "output_path",
+            Kind::OptionalString,
+            &[Source::At(&["output_path"]), Source::Null],
+        ),
+        Field::new("timestamp", Kind::Number, &[Source::Now]),
     ],
 };
 
@@ -90,26 +54,18 @@ pub(crate) static JOB: Table = Table {
 pub(crate) static SUMMARY: Table = Table {
     method: "compression.queue.running",
     fields: &[
-        Field {
-            name: "total_running",
-            kind: Kind::Number,
-            sources: &[Source::At(&["total_running"])],
-        },
-        Field {
-            name: "total_pending",
-            kind: Kind::Number,
-            sources: &[Source::At(&["total_pending"])],
-        },
-        Field {
-            name: "total_jobs",
-            kind: Kind::Number,
-            sources: &[Source::At(&["total_jobs"])],
-        },
-        Field {
-            name: "timestamp",
-            kind: Kind::Number,
-            sources: &[Source::Now],
-        },
+        Field::new(
+            "total_running",
+            Kind::Number,
+            &[Source::At(&["total_running"])],
+        ),
+        Field::new(
+            "total_pending",
+            Kind::Number,
+            &[Source::At(&["total_pending"])],
+        ),
+        Field::new("total_jobs", Kind::Number, &[Source::At(&["total_jobs"])]),
+        Field::new("timestamp", Kind::Number, &[Source::Now]),
     ],
 };
 

@@ -71,6 +71,18 @@ pub(crate) struct Field {
     pub(crate) sources: &'static [Source],
 }
 
+impl Field {
+    /// The protocol field `name` of type `kind`, filled from the first of `sources` that
+    /// yields one.
+    pub(crate) const fn new(name: &'static str, kind: Kind, sources: &'static [Source]) -> Self {
+        Self {
+            name,
+            kind,
+            sources,
+        }
+    }
+}
+
 /// The protocol fields of one event type, for one engine method.
 #[derive(Debug)]
 pub(crate) struct Table {

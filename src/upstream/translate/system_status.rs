@@ -8,57 +8,45 @@ use super::{Faults, Field, Kind, Object, Source, Table};
 pub(crate) static SYSTEM_STATUS: Table = Table {
     method: "system.status",
     fields: &[
-        Field {
-            name: "hostname",
-            kind: Kind::String,
-            sources: &[Source::At(&["hostname"])],
-        },
-        Field {
-            name: "uptime",
-            kind: Kind::Number,
-            sources: &[Source::At(&["uptime"])],
-        },
-        Field {
-            name: "cpu_usage",
-            kind: Kind::Number,
-            sources: &[Source::At(&["cpu_usage"])],
-        },
-        Field {
-            name: "memory_used",
-            kind: Kind::Number,
-            sources: &[
+        Field::new("hostname", Kind::String, &[Source::At(&["hostname"])]),
+        Field::new("uptime", Kind::Number, &[Source::At(&["uptime"])]),
+        Field::new("cpu_usage", Kind::Number, &[Source::At(&["cpu_usage"])]),
+        Field::new(
+            "memory_used",
+            Kind::Number,
+            &[
                 Source::At(&["memory_usage", "used"]),
                 Source::At(&["memory_used"]),
             ],
-        },
-        Field {
-            name: "memory_total",
-            kind: Kind::Number,
-            sources: &[
+        ),
+        Field::new(
+            "memory_total",
+            Kind::Number,
+            &[
                 Source::At(&["memory_usage", "total"]),
                 Source::At(&["memory_total"]),
             ],
-        },
-        Field {
-            name: "memory_pct",
-            kind: Kind::Number,
-            sources: &[
+        ),
+        Field::new(
+            "memory_pct",
+            Kind::Number,
+            &[
                 Source::At(&["memory_usage", "used_percent"]),
                 Source::At(&["memory_pct"]),
                 Source::Percent(&["memory_usage", "used"], &["memory_usage", "total"]),
                 Source::Percent(&["memory_used"], &["memory_total"]),
             ],
-        },
-        Field {
-            name: "load_average",
-            kind: Kind::Triple,
-            sources: &[Source::LoadTriple(&["load_average"])],
-        },
-        Field {
-            name: "timestamp",
-            kind: Kind::Number,
-            sources: &[Source::UnixSeconds(&["timestamp"]), Source::Now],
-        },
+        ),
+        Field::new(
+            "load_average",
+            Kind::Triple,
+            &[Source::LoadTriple(&["load_average"])],
+        ),
+        Field::new(
+            "timestamp",
+            Kind::Number,
+            &[Source::UnixSeconds(&["timestamp"]), Source::Now],
+        ),
     ],
 };
 
