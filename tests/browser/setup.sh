@@ -5,6 +5,11 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
+# The browser tests run in parallel: one installs at a time, the others wait and find it
+# done (a second apt-get would fail on its lock, a second npm ci would delete the first's).
+exec 9>.setup.lock
+flock 9
+
 if ! command -v chromium >/dev/null 2>&1; then
     echo "installing chromium (apt-get)" >&2
     if [ "$(id -u)" -eq 0 ]; then sudo=""; else sudo="sudo"; fi
