@@ -78,6 +78,16 @@ impl Event {
     /// The frame for this event at `offset` in its channel's history (a top-level
     /// `"offset"` field after `data`), stamped with `now`.
     pub fn to_frame_at(&self, now: SystemTime, offset: Option<u64>) -> Bytes {
+        self.envelope(now, offset).finish(OpCode::Text)
+    }
+
+    /// The event's JSON message alone (the payload of [`to_frame`](Self::to_frame), no
+    /// frame header), stamped with `now`: what a cluster sends between nodes.
+    pub fn to_json(&self, now: SystemTime) -> Bytes {
+        self.envelope(now, None).into_payload()
+    }
+
+    fn envelope(&self, now: SystemTime, offset: Option<u64>) -> FrameBuf {
         let data = self.data.get();
         envelope(&self.channel, now, None, offset, data.len(), |buf| {
             buf.extend_from_slice(data.as_bytes())
@@ -96,10 +106,10 @@ pub(crate) fn encode(
     data_hint: usize,
     write_data: impl FnOnce(&mut FrameBuf),
 ) -> Bytes {
-    envelope(kind, now, correlation_id, None, data_hint, write_data)
+    envelope(kind, now, correlation_id, None, data_hint, write_data).finish(OpCode::Text)
 }
 
-/// [`encode`], with an optional top-level `"offset"` after `data`.
+/// [`encode`], with an optional top-level `"offset"` after `data`, not yet finished.
 fn envelope(
     kind: &str,
     now: SystemTime,
@@ -107,7 +117,7 @@ fn envelope(
     offset: Option<u64>,
     data_hint: usize,
     write_data: impl FnOnce(&mut FrameBuf),
-) -> Bytes {
+) -> FrameBuf {
     debug_assert!(crate::protocol::channel::validate(kind).is_ok());
     let mut buf = FrameBuf::with_capacity(64 + kind.len() + data_hint);
     buf.extend_from_slice(b"{\"type\":\"");
@@ -126,7 +136,7 @@ fn envelope(
         buf.extend_from_slice(itoa::Buffer::new().format(offset).as_bytes());
     }
     buf.extend_from_slice(b"}");
-    buf.finish(OpCode::Text)
+    buf
 }
 
 /// Writes a server message whose data is any serializable value.
@@ -200,6 +210,15 @@ mod tests {
                 "data": {"cpu_usage": 65.3}
             })
         );
+    }
+
+    #[test]
+    fn the_json_of_an_event_is_its_frame_payload() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_millis(1_703_337_717_123);
+        let event = Event::new("orders", &serde_json::json!({"id": 7})).unwrap();
+        let json = event.to_json(now);
+        assert_eq!(json, crate::frame::payload_of(&event.to_frame(now)));
+        assert_eq!(json.first(), Some(&b'{'), "no header in front");
     }
 
     #[test]

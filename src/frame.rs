@@ -100,6 +100,15 @@ impl FrameBuf {
     }
 }
 
+impl FrameBuf {
+    /// The payload alone, without a header: for a message that travels elsewhere than a
+    /// WebSocket (the buffer's unused header room goes with it, uncopied).
+    pub fn into_payload(self) -> Bytes {
+        let mut buf = self.buf;
+        buf.split_off(MAX_HEADER_LEN).freeze()
+    }
+}
+
 impl std::fmt::Write for FrameBuf {
     fn write_str(&mut self, s: &str) -> std::fmt::Result {
         self.buf.extend_from_slice(s.as_bytes());

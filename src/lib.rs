@@ -21,6 +21,7 @@
 //! To serve it over HTTP and WebSocket, see [`Server`].
 
 pub mod auth;
+pub mod broker;
 pub mod cluster;
 pub mod config;
 pub mod engine;
@@ -28,15 +29,18 @@ pub mod event;
 pub mod frame;
 pub mod protocol;
 pub mod server;
+pub mod snapshot;
 pub mod upstream;
 
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
 
-pub use cluster::{Cluster, ClusterError};
+pub use broker::{Broker, Completion, MemoryBroker, Published};
+pub use cluster::{ClusterError, NatsBroker};
 pub use config::{AuthConfig, ClusterConfig, Config, ConfigError, SlowConsumerPolicy};
-pub use engine::hub::{Client, Delivery, Hub, HubStats};
+pub use engine::client::Client;
+pub use engine::hub::{Delivery, Hub, HubStats};
 pub use event::{Event, EventError};
 pub use protocol::channel::Channel;
 pub use protocol::close::CloseCode;

@@ -24,6 +24,7 @@ use std::sync::Arc;
 
 use crate::config::{AuthConfig, ConfigError};
 use crate::protocol::close::CloseCode;
+use crate::protocol::code::ErrorCode;
 use jwt::{JwtSettings, JwtVerifier};
 use keys::ApiKeys;
 use origin::OriginPolicy;
@@ -45,21 +46,19 @@ pub enum AuthError {
 
 impl AuthError {
     /// The stable code sent in `auth_response` and counted in the stats.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
-            Self::Invalid(_) => "invalid_token",
-            Self::Expired => "token_expired",
-            Self::Timeout => "auth_timeout",
+            Self::Invalid(_) => ErrorCode::InvalidToken,
+            Self::Expired => ErrorCode::TokenExpired,
+            Self::Timeout => ErrorCode::AuthTimeout,
         }
     }
 
     /// The close code the connection ends with.
     pub fn close_code(&self) -> CloseCode {
-        match self {
-            Self::Invalid(_) => CloseCode::AUTH_FAILED,
-            Self::Expired => CloseCode::TOKEN_EXPIRED,
-            Self::Timeout => CloseCode::AUTH_TIMEOUT,
-        }
+        self.code()
+            .close_code()
+            .expect("every credentials error ends the connection")
     }
 }
 

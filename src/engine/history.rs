@@ -26,12 +26,12 @@
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use parking_lot::{ArcMutexGuard, Mutex, RawMutex};
+use parking_lot::{ArcMutexGuard, Mutex, RawMutex, RwLock};
 
 use crate::config::HistoryConfig;
 use crate::protocol::channel::Channel;
@@ -72,6 +72,9 @@ pub struct History {
     max_channels: usize,
     epoch: ArcSwap<String>,
     next: AtomicU64,
+    /// Offsets come from a sequence kept elsewhere (a cluster's stream), see
+    /// [`History::number_elsewhere`].
+    numbered_elsewhere: AtomicBool,
     /// Whether any log has been dropped: a channel's new log then cannot vouch for the past.
     dropped: AtomicBool,
     shards: Box<[Shard]>,
@@ -139,6 +142,7 @@ impl History {
             max_channels: config.max_channels,
             epoch: ArcSwap::from_pointee(random_epoch(&hasher)),
             next: AtomicU64::new(1),
+            numbered_elsewhere: AtomicBool::new(false),
             dropped: AtomicBool::new(false),
             shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
             hasher,
@@ -150,9 +154,19 @@ impl History {
         self.epoch.load_full()
     }
 
-    /// Names the sequence: a cluster's offsets are its stream's, named by the stream.
-    pub fn set_epoch(&self, epoch: String) {
+    /// Hands the numbering to a sequence kept elsewhere (a cluster's stream), named
+    /// `epoch`. From then on events are numbered only by
+    /// [`append_sequenced`](Self::append_sequenced); an event published on this hub alone
+    /// is delivered without an offset and not kept (it has no place in that sequence).
+    pub fn number_elsewhere(&self, epoch: String) {
         self.epoch.store(Arc::new(epoch));
+        self.numbered_elsewhere.store(true, Ordering::Release);
+    }
+
+    /// Whether this history numbers the events published on its hub (see
+    /// [`number_elsewhere`](Self::number_elsewhere)).
+    pub fn numbers_locally(&self) -> bool {
+        !self.numbered_elsewhere.load(Ordering::Acquire)
     }
 
     fn shard(&self, channel: &str) -> &Shard {
@@ -161,7 +175,7 @@ impl History {
 
     fn log(&self, channel: &Channel) -> Arc<Mutex<Log>> {
         let shard = self.shard(channel);
-        if let Some(log) = shard.read().expect("history lock").get(channel.as_str()) {
+        if let Some(log) = shard.read().get(channel.as_str()) {
             return log.clone();
         }
         let start_prev = if self.dropped.load(Ordering::Acquire) {
@@ -169,7 +183,7 @@ impl History {
         } else {
             0
         };
-        let mut map = shard.write().expect("history lock");
+        let mut map = shard.write();
         map.entry(channel.clone())
             .or_insert_with(|| {
                 Arc::new(Mutex::new(Log {
@@ -304,10 +318,7 @@ impl History {
     /// Drops `channel`'s log: its events stopped arriving (a cluster node lost interest).
     pub fn forget(&self, channel: &str) {
         self.dropped.store(true, Ordering::Release);
-        self.shard(channel)
-            .write()
-            .expect("history lock")
-            .remove(channel);
+        self.shard(channel).write().remove(channel);
     }
 
     fn trim(&self, log: &mut Log, now: SystemTime) {
@@ -328,7 +339,7 @@ impl History {
     pub fn sweep(&self, now: SystemTime) {
         let mut total = 0;
         for shard in self.shards.iter() {
-            let map = shard.read().expect("history lock");
+            let map = shard.read();
             total += map.len();
             for log in map.values() {
                 self.trim(&mut log.lock(), now);
@@ -341,7 +352,6 @@ impl History {
         for shard in self.shards.iter() {
             shard
                 .write()
-                .expect("history lock")
                 .retain(|_, log| !log.lock().entries.is_empty());
         }
     }
@@ -361,10 +371,7 @@ impl History {
 
     /// Number of channels with a log.
     pub fn channels(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| s.read().expect("history lock").len())
-            .sum()
+        self.shards.iter().map(|s| s.read().len()).sum()
     }
 }
 

@@ -13,13 +13,13 @@
 //!   reach each subscriber in that order.
 //! - A full client queue never slows the publisher: the slow-consumer policy applies.
 
-use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use bytes::Bytes;
 
+use super::client::Client;
 use super::history::History;
 use super::latency::Stamp;
 use super::outbox::{Closing, Outbox, Push};
@@ -27,33 +27,31 @@ use super::slots::{Slots, SlotsExhausted};
 use super::topics::Topics;
 use crate::config::{Config, SlowConsumerPolicy};
 use crate::event::Event;
-use crate::protocol::channel::{self, Channel};
+use crate::protocol::channel::Channel;
 use crate::protocol::close::CloseCode;
 
 /// The broadcast engine. Cheap to clone: clones share one hub.
 #[derive(Clone)]
 pub struct Hub {
-    shared: Arc<Shared>,
+    pub(super) shared: Arc<Shared>,
 }
 
-struct Shared {
-    topics: Topics,
-    slots: Slots,
+pub(super) struct Shared {
+    pub(super) topics: Topics,
+    pub(super) slots: Slots,
     queue_capacity: usize,
     queue_bytes: usize,
     policy: SlowConsumerPolicy,
-    max_subscriptions: usize,
-    max_subscribers: usize,
+    pub(super) max_subscriptions: usize,
+    pub(super) max_subscribers: usize,
     /// Stamp each publish for the publish-to-write latency (`config.metrics`).
     timing: bool,
     /// Each channel's recent events, when `history.size > 0`.
     history: Option<History>,
-    /// Offsets are assigned elsewhere (a cluster's stream): local publishes get none.
-    sequenced_elsewhere: bool,
     next_client_id: AtomicU64,
     /// Ids of publish batches, for the outboxes' byte bound ([`Outbox::push_in_batch`]).
     next_batch: AtomicU64,
-    clients: AtomicUsize,
+    pub(super) clients: AtomicUsize,
     peak_clients: AtomicUsize,
     published: AtomicU64,
     delivered: AtomicU64,
@@ -103,51 +101,6 @@ pub struct Queued {
     pub bytes: u64,
 }
 
-/// A channel name refused by subscribe or unsubscribe, with the reason.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct Rejection {
-    /// The name as the client sent it, cut to [`MAX_ECHOED_NAME`] bytes (then ending in
-    /// `…`): a reply never echoes more of a name than a valid one could hold.
-    pub channel: String,
-    /// A stable machine-readable code.
-    pub code: &'static str,
-    /// A human-readable reason.
-    pub reason: Cow<'static, str>,
-}
-
-/// Most bytes of a refused name that a [`Rejection`] keeps.
-pub const MAX_ECHOED_NAME: usize = channel::MAX_CHANNEL_LEN;
-
-impl Rejection {
-    /// A rejection of `name`, which is echoed cut to [`MAX_ECHOED_NAME`] bytes.
-    pub fn new(name: &str, code: &'static str, reason: impl Into<Cow<'static, str>>) -> Self {
-        let channel = match name.len() {
-            n if n <= MAX_ECHOED_NAME => name.to_owned(),
-            _ => {
-                let mut end = MAX_ECHOED_NAME;
-                while !name.is_char_boundary(end) {
-                    end -= 1;
-                }
-                format!("{}…", &name[..end])
-            }
-        };
-        Self {
-            channel,
-            code,
-            reason: reason.into(),
-        }
-    }
-}
-
-/// The outcome of [`Client::subscribe`] or [`Client::unsubscribe`].
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SubscriptionChange {
-    /// Channels whose subscription this call changed.
-    pub changed: Vec<Channel>,
-    /// Names refused, with reasons. The other names in the same call were still applied.
-    pub rejected: Vec<Rejection>,
-}
-
 impl Hub {
     /// A hub with the queue and subscription settings of `config`.
     pub fn new(config: &Config) -> Self {
@@ -162,7 +115,6 @@ impl Hub {
                 max_subscribers: config.max_subscribers_per_channel,
                 timing: config.metrics,
                 history: (config.history.size > 0).then(|| History::new(&config.history)),
-                sequenced_elsewhere: config.cluster.enabled(),
                 next_client_id: AtomicU64::new(1),
                 next_batch: AtomicU64::new(0),
                 clients: AtomicUsize::new(0),
@@ -184,13 +136,8 @@ impl Hub {
         let slot = self.shared.slots.insert(outbox.clone())?;
         let now = self.shared.clients.fetch_add(1, Ordering::Relaxed) + 1;
         self.shared.peak_clients.fetch_max(now, Ordering::Relaxed);
-        Ok(Client {
-            hub: self.clone(),
-            slot,
-            id: self.shared.next_client_id.fetch_add(1, Ordering::Relaxed),
-            outbox,
-            subscriptions: Vec::new(),
-        })
+        let id = self.shared.next_client_id.fetch_add(1, Ordering::Relaxed);
+        Ok(Client::new(self.clone(), slot, id, outbox))
     }
 
     /// Publishes `event` stamped with the current time.
@@ -242,13 +189,14 @@ impl Hub {
         })
     }
 
-    /// The history that numbers local publishes: none in a cluster, whose stream numbers
-    /// events (local publishes there are node-local and carry no offset).
+    /// The history that numbers this hub's publishes: none when the hub keeps none, or
+    /// when offsets come from elsewhere ([`History::number_elsewhere`]); such publishes
+    /// carry no offset.
     fn local_history(&self) -> Option<&History> {
-        match &self.shared.history {
-            Some(history) if !self.shared.sequenced_elsewhere => Some(history),
-            _ => None,
-        }
+        self.shared
+            .history
+            .as_ref()
+            .filter(|history| history.numbers_locally())
     }
 
     /// Delivers an event numbered elsewhere (a cluster's stream): `offset` is its place,
@@ -472,175 +420,10 @@ impl std::fmt::Debug for Hub {
     }
 }
 
-/// One connected client: its slot, outbox and subscriptions. Dropping it unsubscribes it
-/// from everything and frees its slot.
-pub struct Client {
-    hub: Hub,
-    slot: u32,
-    id: u64,
-    outbox: Arc<Outbox>,
-    subscriptions: Vec<Channel>,
-}
-
-impl Client {
-    /// The client's id, unique for the hub's lifetime.
-    pub fn id(&self) -> u64 {
-        self.id
-    }
-
-    /// The client's outbox, drained by its writer.
-    pub fn outbox(&self) -> &Arc<Outbox> {
-        &self.outbox
-    }
-
-    /// The channels the client is subscribed to, in the order it subscribed.
-    pub fn subscriptions(&self) -> &[Channel] {
-        &self.subscriptions
-    }
-
-    /// Queues a frame for this client alone (a reply, a welcome).
-    pub fn send(&self, frame: Bytes) -> Push {
-        self.outbox.push(frame)
-    }
-
-    /// Subscribes to each valid name; invalid names, and names beyond the subscription
-    /// limit, are rejected without affecting the others. Already subscribed names are
-    /// accepted and left as they are.
-    pub fn subscribe<'a>(
-        &mut self,
-        names: impl IntoIterator<Item = &'a str>,
-    ) -> SubscriptionChange {
-        let mut change = self.plan_subscribe(names);
-        let late = self.apply_subscribe(&change);
-        change
-            .changed
-            .retain(|c| !late.iter().any(|r| r.channel == c.as_str()));
-        change.rejected.extend(late);
-        change
-    }
-
-    /// What [`subscribe`](Self::subscribe) would do, without doing it. Lets a caller queue
-    /// its reply (and snapshots) before the subscription lets any event through.
-    pub fn plan_subscribe<'a>(
-        &self,
-        names: impl IntoIterator<Item = &'a str>,
-    ) -> SubscriptionChange {
-        let mut change = SubscriptionChange::default();
-        let limit = self.hub.shared.max_subscriptions;
-        for name in names {
-            if self.is_subscribed(name) || change.changed.iter().any(|c| c.as_str() == name) {
-                continue;
-            }
-            let channel = match Channel::new(name) {
-                Ok(channel) => channel,
-                Err(e) => {
-                    change
-                        .rejected
-                        .push(Rejection::new(name, e.code(), e.message()));
-                    continue;
-                }
-            };
-            if self.subscriptions.len() + change.changed.len() >= limit {
-                change.rejected.push(Rejection::new(
-                    name,
-                    "subscription_limit",
-                    "the connection holds as many subscriptions as it may (max_subscriptions_per_connection)",
-                ));
-                continue;
-            }
-            let full = self.hub.shared.max_subscribers;
-            if full > 0 && self.hub.shared.topics.subscriber_count(name) >= full {
-                change.rejected.push(channel_full(name));
-                continue;
-            }
-            change.changed.push(channel);
-        }
-        change
-    }
-
-    /// Applies a change made by [`plan_subscribe`](Self::plan_subscribe). Returns the
-    /// channels that filled up (`max_subscribers_per_channel`) between the plan and now,
-    /// which are not subscribed; empty unless other clients subscribed concurrently.
-    pub fn apply_subscribe(&mut self, change: &SubscriptionChange) -> Vec<Rejection> {
-        let limit = self.hub.shared.max_subscribers;
-        let mut late = Vec::new();
-        for channel in &change.changed {
-            if self.is_subscribed(channel) {
-                continue;
-            }
-            match self
-                .hub
-                .shared
-                .topics
-                .subscribe_within(channel, self.slot, limit)
-            {
-                Ok(_) => self.subscriptions.push(channel.clone()),
-                Err(_) => late.push(channel_full(channel)),
-            }
-        }
-        late
-    }
-
-    /// Unsubscribes from each name. Names not subscribed are accepted as no-ops; invalid
-    /// names are rejected.
-    pub fn unsubscribe<'a>(
-        &mut self,
-        names: impl IntoIterator<Item = &'a str>,
-    ) -> SubscriptionChange {
-        let mut change = SubscriptionChange::default();
-        for name in names {
-            if let Err(e) = channel::validate(name) {
-                change
-                    .rejected
-                    .push(Rejection::new(name, e.code(), e.message()));
-                continue;
-            }
-            if let Some(i) = self.subscriptions.iter().position(|c| c.as_str() == name) {
-                let channel = self.subscriptions.remove(i);
-                self.hub.shared.topics.unsubscribe(&channel, self.slot);
-                change.changed.push(channel);
-            }
-        }
-        change
-    }
-
-    fn is_subscribed(&self, name: &str) -> bool {
-        self.subscriptions.iter().any(|c| c.as_str() == name)
-    }
-}
-
-fn channel_full(name: &str) -> Rejection {
-    Rejection::new(
-        name,
-        "channel_full",
-        "the channel has as many subscribers as it may (max_subscribers_per_channel)",
-    )
-}
-
-impl Drop for Client {
-    fn drop(&mut self) {
-        let shared = &self.hub.shared;
-        for channel in self.subscriptions.drain(..) {
-            shared.topics.unsubscribe(&channel, self.slot);
-        }
-        shared.slots.release(self.slot);
-        shared.clients.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-impl std::fmt::Debug for Client {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Client")
-            .field("id", &self.id)
-            .field("slot", &self.slot)
-            .field("subscriptions", &self.subscriptions)
-            .finish()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::client::MAX_ECHOED_NAME;
 
     fn hub() -> Hub {
         Hub::new(&Config::default())

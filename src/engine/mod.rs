@@ -1,6 +1,7 @@
 //! The broadcast engine: sans-IO, clock-free, lock-free on the publish path.
 //!
-//! - [`hub`]: clients, subscriptions and publishing (the public [`Hub`](hub::Hub)).
+//! - [`hub`]: publishing, and the clients as a whole (the public [`Hub`](hub::Hub)).
+//! - [`client`]: one client, its subscriptions (the public [`Client`](client::Client)).
 //! - `topics`: channel names to subscriber sets, sharded (private).
 //! - [`bitset`]: a channel's subscriber set, copy-on-write in chunks.
 //! - [`slots`]: slot ids to outboxes, with epoch-protected reuse.
@@ -10,6 +11,7 @@
 //! - [`latency`]: publish timestamps and a thread-sharded latency histogram.
 
 pub mod bitset;
+pub mod client;
 pub mod counter;
 pub mod history;
 pub mod hub;

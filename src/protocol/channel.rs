@@ -8,6 +8,8 @@
 use std::fmt;
 use std::sync::Arc;
 
+use super::code::RejectReason;
+
 /// The longest channel name accepted, in bytes.
 pub const MAX_CHANNEL_LEN: usize = 128;
 
@@ -52,11 +54,11 @@ impl ChannelError {
     }
 
     /// A stable machine-readable code for this error, sent to clients.
-    pub fn code(self) -> &'static str {
+    pub fn code(self) -> RejectReason {
         match self {
-            Self::Empty => "empty_channel",
-            Self::TooLong => "channel_too_long",
-            Self::InvalidCharacter => "invalid_channel",
+            Self::Empty => RejectReason::EmptyChannel,
+            Self::TooLong => RejectReason::ChannelTooLong,
+            Self::InvalidCharacter => RejectReason::InvalidChannel,
         }
     }
 }

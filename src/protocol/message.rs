@@ -21,6 +21,8 @@ use serde_json::value::RawValue;
 use simd_json::prelude::*;
 use simd_json::BorrowedValue;
 
+use super::code::ErrorCode;
+
 /// Deepest nesting of arrays and objects accepted in a client message.
 pub const MAX_DEPTH: usize = 32;
 
@@ -111,14 +113,14 @@ pub const MAX_RESUME_CHANNELS: usize = 256;
 #[error("{code}: {message}")]
 pub struct MessageError {
     /// Stable machine-readable code (see the protocol docs).
-    pub code: &'static str,
+    pub code: ErrorCode,
     /// Human-readable detail.
     pub message: String,
     /// The request's correlation id, when it could be read.
     pub correlation_id: Option<CorrelationId>,
 }
 
-fn error(code: &'static str, message: impl Into<String>) -> MessageError {
+fn error(code: ErrorCode, message: impl Into<String>) -> MessageError {
     MessageError {
         code,
         message: message.into(),
@@ -134,11 +136,15 @@ fn error(code: &'static str, message: impl Into<String>) -> MessageError {
 /// and memory a request costs stay in proportion to what it can do.
 pub fn parse(payload: &mut [u8], max_channels: usize) -> Result<ClientMessage, MessageError> {
     let mut buffers = simd_json::Buffers::with_max_depth(payload.len(), MAX_DEPTH);
-    let value = simd_json::to_borrowed_value_with_buffers(payload, &mut buffers)
-        .map_err(|e| error("invalid_json", format!("message is not valid JSON: {e}")))?;
+    let value = simd_json::to_borrowed_value_with_buffers(payload, &mut buffers).map_err(|e| {
+        error(
+            ErrorCode::InvalidJson,
+            format!("message is not valid JSON: {e}"),
+        )
+    })?;
     let object = value
         .as_object()
-        .ok_or_else(|| error("invalid_message", "message must be a JSON object"))?;
+        .ok_or_else(|| error(ErrorCode::InvalidMessage, "message must be a JSON object"))?;
     let data = object.get("data");
     let correlation_id = correlation_id(object.get("correlation_id"))
         .or_else(|| correlation_id(data.and_then(|d| d.get("correlation_id"))));
@@ -147,10 +153,15 @@ pub fn parse(payload: &mut [u8], max_channels: usize) -> Result<ClientMessage, M
         e
     };
     let kind = match object.get("type") {
-        None => return Err(with_id(error("missing_type", "message has no `type`"))),
+        None => {
+            return Err(with_id(error(
+                ErrorCode::MissingType,
+                "message has no `type`",
+            )))
+        }
         Some(t) => t
             .as_str()
-            .ok_or_else(|| with_id(error("invalid_message", "`type` must be a string")))?,
+            .ok_or_else(|| with_id(error(ErrorCode::InvalidMessage, "`type` must be a string")))?,
     };
     match kind {
         "subscribe" | "unsubscribe" => {
@@ -178,7 +189,7 @@ pub fn parse(payload: &mut [u8], max_channels: usize) -> Result<ClientMessage, M
                 .and_then(|t| t.as_str())
                 .ok_or_else(|| {
                     with_id(error(
-                        "invalid_message",
+                        ErrorCode::InvalidMessage,
                         "auth needs `data.token`: a string",
                     ))
                 })?;
@@ -192,7 +203,7 @@ pub fn parse(payload: &mut [u8], max_channels: usize) -> Result<ClientMessage, M
                 match data {
                     Some(d) if d.is_object() || d.is_array() => d.encode(),
                     _ => return Err(with_id(error(
-                        "invalid_message",
+                        ErrorCode::InvalidMessage,
                         "publish needs `data`: an event {\"type\", \"data\"} or an array of them",
                     ))),
                 };
@@ -202,7 +213,7 @@ pub fn parse(payload: &mut [u8], max_channels: usize) -> Result<ClientMessage, M
             })
         }
         other => Err(with_id(error(
-            "unknown_type",
+            ErrorCode::UnknownType,
             format!("unknown message type {:?}", truncate(other, 64)),
         ))),
     }
@@ -215,7 +226,7 @@ fn channel_list(
 ) -> Result<Vec<String>, MessageError> {
     let missing = || {
         error(
-            "invalid_message",
+            ErrorCode::InvalidMessage,
             format!("{kind} needs `data.events` (or `data.types`, `data.channels`): an array of channel names"),
         )
     };
@@ -224,12 +235,15 @@ fn channel_list(
         .iter()
         .find_map(|k| data.get(*k).map(|v| (*k, v)))
         .ok_or_else(missing)?;
-    let items = list
-        .as_array()
-        .ok_or_else(|| error("invalid_message", format!("`data.{key}` must be an array")))?;
+    let items = list.as_array().ok_or_else(|| {
+        error(
+            ErrorCode::InvalidMessage,
+            format!("`data.{key}` must be an array"),
+        )
+    })?;
     if items.len() > max_channels {
         return Err(error(
-            "too_many_channels",
+            ErrorCode::TooManyChannels,
             format!(
                 "a {kind} may name at most {max_channels} channels (max_subscriptions_per_connection); this one named {}, and nothing was changed",
                 items.len()
@@ -242,7 +256,7 @@ fn channel_list(
         .map(|(i, item)| {
             item.as_str().map(str::to_owned).ok_or_else(|| {
                 error(
-                    "invalid_message",
+                    ErrorCode::InvalidMessage,
                     format!("`data.{key}[{i}]` must be a string"),
                 )
             })
@@ -257,13 +271,13 @@ fn resume(data: Option<&BorrowedValue<'_>>) -> Result<Option<Resume>, MessageErr
     };
     let since = since.as_object().ok_or_else(|| {
         error(
-            "invalid_message",
+            ErrorCode::InvalidMessage,
             "`data.since` must be an object of channel names to offsets",
         )
     })?;
     if since.len() > MAX_RESUME_CHANNELS {
         return Err(error(
-            "invalid_message",
+            ErrorCode::InvalidMessage,
             format!("`data.since` may name at most {MAX_RESUME_CHANNELS} channels"),
         ));
     }
@@ -275,7 +289,7 @@ fn resume(data: Option<&BorrowedValue<'_>>) -> Result<Option<Resume>, MessageErr
                 .map(|o| (channel.to_string(), o))
                 .ok_or_else(|| {
                     error(
-                        "invalid_message",
+                        ErrorCode::InvalidMessage,
                         format!(
                             "`data.since.{}` must be a non-negative integer offset",
                             truncate(channel, 64)
@@ -291,7 +305,7 @@ fn resume(data: Option<&BorrowedValue<'_>>) -> Result<Option<Resume>, MessageErr
                 .filter(|e| e.len() <= 64)
                 .ok_or_else(|| {
                     error(
-                        "invalid_message",
+                        ErrorCode::InvalidMessage,
                         "`data.epoch` must be a string of at most 64 bytes",
                     )
                 })?

@@ -13,13 +13,14 @@ use serde_json::value::RawValue;
 
 use crate::event::Event;
 use crate::protocol::channel::Channel;
+use crate::protocol::code::ErrorCode;
 
 /// Why a publish body was refused (HTTP 400).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
 pub struct PublishError {
     /// Stable machine-readable code: `invalid_json`, `invalid_body` or `invalid_event`.
-    pub code: &'static str,
+    pub code: ErrorCode,
     /// Human-readable detail.
     pub message: String,
     /// The index of the offending event in an array body.
@@ -52,7 +53,7 @@ pub fn parse(body: &[u8]) -> Result<Vec<Event>, PublishError> {
             Ok(vec![event(raw.get().as_bytes(), None)?])
         }
         _ => Err(PublishError {
-            code: "invalid_body",
+            code: ErrorCode::InvalidBody,
             message: "body must be an event object or a JSON array of event objects".into(),
             index: None,
         }),
@@ -61,7 +62,7 @@ pub fn parse(body: &[u8]) -> Result<Vec<Event>, PublishError> {
 
 fn event(json: &[u8], index: Option<usize>) -> Result<Event, PublishError> {
     let bad = |message: String| PublishError {
-        code: "invalid_event",
+        code: ErrorCode::InvalidEvent,
         message: match index {
             Some(i) => format!("event {i}: {message}"),
             None => message,
@@ -139,7 +140,7 @@ impl<'de> Deserialize<'de> for Interoperable {
 
 fn invalid_json(e: serde_json::Error) -> PublishError {
     PublishError {
-        code: "invalid_json",
+        code: ErrorCode::InvalidJson,
         message: format!("body is not valid JSON: {e}"),
         index: None,
     }
@@ -182,7 +183,7 @@ mod tests {
         for (body, code, index) in cases {
             let e = parse(body).unwrap_err();
             assert_eq!(
-                (e.code, e.index),
+                (e.code.as_str(), e.index),
                 (code, index),
                 "{}",
                 String::from_utf8_lossy(body)

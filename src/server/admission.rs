@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use hyper::HeaderMap;
 
 use crate::config::Config;
+use crate::protocol::code::ErrorCode;
 use crate::protocol::rate::{TokenBucket, Verdict};
 
 /// Why an upgrade was refused.
@@ -35,11 +36,11 @@ pub(crate) enum Refusal {
 
 impl Refusal {
     /// The stable code in the refusal's JSON body and in the stats.
-    pub(crate) fn code(self) -> &'static str {
+    pub(crate) fn code(self) -> ErrorCode {
         match self {
-            Self::ServerFull => "server_full",
-            Self::TooManyFromAddress => "too_many_connections_from_address",
-            Self::TooFast(_) => "connection_rate_exceeded",
+            Self::ServerFull => ErrorCode::ServerFull,
+            Self::TooManyFromAddress => ErrorCode::TooManyConnectionsFromAddress,
+            Self::TooFast(_) => ErrorCode::ConnectionRateExceeded,
         }
     }
 
@@ -71,9 +72,18 @@ impl Refused {
     pub(crate) fn by_reason(&self) -> [(&'static str, u64); 3] {
         let count = |c: &AtomicU64| c.load(Ordering::Relaxed);
         [
-            (Refusal::ServerFull.code(), count(&self.server_full)),
-            (Refusal::TooManyFromAddress.code(), count(&self.per_address)),
-            (Refusal::TooFast(Duration::ZERO).code(), count(&self.rate)),
+            (
+                Refusal::ServerFull.code().as_str(),
+                count(&self.server_full),
+            ),
+            (
+                Refusal::TooManyFromAddress.code().as_str(),
+                count(&self.per_address),
+            ),
+            (
+                Refusal::TooFast(Duration::ZERO).code().as_str(),
+                count(&self.rate),
+            ),
         ]
     }
 

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::engine::counter::ShardedCounter;
 use crate::engine::latency::LatencyHistogram;
 use crate::protocol::close::CloseCode;
+use crate::protocol::code::RejectReason;
 
 /// One thing that can be refused or limited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,12 +76,14 @@ impl Limit {
     }
 
     /// The limit a subscribe rejection's code stands for, if it is one.
-    pub(crate) fn of_rejection(code: &str) -> Option<Self> {
-        match code {
-            "subscription_limit" => Some(Self::TooManySubscriptions),
-            "channel_full" => Some(Self::ChannelFull),
-            "forbidden" => Some(Self::ForbiddenSubscribe),
-            _ => None,
+    pub(crate) fn of_rejection(reason: RejectReason) -> Option<Self> {
+        match reason {
+            RejectReason::SubscriptionLimit => Some(Self::TooManySubscriptions),
+            RejectReason::ChannelFull => Some(Self::ChannelFull),
+            RejectReason::Forbidden => Some(Self::ForbiddenSubscribe),
+            RejectReason::EmptyChannel
+            | RejectReason::ChannelTooLong
+            | RejectReason::InvalidChannel => None,
         }
     }
 }

@@ -50,8 +50,9 @@ use super::admission::{Refusal, Ticket};
 use super::counters::Limit;
 use super::reader::Prefixed;
 use super::{dashboard, metrics, session, Shared};
-use crate::cluster::Published;
+use crate::broker::Published;
 use crate::engine::latency::HistogramSnapshot;
+use crate::protocol::code::ErrorCode;
 use crate::protocol::message::{Resume, MAX_RESUME_CHANNELS};
 use crate::protocol::publish;
 
@@ -70,18 +71,12 @@ pub(crate) struct Connection {
 /// The answer to every request on a connection that was refused a place: 503 or 429 with
 /// `Retry-After`, and the connection closed.
 pub(crate) fn refused(refusal: Refusal) -> Response<ResponseBody> {
-    let (status, message) = match refusal {
-        Refusal::ServerFull => (StatusCode::SERVICE_UNAVAILABLE, "the server is full"),
-        Refusal::TooManyFromAddress => (
-            StatusCode::TOO_MANY_REQUESTS,
-            "too many connections from your address",
-        ),
-        Refusal::TooFast(_) => (
-            StatusCode::TOO_MANY_REQUESTS,
-            "too many new connections from your address",
-        ),
+    let message = match refusal {
+        Refusal::ServerFull => "the server is full",
+        Refusal::TooManyFromAddress => "too many connections from your address",
+        Refusal::TooFast(_) => "too many new connections from your address",
     };
-    let mut response = error(status, refusal.code(), message);
+    let mut response = error(refusal.code(), message);
     let seconds = refusal.retry_after().as_secs().max(1);
     response
         .headers_mut()
@@ -105,8 +100,7 @@ where
         shared.counters.hit(Limit::HostRefused);
         tracing::debug!(%peer, host = ?host, "refused: host not allowed");
         return error(
-            StatusCode::MISDIRECTED_REQUEST,
-            "host_not_allowed",
+            ErrorCode::HostNotAllowed,
             "this server does not answer to that host name (auth.allowed_hosts)",
         );
     }
@@ -125,8 +119,7 @@ where
     {
         shared.counters.hit(Limit::OriginRefused);
         error(
-            StatusCode::FORBIDDEN,
-            "origin_not_allowed",
+            ErrorCode::OriginNotAllowed,
             "a page from this origin may not call the API (auth.allowed_origins)",
         )
     } else {
@@ -144,8 +137,7 @@ where
 fn preflight(shared: &Shared, origin: Option<&HeaderValue>) -> Response<ResponseBody> {
     if !origin.is_some_and(|o| shared.auth.cors_allowed(o.as_bytes())) {
         return error(
-            StatusCode::FORBIDDEN,
-            "origin_not_allowed",
+            ErrorCode::OriginNotAllowed,
             "this origin may not call the API from a browser",
         );
     }
@@ -185,8 +177,7 @@ where
         (&Method::GET, "/healthz") => json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
         (&Method::GET, "/readyz") => ready(&shared),
         (&Method::GET, "/metrics") if !shared.config.metrics => error(
-            StatusCode::NOT_FOUND,
-            "metrics_disabled",
+            ErrorCode::MetricsDisabled,
             "metrics are turned off (metrics = false)",
         ),
         (&Method::GET, path @ ("/metrics" | "/api/v1/stats" | "/api/v1/stats/history")) => {
@@ -203,9 +194,10 @@ where
             let kind = path.strip_prefix("/api/v1/snapshot/");
             snapshot(&shared, req.headers(), address, kind)
         }
-        (&Method::GET, path) if shared.config.dashboard => dashboard::asset(path)
-            .unwrap_or_else(|| error(StatusCode::NOT_FOUND, "not_found", "no such route")),
-        _ => error(StatusCode::NOT_FOUND, "not_found", "no such route"),
+        (&Method::GET, path) if shared.config.dashboard => {
+            dashboard::asset(path).unwrap_or_else(|| error(ErrorCode::NotFound, "no such route"))
+        }
+        _ => error(ErrorCode::NotFound, "no such route"),
     }
 }
 
@@ -217,8 +209,7 @@ fn upgrade<B>(
     let peer = conn.peer;
     if !fastwebsockets::upgrade::is_upgrade_request(&req) {
         return error(
-            StatusCode::UPGRADE_REQUIRED,
-            "upgrade_required",
+            ErrorCode::UpgradeRequired,
             "/ws speaks WebSocket only; connect with a WebSocket client",
         );
     }
@@ -228,14 +219,13 @@ fn upgrade<B>(
         shared.counters.hit(Limit::OriginRefused);
         tracing::debug!(%peer, origin = ?origin.map(String::from_utf8_lossy), "upgrade refused: origin");
         return error(
-            StatusCode::FORBIDDEN,
-            "origin_not_allowed",
+            ErrorCode::OriginNotAllowed,
             "this origin may not open WebSockets here",
         );
     }
     let resume = match upgrade_resume(&req) {
         Ok(resume) => resume,
-        Err(message) => return error(StatusCode::BAD_REQUEST, "invalid_since", &message),
+        Err(message) => return error(ErrorCode::InvalidSince, &message),
     };
     let handshake = session::Handshake {
         token: upgrade_token(&req),
@@ -264,13 +254,13 @@ fn upgrade<B>(
     let ticket = match admitted {
         Ok(ticket) => ticket,
         Err(refusal) => {
-            tracing::debug!(%peer, %address, reason = refusal.code(), "upgrade refused");
+            tracing::debug!(%peer, %address, reason = refusal.code().as_str(), "upgrade refused");
             return refused(refusal);
         }
     };
     let (response, upgrade) = match fastwebsockets::upgrade::upgrade(&mut req) {
         Ok(pair) => pair,
-        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_handshake", &e.to_string()),
+        Err(e) => return error(ErrorCode::BadHandshake, &e.to_string()),
     };
     let tasks = shared.tasks.clone();
     tasks.spawn(async move {
@@ -410,16 +400,14 @@ fn snapshot(
     };
     if !identity.may_subscribe(kind) {
         return error(
-            StatusCode::FORBIDDEN,
-            "forbidden",
+            ErrorCode::Forbidden,
             "your token does not allow this channel",
         );
     }
     match shared.snapshots.get(kind) {
         Some(snapshot) => json(StatusCode::OK, &snapshot.to_json()),
         None => error(
-            StatusCode::NOT_FOUND,
-            "no_snapshot",
+            ErrorCode::NoSnapshot,
             &format!("no snapshot of {kind:?} yet"),
         ),
     }
@@ -430,7 +418,7 @@ fn snapshot(
 /// missing ones are not failures.)
 fn unauthorized(shared: &Shared, message: &str) -> Response<ResponseBody> {
     shared.counters.hit(Limit::Unauthorized);
-    let mut response = error(StatusCode::UNAUTHORIZED, "unauthorized", message);
+    let mut response = error(ErrorCode::Unauthorized, message);
     response
         .headers_mut()
         .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -446,8 +434,7 @@ fn barred(shared: &Shared, address: IpAddr) -> Option<Response<ResponseBody>> {
     shared.counters.hit(Limit::AuthBackoff);
     tracing::debug!(%address, wait_ms = wait.as_millis() as u64, "refused: credential backoff");
     let mut response = error(
-        StatusCode::TOO_MANY_REQUESTS,
-        "auth_backoff",
+        ErrorCode::AuthBackoff,
         "too many failed credentials from your address; wait before trying again",
     );
     let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
@@ -492,8 +479,7 @@ where
     if !declares_json(req.headers()) {
         shared.counters.hit(Limit::NotJson);
         return error(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
+            ErrorCode::UnsupportedMediaType,
             "publish bodies are JSON: send `Content-Type: application/json`",
         );
     }
@@ -501,8 +487,7 @@ where
     let too_large = || {
         shared.counters.hit(Limit::PublishBodyTooLarge);
         closing(error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
+            ErrorCode::BodyTooLarge,
             &format!("publish bodies are limited to {limit} bytes"),
         ))
     };
@@ -515,12 +500,11 @@ where
     let body = match tokio::time::timeout(deadline, collect).await {
         Ok(Ok(body)) => body.to_bytes(),
         Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => return too_large(),
-        Ok(Err(e)) => return closing(error(StatusCode::BAD_REQUEST, "bad_body", &e.to_string())),
+        Ok(Err(e)) => return closing(error(ErrorCode::BadBody, &e.to_string())),
         Err(_) => {
             shared.counters.hit(Limit::BodyTimeout);
             return closing(error(
-                StatusCode::REQUEST_TIMEOUT,
-                "body_timeout",
+                ErrorCode::BodyTimeout,
                 &format!("the request body did not arrive within {deadline:?} (body_timeout)"),
             ));
         }
@@ -532,36 +516,26 @@ where
             if let Some(i) = e.index {
                 body["error"]["index"] = i.into();
             }
-            return json(StatusCode::BAD_REQUEST, &body);
+            return json(e.code.status(), &body);
         }
     };
     let now = SystemTime::now();
-    let total = match &shared.cluster {
-        None => shared.hub.publish_batch(&events, now),
-        Some(cluster) => match cluster.publish_or_deliver_here(&events, now).await {
-            Published::Stored(offsets) => {
-                return json(
-                    StatusCode::OK,
-                    &serde_json::json!({
-                        "accepted": events.len(),
-                        "offsets": offsets,
-                        // Delivered by every node when the stream republishes them.
-                        "delivered": null,
-                    }),
-                );
-            }
-            Published::Here(delivery) => delivery,
-        },
-    };
-    json(
-        StatusCode::OK,
-        &serde_json::json!({
-            "accepted": events.len(),
+    let accepted = events.len();
+    let body = match shared.broker.publish(events, now).await {
+        Published::Stored(offsets) => serde_json::json!({
+            "accepted": accepted,
+            "offsets": offsets,
+            // Delivered by every node when the stream republishes them.
+            "delivered": null,
+        }),
+        Published::Here(total) => serde_json::json!({
+            "accepted": accepted,
             "delivered": total.queued,
             "slow_consumers": total.overflowed,
             "dropped": total.dropped,
         }),
-    )
+    };
+    json(StatusCode::OK, &body)
 }
 
 /// `GET /readyz`: 200 while the server takes connections, 503 once it is shutting down.
@@ -590,7 +564,7 @@ fn ready(shared: &Shared) -> Response<ResponseBody> {
         status,
         &serde_json::json!({
             "status": state,
-            "cluster": shared.cluster.as_ref().map(|c| c.status()),
+            "cluster": shared.broker.status(),
             "upstream": {
                 "engine": shared.config.engine.url.is_some(),
                 "breakers_not_closed": open,
@@ -619,7 +593,7 @@ fn operator(shared: &Arc<Shared>, path: &str) -> Response<ResponseBody> {
                 "samples": shared.analytics.history(),
             }),
         ),
-        _ => error(StatusCode::NOT_FOUND, "not_found", "no such route"),
+        _ => error(ErrorCode::NotFound, "no such route"),
     }
 }
 
@@ -643,7 +617,7 @@ fn stats(shared: &Shared) -> serde_json::Value {
         "frames_delivered": hub.delivered,
         "memory": super::memory::Memory::now(&shared.hub),
         "analytics": shared.analytics.summary(hub.connected_total),
-        "cluster": shared.cluster.as_ref().map(|c| c.status()),
+        "cluster": shared.broker.status(),
         "latency": latency(&shared.counters.publish_to_write.snapshot()),
         "channels": channels,
         "refused": shared.admission.refused.to_json(),
@@ -688,20 +662,17 @@ fn closing(mut response: Response<ResponseBody>) -> Response<ResponseBody> {
 }
 
 fn method_not_allowed(allow: &'static str) -> Response<ResponseBody> {
-    let mut response = error(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
-        &format!("use {allow}"),
-    );
+    let mut response = error(ErrorCode::MethodNotAllowed, &format!("use {allow}"));
     response
         .headers_mut()
         .insert(ALLOW, HeaderValue::from_static(allow));
     response
 }
 
-fn error(status: StatusCode, code: &str, message: &str) -> Response<ResponseBody> {
+/// An error answer: `{"error": {"code", "message"}}` with the code's HTTP status.
+fn error(code: ErrorCode, message: &str) -> Response<ResponseBody> {
     json(
-        status,
+        code.status(),
         &serde_json::json!({"error": {"code": code, "message": message}}),
     )
 }

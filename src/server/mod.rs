@@ -46,14 +46,15 @@ pub use session::WELCOME_MESSAGE;
 use crate::auth::host::HostPolicy;
 use crate::auth::permissions::{Identity, Method};
 use crate::auth::{AuthError, Authenticator};
-use crate::cluster::{Cluster, ClusterError};
+use crate::broker::{Broker, MemoryBroker};
+use crate::cluster::{ClusterError, NatsBroker};
 use crate::config::{Config, ConfigError};
 use crate::engine::hub::Hub;
 use crate::event::{unix_seconds, Event};
 use crate::frame;
 use crate::protocol::close::CloseCode;
+use crate::snapshot::SnapshotCache;
 use crate::upstream::poller::Outlet;
-use crate::upstream::snapshot::SnapshotCache;
 use crate::upstream::{self, BreakerBoard};
 use backoff::Credential;
 
@@ -91,8 +92,8 @@ pub(crate) struct Shared {
     /// Engine answers that did not fit the protocol (`/metrics`).
     pub(crate) translation_faults: Arc<upstream::translate::Faults>,
     pub(crate) config: Arc<Config>,
-    /// The NATS backplane, when `cluster.nats_url` is set.
-    pub(crate) cluster: Option<Arc<Cluster>>,
+    /// Where publishes, snapshots and interest go: memory alone, NATS in a cluster.
+    pub(crate) broker: Arc<dyn Broker>,
     pub(crate) shutdown: CancellationToken,
     pub(crate) tasks: TaskTracker,
 }
@@ -100,8 +101,11 @@ pub(crate) struct Shared {
 impl Shared {
     /// The state of a server with this (validated) configuration.
     pub(crate) fn new(config: Config) -> Result<Self, ConfigError> {
+        let hub = Hub::new(&config);
+        let snapshots = Arc::<SnapshotCache>::default();
         Ok(Self {
-            hub: Hub::new(&config),
+            broker: Arc::new(MemoryBroker::new(hub.clone(), snapshots.clone())),
+            hub,
             auth: Authenticator::new(&config.auth, &config.default_subscriptions)?,
             hosts: HostPolicy::new(&config.auth.allowed_hosts, config.listen).map_err(|e| {
                 ConfigError::Invalid {
@@ -113,11 +117,10 @@ impl Shared {
             analytics: analytics::Analytics::default(),
             backoff: backoff::AuthBackoff::new(config.auth.backoff_after, config.auth.max_backoff),
             admission: Arc::new(admission::Admission::new(&config)),
-            snapshots: Arc::default(),
+            snapshots,
             breakers: Arc::default(),
             translation_faults: Arc::default(),
             config: Arc::new(config),
-            cluster: None,
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
         })
@@ -179,10 +182,8 @@ impl Server {
         config.validate()?;
         let mut shared = Shared::new(config)?;
         if shared.config.cluster.enabled() {
-            let cluster =
-                Cluster::connect(&shared.config, shared.hub.clone(), shared.snapshots.clone())
-                    .await?;
-            shared.cluster = Some(cluster);
+            let local = MemoryBroker::new(shared.hub.clone(), shared.snapshots.clone());
+            shared.broker = Arc::new(NatsBroker::connect(&shared.config, local).await?);
         }
         let shared = Arc::new(shared);
         let addr = shared.config.listen;
@@ -209,10 +210,10 @@ impl Server {
         self.shared.snapshots.clone()
     }
 
-    /// The cluster backplane, when `cluster.nats_url` is set: publish through it to reach
-    /// every node (the hub's own `publish` stays on this node).
-    pub fn cluster(&self) -> Option<Arc<Cluster>> {
-        self.shared.cluster.clone()
+    /// The broker: publish through it to reach every node's subscribers (the hub's own
+    /// `publish` stays on this node). In memory alone, NATS when `cluster.nats_url` is set.
+    pub fn broker(&self) -> Arc<dyn Broker> {
+        self.shared.broker.clone()
     }
 
     /// The circuit breakers of the upstream pollers.
@@ -228,32 +229,31 @@ impl Server {
 
         let timers = tokio::spawn(run_timers(shared.clone()));
         let outlet = || Outlet {
-            hub: shared.hub.clone(),
             snapshots: shared.snapshots.clone(),
             breakers: shared.breakers.clone(),
-            cluster: shared.cluster.clone(),
+            broker: shared.broker.clone(),
             faults: shared.translation_faults.clone(),
             recovery: Arc::default(),
         };
-        let mut pollers = tokio::task::JoinSet::new();
-        match &shared.cluster {
-            None => upstream::start(&shared.config, outlet(), &mut pollers),
-            // In a cluster only the leader polls; the others get its snapshots and events.
-            Some(cluster) => {
-                let mut leader = cluster.leadership();
-                let (config, outlet) = (shared.config.clone(), outlet());
-                pollers.spawn(async move {
-                    let mut running = tokio::task::JoinSet::new();
-                    while leader.changed().await.is_ok() {
-                        if *leader.borrow_and_update() {
-                            upstream::start(&config, outlet.clone(), &mut running);
-                        } else {
-                            running.abort_all();
-                        }
+        // Only the leader polls (alone, this node); the others get its snapshots and events.
+        let mut leader = shared.broker.leadership();
+        let (config, outlet) = (shared.config.clone(), outlet());
+        let pollers = tokio::spawn(async move {
+            let mut running = tokio::task::JoinSet::new();
+            loop {
+                if *leader.borrow_and_update() {
+                    if running.is_empty() {
+                        upstream::start(&config, outlet.clone(), &mut running);
                     }
-                });
+                } else {
+                    running.abort_all();
+                }
+                if leader.changed().await.is_err() {
+                    // The broker is gone (shutting down): the pollers stop with this task.
+                    std::future::pending::<()>().await;
+                }
             }
-        }
+        });
         tokio::pin!(shutdown);
         loop {
             let (tcp, peer) = tokio::select! {
@@ -284,7 +284,7 @@ impl Server {
             let place = match place {
                 Ok(place) => place,
                 Err(refusal) => {
-                    tracing::debug!(%peer, reason = refusal.code(), "connection refused");
+                    tracing::debug!(%peer, reason = refusal.code().as_str(), "connection refused");
                     shared
                         .tasks
                         .spawn(refuse(tcp, refusal, shared.config.handshake_timeout));
@@ -332,15 +332,11 @@ impl Server {
         drop(listener);
         shared.shutdown.cancel();
         timers.abort();
-        // Pollers loop forever and hold no client state: dropping the set aborts them.
-        drop(pollers);
+        // Pollers loop forever and hold no client state: aborting the task drops them.
+        pollers.abort();
         shared.hub.close_all(CloseCode::GOING_AWAY);
         shared.tasks.close();
-        let leave_cluster = async {
-            if let Some(cluster) = &shared.cluster {
-                cluster.close(deadline).await;
-            }
-        };
+        let leave_cluster = shared.broker.close(deadline);
         let drain_clients = async {
             if tokio::time::timeout_at(deadline, shared.tasks.wait())
                 .await
@@ -396,9 +392,7 @@ async fn sample(shared: &Shared) {
         let now = SystemTime::now();
         shared.analytics.sample(totals, now);
         shared.hub.sweep_history(now);
-        if let Some(cluster) = &shared.cluster {
-            cluster.sweep();
-        }
+        shared.broker.sweep();
     }
 }
 

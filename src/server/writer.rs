@@ -18,6 +18,7 @@ use crate::engine::outbox::{Closing, Outbox};
 use crate::event;
 use crate::frame;
 use crate::protocol::close::CloseCode;
+use crate::protocol::code::ErrorCode;
 
 /// Frames per vectored write (well under every platform's `IOV_MAX`).
 pub(crate) const MAX_IOVECS: usize = 64;
@@ -141,7 +142,7 @@ fn dropped_notice(dropped: u64) -> Bytes {
         SystemTime::now(),
         None,
         &serde_json::json!({
-            "code": "frames_dropped",
+            "code": ErrorCode::FramesDropped,
             "message": "your queue was full; events were dropped",
             "dropped": dropped,
         }),

@@ -8,7 +8,7 @@
 //!   a summary) and `agent.status` (one per agent), each polled every 5 s.
 //!
 //! Every engine method has its own [`breaker::Breaker`]. Each broadcast is kept in the
-//! [`snapshot::SnapshotCache`]; when a call fails, the last good data goes out again on the
+//! [`SnapshotCache`](crate::snapshot::SnapshotCache); when a call fails, the last good data goes out again on the
 //! normal schedule with `stale: true`, an `error_code` and `last_update`, and an `rpc_error`
 //! event reports the failure (on the first one, then at most every
 //! `engine.error_report_interval`). New subscribers receive a type's snapshot at once.
@@ -18,7 +18,6 @@ pub mod host;
 pub(crate) mod poller;
 pub(crate) mod probe;
 pub mod rpc;
-pub mod snapshot;
 pub(crate) mod translate;
 
 use std::collections::BTreeMap;
@@ -34,15 +33,7 @@ use self::poller::{Outlet, Policy, PollSpec};
 use self::rpc::{RpcClient, UpstreamError};
 use self::translate::Faults;
 use crate::config::Config;
-
-/// The status types pollers publish as snapshots.
-pub const STATUS_TYPES: [&str; 5] = [
-    "system.status",
-    "agent.status",
-    "agent.summary",
-    "storage.update",
-    "compression.update",
-];
+use crate::protocol::code::StaleCode;
 
 /// Every poller's breaker, as the stats API shows it.
 #[derive(Debug, Default)]
@@ -158,7 +149,7 @@ pub(crate) fn start(config: &Config, outlet: Outlet, tasks: &mut tokio::task::Jo
         };
         specs.push(PollSpec {
             name: "system.status",
-            error_code: "SYSTEM_STATUS_FAILED",
+            error_code: StaleCode::SystemStatusFailed,
             channels: &["system.status"],
             interval: engine.poll_interval,
             fetch: rpc("system.status", serde_json::json!({})),
@@ -166,7 +157,7 @@ pub(crate) fn start(config: &Config, outlet: Outlet, tasks: &mut tokio::task::Jo
         });
         specs.push(PollSpec {
             name: "compression.queue.running",
-            error_code: "COMPRESSION_JOBS_FAILED",
+            error_code: StaleCode::CompressionJobsFailed,
             channels: &["compression.update"],
             interval: engine.poll_interval,
             fetch: rpc(
@@ -177,7 +168,7 @@ pub(crate) fn start(config: &Config, outlet: Outlet, tasks: &mut tokio::task::Jo
         });
         specs.push(PollSpec {
             name: "agents.list",
-            error_code: "AGENT_STATUS_FAILED",
+            error_code: StaleCode::AgentStatusFailed,
             channels: &["agent.status", "agent.summary"],
             interval: engine.poll_interval,
             fetch: rpc("agents.list", serde_json::json!({})),
@@ -200,9 +191,9 @@ fn host_spec(
     PollSpec {
         name,
         error_code: if storage {
-            "STORAGE_STATUS_FAILED"
+            StaleCode::StorageStatusFailed
         } else {
-            "SYSTEM_STATUS_FAILED"
+            StaleCode::SystemStatusFailed
         },
         channels: if storage {
             &["storage.update"]

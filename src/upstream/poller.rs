@@ -16,18 +16,13 @@ use serde_json::value::RawValue;
 use super::breaker::{Breaker, BreakerState, Transition};
 use super::probe::Recovery;
 use super::rpc::UpstreamError;
-use super::snapshot::{Snapshot, SnapshotCache};
 use super::translate::Faults;
 use super::BreakerBoard;
-use crate::cluster::Cluster;
-use crate::engine::hub::Hub;
+use crate::broker::{Broker, Completion};
 use crate::event::{unix_seconds, Event};
 use crate::protocol::channel::Channel;
-
-/// `error_code` while a breaker is open.
-pub(crate) const CIRCUIT_BREAKER_OPEN: &str = "CIRCUIT_BREAKER_OPEN";
-/// `error_code` when the engine cannot be reached at all.
-pub(crate) const RPC_DISCONNECT: &str = "RPC_DISCONNECT";
+use crate::protocol::code::StaleCode;
+use crate::snapshot::{Snapshot, SnapshotCache};
 
 /// A fetch's result: the raw JSON result, or why it failed.
 pub(crate) type Fetched = Result<Box<RawValue>, UpstreamError>;
@@ -46,7 +41,7 @@ pub(crate) struct PollSpec {
     /// The method (or host reading) name, for logs, events and the breaker board.
     pub(crate) name: &'static str,
     /// `error_code` of a failed call that is not a disconnect.
-    pub(crate) error_code: &'static str,
+    pub(crate) error_code: StaleCode,
     /// The channels whose snapshots this poller writes (re-sent stale on failure).
     pub(crate) channels: &'static [&'static str],
     pub(crate) interval: Duration,
@@ -57,11 +52,11 @@ pub(crate) struct PollSpec {
 /// Where results go.
 #[derive(Clone)]
 pub(crate) struct Outlet {
-    pub(crate) hub: Hub,
+    /// Snapshots and events go to every node's subscribers through it.
+    pub(crate) broker: Arc<dyn Broker>,
+    /// The latest snapshot of each channel, re-sent stale when a call fails.
     pub(crate) snapshots: Arc<SnapshotCache>,
     pub(crate) breakers: Arc<BreakerBoard>,
-    /// In a cluster, snapshots and events go to every node through it.
-    pub(crate) cluster: Option<Arc<Cluster>>,
     /// Engine answers that did not fit the protocol.
     pub(crate) faults: Arc<Faults>,
     /// Recovery probes the engine answered.
@@ -95,7 +90,7 @@ pub(crate) async fn run(spec: PollSpec, outlet: Outlet, policy: Policy) {
             outlet.breaker_changed(&spec, &breaker, t);
         }
         if !allowed {
-            outlet.republish_stale(spec.channels, CIRCUIT_BREAKER_OPEN);
+            outlet.republish_stale(spec.channels, StaleCode::CircuitBreakerOpen);
             continue;
         }
         let started = tokio::time::Instant::now();
@@ -134,12 +129,12 @@ pub(crate) async fn run(spec: PollSpec, outlet: Outlet, policy: Policy) {
                 }
                 outlet.breakers.record(spec.name, &breaker);
                 let code = if e.is_disconnect() {
-                    RPC_DISCONNECT
+                    StaleCode::RpcDisconnect
                 } else {
                     spec.error_code
                 };
                 let stale_code = if breaker.state() == BreakerState::Open {
-                    CIRCUIT_BREAKER_OPEN
+                    StaleCode::CircuitBreakerOpen
                 } else {
                     code
                 };
@@ -168,7 +163,7 @@ impl Outlet {
         self.publish_snapshot(Snapshot::new(channel, items.into(), now, None, now));
     }
 
-    fn republish_stale(&self, channels: &[&str], error_code: &'static str) {
+    fn republish_stale(&self, channels: &[&str], error_code: StaleCode) {
         let now = SystemTime::now();
         for channel in channels {
             if let Some(previous) = self.snapshots.get(channel) {
@@ -177,50 +172,21 @@ impl Outlet {
         }
     }
 
-    /// Stores `snapshot` and sends what changed since the one it replaces
-    /// ([`Snapshot::to_broadcast`]). In a cluster it goes through the stream, and every
-    /// node (this one too) stores it and works that out against its own cache.
+    /// Makes `snapshot` its channel's latest on every node, each of which sends what
+    /// changed since the one it replaces ([`Snapshot::to_broadcast`]).
     fn publish_snapshot(&self, snapshot: Snapshot) {
-        let local = |hub: &Hub, cache: &SnapshotCache, snapshot: Snapshot| {
-            let previous = cache.get(&snapshot.channel);
-            let snapshot = cache.store(snapshot);
-            hub.publish_frames(
-                &snapshot.channel,
-                &snapshot.to_broadcast(previous.as_deref()),
-            );
-        };
-        let Some(cluster) = &self.cluster else {
-            local(&self.hub, &self.snapshots, snapshot);
-            return;
-        };
-        let (cluster, hub, cache) = (cluster.clone(), self.hub.clone(), self.snapshots.clone());
-        tokio::spawn(async move {
-            if let Err(e) = cluster.publish_snapshot(&snapshot).await {
-                tracing::warn!(error = %e, "snapshot not sent to the cluster; broadcast here only");
-                local(&hub, &cache, snapshot);
-            }
-        });
+        self.broker.publish_snapshot(snapshot);
     }
 
-    /// Publishes an event of the pollers' own (`rpc_error`, breaker notifications): to
-    /// every node in a cluster.
+    /// Publishes an event of the pollers' own (`rpc_error`, breaker notifications) to
+    /// every node.
     fn publish(&self, event: Event, now: SystemTime) {
-        match &self.cluster {
-            None => {
-                self.hub.publish_at(&event, now);
-            }
-            Some(cluster) => {
-                let cluster = cluster.clone();
-                tokio::spawn(async move {
-                    cluster
-                        .publish_or_deliver_here(std::slice::from_ref(&event), now)
-                        .await;
-                });
-            }
+        if let Completion::Pending(published) = self.broker.publish(vec![event], now) {
+            tokio::spawn(published);
         }
     }
 
-    fn report_error(&self, spec: &PollSpec, e: &UpstreamError, code: &str, failures: u32) {
+    fn report_error(&self, spec: &PollSpec, e: &UpstreamError, code: StaleCode, failures: u32) {
         let now = SystemTime::now();
         let reason = if e.is_disconnect() {
             "rpc_disconnect"

@@ -16,32 +16,22 @@ use serde_json::value::RawValue;
 
 use crate::event;
 use crate::protocol::channel::Channel;
+use crate::protocol::code::StaleCode;
+
+/// The status types pollers publish as snapshots.
+pub const STATUS_TYPES: [&str; 5] = [
+    "system.status",
+    "agent.status",
+    "agent.summary",
+    "storage.update",
+    "compression.update",
+];
 
 /// Why a snapshot is stale.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct Staleness {
-    /// `RPC_DISCONNECT`, `SYSTEM_STATUS_FAILED`, `COMPRESSION_JOBS_FAILED`,
-    /// `AGENT_STATUS_FAILED` or `CIRCUIT_BREAKER_OPEN`.
-    pub error_code: &'static str,
-}
-
-impl Staleness {
-    /// Every error code a snapshot can be stale with.
-    pub const CODES: [&'static str; 5] = [
-        "RPC_DISCONNECT",
-        "SYSTEM_STATUS_FAILED",
-        "COMPRESSION_JOBS_FAILED",
-        "AGENT_STATUS_FAILED",
-        "CIRCUIT_BREAKER_OPEN",
-    ];
-
-    /// The staleness with error code `code`, if it is one of [`Self::CODES`].
-    pub fn from_code(code: &str) -> Option<Self> {
-        Self::CODES
-            .iter()
-            .find(|c| **c == code)
-            .map(|error_code| Self { error_code })
-    }
+    /// The `error_code` it is sent with.
+    pub error_code: StaleCode,
 }
 
 /// The field that names an item of a status type sent per change (see
@@ -102,7 +92,7 @@ impl Snapshot {
     }
 
     /// The same data marked stale with `error_code`, stamped `now`.
-    pub fn to_stale(&self, error_code: &'static str, now: SystemTime) -> Self {
+    pub fn to_stale(&self, error_code: StaleCode, now: SystemTime) -> Self {
         Self::new(
             self.channel.clone(),
             self.items.clone(),
@@ -168,7 +158,7 @@ impl Snapshot {
                 .last_update
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64),
-            stale: self.stale.map(|s| s.error_code),
+            stale: self.stale.map(|s| s.error_code.as_str()),
         })
         .expect("a snapshot serializes")
     }
@@ -194,7 +184,9 @@ impl Snapshot {
         }
         let stale = match wire.stale {
             None => None,
-            Some(code) => Some(Staleness::from_code(&code)?),
+            Some(code) => Some(Staleness {
+                error_code: StaleCode::from_wire(&code)?,
+            }),
         };
         let last_update =
             SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(wire.last_update_ms);
@@ -313,9 +305,18 @@ mod tests {
         assert_eq!(payload(&snap.frames[0])["data"]["hostname"], "h");
         assert!(payload(&snap.frames[0])["data"].get("stale").is_none());
 
-        let stale = snap.to_stale("RPC_DISCONNECT", now);
+        let stale = snap.to_stale(StaleCode::RpcDisconnect, now);
         let back = Snapshot::from_wire(&stale.to_wire(), now).expect("round trip");
         assert_eq!(back.frames, stale.frames, "the same frames on every node");
+        for &code in StaleCode::ALL {
+            let stale = snap.to_stale(code, now);
+            let back = Snapshot::from_wire(&stale.to_wire(), now);
+            assert_eq!(
+                back.map(|b| b.stale),
+                Some(stale.stale),
+                "{code} crosses the cluster"
+            );
+        }
         assert!(Snapshot::from_wire(
             br#"{"channel":"x","items":[1],"last_update_ms":0,"stale":null}"#,
             now
@@ -388,11 +389,11 @@ mod tests {
         let changed = agents(t1, &[("a", "idle"), ("b", "busy"), ("c", "idle")]);
         assert_eq!(ids(&changed.to_broadcast(Some(&first))), ["b", "c"]);
         // The outage: every agent once, then nothing while the code stays the same.
-        let stale = changed.to_stale("RPC_DISCONNECT", t1);
+        let stale = changed.to_stale(StaleCode::RpcDisconnect, t1);
         assert_eq!(stale.to_broadcast(Some(&changed)).len(), 3);
-        let still = stale.to_stale("RPC_DISCONNECT", t1);
+        let still = stale.to_stale(StaleCode::RpcDisconnect, t1);
         assert!(still.to_broadcast(Some(&stale)).is_empty());
-        let open = still.to_stale("CIRCUIT_BREAKER_OPEN", t1);
+        let open = still.to_stale(StaleCode::CircuitBreakerOpen, t1);
         assert_eq!(open.to_broadcast(Some(&still)).len(), 3);
         // Fresh again: every agent, unmarked.
         let back = agents(t1, &[("a", "idle"), ("b", "busy"), ("c", "idle")]);

@@ -1,0 +1,92 @@
+//! A client's `publish`: its grant checked for every event, then through the broker.
+
+use std::time::SystemTime;
+
+use super::reply::error_reply;
+use super::Session;
+use crate::auth::permissions::Identity;
+use crate::broker::{Completion, Published};
+use crate::event;
+use crate::protocol::code::ErrorCode;
+use crate::protocol::message::{CorrelationId, MessageError};
+use crate::protocol::publish;
+use crate::server::counters::Limit;
+
+impl Session<'_> {
+    /// Publishes the client's events if its grant allows every one of them (all or none).
+    pub(super) fn publish(
+        &mut self,
+        identity: &Identity,
+        body: &str,
+        correlation_id: Option<&CorrelationId>,
+        now: SystemTime,
+    ) {
+        let fail = |code: ErrorCode, message: String| MessageError {
+            code,
+            message,
+            correlation_id: correlation_id.cloned(),
+        };
+        let events = match publish::parse(body.as_bytes()) {
+            Ok(events) => events,
+            Err(e) => {
+                self.client.send(error_reply(&fail(e.code, e.message), now));
+                return;
+            }
+        };
+        if let Some((i, event)) = events
+            .iter()
+            .enumerate()
+            .find(|(_, e)| !identity.may_publish(e.channel()))
+        {
+            self.shared.counters.hit(Limit::ForbiddenPublish);
+            let e = fail(
+                ErrorCode::Forbidden,
+                format!(
+                    "event {i}: your token does not allow publishing on {:?}; nothing was published",
+                    event.channel().as_str()
+                ),
+            );
+            self.client.send(error_reply(&e, now));
+            return;
+        }
+        // The client's own subscriptions get the events the way every subscriber does; the
+        // reply follows them, or, when the broker must wait (a cluster's stream), follows
+        // once the events are stored.
+        let accepted = events.len();
+        match self.shared.broker.publish(events, now) {
+            Completion::Ready(published) => {
+                let reply = publish_reply(accepted, &published);
+                let id = correlation_id.map(CorrelationId::as_raw);
+                self.client
+                    .send(event::encode_serialize("publish_response", now, id, &reply));
+            }
+            Completion::Pending(publishing) => {
+                let outbox = self.client.outbox().clone();
+                let correlation_id = correlation_id.cloned();
+                tokio::spawn(async move {
+                    let reply = publish_reply(accepted, &publishing.await);
+                    let id = correlation_id.as_ref().map(CorrelationId::as_raw);
+                    outbox.push(event::encode_serialize("publish_response", now, id, &reply));
+                });
+            }
+        }
+    }
+}
+
+/// The `publish_response` data: with the offsets when the cluster's stream stored the
+/// events (every node delivers them), else how many client queues they went to here.
+pub(super) fn publish_reply(accepted: usize, published: &Published) -> serde_json::Value {
+    match published {
+        Published::Stored(offsets) => serde_json::json!({
+            "success": true,
+            "accepted": accepted,
+            "offsets": offsets,
+            "delivered": null,
+        }),
+        Published::Here(delivery) => serde_json::json!({
+            "success": true,
+            "accepted": accepted,
+            "delivered": delivery.queued,
+        }),
+    }
+}

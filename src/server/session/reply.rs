@@ -1,0 +1,88 @@
+//! The session's own messages to the client: subscription replies, errors, warnings.
+
+use std::collections::BTreeMap;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use serde::Serialize;
+
+use super::MAX_LISTED_REJECTIONS;
+use crate::engine::client::{Rejection, SubscriptionChange};
+use crate::engine::history::Recovery;
+use crate::event;
+use crate::protocol::channel::Channel;
+use crate::protocol::code::ErrorCode;
+use crate::protocol::message::{ChannelList, CorrelationId, MessageError};
+
+/// The `error` sent for the first message over the inbound limit.
+pub(super) fn rate_limited(retry_after: std::time::Duration) -> Bytes {
+    event::encode_serialize(
+        "error",
+        SystemTime::now(),
+        None,
+        &serde_json::json!({
+            "code": ErrorCode::RateLimited,
+            "message": "too many messages; this one was ignored, and more now close the connection (1008)",
+            "retry_after_ms": retry_after.as_millis() as u64,
+        }),
+    )
+}
+
+/// The recovery part of a `subscribe_response`.
+#[derive(Default, Serialize)]
+pub(super) struct Resumed<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) epoch: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) recovery: Option<&'a BTreeMap<String, Recovery>>,
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(super) fn subscription_reply(
+    kind: &str,
+    changed_key: &'static str,
+    subscriptions: &[Channel],
+    request: &ChannelList,
+    change: &SubscriptionChange,
+    resumed: Resumed<'_>,
+    now: SystemTime,
+) -> Bytes {
+    #[derive(Serialize)]
+    struct Reply<'a> {
+        success: bool,
+        #[serde(flatten)]
+        changed: BTreeMap<&'static str, &'a [Channel]>,
+        subscriptions: &'a [Channel],
+        rejected: &'a [Rejection],
+        /// Present when `rejected` lists only the first of them.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        rejected_total: Option<usize>,
+        #[serde(flatten)]
+        resumed: Resumed<'a>,
+    }
+    let id = request.correlation_id.as_ref().map(CorrelationId::as_raw);
+    let rejected = &change.rejected;
+    let listed = &rejected[..rejected.len().min(MAX_LISTED_REJECTIONS)];
+    event::encode_serialize(
+        kind,
+        now,
+        id,
+        &Reply {
+            success: rejected.is_empty(),
+            changed: [(changed_key, change.changed.as_slice())].into(),
+            subscriptions,
+            rejected: listed,
+            rejected_total: (listed.len() < rejected.len()).then_some(rejected.len()),
+            resumed,
+        },
+    )
+}
+
+pub(super) fn error_reply(e: &MessageError, now: SystemTime) -> Bytes {
+    event::encode_serialize(
+        "error",
+        now,
+        e.correlation_id.as_ref().map(CorrelationId::as_raw),
+        &serde_json::json!({ "code": e.code, "message": e.message }),
+    )
+}

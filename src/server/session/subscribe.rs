@@ -1,0 +1,203 @@
+//! Subscribing and unsubscribing, with recovery of what a resuming client missed.
+
+use std::collections::BTreeMap;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+
+use super::reply::{error_reply, subscription_reply, Resumed};
+use super::Session;
+use crate::auth::permissions::Identity;
+use crate::engine::client::{Client, Rejection, SubscriptionChange};
+use crate::engine::history::{Incomplete, Locked, Recovery};
+use crate::protocol::channel::{self, Channel};
+use crate::protocol::code::RejectReason;
+use crate::protocol::message::{ChannelList, MessageError, Resume};
+use crate::server::counters::Limit;
+use crate::snapshot::SnapshotCache;
+
+impl Session<'_> {
+    /// Decides, with their logs locked, what each channel of `resume` that `change`
+    /// subscribes gets replayed. The locks are held until [`Self::complete_subscribe`]
+    /// has subscribed the client, so no event published meanwhile is missed or doubled.
+    pub(super) fn plan_resume(
+        &self,
+        resume: Option<&Resume>,
+        change: &SubscriptionChange,
+    ) -> Resumption {
+        let mut plan = Resumption::default();
+        let Some(resume) = resume else {
+            return plan;
+        };
+        let failed = |reason| Recovery::failed(reason);
+        let Some(history) = self.shared.hub.history() else {
+            plan.outcomes = resume
+                .since
+                .iter()
+                .map(|(name, _)| (name.clone(), failed(Incomplete::NoHistory)))
+                .collect();
+            return plan;
+        };
+        if resume
+            .epoch
+            .as_deref()
+            .is_some_and(|e| e != history.epoch().as_str())
+        {
+            plan.outcomes = resume
+                .since
+                .iter()
+                .map(|(name, _)| (name.clone(), failed(Incomplete::EpochChanged)))
+                .collect();
+            return plan;
+        }
+        let mut resumed = Vec::new();
+        for (name, since) in &resume.since {
+            match change.changed.iter().find(|c| c.as_str() == name) {
+                Some(channel) => resumed.push((channel, *since)),
+                None if self
+                    .client
+                    .subscriptions()
+                    .iter()
+                    .any(|c| c.as_str() == name) =>
+                {
+                    plan.outcomes
+                        .insert(name.clone(), failed(Incomplete::AlreadySubscribed));
+                }
+                // Refused or not asked for: the reply's `rejected` says why.
+                None => {}
+            }
+        }
+        if resumed.is_empty() {
+            return plan;
+        }
+        let locked = history.lock(resumed.iter().map(|(c, _)| *c));
+        // Room in the queue for the replay, after the reply (snapshots widen the bounds by
+        // their own size: they take none of it).
+        let mut room = self.client.outbox().room().saturating_sub(1);
+        for (channel, since) in resumed {
+            let (recovery, frames) = locked
+                .missed(channel, since)
+                .expect("every resumed channel is locked");
+            let recovery = if frames.len() > room {
+                failed(Incomplete::TooMuchToReplay)
+            } else {
+                room -= frames.len();
+                plan.replay.extend(frames);
+                recovery
+            };
+            plan.outcomes.insert(channel.to_string(), recovery);
+        }
+        plan.locked = Some(locked);
+        plan
+    }
+
+    /// Reply, then snapshots, then subscribe: the client sees the reply before any event
+    /// the subscription lets through. Channels the grant does not allow are refused.
+    pub(super) fn subscribe(&mut self, identity: &Identity, list: &ChannelList, now: SystemTime) {
+        let (allowed, forbidden): (Vec<&str>, Vec<&str>) = list
+            .channels
+            .iter()
+            .map(String::as_str)
+            .partition(|name| channel::validate(name).is_err() || identity.may_subscribe(name));
+        let mut change = self.client.plan_subscribe(allowed);
+        change.rejected.extend(forbidden.into_iter().map(|name| {
+            Rejection::new(
+                name,
+                RejectReason::Forbidden,
+                "your token does not allow this channel",
+            )
+        }));
+        let after: Vec<Channel> = self
+            .client
+            .subscriptions()
+            .iter()
+            .chain(&change.changed)
+            .cloned()
+            .collect();
+        let resumption = self.plan_resume(list.resume.as_ref(), &change);
+        let epoch = self.epoch();
+        self.client.send(subscription_reply(
+            "subscribe_response",
+            "subscribed",
+            &after,
+            list,
+            &change,
+            Resumed {
+                epoch: epoch.as_deref().map(String::as_str),
+                recovery: list.resume.is_some().then_some(&resumption.outcomes),
+            },
+            now,
+        ));
+        self.complete_subscribe(&change, resumption);
+    }
+
+    /// The end of every subscribe, after its reply (or the welcome) is queued: the
+    /// snapshots, the replay of what a resuming client missed, then the subscription
+    /// itself, so nothing newer can arrive ahead of them. Releases the resumed logs.
+    pub(super) fn complete_subscribe(
+        &mut self,
+        change: &SubscriptionChange,
+        resumption: Resumption,
+    ) {
+        self.count_rejections(&change.rejected);
+        send_snapshots(&self.client, change, &self.shared.snapshots);
+        for frame in resumption.replay {
+            self.client.send(frame);
+        }
+        let late = self.client.apply_subscribe(change);
+        drop(resumption.locked);
+        self.report_late(late);
+    }
+
+    pub(super) fn count_rejections(&self, rejected: &[Rejection]) {
+        self.shared
+            .counters
+            .subscriptions_failed
+            .fetch_add(rejected.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        for r in rejected {
+            if let Some(limit) = Limit::of_rejection(r.code) {
+                self.shared.counters.hit(limit);
+            }
+        }
+    }
+
+    /// Channels that filled up between the reply and the subscription (rare): an `error`
+    /// for each, so the client knows the subscription did not take.
+    pub(super) fn report_late(&self, late: Vec<Rejection>) {
+        self.count_rejections(&late);
+        for r in late {
+            let e = MessageError {
+                code: r.code.into(),
+                message: format!("not subscribed to {:?}: {}", r.channel, r.reason),
+                correlation_id: None,
+            };
+            self.client.send(error_reply(&e, SystemTime::now()));
+        }
+    }
+}
+
+/// Queues the current snapshot of every channel in `change` (before the subscription is
+/// applied, so that nothing newer can arrive ahead of it).
+pub(super) fn send_snapshots(
+    client: &Client,
+    change: &SubscriptionChange,
+    snapshots: &SnapshotCache,
+) {
+    for channel in &change.changed {
+        if let Some(snapshot) = snapshots.get(channel) {
+            // Whole: hundreds of agents are more than the queue's frame bound.
+            client.outbox().push_whole(&snapshot.frames);
+        }
+    }
+}
+
+/// A subscribe's resumed channels: what was decided and the locks held until it applies.
+#[derive(Default)]
+pub(super) struct Resumption {
+    /// Per channel named in `since`, how its recovery went.
+    pub(super) outcomes: BTreeMap<String, Recovery>,
+    /// What the client missed, oldest first, channel by channel.
+    replay: Vec<Bytes>,
+    /// The resumed channels' logs, locked.
+    locked: Option<Locked>,
+}
