@@ -1,4 +1,11 @@
-//! The broadcast engine: sans-IO, clock-free, lock-free on the publish path.
+//! The broadcast engine: sans-IO and clock-free.
+//!
+//! The fan-out is lock-free: a publish loads its channel's subscriber set and pushes into
+//! each subscriber's outbox without a lock. With history on (the default, `history.size >
+//! 0`) a publish also takes its channel's log lock (a parking_lot mutex per channel, never
+//! poisoned) and fans out under it, so that a resuming subscriber can replay and subscribe
+//! with nothing slipping between; publishers of different channels never share a lock.
+//! With `history.size = 0` no lock is taken at all.
 //!
 //! - [`hub`]: publishing, and the clients as a whole (the public [`Hub`](hub::Hub)).
 //! - [`client`]: one client, its subscriptions (the public [`Client`](client::Client)).
