@@ -15,7 +15,7 @@ fuzz_target!(|data: &[u8]| {
         }
         Ok(_) => {}
         Err(e) => {
-            assert!(!e.code.is_empty() && !e.message.is_empty());
+            assert!(!e.code.as_str().is_empty() && !e.message.is_empty());
             if let Some(id) = e.correlation_id {
                 serde_json::from_str::<serde_json::Value>(id.as_raw().get())
                     .expect("echoed ids are JSON");
