@@ -22,6 +22,7 @@
 
 pub mod auth;
 pub mod broker;
+mod clock;
 pub mod cluster;
 pub mod config;
 pub mod engine;

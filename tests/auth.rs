@@ -157,7 +157,8 @@ async fn rs256_tokens_are_checked_against_the_public_key() {
     );
 }
 
-#[tokio::test]
+// Paused time: the deadlines and the backoff run on the runtime clock.
+#[tokio::test(start_paused = true)]
 async fn bad_credentials_get_their_documented_close_codes() {
     let server = TestServer::with(|c| {
         c.auth.jwt_secret = Some(SECRET.into());
@@ -249,7 +250,8 @@ async fn bad_credentials_get_their_documented_close_codes() {
 /// What the audit broke: `iss`/`aud` configured but missing from a token; an `exp` in
 /// milliseconds or past 2^63 (the task used to panic: no `auth_response`, no close code);
 /// a token inside the leeway welcomed and then closed at once.
-#[tokio::test]
+// Paused time: the deadlines and the backoff run on the runtime clock.
+#[tokio::test(start_paused = true)]
 async fn required_claims_huge_expiries_and_the_leeway() {
     let server = TestServer::with(|c| {
         c.auth.jwt_secret = Some(SECRET.into());
@@ -498,7 +500,8 @@ async fn only_allowed_origins_may_upgrade() {
     assert!(!headers.contains_key("access-control-allow-origin"));
 }
 
-#[tokio::test]
+// Paused time: the deadlines and the backoff run on the runtime clock.
+#[tokio::test(start_paused = true)]
 async fn a_silent_client_is_closed_after_the_idle_timeout() {
     let server = TestServer::with(|c| c.idle_timeout = Duration::from_millis(800)).await;
     let mut chatty = server.client().await;
@@ -603,7 +606,8 @@ async fn snapshots_and_stats_are_no_way_around_permissions() {
     assert_eq!(get("/healthz", None).await.0, 200);
 }
 
-#[tokio::test]
+// Paused time: the deadlines and the backoff run on the runtime clock.
+#[tokio::test(start_paused = true)]
 async fn failed_credentials_back_off_exponentially_per_address() {
     let server = TestServer::with(|c| {
         c.auth.jwt_secret = Some(SECRET.into());

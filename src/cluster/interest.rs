@@ -54,7 +54,7 @@ impl Cluster {
         {
             let mut interest = self.interest.lock();
             if let Some(existing) = interest.get_mut(channel) {
-                existing.ensured = Instant::now();
+                existing.ensured = crate::clock::now();
                 existing.pinned |= pinned;
                 return Ok(());
             }
@@ -96,7 +96,7 @@ impl Cluster {
             // Another subscriber raced us here: keep theirs.
             Some(existing) => {
                 task.abort();
-                existing.ensured = Instant::now();
+                existing.ensured = crate::clock::now();
                 existing.pinned |= pinned;
             }
             None => {
@@ -104,7 +104,7 @@ impl Cluster {
                     channel.clone(),
                     Interest {
                         task,
-                        ensured: Instant::now(),
+                        ensured: crate::clock::now(),
                         pinned,
                     },
                 );
@@ -175,7 +175,7 @@ impl Cluster {
     /// Stops listening on channels without local subscribers for a few seconds, and
     /// forgets their local history (it stops being complete). Called about once a second.
     pub(super) fn sweep(&self) {
-        let now = Instant::now();
+        let now = crate::clock::now();
         let mut interest = self.interest.lock();
         interest.retain(|channel, i| {
             let keep = i.pinned

@@ -108,7 +108,7 @@ impl Default for Analytics {
             reconnections: AtomicU64::new(0),
             recent: Mutex::new(Recent {
                 left: HashMap::new(),
-                swept: Instant::now(),
+                swept: crate::clock::now(),
             }),
             history: Mutex::new(History {
                 samples: VecDeque::with_capacity(HISTORY_SECONDS),

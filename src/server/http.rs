@@ -235,7 +235,7 @@ fn upgrade<B>(
     if let Some(barred) = barred(&shared, address) {
         return barred;
     }
-    let now = std::time::Instant::now();
+    let now = crate::clock::now();
     // A direct client's connection already holds its place, which the WebSocket keeps; it
     // still takes its share of the connection rate. Behind a trusted proxy, the forwarded
     // address is admitted here.
@@ -427,10 +427,7 @@ fn unauthorized(shared: &Shared, message: &str) -> Response<ResponseBody> {
 
 /// A 429 for an address barred after failed credentials, counted; `None` if not barred.
 fn barred(shared: &Shared, address: IpAddr) -> Option<Response<ResponseBody>> {
-    let wait = shared
-        .backoff
-        .check(address, std::time::Instant::now())
-        .err()?;
+    let wait = shared.backoff.check(address, crate::clock::now()).err()?;
     shared.counters.hit(Limit::AuthBackoff);
     tracing::debug!(%address, wait_ms = wait.as_millis() as u64, "refused: credential backoff");
     let mut response = error(

@@ -147,7 +147,7 @@ impl Shared {
                 Method::ApiKey => self.backoff.succeeded(address, Credential::PublishKey),
             },
             Err(e) => {
-                let now = std::time::Instant::now();
+                let now = crate::clock::now();
                 self.backoff.failed(address, Credential::Token, now);
                 if self.auth.publish_needs_key() && *e != AuthError::Expired {
                     self.backoff.failed(address, Credential::PublishKey, now);
@@ -164,7 +164,7 @@ impl Shared {
             self.backoff.succeeded(address, Credential::PublishKey);
         } else {
             self.backoff
-                .failed(address, Credential::PublishKey, std::time::Instant::now());
+                .failed(address, Credential::PublishKey, crate::clock::now());
         }
         valid
     }
@@ -275,7 +275,7 @@ impl Server {
             let place = if shared.admission.is_trusted_proxy(peer.ip()) {
                 Ok(None)
             } else {
-                let now = std::time::Instant::now();
+                let now = crate::clock::now();
                 shared
                     .admission
                     .admit_connection(peer.ip().to_canonical(), now)

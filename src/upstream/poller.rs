@@ -19,6 +19,8 @@ use super::rpc::UpstreamError;
 use super::translate::Faults;
 use super::BreakerBoard;
 use crate::broker::{Broker, Completion};
+// The runtime's clock (paused in tests): the breaker and the poll ticks read the same one.
+use crate::clock::now;
 use crate::event::{unix_seconds, Event};
 use crate::protocol::channel::Channel;
 use crate::protocol::code::StaleCode;
@@ -149,12 +151,6 @@ pub(crate) async fn run(spec: PollSpec, outlet: Outlet, policy: Policy) {
             }
         }
     }
-}
-
-/// The runtime's clock (paused in tests), as the breaker's `Instant`: the breaker and the
-/// poll ticks must read the same clock.
-fn now() -> Instant {
-    tokio::time::Instant::now().into_std()
 }
 
 impl Outlet {

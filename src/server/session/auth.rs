@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::SystemTime;
 
 use serde::Serialize;
 
@@ -147,7 +147,7 @@ impl Session<'_> {
         let reconnection = self
             .shared
             .analytics
-            .arrived(&ClientKey::of(&identity, self.address), Instant::now());
+            .arrived(&ClientKey::of(&identity, self.address), crate::clock::now());
         tracing::info!(
             conn = self.client.id(),
             peer = %self.address,

@@ -21,7 +21,7 @@ mod tests;
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::SystemTime;
 
 use futures_util::future::BoxFuture;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -112,7 +112,7 @@ async fn serve<R, W>(
     W: AsyncWrite + Unpin,
 {
     let config = &shared.config;
-    let started = Instant::now();
+    let started = crate::clock::now();
     let outbox = client.outbox().clone();
     let mut session = Session {
         shared,
@@ -122,7 +122,7 @@ async fn serve<R, W>(
         limit: TokenBucket::new(
             config.max_inbound_per_minute,
             config.inbound_burst,
-            tokio::time::Instant::now().into_std(),
+            crate::clock::now(),
         ),
         deadlines: Deadlines::new(config.idle_timeout),
         resume: handshake.resume,
@@ -192,12 +192,12 @@ async fn serve<R, W>(
     if let Some(code) = code {
         shared.counters.closed(code);
     }
-    let duration = started.elapsed();
+    let duration = crate::clock::now().saturating_duration_since(started);
     let key = session
         .identity
         .as_deref()
         .map(|identity| ClientKey::of(identity, address));
-    shared.analytics.left(key, duration, Instant::now());
+    shared.analytics.left(key, duration, crate::clock::now());
     tracing::info!(
         conn = session.client.id(),
         peer = %address,
@@ -297,7 +297,7 @@ impl Session<'_> {
             // Every message and control frame counts against the inbound limit (a message's
             // fragments are bounded by the reader); only the client's close does not.
             if !matches!(incoming, Incoming::Close) {
-                match self.limit.take(tokio::time::Instant::now().into_std()) {
+                match self.limit.take(crate::clock::now()) {
                     Verdict::Allow => {}
                     Verdict::Warn => {
                         self.shared.counters.hit(Limit::RateLimited);
