@@ -1,0 +1,43 @@
+//! Response builders: JSON bodies, errors with their code's status, `Connection: close`.
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::header::{HeaderValue, ALLOW, CONNECTION, CONTENT_TYPE};
+use hyper::{Response, StatusCode};
+
+use super::ResponseBody;
+use crate::protocol::code::ErrorCode;
+
+/// `response` with `Connection: close`: the request's body was not read to its end, so the
+/// connection cannot carry another request.
+pub(super) fn closing(mut response: Response<ResponseBody>) -> Response<ResponseBody> {
+    response
+        .headers_mut()
+        .insert(CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
+pub(super) fn method_not_allowed(allow: &'static str) -> Response<ResponseBody> {
+    let mut response = error(ErrorCode::MethodNotAllowed, &format!("use {allow}"));
+    response
+        .headers_mut()
+        .insert(ALLOW, HeaderValue::from_static(allow));
+    response
+}
+
+/// An error answer: `{"error": {"code", "message"}}` with the code's HTTP status.
+pub(super) fn error(code: ErrorCode, message: &str) -> Response<ResponseBody> {
+    json(
+        code.status(),
+        &serde_json::json!({"error": {"code": code, "message": message}}),
+    )
+}
+
+pub(super) fn json(status: StatusCode, body: &serde_json::Value) -> Response<ResponseBody> {
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}

@@ -1,0 +1,156 @@
+//! `GET /ws`: the WebSocket upgrade, its credentials and its `since`, then the session.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::header::{HeaderValue, HOST, ORIGIN};
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use super::credentials::{barred, bearer};
+use super::response::error;
+use super::{refused, Connection, ResponseBody};
+use crate::protocol::code::ErrorCode;
+use crate::protocol::message::{Resume, MAX_RESUME_CHANNELS};
+use crate::server::counters::Limit;
+use crate::server::reader::Prefixed;
+use crate::server::{session, Shared};
+
+pub(super) fn upgrade<B>(
+    shared: Arc<Shared>,
+    mut req: Request<B>,
+    conn: &Connection,
+) -> Response<ResponseBody> {
+    let peer = conn.peer;
+    if !fastwebsockets::upgrade::is_upgrade_request(&req) {
+        return error(
+            ErrorCode::UpgradeRequired,
+            "/ws speaks WebSocket only; connect with a WebSocket client",
+        );
+    }
+    let origin = req.headers().get(ORIGIN).map(HeaderValue::as_bytes);
+    let host = req.headers().get(HOST).map(HeaderValue::as_bytes);
+    if !shared.auth.origin_allowed(origin, host) {
+        shared.counters.hit(Limit::OriginRefused);
+        tracing::debug!(%peer, origin = ?origin.map(String::from_utf8_lossy), "upgrade refused: origin");
+        return error(
+            ErrorCode::OriginNotAllowed,
+            "this origin may not open WebSockets here",
+        );
+    }
+    let resume = match upgrade_resume(&req) {
+        Ok(resume) => resume,
+        Err(message) => return error(ErrorCode::InvalidSince, &message),
+    };
+    let handshake = session::Handshake {
+        token: upgrade_token(&req),
+        resume,
+    };
+    let address = shared.admission.client_address(peer, req.headers());
+    if let Some(barred) = barred(&shared, address) {
+        return barred;
+    }
+    let now = crate::clock::now();
+    // A direct client's connection already holds its place, which the WebSocket keeps; it
+    // still takes its share of the connection rate. Behind a trusted proxy, the forwarded
+    // address is admitted here.
+    let mut place = conn.place.lock();
+    let admitted = match place.take() {
+        Some(ticket) => match shared.admission.take_rate(address, now) {
+            Ok(()) => Ok(ticket),
+            Err(refusal) => {
+                *place = Some(ticket);
+                Err(refusal)
+            }
+        },
+        None => shared.admission.admit(address, now),
+    };
+    drop(place);
+    let ticket = match admitted {
+        Ok(ticket) => ticket,
+        Err(refusal) => {
+            tracing::debug!(%peer, %address, reason = refusal.code().as_str(), "upgrade refused");
+            return refused(refusal);
+        }
+    };
+    let (response, upgrade) = match fastwebsockets::upgrade::upgrade(&mut req) {
+        Ok(pair) => pair,
+        Err(e) => return error(ErrorCode::BadHandshake, &e.to_string()),
+    };
+    let tasks = shared.tasks.clone();
+    tasks.spawn(async move {
+        let _ticket = ticket;
+        let upgraded = match upgrade.await {
+            Ok(ws) => ws.into_inner().into_inner(),
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "upgrade failed");
+                return;
+            }
+        };
+        // On our own listener the socket is a TcpStream: split it into owned halves (no lock
+        // between reader and writer). Embedded in another server, fall back to a generic split.
+        match upgraded.downcast::<TokioIo<TcpStream>>() {
+            Ok(parts) => {
+                let (read, write) = parts.io.into_inner().into_split();
+                let read = Prefixed::new(parts.read_buf, read);
+                session::run(shared, read, write, address, handshake).await
+            }
+            Err(upgraded) => {
+                let (read, write) = tokio::io::split(TokioIo::new(upgraded));
+                let read = Prefixed::new(Bytes::new(), read);
+                session::run(shared, read, write, address, handshake).await
+            }
+        }
+    });
+    response.map(|_| Full::new(Bytes::new()))
+}
+
+/// The token of a WebSocket upgrade: `Authorization: Bearer`, else `?token=`.
+pub(super) fn upgrade_token<B>(req: &Request<B>) -> Option<Box<str>> {
+    bearer(req.headers()).map(Box::from).or_else(|| {
+        form_urlencoded::parse(req.uri().query()?.as_bytes())
+            .find(|(key, _)| key == "token")
+            .map(|(_, value)| value.into())
+    })
+}
+
+/// Where a reconnecting client left off on the channels it gets on connect:
+/// `?since=orders:41,notification:7&epoch=…` (a channel name may itself contain `:`; the
+/// offset follows the last one).
+pub(super) fn upgrade_resume<B>(req: &Request<B>) -> Result<Option<Box<Resume>>, String> {
+    let Some(query) = req.uri().query() else {
+        return Ok(None);
+    };
+    let mut resume = Resume::default();
+    let mut given = false;
+    for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+        match &*key {
+            "since" => {
+                given = true;
+                for item in value.split(',').filter(|i| !i.is_empty()) {
+                    let offset = item
+                        .rsplit_once(':')
+                        .and_then(|(channel, offset)| Some((channel, offset.parse().ok()?)));
+                    let Some((channel, offset)) = offset else {
+                        return Err(format!(
+                            "`since` takes channel:offset pairs separated by commas, not {:?}",
+                            item.chars().take(64).collect::<String>()
+                        ));
+                    };
+                    resume.since.push((channel.to_owned(), offset));
+                }
+            }
+            "epoch" if value.len() <= 64 => resume.epoch = Some(value.into_owned()),
+            "epoch" => return Err("`epoch` is at most 64 bytes".to_owned()),
+            _ => {}
+        }
+    }
+    if resume.since.len() > MAX_RESUME_CHANNELS {
+        return Err(format!(
+            "`since` may name at most {MAX_RESUME_CHANNELS} channels"
+        ));
+    }
+    Ok(given.then(|| Box::new(resume)))
+}
