@@ -18,20 +18,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::auth::keys::MIN_KEY_LEN;
 use crate::engine::outbox;
+pub use crate::engine::outbox::SlowConsumerPolicy;
 use crate::protocol::channel::{self, DEFAULT_CHANNELS};
-
-/// What to do with a client whose queue is full.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum SlowConsumerPolicy {
-    /// Close the connection with close code 4000 (`slow consumer`); the client reconnects and
-    /// resynchronizes. No event is ever silently missing from a live connection.
-    #[default]
-    Close,
-    /// Drop frames that do not fit and tell the client how many it lost with an `error`
-    /// message (`code: "frames_dropped"`, `dropped: N`); the connection stays open.
-    Drop,
-}
 
 /// sigmahub's configuration. Every field has a default; see each field for it and why.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

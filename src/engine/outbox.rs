@@ -42,10 +42,23 @@ use atomic_waker::AtomicWaker;
 use bytes::Bytes;
 use crossbeam_queue::SegQueue;
 use crossbeam_utils::Backoff;
+use serde::{Deserialize, Serialize};
 
 use super::latency::Stamp;
-use crate::config::SlowConsumerPolicy;
 use crate::protocol::close::CloseCode;
+
+/// What to do with a client whose queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum SlowConsumerPolicy {
+    /// Close the connection with close code 4000 (`slow consumer`); the client reconnects and
+    /// resynchronizes. No event is ever silently missing from a live connection.
+    #[default]
+    Close,
+    /// Drop frames that do not fit and tell the client how many it lost with an `error`
+    /// message (`code: "frames_dropped"`, `dropped: N`); the connection stays open.
+    Drop,
+}
 
 /// Frames and bytes queued, packed into one `u64`: frames in the high 24 bits, bytes in the
 /// low 40. [`crate::Config::validate`] keeps both bounds well inside their fields.

@@ -179,7 +179,7 @@ impl Drop for Slots {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::SlowConsumerPolicy;
+    use crate::engine::outbox::SlowConsumerPolicy;
 
     fn outbox() -> Arc<Outbox> {
         Arc::new(Outbox::new(4, SlowConsumerPolicy::Close))

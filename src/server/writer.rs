@@ -215,7 +215,7 @@ pub(crate) async fn write_frames<W: AsyncWrite + Unpin>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::SlowConsumerPolicy;
+    use crate::engine::outbox::SlowConsumerPolicy;
     use std::task::Context;
 
     /// A socket that takes at most `chunk` bytes per write and counts the calls.
