@@ -150,7 +150,7 @@ pub struct Config {
     pub host: HostConfig,
 
     /// The upstream SigmaVault engine, polled over JSON-RPC when `engine.url` is set.
-    pub engine: EngineConfig,
+    pub engine: UpstreamConfig,
 }
 
 /// Authentication (TOML section `[auth]`). With none of it set, clients are anonymous:
@@ -387,7 +387,7 @@ impl Default for HostConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
-pub struct EngineConfig {
+pub struct UpstreamConfig {
     /// Base URL of SigmaVault's engine; calls go to `{url}/rpc`. Default: none (no engine;
     /// SigmaVault's own default base is `http://127.0.0.1:5000/api/v1`).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -414,7 +414,7 @@ pub struct EngineConfig {
     pub recovery_probe_interval: Duration,
 }
 
-impl Default for EngineConfig {
+impl Default for UpstreamConfig {
     fn default() -> Self {
         Self {
             url: None,
@@ -460,7 +460,7 @@ impl Default for Config {
             history: HistoryConfig::default(),
             cluster: ClusterConfig::default(),
             host: HostConfig::default(),
-            engine: EngineConfig::default(),
+            engine: UpstreamConfig::default(),
         }
     }
 }

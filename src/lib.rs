@@ -47,6 +47,26 @@ pub use protocol::channel::Channel;
 pub use protocol::close::CloseCode;
 pub use server::{ServeError, Server};
 
+// The shared public types cross threads and tasks: a change that made one of them
+// `!Send` or `!Sync` fails to compile here, not in an embedder's service.
+const _: () = {
+    const fn shared<T: Send + Sync>() {}
+    shared::<Server>();
+    shared::<Hub>();
+    shared::<Client>();
+    shared::<Config>();
+    shared::<Event>();
+    shared::<Channel>();
+    shared::<CloseCode>();
+    shared::<MemoryBroker>();
+    shared::<NatsBroker>();
+    shared::<std::sync::Arc<dyn Broker>>();
+    shared::<engine::outbox::Outbox>();
+    shared::<snapshot::SnapshotCache>();
+    shared::<ServeError>();
+    shared::<ClusterError>();
+};
+
 /// The README's Rust examples, compiled as doc tests so that they stay true.
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]

@@ -109,18 +109,21 @@ pub(crate) enum Host {
 
 /// Which `Host` headers the server answers to. See the [module docs](self).
 #[derive(Debug, Clone)]
-pub struct HostPolicy {
+pub(crate) struct HostPolicy {
     names: Vec<HostPattern>,
 }
 
 /// A `auth.allowed_hosts` entry that is not a host pattern.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0:?} is not a host name, `*.domain` or `*` (no scheme, port or path)")]
-pub struct BadHostPattern(pub String);
+pub(crate) struct BadHostPattern(pub String);
 
 impl HostPolicy {
     /// The policy for `entries` (`auth.allowed_hosts`) on a server listening on `listen`.
-    pub fn new<S: AsRef<str>>(entries: &[S], listen: SocketAddr) -> Result<Self, BadHostPattern> {
+    pub(crate) fn new<S: AsRef<str>>(
+        entries: &[S],
+        listen: SocketAddr,
+    ) -> Result<Self, BadHostPattern> {
         let names = if entries.is_empty() {
             if listen.ip().is_loopback() {
                 vec![
@@ -143,7 +146,7 @@ impl HostPolicy {
     }
 
     /// Whether a request with this `Host` header (its value, if any) may be answered.
-    pub fn allows(&self, host: Option<&[u8]>) -> bool {
+    pub(crate) fn allows(&self, host: Option<&[u8]>) -> bool {
         let Some(host) = host else {
             return true;
         };

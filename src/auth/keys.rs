@@ -9,11 +9,11 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 /// Shortest key accepted, in bytes: short keys can be guessed.
-pub const MIN_KEY_LEN: usize = 16;
+pub(crate) const MIN_KEY_LEN: usize = 16;
 
 /// The configured publish keys.
 #[derive(Clone, Default)]
-pub struct ApiKeys {
+pub(crate) struct ApiKeys {
     digests: Vec<[u8; 32]>,
 }
 
@@ -25,20 +25,20 @@ impl std::fmt::Debug for ApiKeys {
 
 impl ApiKeys {
     /// Keeps the digests of `keys`.
-    pub fn new<S: AsRef<str>>(keys: &[S]) -> Self {
+    pub(crate) fn new<S: AsRef<str>>(keys: &[S]) -> Self {
         Self {
             digests: keys.iter().map(|k| digest(k.as_ref())).collect(),
         }
     }
 
     /// Whether no key is configured.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.digests.is_empty()
     }
 
     /// The position of the key equal to `candidate`, comparing with every key whatever
     /// the outcome.
-    pub fn find(&self, candidate: &str) -> Option<usize> {
+    pub(crate) fn find(&self, candidate: &str) -> Option<usize> {
         let candidate = digest(candidate);
         let mut found = None;
         for (i, key) in self.digests.iter().enumerate() {

@@ -1,23 +1,23 @@
 //! Who may connect, subscribe and publish.
 //!
-//! - **WebSocket clients** authenticate with a JWT (see [`jwt`]) given as `?token=` on the
+//! - **WebSocket clients** authenticate with a JWT (see `jwt`) given as `?token=` on the
 //!   upgrade, as `Authorization: Bearer`, or in an `auth` message within `auth.timeout`.
 //!   A publish API key works as a token too and grants everything (a trusted service).
 //!   Without any JWT key configured, clients are anonymous: they may subscribe to any
 //!   channel and publish on none over the socket.
 //! - **`POST /api/v1/publish`** needs one of `auth.publish_keys` (as `Authorization: Bearer`
 //!   or `X-API-Key`) once any is configured.
-//! - **Browsers** may be held to an origin allowlist (see [`origin`]); every request must
-//!   name a host the server answers to (see [`host`]), against DNS rebinding.
+//! - **Browsers** may be held to an origin allowlist (see `origin`); every request must
+//!   name a host the server answers to (see `host`), against DNS rebinding.
 //!
 //! Secure by default: a server listening on a non-loopback address refuses to start
 //! without token authentication and publish keys, unless `auth.allow_anonymous` says that
 //! open access is intended (see [`crate::Config::validate`]).
 
-pub mod host;
-pub mod jwt;
-pub mod keys;
-pub mod origin;
+pub(crate) mod host;
+pub(crate) mod jwt;
+pub(crate) mod keys;
+pub(crate) mod origin;
 pub mod permissions;
 
 use std::sync::Arc;

@@ -71,11 +71,11 @@ fn default_port(scheme: &str) -> Option<u16> {
 /// A `auth.allowed_origins` entry that is not an origin pattern.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0:?} is not an origin (`https://app.example.com`, `https://*.example.com:8443`) or `*`")]
-pub struct BadOriginPattern(pub String);
+pub(crate) struct BadOriginPattern(pub String);
 
 /// The configured allowlist; empty lists nothing. See the [module docs](self).
 #[derive(Debug, Clone, Default)]
-pub struct OriginPolicy {
+pub(crate) struct OriginPolicy {
     any: bool,
     allowed: Vec<OriginPattern>,
 }
@@ -83,7 +83,7 @@ pub struct OriginPolicy {
 impl OriginPolicy {
     /// Parses the entries; scheme and host compare case-insensitively (RFC 6454 serializes
     /// them in lower case, but proxies and hand-written configs vary).
-    pub fn new<S: AsRef<str>>(entries: &[S]) -> Result<Self, BadOriginPattern> {
+    pub(crate) fn new<S: AsRef<str>>(entries: &[S]) -> Result<Self, BadOriginPattern> {
         let mut policy = Self::default();
         for entry in entries {
             let text = entry.as_ref().trim_end_matches('/');
@@ -119,7 +119,7 @@ impl OriginPolicy {
 
     /// Whether `origin` (an `Origin` header's value) is on the list itself (an empty list
     /// lists nothing): the origins that may call the HTTP API from elsewhere, with CORS.
-    pub fn lists(&self, origin: &[u8]) -> bool {
+    pub(crate) fn lists(&self, origin: &[u8]) -> bool {
         let Some(origin) = std::str::from_utf8(origin).ok().and_then(Origin::parse) else {
             return false;
         };
@@ -137,7 +137,7 @@ impl OriginPolicy {
     /// Whether an upgrade carrying `origin` (the header's value, if any) to `host` (the
     /// `Host` header) may proceed: always without a list; with one, from no origin, the
     /// server's own, or a listed one.
-    pub fn allows(&self, origin: Option<&[u8]>, host: Option<&[u8]>) -> bool {
+    pub(crate) fn allows(&self, origin: Option<&[u8]>, host: Option<&[u8]>) -> bool {
         if self.allowed.is_empty() && !self.any {
             return true;
         }
@@ -147,7 +147,7 @@ impl OriginPolicy {
     /// Whether an HTTP API request may be answered: it carries no `Origin` (not a
     /// browser, or a same-origin read), its origin is the server's own (`host`, the
     /// request's `Host` header), or its origin is listed.
-    pub fn api_allows(&self, origin: Option<&[u8]>, host: Option<&[u8]>) -> bool {
+    pub(crate) fn api_allows(&self, origin: Option<&[u8]>, host: Option<&[u8]>) -> bool {
         let Some(origin) = origin else {
             return true;
         };

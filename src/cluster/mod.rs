@@ -2,7 +2,7 @@
 //!
 //! # How an event crosses the cluster
 //! 1. A node publishes the event's JSON (its frame's payload, encoded once) to JetStream on
-//!    `{prefix}.ev.{channel}` ([`subject`]), with a `Nats-Msg-Id` so a retried publish is
+//!    `{prefix}.ev.{channel}` (`subject`), with a `Nats-Msg-Id` so a retried publish is
 //!    stored once.
 //! 2. The stream `{PREFIX}` stores it, giving it its sequence number, and *republishes* it
 //!    on `{prefix}.live.{channel}` with the headers `Nats-Sequence` (its offset) and
@@ -23,7 +23,7 @@ mod interest;
 mod leader;
 mod receiver;
 mod snapshots;
-pub mod subject;
+pub(crate) mod subject;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};

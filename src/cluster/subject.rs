@@ -9,15 +9,15 @@
 
 /// The stream-side and live-side subjects of one channel.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Subjects {
+pub(crate) struct Subjects {
     /// Where nodes publish the channel's events (captured by the stream).
-    pub publish: String,
+    pub(crate) publish: String,
     /// Where the stream republishes them, sequenced.
-    pub live: String,
+    pub(crate) live: String,
 }
 
 /// The subjects of `channel` under `prefix`.
-pub fn of(prefix: &str, channel: &str) -> Subjects {
+pub(crate) fn of(prefix: &str, channel: &str) -> Subjects {
     let tail = tail(channel);
     Subjects {
         publish: format!("{prefix}.ev.{tail}"),
@@ -27,7 +27,7 @@ pub fn of(prefix: &str, channel: &str) -> Subjects {
 
 /// The subjects of `channel`'s status snapshots. `$` is in no channel name, so the
 /// `$snap` token never collides with a channel's subjects.
-pub fn snapshot_of(prefix: &str, channel: &str) -> Subjects {
+pub(crate) fn snapshot_of(prefix: &str, channel: &str) -> Subjects {
     let tail = tail(channel);
     Subjects {
         publish: format!("{prefix}.ev.$snap.{tail}"),
@@ -36,27 +36,18 @@ pub fn snapshot_of(prefix: &str, channel: &str) -> Subjects {
 }
 
 /// Every snapshot's live subject.
-pub fn snapshots_live(prefix: &str) -> String {
+pub(crate) fn snapshots_live(prefix: &str) -> String {
     format!("{prefix}.live.$snap.>")
 }
 
 /// The subject pattern the stream captures.
-pub fn stream_pattern(prefix: &str) -> String {
+pub(crate) fn stream_pattern(prefix: &str) -> String {
     format!("{prefix}.ev.>")
 }
 
 /// The republish destination pattern.
-pub fn live_pattern(prefix: &str) -> String {
+pub(crate) fn live_pattern(prefix: &str) -> String {
     format!("{prefix}.live.>")
-}
-
-/// The channel of a stream-side subject (`{prefix}.ev.…`), if it is one.
-pub fn channel_of(prefix: &str, subject: &str) -> Option<String> {
-    let tail = subject.strip_prefix(prefix)?.strip_prefix(".ev.")?;
-    match tail.strip_prefix("~.") {
-        Some(hex) => decode_hex(hex),
-        None => Some(tail.to_owned()),
-    }
 }
 
 fn tail(channel: &str) -> String {
@@ -68,21 +59,31 @@ fn tail(channel: &str) -> String {
     }
 }
 
-fn decode_hex(hex: &str) -> Option<String> {
-    if hex.len() % 2 != 0 {
-        return None;
-    }
-    let bytes = (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
-        .collect::<Option<Vec<u8>>>()?;
-    String::from_utf8(bytes).ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    // Reading a subject back proves that no two channels share one.
+    /// The channel of a stream-side subject (`{prefix}.ev.…`), if it is one.
+    fn channel_of(prefix: &str, subject: &str) -> Option<String> {
+        let tail = subject.strip_prefix(prefix)?.strip_prefix(".ev.")?;
+        match tail.strip_prefix("~.") {
+            Some(hex) => decode_hex(hex),
+            None => Some(tail.to_owned()),
+        }
+    }
+
+    fn decode_hex(hex: &str) -> Option<String> {
+        if hex.len() % 2 != 0 {
+            return None;
+        }
+        let bytes = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+            .collect::<Option<Vec<u8>>>()?;
+        String::from_utf8(bytes).ok()
+    }
 
     #[test]
     fn readable_names_stay_readable() {

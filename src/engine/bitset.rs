@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 /// Slots per chunk.
-pub const CHUNK_BITS: usize = 4096;
+pub(crate) const CHUNK_BITS: usize = 4096;
 const WORDS: usize = CHUNK_BITS / 64;
 
 #[derive(Clone)]
@@ -28,7 +28,7 @@ impl Chunk {
 
 /// A set of slot ids. Cloning shares all chunks.
 #[derive(Clone, Default)]
-pub struct SubscriberSet {
+pub(crate) struct SubscriberSet {
     chunks: Vec<Option<Arc<Chunk>>>,
     len: usize,
 }
@@ -42,23 +42,23 @@ fn locate(slot: u32) -> (usize, usize, u64) {
 
 impl SubscriberSet {
     /// The number of slots in the set.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.len
     }
 
     /// Whether the set is empty.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.len == 0
     }
 
     /// Whether `slot` is in the set.
-    pub fn contains(&self, slot: u32) -> bool {
+    pub(crate) fn contains(&self, slot: u32) -> bool {
         let (c, w, mask) = locate(slot);
         matches!(self.chunks.get(c), Some(Some(chunk)) if chunk.words[w] & mask != 0)
     }
 
     /// A new set with `slot` added, or `None` if it was already there.
-    pub fn with(&self, slot: u32) -> Option<SubscriberSet> {
+    pub(crate) fn with(&self, slot: u32) -> Option<SubscriberSet> {
         if self.contains(slot) {
             return None;
         }
@@ -78,7 +78,7 @@ impl SubscriberSet {
     }
 
     /// A new set with `slot` removed, or `None` if it was not there.
-    pub fn without(&self, slot: u32) -> Option<SubscriberSet> {
+    pub(crate) fn without(&self, slot: u32) -> Option<SubscriberSet> {
         if !self.contains(slot) {
             return None;
         }
@@ -102,7 +102,7 @@ impl SubscriberSet {
 
     /// Calls `f` with every slot in the set, in ascending order.
     #[inline]
-    pub fn for_each(&self, mut f: impl FnMut(u32)) {
+    pub(crate) fn for_each(&self, mut f: impl FnMut(u32)) {
         for (c, chunk) in self.chunks.iter().enumerate() {
             let Some(chunk) = chunk else { continue };
             let base = (c * CHUNK_BITS) as u32;
@@ -118,7 +118,7 @@ impl SubscriberSet {
     }
 
     /// The slots in the set, in ascending order.
-    pub fn to_vec(&self) -> Vec<u32> {
+    pub(crate) fn to_vec(&self) -> Vec<u32> {
         let mut out = Vec::with_capacity(self.len);
         self.for_each(|s| out.push(s));
         out

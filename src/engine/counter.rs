@@ -10,7 +10,7 @@ pub(crate) const SHARDS: usize = 16;
 
 /// A monotonic `u64` counter, sharded by thread.
 #[derive(Debug)]
-pub struct ShardedCounter {
+pub(crate) struct ShardedCounter {
     shards: Box<[CachePadded<AtomicU64>; SHARDS]>,
 }
 
@@ -35,12 +35,12 @@ pub(crate) fn shard() -> usize {
 impl ShardedCounter {
     /// Adds `n` on this thread's shard.
     #[inline]
-    pub fn add(&self, n: u64) {
+    pub(crate) fn add(&self, n: u64) {
         self.shards[shard()].fetch_add(n, Ordering::Relaxed);
     }
 
     /// The total so far.
-    pub fn get(&self) -> u64 {
+    pub(crate) fn get(&self) -> u64 {
         self.shards.iter().map(|s| s.load(Ordering::Relaxed)).sum()
     }
 }

@@ -8,7 +8,7 @@
 //! - A client receives an event only if it was subscribed to the event's channel at some
 //!   moment during the publish; an event published while a client subscribes or leaves is
 //!   delivered to it once or not at all, and never to another client that later takes the
-//!   same slot (see [`crate::engine::slots`]).
+//!   same slot (see `engine::slots`).
 //! - Events published one after another (one `publish` returning before the next starts)
 //!   reach each subscriber in that order.
 //! - A full client queue never slows the publisher: the slow-consumer policy applies.
@@ -23,7 +23,8 @@ use super::client::Client;
 use super::history::History;
 use super::latency::Stamp;
 use super::outbox::{Closing, Outbox, Push};
-use super::slots::{Slots, SlotsExhausted};
+use super::slots::Slots;
+pub use super::slots::SlotsExhausted;
 use super::topics::Topics;
 use crate::config::{Config, SlowConsumerPolicy};
 use crate::event::Event;
@@ -165,7 +166,7 @@ impl Hub {
     /// Every event is queued for every subscriber before any writer is woken, so a writer
     /// finds the whole batch in its queue and sends it with one vectored write instead of
     /// racing the publisher frame by frame. A client that keeps up takes all of it, even
-    /// past its queue's bounds (see [`Outbox::push_in_batch`]).
+    /// past its queue's bounds (see `Outbox::push_in_batch`).
     pub fn publish_batch(&self, events: &[Event], now: SystemTime) -> Delivery {
         if let [event] = events {
             return self.publish_at(event, now);
@@ -242,7 +243,7 @@ impl Hub {
     }
 
     /// Fans already encoded frames out to the subscribers of `channel`, in order, as one
-    /// batch that a client keeping up takes whole (see [`Outbox::push_in_batch`]). For
+    /// batch that a client keeping up takes whole (see `Outbox::push_in_batch`). For
     /// multi-frame snapshots (one frame per agent, per job), which a client that keeps up
     /// must never be closed for.
     pub fn publish_frames(&self, channel: &str, frames: &[Bytes]) -> Delivery {

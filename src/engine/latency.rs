@@ -18,7 +18,7 @@ use super::counter;
 /// A moment, as nanoseconds since the process's first stamp, plus one (so that 0 can mean
 /// "none" in an atomic).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Stamp(u64);
+pub(crate) struct Stamp(u64);
 
 fn epoch() -> Instant {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
@@ -28,7 +28,7 @@ fn epoch() -> Instant {
 impl Stamp {
     /// Now.
     #[inline]
-    pub fn now() -> Self {
+    pub(crate) fn now() -> Self {
         Self(epoch().elapsed().as_nanos() as u64 + 1)
     }
 
@@ -45,14 +45,14 @@ impl Stamp {
     }
 
     /// Time passed since this stamp (zero if the clock reads earlier).
-    pub fn elapsed(self) -> Duration {
+    pub(crate) fn elapsed(self) -> Duration {
         Duration::from_nanos(Self::now().0.saturating_sub(self.0))
     }
 }
 
 /// Upper bounds of the histogram's buckets, in seconds: 50 µs to 10 s, roughly 1-2.5-5 per
 /// decade. A last, unbounded bucket takes the rest.
-pub const BUCKETS: [f64; 17] = [
+pub(crate) const BUCKETS: [f64; 17] = [
     0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
     1.0, 2.5, 5.0, 10.0,
 ];
@@ -89,7 +89,7 @@ struct Shard {
 /// [`ShardedCounter`](super::counter::ShardedCounter): recording is two relaxed adds on the
 /// calling thread's own cache line.
 #[derive(Debug)]
-pub struct LatencyHistogram {
+pub(crate) struct LatencyHistogram {
     shards: Box<[CachePadded<Shard>]>,
 }
 
@@ -105,20 +105,20 @@ impl Default for LatencyHistogram {
 
 /// What a histogram holds, summed over its shards.
 #[derive(Debug, Clone, PartialEq)]
-pub struct HistogramSnapshot {
+pub(crate) struct HistogramSnapshot {
     /// `(upper bound in seconds, observations in this bucket)`, the last bound being
     /// `f64::MAX` (prometheus-client's `+Inf`). Counts are per bucket, not cumulative.
-    pub buckets: Vec<(f64, u64)>,
+    pub(crate) buckets: Vec<(f64, u64)>,
     /// Sum of all observations, in seconds.
-    pub sum: f64,
+    pub(crate) sum: f64,
     /// Number of observations.
-    pub count: u64,
+    pub(crate) count: u64,
 }
 
 impl HistogramSnapshot {
     /// The smallest bucket bound below which at least `q` (0 to 1) of the observations fall;
     /// `None` without observations. An estimate to a bucket's width, for dashboards.
-    pub fn quantile_bound(&self, q: f64) -> Option<f64> {
+    pub(crate) fn quantile_bound(&self, q: f64) -> Option<f64> {
         if self.count == 0 {
             return None;
         }
@@ -134,7 +134,7 @@ impl HistogramSnapshot {
 impl LatencyHistogram {
     /// Records one observation.
     #[inline]
-    pub fn record(&self, latency: Duration) {
+    pub(crate) fn record(&self, latency: Duration) {
         let nanos = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX);
         let bucket = BUCKET_NANOS.partition_point(|&bound| bound < nanos);
         let shard = &self.shards[counter::shard()];
@@ -143,7 +143,7 @@ impl LatencyHistogram {
     }
 
     /// The observations so far.
-    pub fn snapshot(&self) -> HistogramSnapshot {
+    pub(crate) fn snapshot(&self) -> HistogramSnapshot {
         let mut counts = [0u64; BUCKETS.len() + 1];
         let mut sum_nanos = 0u64;
         for shard in self.shards.iter() {

@@ -10,19 +10,19 @@
 //! - [`hub`]: publishing, and the clients as a whole (the public [`Hub`](hub::Hub)).
 //! - [`client`]: one client, its subscriptions (the public [`Client`](client::Client)).
 //! - `topics`: channel names to subscriber sets, sharded (private).
-//! - [`bitset`]: a channel's subscriber set, copy-on-write in chunks.
-//! - [`slots`]: slot ids to outboxes, with epoch-protected reuse.
+//! - `bitset`: a channel's subscriber set, copy-on-write in chunks (private).
+//! - `slots`: slot ids to outboxes, with epoch-protected reuse (private).
 //! - [`outbox`]: a client's bounded queue of ready frames.
-//! - [`counter`]: a thread-sharded counter for hot paths.
+//! - `counter`: a thread-sharded counter for hot paths (private).
 //! - [`history`]: each channel's recent events and offsets, for recovery.
-//! - [`latency`]: publish timestamps and a thread-sharded latency histogram.
+//! - `latency`: publish timestamps and a thread-sharded latency histogram (private).
 
-pub mod bitset;
+pub(crate) mod bitset;
 pub mod client;
-pub mod counter;
+pub(crate) mod counter;
 pub mod history;
 pub mod hub;
-pub mod latency;
+pub(crate) mod latency;
 pub mod outbox;
-pub mod slots;
+pub(crate) mod slots;
 pub(crate) mod topics;

@@ -15,7 +15,7 @@
 //! `byte_capacity` bytes, so it never holds more than `capacity` frames nor more than
 //! `byte_capacity` bytes plus one frame, with one exception that keeps a large publish or
 //! snapshot from closing a client that keeps up: frames taken *whole* (a publish batch,
-//! [`Outbox::push_in_batch`], or a snapshot, [`Outbox::push_whole`], that finds the client
+//! `Outbox::push_in_batch`, or a snapshot, [`Outbox::push_whole`], that finds the client
 //! keeping up: its queue within the bounds, not counting frames taken whole) are admitted
 //! past both bounds and widen them by their own size until the writer has drained as many
 //! frames and bytes (the *allowance*). They are broadcast frames, one allocation shared by
@@ -196,7 +196,7 @@ impl Outbox {
     /// If it finds the queue empty, the outbox keeps `since` for the writer's latency
     /// figure ([`take_since`](Self::take_since)).
     #[inline]
-    pub fn push_event(&self, frame: Bytes, since: Option<Stamp>) -> (Push, bool) {
+    pub(crate) fn push_event(&self, frame: Bytes, since: Option<Stamp>) -> (Push, bool) {
         self.enqueue(frame, since, 0)
     }
 
@@ -206,7 +206,12 @@ impl Outbox {
     /// [module docs](self)): a client that keeps up receives a publish whole, however many
     /// or large its events.
     #[inline]
-    pub fn push_in_batch(&self, frame: Bytes, since: Option<Stamp>, batch: u64) -> (Push, bool) {
+    pub(crate) fn push_in_batch(
+        &self,
+        frame: Bytes,
+        since: Option<Stamp>,
+        batch: u64,
+    ) -> (Push, bool) {
         self.enqueue(frame, since, batch)
     }
 
@@ -491,7 +496,7 @@ impl Outbox {
 
     /// The publish stamp of the oldest event drained since the last call, if an event found
     /// the queue empty; resets it. The writer calls it after [`drain_into`](Self::drain_into).
-    pub fn take_since(&self) -> Option<Stamp> {
+    pub(crate) fn take_since(&self) -> Option<Stamp> {
         Stamp::from_raw(self.since.swap(0, Ordering::Relaxed))
     }
 

@@ -42,7 +42,7 @@ use crossbeam_queue::SegQueue;
 use super::outbox::Outbox;
 
 /// Slots per segment.
-pub const SEGMENT: usize = 1024;
+pub(crate) const SEGMENT: usize = 1024;
 /// Segments in the table: at most `SEGMENT * SEGMENTS` (16.7 million) clients at once.
 const SEGMENTS: usize = 16 * 1024;
 

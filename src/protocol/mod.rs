@@ -6,4 +6,4 @@ pub mod close;
 pub mod code;
 pub mod message;
 pub mod publish;
-pub mod rate;
+pub(crate) mod rate;

@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 /// What to do with an inbound message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// Within the limit: handle it.
     Allow,
     /// Over the limit for the first time since the client was last within it: refuse it
@@ -16,7 +16,7 @@ pub enum Verdict {
 
 /// `per_minute` messages a minute on average, bursts of up to `burst`.
 #[derive(Debug, Clone)]
-pub struct TokenBucket {
+pub(crate) struct TokenBucket {
     capacity: f64,
     per_second: f64,
     tokens: f64,
@@ -26,7 +26,7 @@ pub struct TokenBucket {
 
 impl TokenBucket {
     /// A full bucket at `now`.
-    pub fn new(per_minute: u32, burst: u32, now: Instant) -> Self {
+    pub(crate) fn new(per_minute: u32, burst: u32, now: Instant) -> Self {
         let capacity = f64::from(burst.max(1));
         Self {
             capacity,
@@ -38,7 +38,7 @@ impl TokenBucket {
     }
 
     /// Takes a token for one message at `now`.
-    pub fn take(&mut self, now: Instant) -> Verdict {
+    pub(crate) fn take(&mut self, now: Instant) -> Verdict {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = now;
         self.tokens = (self.tokens + elapsed * self.per_second).min(self.capacity);
@@ -55,7 +55,7 @@ impl TokenBucket {
     }
 
     /// How long until the next message would be allowed.
-    pub fn retry_after(&self) -> Duration {
+    pub(crate) fn retry_after(&self) -> Duration {
         if self.tokens >= 1.0 || self.per_second <= 0.0 {
             Duration::ZERO
         } else {

@@ -10,7 +10,7 @@ use crate::event::unix_seconds;
 
 /// Reads the host's status. Keeps the previous CPU reading, so `cpu_usage` is the average
 /// since the last call (0 on the first).
-pub struct HostProbe {
+pub(crate) struct HostProbe {
     system: System,
     disks: Disks,
 }
@@ -18,51 +18,51 @@ pub struct HostProbe {
 /// The host could not be read.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot read host status: {0}")]
-pub struct HostError(String);
+pub(crate) struct HostError(String);
 
 /// `system.status` data, with exactly the fields of SigmaVault's protocol.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct SystemStatus {
+pub(crate) struct SystemStatus {
     /// The machine's host name.
-    pub hostname: String,
+    pub(crate) hostname: String,
     /// Seconds since boot.
-    pub uptime: u64,
+    pub(crate) uptime: u64,
     /// CPU usage since the previous reading, in percent of all cores.
-    pub cpu_usage: f64,
+    pub(crate) cpu_usage: f64,
     /// Used memory, bytes.
-    pub memory_used: u64,
+    pub(crate) memory_used: u64,
     /// Total memory, bytes.
-    pub memory_total: u64,
+    pub(crate) memory_total: u64,
     /// Used memory, percent of total.
-    pub memory_pct: f64,
+    pub(crate) memory_pct: f64,
     /// 1, 5 and 15 minute load averages.
-    pub load_average: [f64; 3],
+    pub(crate) load_average: [f64; 3],
     /// Unix seconds of the reading.
-    pub timestamp: u64,
+    pub(crate) timestamp: u64,
 }
 
 /// One disk of `storage.update`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct DiskStatus {
+pub(crate) struct DiskStatus {
     /// Where it is mounted.
-    pub mount_point: String,
+    pub(crate) mount_point: String,
     /// Its file system (`ext4`, `xfs`, …).
-    pub file_system: String,
+    pub(crate) file_system: String,
     /// Size, bytes.
-    pub total: u64,
+    pub(crate) total: u64,
     /// Free space available, bytes.
-    pub available: u64,
+    pub(crate) available: u64,
     /// Used space, percent of total.
-    pub used_pct: f64,
+    pub(crate) used_pct: f64,
 }
 
 /// `storage.update` data.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct StorageStatus {
+pub(crate) struct StorageStatus {
     /// Every mounted disk.
-    pub disks: Vec<DiskStatus>,
+    pub(crate) disks: Vec<DiskStatus>,
     /// Unix seconds of the reading.
-    pub timestamp: u64,
+    pub(crate) timestamp: u64,
 }
 
 fn err(e: impl std::fmt::Display) -> HostError {
@@ -75,7 +75,7 @@ fn round2(x: f64) -> f64 {
 
 impl HostProbe {
     /// Opens the host's status sources.
-    pub fn new() -> Result<Self, HostError> {
+    pub(crate) fn new() -> Result<Self, HostError> {
         let mut system = System::new().map_err(err)?;
         system.refresh_cpu_usage();
         Ok(Self {
@@ -85,7 +85,7 @@ impl HostProbe {
     }
 
     /// A `system.status` reading.
-    pub fn system_status(&mut self, now: SystemTime) -> Result<SystemStatus, HostError> {
+    pub(crate) fn system_status(&mut self, now: SystemTime) -> Result<SystemStatus, HostError> {
         self.system.refresh_cpu_usage();
         self.system.refresh_memory();
         let memory_total = self.system.total_memory();
@@ -108,7 +108,7 @@ impl HostProbe {
     }
 
     /// A `storage.update` reading.
-    pub fn storage(&mut self, now: SystemTime) -> Result<StorageStatus, HostError> {
+    pub(crate) fn storage(&mut self, now: SystemTime) -> Result<StorageStatus, HostError> {
         self.disks
             .refresh_specifics(true, sysinfo::DiskRefreshKind::nothing().with_storage());
         let disks = self

@@ -14,10 +14,10 @@
 //! `engine.error_report_interval`). New subscribers receive a type's snapshot at once.
 
 pub mod breaker;
-pub mod host;
+pub(crate) mod host;
 pub(crate) mod poller;
 pub(crate) mod probe;
-pub mod rpc;
+pub(crate) mod rpc;
 pub(crate) mod translate;
 
 use std::collections::BTreeMap;

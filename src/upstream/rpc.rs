@@ -17,11 +17,11 @@ use serde_json::value::RawValue;
 const MAX_RESPONSE: usize = 16 * 1024 * 1024;
 
 /// JSON-RPC's "method not found".
-pub const METHOD_NOT_FOUND: i64 = -32601;
+pub(crate) const METHOD_NOT_FOUND: i64 = -32601;
 
 /// Why a poll of an upstream source failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum UpstreamError {
+pub(crate) enum UpstreamError {
     /// The host could not be read (the host source).
     #[error("{0}")]
     Host(String),
@@ -54,18 +54,18 @@ pub enum UpstreamError {
 
 impl UpstreamError {
     /// Whether the method does not exist on this engine (not an outage).
-    pub fn is_method_not_found(&self) -> bool {
+    pub(crate) fn is_method_not_found(&self) -> bool {
         matches!(self, Self::Rpc { code, .. } if *code == METHOD_NOT_FOUND)
     }
 
     /// Whether the engine itself is unreachable, rather than this method failing.
-    pub fn is_disconnect(&self) -> bool {
+    pub(crate) fn is_disconnect(&self) -> bool {
         matches!(self, Self::Transport(_) | Self::Timeout(_))
     }
 }
 
 /// A client for one engine.
-pub struct RpcClient {
+pub(crate) struct RpcClient {
     client: Client<HttpConnector, Full<Bytes>>,
     endpoint: Uri,
     timeout: Duration,
@@ -93,7 +93,7 @@ struct ErrorObject {
 impl RpcClient {
     /// A client for the engine at `base_url` (calls go to `{base_url}/rpc`), each call
     /// limited to `timeout`.
-    pub fn new(base_url: &str, timeout: Duration) -> Result<Self, String> {
+    pub(crate) fn new(base_url: &str, timeout: Duration) -> Result<Self, String> {
         let endpoint: Uri = format!("{}/rpc", base_url.trim_end_matches('/'))
             .parse()
             .map_err(|e| format!("invalid engine url {base_url:?}: {e}"))?;
@@ -112,7 +112,7 @@ impl RpcClient {
     }
 
     /// Calls `method` with `params` and returns its `result`.
-    pub async fn call(
+    pub(crate) async fn call(
         &self,
         method: &str,
         params: &serde_json::Value,
