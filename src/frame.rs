@@ -10,7 +10,7 @@
 //! header right-aligned into that room and slices the unused prefix off. One allocation, no
 //! copy of the payload.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::protocol::close::CloseCode;
 
@@ -105,7 +105,8 @@ impl FrameBuf {
     /// WebSocket (the buffer's unused header room goes with it, uncopied).
     pub fn into_payload(self) -> Bytes {
         let mut buf = self.buf;
-        buf.split_off(MAX_HEADER_LEN).freeze()
+        buf.advance(MAX_HEADER_LEN);
+        buf.freeze()
     }
 }
 

@@ -64,7 +64,11 @@ impl Broker for MemoryBroker {
         self.deliver_snapshot(snapshot);
     }
 
-    fn listen(&self, _channels: &[Channel], _resume: Option<&Resume>) -> Completion<()> {
+    fn listen(
+        &self,
+        _channels: &mut dyn Iterator<Item = Channel>,
+        _resume: Option<&Resume>,
+    ) -> Completion<()> {
         // Every publish reaches this hub, and its history is all there is.
         Completion::Ready(())
     }

@@ -47,7 +47,12 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
     /// Readies this node for a client to subscribe to `channels`. Once it completes,
     /// nothing published on them anywhere is missed here, and what a client resuming from
     /// `resume` missed on them is in this node's history (for the hub to replay).
-    fn listen(&self, channels: &[Channel], resume: Option<&Resume>) -> Completion<()>;
+    /// `channels` is lazy: a broker that needs nothing (one node) never runs it.
+    fn listen(
+        &self,
+        channels: &mut dyn Iterator<Item = Channel>,
+        resume: Option<&Resume>,
+    ) -> Completion<()>;
 
     /// Whether this node runs the upstream pollers: always alone; in a cluster, one node
     /// at a time, handed over when it leaves or dies.

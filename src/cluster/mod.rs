@@ -169,8 +169,13 @@ impl Broker for NatsBroker {
         });
     }
 
-    fn listen(&self, channels: &[Channel], resume: Option<&Resume>) -> Completion<()> {
-        let (link, channels, resume) = (self.link.clone(), channels.to_vec(), resume.cloned());
+    fn listen(
+        &self,
+        channels: &mut dyn Iterator<Item = Channel>,
+        resume: Option<&Resume>,
+    ) -> Completion<()> {
+        let channels: Vec<Channel> = channels.collect();
+        let (link, resume) = (self.link.clone(), resume.cloned());
         Completion::pending(async move { link.prepare(&channels, resume.as_ref()).await })
     }
 

@@ -129,13 +129,12 @@ async fn serve<R, W>(
     };
     if let Some(resume) = &session.resume {
         // Resuming the channels it gets on connect: the broker brings what this node lacks.
-        let resumed: Vec<Channel> = resume
+        let mut resumed = resume
             .since
             .iter()
             .filter(|(name, _)| config.default_subscriptions.contains(name))
-            .filter_map(|(name, _)| Channel::new(name).ok())
-            .collect();
-        if let Completion::Pending(listening) = shared.broker.listen(&resumed, Some(resume)) {
+            .filter_map(|(name, _)| Channel::new(name).ok());
+        if let Completion::Pending(listening) = shared.broker.listen(&mut resumed, Some(resume)) {
             listening.await;
         }
     }
@@ -352,13 +351,12 @@ impl Session<'_> {
         match message {
             ClientMessage::Subscribe(list) => {
                 // Before subscribing, this node must receive what is published anywhere.
-                let wanted: Vec<Channel> = list
+                let mut wanted = list
                     .channels
                     .iter()
                     .filter(|name| identity.may_subscribe(name))
-                    .filter_map(|name| Channel::new(name).ok())
-                    .collect();
-                match self.shared.broker.listen(&wanted, list.resume.as_ref()) {
+                    .filter_map(|name| Channel::new(name).ok());
+                match self.shared.broker.listen(&mut wanted, list.resume.as_ref()) {
                     Completion::Ready(()) => self.subscribe(&identity, &list, now),
                     Completion::Pending(listening) => {
                         return Step::Subscribe(identity, list, listening)
