@@ -24,8 +24,22 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// Two different free ports (both held until both are chosen).
+fn two_free_ports() -> (u16, u16) {
+    let a = TcpListener::bind("127.0.0.1:0").unwrap();
+    let b = TcpListener::bind("127.0.0.1:0").unwrap();
+    (
+        a.local_addr().unwrap().port(),
+        b.local_addr().unwrap().port(),
+    )
+}
+
 impl NatsServer {
     /// Starts a fresh server and waits until it accepts connections.
+    ///
+    /// A port found free can be taken again before the server binds it (a parallel test's
+    /// client connection gets it as its source port): a server that exits at once is
+    /// started again on other ports.
     pub fn start() -> Self {
         let store = std::env::temp_dir().join(format!(
             "sigmahub-nats-{}-{}",
@@ -34,16 +48,26 @@ impl NatsServer {
         ));
         let mut server = Self {
             child: None,
-            port: free_port(),
-            monitor_port: free_port(),
+            port: 0,
+            monitor_port: 0,
             store,
         };
-        server.spawn();
-        server
+        for _ in 0..5 {
+            (server.port, server.monitor_port) = two_free_ports();
+            if server.try_spawn() {
+                return server;
+            }
+        }
+        panic!("nats-server did not start on any of 5 pairs of free ports");
     }
 
     fn spawn(&mut self) {
-        let child = Command::new("nats-server")
+        assert!(self.try_spawn(), "nats-server did not start on its ports");
+    }
+
+    /// Starts the server on its ports; false if it exited (a port taken meanwhile).
+    fn try_spawn(&mut self) -> bool {
+        let mut child = Command::new("nats-server")
             .args(["-js", "-a", "127.0.0.1"])
             .args(["-p", &self.port.to_string()])
             .args(["-m", &self.monitor_port.to_string()])
@@ -53,12 +77,19 @@ impl NatsServer {
             .stderr(Stdio::null())
             .spawn()
             .expect("nats-server is not installed (apt-get install nats-server)");
-        self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "nats-server did not start");
+            if child.try_wait().expect("waiting on nats-server").is_some() {
+                return false;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nats-server did not start in 20 s"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
+        self.child = Some(child);
+        true
     }
 
     pub fn url(&self) -> String {
