@@ -25,6 +25,7 @@ pub mod broker;
 mod clock;
 pub mod cluster;
 pub mod config;
+pub mod dialect;
 pub mod engine;
 pub mod event;
 pub mod frame;

@@ -14,6 +14,7 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use serde_json::value::RawValue;
 
+use crate::dialect::sigmavault;
 use crate::event;
 use crate::protocol::channel::Channel;
 use crate::protocol::code::StaleCode;
@@ -223,7 +224,7 @@ fn encode_item(
     now: SystemTime,
 ) -> Bytes {
     let raw = data.get();
-    event::encode(channel, now, None, raw.len() + 96, |buf| match stale {
+    sigmavault::encode(channel, now, None, raw.len() + 96, |buf| match stale {
         None => buf.extend_from_slice(raw.as_bytes()),
         Some(s) => {
             let fields = format!(

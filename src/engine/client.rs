@@ -8,6 +8,7 @@ use bytes::Bytes;
 
 use super::hub::Hub;
 use super::outbox::{Outbox, Push};
+use crate::dialect::Dialect;
 use crate::protocol::channel::{self, Channel};
 use crate::protocol::code::RejectReason;
 
@@ -16,20 +17,27 @@ use crate::protocol::code::RejectReason;
 pub struct Client {
     hub: Hub,
     slot: u32,
+    dialect: Dialect,
     id: u64,
     outbox: Arc<Outbox>,
     subscriptions: Vec<Channel>,
 }
 
 impl Client {
-    pub(super) fn new(hub: Hub, slot: u32, id: u64, outbox: Arc<Outbox>) -> Self {
+    pub(super) fn new(hub: Hub, slot: u32, dialect: Dialect, id: u64, outbox: Arc<Outbox>) -> Self {
         Self {
             hub,
             slot,
+            dialect,
             id,
             outbox,
             subscriptions: Vec::new(),
         }
+    }
+
+    /// The wire dialect the client speaks: the frames it is sent are in it.
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
     }
 
     /// The client's id, unique for the hub's lifetime.
@@ -121,7 +129,7 @@ impl Client {
                 .hub
                 .shared
                 .topics
-                .subscribe_within(channel, self.slot, limit)
+                .subscribe_within(channel, self.slot, self.dialect, limit)
             {
                 Ok(_) => self.subscriptions.push(channel.clone()),
                 Err(_) => late.push(channel_full(channel)),
@@ -146,7 +154,8 @@ impl Client {
             }
             if let Some(i) = self.subscriptions.iter().position(|c| c.as_str() == name) {
                 let channel = self.subscriptions.remove(i);
-                self.hub.shared.topics.unsubscribe(&channel, self.slot);
+                let topics = &self.hub.shared.topics;
+                topics.unsubscribe(&channel, self.slot, self.dialect);
                 change.changed.push(channel);
             }
         }
@@ -170,7 +179,7 @@ impl Drop for Client {
     fn drop(&mut self) {
         let shared = &self.hub.shared;
         for channel in self.subscriptions.drain(..) {
-            shared.topics.unsubscribe(&channel, self.slot);
+            shared.topics.unsubscribe(&channel, self.slot, self.dialect);
         }
         shared.slots.release(self.slot);
         shared.clients.fetch_sub(1, Ordering::Relaxed);
@@ -182,6 +191,7 @@ impl std::fmt::Debug for Client {
         f.debug_struct("Client")
             .field("id", &self.id)
             .field("slot", &self.slot)
+            .field("dialect", &self.dialect)
             .field("subscriptions", &self.subscriptions)
             .finish()
     }

@@ -196,13 +196,14 @@ impl History {
     }
 
     /// Appends an event to `channel`'s log and delivers it, both under the log's lock:
-    /// `encode` builds the frame for the event's offset, `deliver` fans it out.
+    /// `encode` builds the (canonical) frame for the event's offset, `deliver` fans it out
+    /// given the offset and that frame.
     pub fn append<R>(
         &self,
         channel: &Channel,
         now: SystemTime,
         encode: impl FnOnce(u64) -> Bytes,
-        deliver: impl FnOnce(&Bytes) -> R,
+        deliver: impl FnOnce(u64, &Bytes) -> R,
     ) -> R {
         let log = self.log(channel);
         let mut log = log.lock();
@@ -214,7 +215,7 @@ impl History {
             log.last
         };
         let frame = self.record(&mut log, offset, prev, now, encode);
-        deliver(&frame)
+        deliver(offset, &frame)
     }
 
     /// Appends an event whose offset was assigned elsewhere (a cluster's stream), after
@@ -227,7 +228,7 @@ impl History {
         prev: u64,
         now: SystemTime,
         encode: impl FnOnce(u64) -> Bytes,
-        deliver: impl FnOnce(&Bytes) -> R,
+        deliver: impl FnOnce(u64, &Bytes) -> R,
     ) -> Option<R> {
         let log = self.log(channel);
         let mut log = log.lock();
@@ -235,7 +236,7 @@ impl History {
             return None;
         }
         let frame = self.record(&mut log, offset, prev, now, encode);
-        Some(deliver(&frame))
+        Some(deliver(offset, &frame))
     }
 
     /// Encodes the event at `offset` and keeps it as the log's latest.
@@ -468,7 +469,10 @@ mod tests {
                     &ch(channel),
                     now,
                     |offset| Bytes::from(offset.to_string()),
-                    |frame| std::str::from_utf8(frame).unwrap().parse().unwrap(),
+                    |offset, frame| {
+                        assert_eq!(frame, offset.to_string().as_bytes());
+                        offset
+                    },
                 )
             })
             .collect()
@@ -587,7 +591,7 @@ mod tests {
         let c = ch("a");
         let frame = |o: u64| Bytes::from(o.to_string());
         // Live: 20 (after 15) arrived; the stream holds 12 (after 9) and 15 (after 12).
-        h.append_sequenced(&c, 20, 15, now, frame, |_| ());
+        h.append_sequenced(&c, 20, 15, now, frame, |_, _| ());
         let fetched = vec![
             (12, 9, now, frame(12)),
             (15, 12, now, frame(15)),
@@ -623,7 +627,7 @@ mod tests {
                 prev,
                 now,
                 |o| Bytes::from(o.to_string()),
-                |_| (),
+                |_, _| (),
             )
         };
         assert_eq!(append(10, 4), Some(()));

@@ -1,8 +1,9 @@
 //! The hub: clients, their subscriptions, and publishing.
 //!
-//! A publish encodes its event once (see [`crate::frame`]), looks up the channel's
-//! subscriber bitset without locking, and pushes a refcounted clone of the frame into the
-//! outbox of every subscribed client. It never blocks and never allocates per subscriber.
+//! A publish looks up the channel's subscriber bitsets (one per wire dialect) without
+//! locking, encodes its event once for each dialect that has subscribers (see
+//! [`crate::dialect`]), and pushes a refcounted clone of that frame into the outbox of
+//! every subscribed client. It never blocks and never allocates per subscriber.
 //!
 //! # Guarantees
 //! - A client receives an event only if it was subscribed to the event's channel at some
@@ -27,6 +28,7 @@ use super::slots::Slots;
 pub use super::slots::SlotsExhausted;
 use super::topics::Topics;
 use crate::config::{Config, SlowConsumerPolicy};
+use crate::dialect::Dialect;
 use crate::event::Event;
 use crate::protocol::channel::Channel;
 use crate::protocol::close::CloseCode;
@@ -126,8 +128,15 @@ impl Hub {
         }
     }
 
-    /// Registers a new client with an empty outbox and no subscriptions.
+    /// Registers a new client with an empty outbox and no subscriptions; it is sent
+    /// SigmaVault frames.
     pub fn connect(&self) -> Result<Client, SlotsExhausted> {
+        self.connect_as(Dialect::SigmaVault)
+    }
+
+    /// Registers a new client that speaks `dialect`, with an empty outbox and no
+    /// subscriptions.
+    pub fn connect_as(&self, dialect: Dialect) -> Result<Client, SlotsExhausted> {
         let shared = &self.shared;
         let outbox = Arc::new(Outbox::bounded(
             shared.queue_capacity,
@@ -138,7 +147,7 @@ impl Hub {
         let now = self.shared.clients.fetch_add(1, Ordering::Relaxed) + 1;
         self.shared.peak_clients.fetch_max(now, Ordering::Relaxed);
         let id = self.shared.next_client_id.fetch_add(1, Ordering::Relaxed);
-        Ok(Client::new(self.clone(), slot, id, outbox))
+        Ok(Client::new(self.clone(), slot, dialect, id, outbox))
     }
 
     /// Publishes `event` stamped with the current time.
@@ -146,19 +155,10 @@ impl Hub {
         self.publish_at(event, SystemTime::now())
     }
 
-    /// Publishes `event` stamped with `now`. The event is encoded only if it has
-    /// subscribers.
+    /// Publishes `event` stamped with `now`. The event is encoded only for the dialects
+    /// that have subscribers on its channel.
     pub fn publish_at(&self, event: &Event, now: SystemTime) -> Delivery {
-        let channel = event.channel();
-        match self.local_history() {
-            None => self.fan_out(channel, || event.to_frame(now), push_and_wake),
-            Some(history) => history.append(
-                channel,
-                now,
-                |offset| event.to_frame_at(now, Some(offset)),
-                |frame| self.fan_out(channel, || frame.clone(), push_and_wake),
-            ),
-        }
+        self.publish_event(event, now, push_and_wake)
     }
 
     /// Publishes `events` in order, all stamped with `now`.
@@ -174,20 +174,37 @@ impl Hub {
         self.in_batch(|batch| {
             let mut delivery = Delivery::default();
             for event in events {
-                let channel = event.channel();
-                let push = |o: &Arc<Outbox>, f, s| batch.push(o, f, s);
-                delivery += match self.local_history() {
-                    None => self.fan_out(channel, || event.to_frame(now), push),
-                    Some(history) => history.append(
-                        channel,
-                        now,
-                        |offset| event.to_frame_at(now, Some(offset)),
-                        |frame| self.fan_out(channel, || frame.clone(), push),
-                    ),
-                };
+                delivery += self.publish_event(event, now, |o, f, s| batch.push(o, f, s));
             }
             delivery
         })
+    }
+
+    /// One event: numbered and kept when this hub numbers its publishes, then encoded for
+    /// each dialect with subscribers (the kept canonical frame serves its own dialect).
+    #[inline]
+    fn publish_event(
+        &self,
+        event: &Event,
+        now: SystemTime,
+        push: impl FnMut(&Arc<Outbox>, Bytes, Option<Stamp>) -> Push,
+    ) -> Delivery {
+        let channel = event.channel();
+        let Some(history) = self.local_history() else {
+            return self.fan_out(channel, |dialect| dialect.event(event, now, None), push);
+        };
+        history.append(
+            channel,
+            now,
+            |offset| Dialect::CANONICAL.event(event, now, Some(offset)),
+            |offset, kept| {
+                let frame = |dialect: Dialect| match dialect == Dialect::CANONICAL {
+                    true => kept.clone(),
+                    false => dialect.event(event, now, Some(offset)),
+                };
+                self.fan_out(channel, frame, push)
+            },
+        )
     }
 
     /// The history that numbers this hub's publishes: none when the hub keeps none, or
@@ -201,8 +218,8 @@ impl Hub {
     }
 
     /// Delivers an event numbered elsewhere (a cluster's stream): `offset` is its place,
-    /// `prev` the offset of its channel's event before it. `encode` builds the frame for
-    /// the offset. Kept in history when the hub keeps one; an offset at or below the
+    /// `prev` the offset of its channel's event before it. `encode` builds the canonical
+    /// frame for the offset; other dialects transcode it. Kept in history when the hub keeps one; an offset at or below the
     /// channel's last is a duplicate and is dropped (`None`).
     pub fn publish_sequenced(
         &self,
@@ -213,10 +230,13 @@ impl Hub {
         encode: impl FnOnce(u64) -> Bytes,
     ) -> Option<Delivery> {
         match &self.shared.history {
-            None => Some(self.fan_out(channel, || encode(offset), push_and_wake)),
+            None => {
+                let kept = encode(offset);
+                Some(self.fan_out(channel, |d| d.transcode(&kept), push_and_wake))
+            }
             Some(history) => {
-                history.append_sequenced(channel, offset, prev, now, encode, |frame| {
-                    self.fan_out(channel, || frame.clone(), push_and_wake)
+                history.append_sequenced(channel, offset, prev, now, encode, |_, kept| {
+                    self.fan_out(channel, |d| d.transcode(kept), push_and_wake)
                 })
             }
         }
@@ -234,12 +254,12 @@ impl Hub {
         }
     }
 
-    /// Fans an already encoded frame out to the subscribers of `channel`. The frame is not
-    /// kept in history and carries no offset: pollers use this for status snapshots, which
-    /// a new subscriber receives whole instead.
+    /// Fans an already encoded (canonical) frame out to the subscribers of `channel`. The
+    /// frame is not kept in history and carries no offset: pollers use this for status
+    /// snapshots, which a new subscriber receives whole instead.
     #[inline]
     pub fn publish_frame(&self, channel: &str, frame: &Bytes) -> Delivery {
-        self.fan_out(channel, || frame.clone(), push_and_wake)
+        self.fan_out(channel, |d| d.transcode(frame), push_and_wake)
     }
 
     /// Fans already encoded frames out to the subscribers of `channel`, in order, as one
@@ -253,7 +273,8 @@ impl Hub {
         self.in_batch(|batch| {
             let mut delivery = Delivery::default();
             for frame in frames {
-                delivery += self.fan_out(channel, || frame.clone(), |o, f, s| batch.push(o, f, s));
+                let push = |o: &Arc<Outbox>, f, s| batch.push(o, f, s);
+                delivery += self.fan_out(channel, |d| d.transcode(frame), push);
             }
             delivery
         })
@@ -280,34 +301,37 @@ impl Hub {
         })
     }
 
-    /// One channel lookup; `frame` is called (the event encoded) only if there are
-    /// subscribers; `push` queues a clone of it, with the publish stamp, for each.
+    /// One channel lookup; `frame` is called (the event encoded) once for each dialect
+    /// that has subscribers; `push` queues a clone of that frame, with the publish stamp,
+    /// for each subscriber of the dialect.
     #[inline]
     fn fan_out(
         &self,
         channel: &str,
-        frame: impl FnOnce() -> Bytes,
+        mut frame: impl FnMut(Dialect) -> Bytes,
         mut push: impl FnMut(&Arc<Outbox>, Bytes, Option<Stamp>) -> Push,
     ) -> Delivery {
         let shared = &*self.shared;
         let mut delivery = Delivery::default();
         let guard = crossbeam_epoch::pin();
-        shared.topics.with_subscribers(channel, |set| {
-            if set.is_empty() {
+        shared.topics.with_subscribers(channel, |subscribers| {
+            if subscribers.is_empty() {
                 return;
             }
-            let frame = frame();
             let since = shared.timing.then(Stamp::now);
-            set.for_each(|slot| {
-                let Some(outbox) = shared.slots.get(slot, &guard) else {
-                    return;
-                };
-                match push(&outbox, frame.clone(), since) {
-                    Push::Queued => delivery.queued += 1,
-                    Push::Overflowed => delivery.overflowed += 1,
-                    Push::Dropped => delivery.dropped += 1,
-                    Push::Closed => {}
-                }
+            subscribers.for_each_dialect(|dialect, set| {
+                let frame = frame(dialect);
+                set.for_each(|slot| {
+                    let Some(outbox) = shared.slots.get(slot, &guard) else {
+                        return;
+                    };
+                    match push(&outbox, frame.clone(), since) {
+                        Push::Queued => delivery.queued += 1,
+                        Push::Overflowed => delivery.overflowed += 1,
+                        Push::Dropped => delivery.dropped += 1,
+                        Push::Closed => {}
+                    }
+                })
             })
         });
         drop(guard);
@@ -434,6 +458,31 @@ mod tests {
         let mut out = Vec::new();
         client.outbox().drain_into(&mut out, usize::MAX);
         out
+    }
+
+    #[test]
+    fn a_broadcast_is_encoded_once_per_dialect_with_subscribers() {
+        let hub = hub();
+        let mut clients: Vec<Client> = (0..3).map(|_| hub.connect().unwrap()).collect();
+        for client in &mut clients {
+            client.subscribe(["orders"]);
+        }
+        let mut encoded = Vec::new();
+        let mut encode = |dialect| {
+            encoded.push(dialect);
+            Bytes::from_static(b"x")
+        };
+        let delivery = hub.fan_out("orders", &mut encode, push_and_wake);
+        assert_eq!(delivery.queued, 3);
+        hub.fan_out("nobody-listens", &mut encode, push_and_wake);
+        assert_eq!(
+            encoded,
+            [Dialect::SigmaVault],
+            "once, and not for an empty channel"
+        );
+        for client in &clients {
+            assert_eq!(drain(client), [Bytes::from_static(b"x")]);
+        }
     }
 
     #[test]

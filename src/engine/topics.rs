@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 
 use super::bitset::SubscriberSet;
+use crate::dialect::Dialect;
 use crate::protocol::channel::Channel;
 
 /// A subscribe refused because the channel has `max_subscribers_per_channel` subscribers.
@@ -30,7 +31,67 @@ pub(crate) const SHARDS: usize = 64;
 /// One channel and its subscribers.
 pub(crate) struct Topic {
     pub(crate) name: Channel,
-    pub(crate) subscribers: ArcSwap<SubscriberSet>,
+    pub(crate) subscribers: ArcSwap<Subscribers>,
+}
+
+/// One channel's subscribers, a set per [`Dialect`]: a publish encodes its event once for
+/// each dialect whose set is not empty.
+#[derive(Clone, Default)]
+pub(crate) struct Subscribers {
+    by_dialect: [SubscriberSet; Dialect::COUNT],
+}
+
+impl Subscribers {
+    /// The number of subscribers, every dialect's.
+    pub(crate) fn len(&self) -> usize {
+        self.by_dialect.iter().map(SubscriberSet::len).sum()
+    }
+
+    /// Whether nobody is subscribed.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.by_dialect.iter().all(SubscriberSet::is_empty)
+    }
+
+    /// Whether `slot`, speaking `dialect`, is subscribed.
+    fn contains(&self, slot: u32, dialect: Dialect) -> bool {
+        self.by_dialect[dialect.index()].contains(slot)
+    }
+
+    /// A new version with `slot` added to `dialect`'s set, or `None` if it was there.
+    fn with(&self, slot: u32, dialect: Dialect) -> Option<Self> {
+        let set = self.by_dialect[dialect.index()].with(slot)?;
+        let mut next = self.clone();
+        next.by_dialect[dialect.index()] = set;
+        Some(next)
+    }
+
+    /// A new version with `slot` removed from `dialect`'s set, or `None` if it was not there.
+    fn without(&self, slot: u32, dialect: Dialect) -> Option<Self> {
+        let set = self.by_dialect[dialect.index()].without(slot)?;
+        let mut next = self.clone();
+        next.by_dialect[dialect.index()] = set;
+        Some(next)
+    }
+
+    /// Every subscriber's slot, dialect by dialect.
+    #[cfg(test)]
+    pub(crate) fn to_vec(&self) -> Vec<u32> {
+        self.by_dialect
+            .iter()
+            .flat_map(SubscriberSet::to_vec)
+            .collect()
+    }
+
+    /// Calls `f` with each dialect that has subscribers here, and their set.
+    #[inline]
+    pub(crate) fn for_each_dialect(&self, mut f: impl FnMut(Dialect, &SubscriberSet)) {
+        for dialect in Dialect::ALL {
+            let set = &self.by_dialect[dialect.index()];
+            if !set.is_empty() {
+                f(dialect, set);
+            }
+        }
+    }
 }
 
 type Map = HashMap<Channel, Arc<Topic>>;
@@ -75,7 +136,7 @@ impl Topics {
     pub(crate) fn with_subscribers<R>(
         &self,
         name: &str,
-        f: impl FnOnce(&SubscriberSet) -> R,
+        f: impl FnOnce(&Subscribers) -> R,
     ) -> Option<R> {
         let map = self.shard(name).map.load();
         let topic = map.get(name)?;
@@ -86,16 +147,17 @@ impl Topics {
     /// Adds `slot` to `channel`'s subscribers; false if it was already there.
     #[cfg(test)]
     pub(crate) fn subscribe(&self, channel: &Channel, slot: u32) -> bool {
-        self.subscribe_within(channel, slot, 0) == Ok(true)
+        self.subscribe_within(channel, slot, Dialect::SigmaVault, 0) == Ok(true)
     }
 
-    /// Adds `slot` to `channel`'s subscribers unless the channel already has `limit`
-    /// (0: no limit). Checked under the shard's writer lock, so the limit is exact.
-    /// `Ok(false)` if `slot` was already there.
+    /// Adds `slot`, a client speaking `dialect`, to `channel`'s subscribers unless the
+    /// channel already has `limit` (0: no limit). Checked under the shard's writer lock, so
+    /// the limit is exact. `Ok(false)` if `slot` was already there.
     pub(crate) fn subscribe_within(
         &self,
         channel: &Channel,
         slot: u32,
+        dialect: Dialect,
         limit: usize,
     ) -> Result<bool, ChannelFull> {
         let shard = self.shard(channel);
@@ -104,7 +166,7 @@ impl Topics {
         let topic = match map.get(channel.as_str()) {
             Some(topic) => {
                 let set = topic.subscribers.load();
-                if limit > 0 && set.len() >= limit && !set.contains(slot) {
+                if limit > 0 && set.len() >= limit && !set.contains(slot, dialect) {
                     return Err(ChannelFull);
                 }
                 topic.clone()
@@ -112,7 +174,7 @@ impl Topics {
             None => {
                 let topic = Arc::new(Topic {
                     name: channel.clone(),
-                    subscribers: ArcSwap::from_pointee(SubscriberSet::default()),
+                    subscribers: ArcSwap::from_pointee(Subscribers::default()),
                 });
                 let mut next = Map::clone(&map);
                 next.insert(channel.clone(), topic.clone());
@@ -120,7 +182,7 @@ impl Topics {
                 topic
             }
         };
-        match topic.subscribers.load().with(slot) {
+        match topic.subscribers.load().with(slot, dialect) {
             Some(next) => {
                 Self::replace(&topic.subscribers, next);
                 Ok(true)
@@ -129,16 +191,16 @@ impl Topics {
         }
     }
 
-    /// Removes `slot` from `channel`'s subscribers; false if it was not there. A topic whose
-    /// last subscriber leaves is removed from the table.
-    pub(crate) fn unsubscribe(&self, channel: &str, slot: u32) -> bool {
+    /// Removes `slot`, a client speaking `dialect`, from `channel`'s subscribers; false if
+    /// it was not there. A topic whose last subscriber leaves is removed from the table.
+    pub(crate) fn unsubscribe(&self, channel: &str, slot: u32, dialect: Dialect) -> bool {
         let shard = self.shard(channel);
         let _writer = shard.writer.lock().unwrap_or_else(|e| e.into_inner());
         let map = shard.map.load();
         let Some(topic) = map.get(channel) else {
             return false;
         };
-        let Some(next) = topic.subscribers.load().without(slot) else {
+        let Some(next) = topic.subscribers.load().without(slot, dialect) else {
             return false;
         };
         let now_empty = next.is_empty();
@@ -153,7 +215,7 @@ impl Topics {
 
     /// The number of subscribers of `name`.
     pub(crate) fn subscriber_count(&self, name: &str) -> usize {
-        self.with_subscribers(name, SubscriberSet::len).unwrap_or(0)
+        self.with_subscribers(name, Subscribers::len).unwrap_or(0)
     }
 
     /// Every channel with at least one subscriber, with its subscriber count.
@@ -185,9 +247,10 @@ mod tests {
             topics.with_subscribers("orders", |s| s.to_vec()),
             Some(vec![3, 7])
         );
-        assert!(topics.unsubscribe("orders", 3));
-        assert!(!topics.unsubscribe("orders", 3));
-        assert!(topics.unsubscribe("orders", 7));
+        let sv = Dialect::SigmaVault;
+        assert!(topics.unsubscribe("orders", 3, sv));
+        assert!(!topics.unsubscribe("orders", 3, sv));
+        assert!(topics.unsubscribe("orders", 7, sv));
         assert!(topics.with_subscribers("orders", |_| ()).is_none());
         assert!(topics.counts().is_empty());
     }

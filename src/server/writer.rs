@@ -14,8 +14,8 @@ use bytes::{Buf, Bytes};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use super::counters::Counters;
+use crate::dialect::{Dialect, ServerMessage};
 use crate::engine::outbox::{Closing, Outbox};
-use crate::event;
 use crate::frame;
 use crate::protocol::close::CloseCode;
 use crate::protocol::code::ErrorCode;
@@ -47,16 +47,18 @@ pub(crate) struct WriteFailed {
 /// batch is discarded, and the close frame follows, all within [`CLOSE_LINGER`]. A client
 /// that reads nothing at all is then simply dropped: the error carries the close code it
 /// could not be sent, so it is still counted as closed for that reason.
+/// Notices of its own (frames lost under the `drop` policy) are written in `dialect`.
 pub(crate) async fn run<W: AsyncWrite + Unpin>(
     outbox: &Outbox,
     socket: &mut W,
     counters: &Counters,
+    dialect: Dialect,
 ) -> Result<CloseCode, WriteFailed> {
     let code_of = |outbox: &Outbox| match outbox.closing() {
         Some(Closing::Now(code) | Closing::AfterFlush(code)) => Some(code),
         None => None,
     };
-    drive(outbox, socket, counters)
+    drive(outbox, socket, counters, dialect)
         .await
         .map_err(|error| WriteFailed {
             closing: code_of(outbox),
@@ -68,6 +70,7 @@ async fn drive<W: AsyncWrite + Unpin>(
     outbox: &Outbox,
     socket: &mut W,
     counters: &Counters,
+    dialect: Dialect,
 ) -> io::Result<CloseCode> {
     let mut batch: Vec<Bytes> = Vec::new();
     loop {
@@ -79,7 +82,7 @@ async fn drive<W: AsyncWrite + Unpin>(
         let dropped = outbox.take_dropped();
         if dropped > 0 {
             counters.frames_dropped.add(dropped);
-            batch.push(dropped_notice(dropped));
+            batch.push(dropped_notice(dialect, dropped));
         }
         outbox.drain_into(&mut batch, MAX_BATCH);
         let since = outbox.take_since();
@@ -136,11 +139,11 @@ async fn finish<W: AsyncWrite + Unpin>(
 }
 
 /// The `error` message that tells a client under the `drop` policy how many frames it lost.
-fn dropped_notice(dropped: u64) -> Bytes {
-    event::encode_serialize(
-        "error",
-        SystemTime::now(),
+fn dropped_notice(dialect: Dialect, dropped: u64) -> Bytes {
+    dialect.message(
+        ServerMessage::Error,
         None,
+        SystemTime::now(),
         &serde_json::json!({
             "code": ErrorCode::FramesDropped,
             "message": "your queue was full; events were dropped",
@@ -314,7 +317,14 @@ mod tests {
             calls: 0,
         };
         assert_eq!(
-            run(&outbox, &mut sock, &Counters::default()).await.unwrap(),
+            run(
+                &outbox,
+                &mut sock,
+                &Counters::default(),
+                Dialect::SigmaVault
+            )
+            .await
+            .unwrap(),
             CloseCode::GOING_AWAY
         );
         let mut expected: Vec<u8> = frames(3).iter().flat_map(|f| f.to_vec()).collect();
@@ -334,7 +344,14 @@ mod tests {
             chunk: 1 << 20,
             calls: 0,
         };
-        run(&outbox, &mut sock, &Counters::default()).await.unwrap();
+        run(
+            &outbox,
+            &mut sock,
+            &Counters::default(),
+            Dialect::SigmaVault,
+        )
+        .await
+        .unwrap();
         assert_eq!(sock.out, frame::close(CloseCode::SLOW_CONSUMER).to_vec());
     }
 
@@ -401,7 +418,7 @@ mod tests {
             budget: 5,
         };
         let counters = Counters::default();
-        let run = run(&outbox, &mut sock, &counters);
+        let run = run(&outbox, &mut sock, &counters, Dialect::SigmaVault);
         tokio::pin!(run);
         tokio::select! {
             _ = &mut run => panic!("finished while the socket is stuck"),

@@ -54,6 +54,7 @@ use self::response::{error, json, method_not_allowed};
 use super::admission::{Refusal, Ticket};
 use super::counters::Limit;
 use super::{dashboard, Shared};
+use crate::dialect::Dialect;
 use crate::protocol::code::ErrorCode;
 
 /// The response body type of every sigmahub route.
@@ -167,7 +168,7 @@ where
 {
     let peer = conn.peer;
     match (req.method(), req.uri().path()) {
-        (&Method::GET, "/ws") => upgrade::upgrade(shared, req, conn),
+        (&Method::GET, "/ws") => upgrade::upgrade(shared, req, conn, Dialect::SigmaVault),
         (_, "/ws") => method_not_allowed("GET"),
         (&Method::POST, "/api/v1/publish") => {
             let address = shared.admission.client_address(peer, req.headers());

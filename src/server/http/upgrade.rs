@@ -1,4 +1,5 @@
-//! `GET /ws`: the WebSocket upgrade, its credentials and its `since`, then the session.
+//! `GET /ws`: the WebSocket upgrade, its credentials and its `since`, then the session in
+//! the dialect of the path.
 
 use std::sync::Arc;
 
@@ -12,6 +13,7 @@ use tokio::net::TcpStream;
 use super::credentials::{barred, bearer};
 use super::response::error;
 use super::{refused, Connection, ResponseBody};
+use crate::dialect::Dialect;
 use crate::protocol::code::ErrorCode;
 use crate::protocol::message::{Resume, MAX_RESUME_CHANNELS};
 use crate::server::counters::Limit;
@@ -22,6 +24,7 @@ pub(super) fn upgrade<B>(
     shared: Arc<Shared>,
     mut req: Request<B>,
     conn: &Connection,
+    dialect: Dialect,
 ) -> Response<ResponseBody> {
     let peer = conn.peer;
     if !fastwebsockets::upgrade::is_upgrade_request(&req) {
@@ -45,6 +48,7 @@ pub(super) fn upgrade<B>(
         Err(message) => return error(ErrorCode::InvalidSince, &message),
     };
     let handshake = session::Handshake {
+        dialect,
         token: upgrade_token(&req),
         resume,
     };

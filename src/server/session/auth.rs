@@ -9,6 +9,7 @@ use serde::Serialize;
 use super::reply::error_reply;
 use super::{Session, WELCOME_MESSAGE};
 use crate::auth::permissions::Method;
+use crate::dialect::ServerMessage;
 use crate::engine::history::Recovery;
 use crate::event::{self, unix_seconds};
 use crate::protocol::channel::Channel;
@@ -43,7 +44,6 @@ impl Session<'_> {
         correlation_id: Option<&CorrelationId>,
     ) -> Option<CloseCode> {
         let now = SystemTime::now();
-        let id = correlation_id.map(CorrelationId::as_raw);
         let identity = match self.shared.verify_token(self.address, token) {
             Ok(identity) => identity,
             Err(e) => {
@@ -56,8 +56,7 @@ impl Session<'_> {
                     "success": false,
                     "error": { "code": e.code(), "message": e.to_string() },
                 });
-                self.client
-                    .send(event::encode_serialize("auth_response", now, id, &body));
+                self.say(ServerMessage::AuthResponse, correlation_id, now, &body);
                 return Some(e.close_code());
             }
         };
@@ -72,7 +71,8 @@ impl Session<'_> {
                     ),
                     correlation_id: correlation_id.cloned(),
                 };
-                self.client.send(error_reply(&e, now));
+                self.client
+                    .send(error_reply(self.client.dialect(), &e, now));
                 return None;
             }
         }
@@ -95,10 +95,10 @@ impl Session<'_> {
             publish: Vec<String>,
             unsubscribed: &'a [Channel],
         }
-        self.client.send(event::encode_serialize(
-            "auth_response",
+        self.say(
+            ServerMessage::AuthResponse,
+            correlation_id,
             now,
-            id,
             &Granted {
                 success: true,
                 subject: &identity.subject,
@@ -108,7 +108,7 @@ impl Session<'_> {
                 publish: identity.publish.to_strings(),
                 unsubscribed: &revoked.changed,
             },
-        ));
+        );
         self.deadlines.authenticated(identity.expires_at);
         self.identity = Some(identity);
         if first {
@@ -159,10 +159,10 @@ impl Session<'_> {
         let resume = self.resume.take();
         let resumption = self.plan_resume(resume.as_deref(), &change);
         let now = SystemTime::now();
-        self.client.send(event::encode_serialize(
-            "notification",
-            now,
+        self.say(
+            ServerMessage::Welcome,
             None,
+            now,
             &Welcome {
                 message: WELCOME_MESSAGE,
                 level: "info",
@@ -172,7 +172,7 @@ impl Session<'_> {
                 epoch: epoch.as_deref().map(String::as_str),
                 recovery: resume.is_some().then_some(&resumption.outcomes),
             },
-        ));
+        );
         self.complete_subscribe(&change, resumption);
     }
 

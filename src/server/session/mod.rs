@@ -36,16 +36,15 @@ use super::writer::{self, WriteFailed, CLOSE_LINGER};
 use super::Shared;
 use crate::auth::permissions::Identity;
 use crate::broker::Completion;
+use crate::dialect::{Dialect, ServerMessage};
 use crate::engine::client::Client;
 use crate::engine::outbox::Closing;
-use crate::event::{self, unix_seconds};
+use crate::event::unix_seconds;
 use crate::frame;
 use crate::protocol::channel::Channel;
 use crate::protocol::close::CloseCode;
 use crate::protocol::code::ErrorCode;
-use crate::protocol::message::{
-    self, ChannelList, ClientMessage, CorrelationId, MessageError, Resume,
-};
+use crate::protocol::message::{ChannelList, ClientMessage, CorrelationId, MessageError, Resume};
 use crate::protocol::rate::{TokenBucket, Verdict};
 
 /// Most refused channels a `subscribe_response` or `unsubscribe_response` lists; past it,
@@ -58,6 +57,8 @@ pub const WELCOME_MESSAGE: &str = "Welcome to SigmaVault WebSocket";
 /// What a client gave with its upgrade request.
 #[derive(Debug, Default)]
 pub(crate) struct Handshake {
+    /// The wire protocol it speaks, from the path it upgraded on.
+    pub(crate) dialect: Dialect,
     /// Its credential (`?token=` or `Authorization: Bearer`), if any.
     pub(crate) token: Option<Box<str>>,
     /// Where it left off on the channels it gets on connect (`?since=…&epoch=…`).
@@ -76,7 +77,7 @@ pub(crate) async fn run<R, W>(
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let Ok(client) = shared.hub.connect() else {
+    let Ok(client) = shared.hub.connect_as(handshake.dialect) else {
         tracing::warn!(%address, "no free client slot; closing");
         shared.counters.closed(CloseCode::INTERNAL_ERROR);
         let _ = writer::write_frames(
@@ -114,6 +115,7 @@ async fn serve<R, W>(
     let config = &shared.config;
     let started = crate::clock::now();
     let outbox = client.outbox().clone();
+    let dialect = client.dialect();
     let mut session = Session {
         shared,
         address,
@@ -150,7 +152,7 @@ async fn serve<R, W>(
     let (code, reason) = {
         let mut reader = MessageReader::new(read, config.max_message_size);
         let read_half = session.read_loop(&mut reader);
-        let write_half = writer::run(&outbox, &mut write, &shared.counters);
+        let write_half = writer::run(&outbox, &mut write, &shared.counters, dialect);
         tokio::pin!(read_half, write_half);
         tokio::select! {
             written = &mut write_half => {
@@ -300,7 +302,10 @@ impl Session<'_> {
                     Verdict::Allow => {}
                     Verdict::Warn => {
                         self.shared.counters.hit(Limit::RateLimited);
-                        self.client.send(rate_limited(self.limit.retry_after()));
+                        self.client.send(rate_limited(
+                            self.client.dialect(),
+                            self.limit.retry_after(),
+                        ));
                         continue;
                     }
                     Verdict::Close => {
@@ -336,10 +341,11 @@ impl Session<'_> {
     fn handle_message(&mut self, payload: &mut [u8]) -> Step {
         let now = SystemTime::now();
         let max_channels = self.shared.config.max_subscriptions_per_connection;
-        let message = match message::parse(payload, max_channels) {
+        let message = match self.client.dialect().decode(payload, max_channels) {
             Ok(message) => message,
             Err(e) => {
-                self.client.send(error_reply(&e, now));
+                self.client
+                    .send(error_reply(self.client.dialect(), &e, now));
                 return Step::Done;
             }
         };
@@ -368,7 +374,8 @@ impl Session<'_> {
                     .client
                     .unsubscribe(list.channels.iter().map(String::as_str));
                 self.client.send(subscription_reply(
-                    "unsubscribe_response",
+                    self.client.dialect(),
+                    ServerMessage::UnsubscribeResponse,
                     "unsubscribed",
                     self.client.subscriptions(),
                     &list,
@@ -417,16 +424,26 @@ impl Session<'_> {
             message: "authenticate first: {\"type\":\"auth\",\"data\":{\"token\":…}}".to_owned(),
             correlation_id,
         };
-        self.client.send(error_reply(&e, now));
+        self.client
+            .send(error_reply(self.client.dialect(), &e, now));
         None
     }
 
     fn pong(&self, correlation_id: Option<&CorrelationId>, now: SystemTime) {
-        self.client.send(event::encode_serialize(
-            "pong",
-            now,
-            correlation_id.map(CorrelationId::as_raw),
-            &serde_json::json!({ "server_time": unix_seconds(now) }),
-        ));
+        let data = serde_json::json!({ "server_time": unix_seconds(now) });
+        self.say(ServerMessage::Pong, correlation_id, now, &data);
+    }
+
+    /// Sends the client a message of `kind` about `data`, in its dialect.
+    fn say(
+        &self,
+        kind: ServerMessage,
+        correlation_id: Option<&CorrelationId>,
+        now: SystemTime,
+        data: &impl serde::Serialize,
+    ) {
+        let dialect = self.client.dialect();
+        self.client
+            .send(dialect.message(kind, correlation_id, now, data));
     }
 }

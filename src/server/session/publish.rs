@@ -6,7 +6,7 @@ use super::reply::error_reply;
 use super::Session;
 use crate::auth::permissions::Identity;
 use crate::broker::{Completion, Published};
-use crate::event;
+use crate::dialect::ServerMessage;
 use crate::protocol::code::ErrorCode;
 use crate::protocol::message::{CorrelationId, MessageError};
 use crate::protocol::publish;
@@ -29,7 +29,11 @@ impl Session<'_> {
         let events = match publish::parse(body.as_bytes()) {
             Ok(events) => events,
             Err(e) => {
-                self.client.send(error_reply(&fail(e.code, e.message), now));
+                self.client.send(error_reply(
+                    self.client.dialect(),
+                    &fail(e.code, e.message),
+                    now,
+                ));
                 return;
             }
         };
@@ -46,7 +50,8 @@ impl Session<'_> {
                     event.channel().as_str()
                 ),
             );
-            self.client.send(error_reply(&e, now));
+            self.client
+                .send(error_reply(self.client.dialect(), &e, now));
             return;
         }
         // The client's own subscriptions get the events the way every subscriber does; the
@@ -56,17 +61,16 @@ impl Session<'_> {
         match self.shared.broker.publish(events, now) {
             Completion::Ready(published) => {
                 let reply = publish_reply(accepted, &published);
-                let id = correlation_id.map(CorrelationId::as_raw);
-                self.client
-                    .send(event::encode_serialize("publish_response", now, id, &reply));
+                self.say(ServerMessage::PublishResponse, correlation_id, now, &reply);
             }
             Completion::Pending(publishing) => {
                 let outbox = self.client.outbox().clone();
+                let dialect = self.client.dialect();
                 let correlation_id = correlation_id.cloned();
                 tokio::spawn(async move {
                     let reply = publish_reply(accepted, &publishing.await);
-                    let id = correlation_id.as_ref().map(CorrelationId::as_raw);
-                    outbox.push(event::encode_serialize("publish_response", now, id, &reply));
+                    let kind = ServerMessage::PublishResponse;
+                    outbox.push(dialect.message(kind, correlation_id.as_ref(), now, &reply));
                 });
             }
         }

@@ -7,19 +7,19 @@ use bytes::Bytes;
 use serde::Serialize;
 
 use super::MAX_LISTED_REJECTIONS;
+use crate::dialect::{Dialect, ServerMessage};
 use crate::engine::client::{Rejection, SubscriptionChange};
 use crate::engine::history::Recovery;
-use crate::event;
 use crate::protocol::channel::Channel;
 use crate::protocol::code::ErrorCode;
-use crate::protocol::message::{ChannelList, CorrelationId, MessageError};
+use crate::protocol::message::{ChannelList, MessageError};
 
 /// The `error` sent for the first message over the inbound limit.
-pub(super) fn rate_limited(retry_after: std::time::Duration) -> Bytes {
-    event::encode_serialize(
-        "error",
-        SystemTime::now(),
+pub(super) fn rate_limited(dialect: Dialect, retry_after: std::time::Duration) -> Bytes {
+    dialect.message(
+        ServerMessage::Error,
         None,
+        SystemTime::now(),
         &serde_json::json!({
             "code": ErrorCode::RateLimited,
             "message": "too many messages; this one was ignored, and more now close the connection (1008)",
@@ -39,7 +39,8 @@ pub(super) struct Resumed<'a> {
 
 #[allow(clippy::too_many_arguments)]
 pub(super) fn subscription_reply(
-    kind: &str,
+    dialect: Dialect,
+    kind: ServerMessage,
     changed_key: &'static str,
     subscriptions: &[Channel],
     request: &ChannelList,
@@ -60,13 +61,12 @@ pub(super) fn subscription_reply(
         #[serde(flatten)]
         resumed: Resumed<'a>,
     }
-    let id = request.correlation_id.as_ref().map(CorrelationId::as_raw);
     let rejected = &change.rejected;
     let listed = &rejected[..rejected.len().min(MAX_LISTED_REJECTIONS)];
-    event::encode_serialize(
+    dialect.message(
         kind,
+        request.correlation_id.as_ref(),
         now,
-        id,
         &Reply {
             success: rejected.is_empty(),
             changed: [(changed_key, change.changed.as_slice())].into(),
@@ -78,11 +78,11 @@ pub(super) fn subscription_reply(
     )
 }
 
-pub(super) fn error_reply(e: &MessageError, now: SystemTime) -> Bytes {
-    event::encode_serialize(
-        "error",
+pub(super) fn error_reply(dialect: Dialect, e: &MessageError, now: SystemTime) -> Bytes {
+    dialect.message(
+        ServerMessage::Error,
+        e.correlation_id.as_ref(),
         now,
-        e.correlation_id.as_ref().map(CorrelationId::as_raw),
         &serde_json::json!({ "code": e.code, "message": e.message }),
     )
 }

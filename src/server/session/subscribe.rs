@@ -8,6 +8,7 @@ use bytes::Bytes;
 use super::reply::{error_reply, subscription_reply, Resumed};
 use super::Session;
 use crate::auth::permissions::Identity;
+use crate::dialect::{Dialect, ServerMessage};
 use crate::engine::client::{Client, Rejection, SubscriptionChange};
 use crate::engine::history::{Incomplete, Locked, Recovery};
 use crate::protocol::channel::{self, Channel};
@@ -117,7 +118,8 @@ impl Session<'_> {
         let resumption = self.plan_resume(list.resume.as_ref(), &change);
         let epoch = self.epoch();
         self.client.send(subscription_reply(
-            "subscribe_response",
+            self.client.dialect(),
+            ServerMessage::SubscribeResponse,
             "subscribed",
             &after,
             list,
@@ -141,8 +143,9 @@ impl Session<'_> {
     ) {
         self.count_rejections(&change.rejected);
         send_snapshots(&self.client, change, &self.shared.snapshots);
+        let dialect = self.client.dialect();
         for frame in resumption.replay {
-            self.client.send(frame);
+            self.client.send(dialect.transcode(&frame));
         }
         let late = self.client.apply_subscribe(change);
         drop(resumption.locked);
@@ -171,22 +174,34 @@ impl Session<'_> {
                 message: format!("not subscribed to {:?}: {}", r.channel, r.reason),
                 correlation_id: None,
             };
-            self.client.send(error_reply(&e, SystemTime::now()));
+            self.client
+                .send(error_reply(self.client.dialect(), &e, SystemTime::now()));
         }
     }
 }
 
 /// Queues the current snapshot of every channel in `change` (before the subscription is
-/// applied, so that nothing newer can arrive ahead of it).
+/// applied, so that nothing newer can arrive ahead of it), in the client's dialect.
 pub(super) fn send_snapshots(
     client: &Client,
     change: &SubscriptionChange,
     snapshots: &SnapshotCache,
 ) {
     for channel in &change.changed {
-        if let Some(snapshot) = snapshots.get(channel) {
-            // Whole: hundreds of agents are more than the queue's frame bound.
+        let Some(snapshot) = snapshots.get(channel) else {
+            continue;
+        };
+        // Whole: hundreds of agents are more than the queue's frame bound.
+        let dialect = client.dialect();
+        if dialect == Dialect::CANONICAL {
             client.outbox().push_whole(&snapshot.frames);
+        } else {
+            let frames: Vec<Bytes> = snapshot
+                .frames
+                .iter()
+                .map(|f| dialect.transcode(f))
+                .collect();
+            client.outbox().push_whole(&frames);
         }
     }
 }

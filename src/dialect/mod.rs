@@ -1,0 +1,170 @@
+//! Wire dialects: how one family of clients speaks to the hub.
+//!
+//! A session does not write JSON or parse it: it asks its connection's [`Dialect`] to turn
+//! a client's message into a [`ClientMessage`] ([`Dialect::decode`]) and a reply into a
+//! frame ([`Dialect::message`]). A second wire protocol is a new file here and a new
+//! variant, not a branch in the session.
+//!
+//! # Encoded once per dialect per broadcast
+//! A channel's subscribers are kept in one set per dialect ([`crate::engine`]'s topics). A
+//! publish encodes its event for each dialect that has subscribers on the channel, once,
+//! and every subscriber of that dialect gets a refcounted clone of that frame
+//! ([`Dialect::event`]); a dialect without subscribers there costs nothing.
+//!
+//! # The canonical encoding
+//! What the hub keeps — history for recovery, the status snapshot cache — and what a
+//! cluster sends between nodes is the SigmaVault encoding. A dialect turns a kept frame
+//! into its own with [`Dialect::transcode`]; for SigmaVault that is a refcount increment.
+
+pub(crate) mod sigmavault;
+
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use serde::Serialize;
+
+use crate::event::Event;
+use crate::protocol::message::{self, ClientMessage, CorrelationId, MessageError};
+
+/// The wire protocol one connection speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum Dialect {
+    /// The SigmaVault WebSocket Protocol v1.0 (seed 000), on `/ws`.
+    #[default]
+    SigmaVault,
+}
+
+impl Dialect {
+    /// How many dialects there are.
+    pub const COUNT: usize = 1;
+
+    /// Every dialect, in [`index`](Self::index) order.
+    pub const ALL: [Dialect; Self::COUNT] = [Dialect::SigmaVault];
+
+    /// The dialect whose frames the hub keeps (see the [module docs](self)).
+    pub const CANONICAL: Dialect = Dialect::SigmaVault;
+
+    /// The dialect's place in [`ALL`](Self::ALL): an index into per-dialect tables.
+    #[inline]
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The dialect's name in metrics, stats and logs.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::SigmaVault => "sigmavault",
+        }
+    }
+
+    /// Parses one client text message (its payload, parsed in place) into a command. A
+    /// subscribe may name at most `max_channels` channels.
+    pub(crate) fn decode(
+        self,
+        payload: &mut [u8],
+        max_channels: usize,
+    ) -> Result<ClientMessage, MessageError> {
+        match self {
+            Self::SigmaVault => message::parse(payload, max_channels),
+        }
+    }
+
+    /// The frame of a message from the server to one client: `kind` says what it is, `data`
+    /// is its content, `correlation_id` the request it answers.
+    pub(crate) fn message(
+        self,
+        kind: ServerMessage,
+        correlation_id: Option<&CorrelationId>,
+        now: SystemTime,
+        data: &impl Serialize,
+    ) -> Bytes {
+        match self {
+            Self::SigmaVault => sigmavault::encode_serialize(
+                kind.as_str(),
+                now,
+                correlation_id.map(CorrelationId::as_raw),
+                data,
+            ),
+        }
+    }
+
+    /// The frame of a broadcast `event` stamped `now`, with its `offset` in its channel's
+    /// history if it has one.
+    #[inline]
+    pub(crate) fn event(self, event: &Event, now: SystemTime, offset: Option<u64>) -> Bytes {
+        match self {
+            Self::SigmaVault => sigmavault::event_frame(event, now, offset),
+        }
+    }
+
+    /// This dialect's frame for a frame in the [canonical](Self::CANONICAL) encoding (from
+    /// history, the snapshot cache or another node).
+    #[inline]
+    pub(crate) fn transcode(self, canonical: &Bytes) -> Bytes {
+        match self {
+            Self::SigmaVault => canonical.clone(),
+        }
+    }
+}
+
+impl std::fmt::Display for Dialect {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a message from the server to one client is (not a broadcast event); each dialect
+/// puts it on the wire its own way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ServerMessage {
+    /// The welcome after authentication.
+    Welcome,
+    /// The answer to credentials.
+    AuthResponse,
+    /// The answer to a subscribe.
+    SubscribeResponse,
+    /// The answer to an unsubscribe.
+    UnsubscribeResponse,
+    /// The answer to a socket publish.
+    PublishResponse,
+    /// The answer to an application-level ping.
+    Pong,
+    /// A refused request, a limit hit, or frames lost under the `drop` policy.
+    Error,
+}
+
+impl ServerMessage {
+    /// The SigmaVault `type` of the message.
+    pub(crate) const fn as_str(self) -> &'static str {
+        match self {
+            Self::Welcome => "notification",
+            Self::AuthResponse => "auth_response",
+            Self::SubscribeResponse => "subscribe_response",
+            Self::UnsubscribeResponse => "unsubscribe_response",
+            Self::PublishResponse => "publish_response",
+            Self::Pong => "pong",
+            Self::Error => "error",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn indexes_follow_the_table() {
+        for (i, dialect) in Dialect::ALL.into_iter().enumerate() {
+            assert_eq!(dialect.index(), i);
+        }
+    }
+
+    #[test]
+    fn the_canonical_dialect_transcodes_without_a_copy() {
+        let event = Event::new("orders", &serde_json::json!({"id": 7})).unwrap();
+        let frame = Dialect::CANONICAL.event(&event, SystemTime::UNIX_EPOCH, Some(3));
+        let same = Dialect::CANONICAL.transcode(&frame);
+        assert_eq!(same.as_ptr(), frame.as_ptr());
+    }
+}
