@@ -1,20 +1,20 @@
 //! Wire dialects: how one family of clients speaks to the hub.
 //!
 //! A session does not write JSON or parse it: it asks its connection's [`Dialect`] to turn
-//! a client's message into a [`ClientMessage`] ([`Dialect::decode`]) and a reply into a
-//! frame ([`Dialect::message`]). A second wire protocol is a new file here and a new
+//! a client's message into a [`ClientMessage`] (`Dialect::decode`) and a reply into a
+//! frame (`Dialect::message`). A second wire protocol is a new file here and a new
 //! variant, not a branch in the session.
 //!
 //! # Encoded once per dialect per broadcast
 //! A channel's subscribers are kept in one set per dialect ([`crate::engine`]'s topics). A
 //! publish encodes its event for each dialect that has subscribers on the channel, once,
 //! and every subscriber of that dialect gets a refcounted clone of that frame
-//! ([`Dialect::event`]); a dialect without subscribers there costs nothing.
+//! (`Dialect::event`); a dialect without subscribers there costs nothing.
 //!
 //! # The canonical encoding
 //! What the hub keeps — history for recovery, the status snapshot cache — and what a
 //! cluster sends between nodes is the SigmaVault encoding. A dialect turns a kept frame
-//! into its own with [`Dialect::transcode`]; for SigmaVault that is a refcount increment.
+//! into its own with `Dialect::transcode`; for SigmaVault that is a refcount increment.
 
 pub(crate) mod sigmavault;
 
