@@ -1,15 +1,21 @@
-//! Command-line options: one flag per config key, each also read from `SIGMAHUB_<KEY>`.
+//! Command-line options: one flag per config key, generated from the config struct.
 //!
-//! Precedence is flag > environment > config file > default. clap resolves the first two
-//! (a flag beats its environment variable); [`Cli::into_config`] lays the result over the
-//! file, which already lies over the defaults.
+//! No setting is written here. Every key of [`Config`] becomes a flag and an environment
+//! variable (`max_message_size` → `--max-message-size`, `SIGMAHUB_MAX_MESSAGE_SIZE`; a
+//! section's key `auth.leeway` → `--auth-leeway`, `SIGMAHUB_AUTH_LEEWAY`). Its help is the
+//! field's doc comment and its default what [`Config::default`] holds, both read from the
+//! struct's JSON schema (`schemars`), so a key and its doc live in one place.
+//!
+//! Precedence is flag > environment > config file > default. clap resolves the first two;
+//! [`Cli::into_config`] lays what they gave over the file's TOML table, and serde reads the
+//! result over the defaults: every layer goes through the same parser.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
 
-use clap::Parser;
-use sigmahub::{Config, ConfigError, SlowConsumerPolicy};
+use clap::builder::{BoolishValueParser, PossibleValuesParser};
+use clap::{Arg, ArgAction, ArgMatches, Args, FromArgMatches, Parser};
+use serde_json::{Map, Value};
+use sigmahub::{Config, ConfigError};
 
 /// sigmahub: a WebSocket event-streaming server speaking the SigmaVault WebSocket Protocol
 /// v1.0. Clients connect to /ws, subscribe to channels, and receive every event published
@@ -21,7 +27,8 @@ use sigmahub::{Config, ConfigError, SlowConsumerPolicy};
 #[derive(Debug, Parser)]
 #[command(version, about, long_about, max_term_width = 100)]
 pub(crate) struct Cli {
-    /// TOML config file; its keys are the long option names with `_` for `-`.
+    /// TOML config file; its keys are the long option names with `_` for `-` (a section's
+    /// keys under `[section]`).
     #[arg(long, env = "SIGMAHUB_CONFIG", value_name = "FILE")]
     pub(crate) config: Option<PathBuf>,
 
@@ -47,285 +54,8 @@ pub(crate) struct Cli {
     )]
     pub(crate) log_format: LogFormat,
 
-    /// Address to listen on [default: 127.0.0.1:12080].
-    #[arg(long, env = "SIGMAHUB_LISTEN", value_name = "ADDR:PORT")]
-    listen: Option<SocketAddr>,
-
-    /// Largest client message in bytes; larger ones close with 1009 [default: 65536].
-    #[arg(long, env = "SIGMAHUB_MAX_MESSAGE_SIZE", value_name = "BYTES")]
-    max_message_size: Option<usize>,
-
-    /// Frames that may wait in one client's queue [default: 256].
-    #[arg(long, env = "SIGMAHUB_CLIENT_QUEUE_CAPACITY", value_name = "FRAMES")]
-    client_queue_capacity: Option<usize>,
-
-    /// Bytes that may wait in one client's queue (it holds at most this plus one frame)
-    /// [default: 262144].
-    #[arg(long, env = "SIGMAHUB_CLIENT_QUEUE_BYTES", value_name = "BYTES")]
-    client_queue_bytes: Option<usize>,
-
-    /// On a full client queue: close the client (4000) or drop frames and report them
-    /// [default: close].
-    #[arg(long, env = "SIGMAHUB_SLOW_CONSUMER", value_enum)]
-    slow_consumer: Option<SlowConsumerPolicy>,
-
-    /// Most channels one connection may subscribe to, defaults included [default: 50].
-    #[arg(
-        long,
-        env = "SIGMAHUB_MAX_SUBSCRIPTIONS_PER_CONNECTION",
-        value_name = "N"
-    )]
-    max_subscriptions_per_connection: Option<usize>,
-
-    /// Interval between WebSocket pings, e.g. `30s` [default: 30s].
-    #[arg(long, env = "SIGMAHUB_PING_INTERVAL", value_parser = humantime::parse_duration, value_name = "DURATION")]
-    ping_interval: Option<Duration>,
-
-    /// Time a client has to answer a ping before it is closed (4001) [default: 10s].
-    #[arg(long, env = "SIGMAHUB_PONG_TIMEOUT", value_parser = humantime::parse_duration, value_name = "DURATION")]
-    pong_timeout: Option<Duration>,
-
-    /// Interval between `heartbeat` events [default: 30s].
-    #[arg(long, env = "SIGMAHUB_HEARTBEAT_INTERVAL", value_parser = humantime::parse_duration, value_name = "DURATION")]
-    heartbeat_interval: Option<Duration>,
-
-    /// Time clients get to drain their queues on shutdown [default: 5s].
-    #[arg(long, env = "SIGMAHUB_SHUTDOWN_TIMEOUT", value_parser = humantime::parse_duration, value_name = "DURATION")]
-    shutdown_timeout: Option<Duration>,
-
-    /// Largest publish request body in bytes [default: 1048576].
-    #[arg(long, env = "SIGMAHUB_MAX_PUBLISH_BODY_SIZE", value_name = "BYTES")]
-    max_publish_body_size: Option<usize>,
-
-    /// Channels every client is subscribed to on connect, comma-separated
-    /// [default: the 8 SigmaVault types].
-    #[arg(
-        long,
-        env = "SIGMAHUB_DEFAULT_SUBSCRIPTIONS",
-        value_delimiter = ',',
-        value_name = "CHANNELS"
-    )]
-    default_subscriptions: Option<Vec<String>>,
-
-    /// Longest a client may take to send its request head, upgrade included [default: 10s].
-    #[arg(long, env = "SIGMAHUB_HANDSHAKE_TIMEOUT", value_parser = humantime::parse_duration, value_name = "DURATION")]
-    handshake_timeout: Option<Duration>,
-
-    /// Longest a publish request's body may take to arrive (then 408) [default: 10s].
-    #[arg(long, env = "SIGMAHUB_BODY_TIMEOUT", value_parser = humantime::parse_duration, value_name = "DURATION")]
-    body_timeout: Option<Duration>,
-
-    /// Most connections at once, HTTP and WebSocket, 0 for no limit [default: 100000].
-    #[arg(long, env = "SIGMAHUB_MAX_CONNECTIONS", value_name = "N")]
-    max_connections: Option<usize>,
-
-    /// Most connections (HTTP and WebSocket) from one client address, 0 for no limit
-    /// [default: 10].
-    #[arg(long, env = "SIGMAHUB_MAX_CONNECTIONS_PER_IP", value_name = "N")]
-    max_connections_per_ip: Option<usize>,
-
-    /// New WebSocket connections one address may open per minute, 0 for no limit
-    /// [default: 60].
-    #[arg(long, env = "SIGMAHUB_CONNECTION_RATE_PER_IP", value_name = "N")]
-    connection_rate_per_ip: Option<u32>,
-
-    /// New connections one address may open in a burst [default: 20].
-    #[arg(long, env = "SIGMAHUB_CONNECTION_BURST_PER_IP", value_name = "N")]
-    connection_burst_per_ip: Option<u32>,
-
-    /// Reverse proxies (IP addresses, comma-separated) whose X-Forwarded-For is believed
-    /// [default: none].
-    #[arg(
-        long,
-        env = "SIGMAHUB_TRUSTED_PROXIES",
-        value_delimiter = ',',
-        value_name = "ADDRESSES"
-    )]
-    trusted_proxies: Option<Vec<std::net::IpAddr>>,
-
-    /// Messages a connection may send per minute on average [default: 100].
-    #[arg(long, env = "SIGMAHUB_MAX_INBOUND_PER_MINUTE", value_name = "N")]
-    max_inbound_per_minute: Option<u32>,
-
-    /// Messages a connection may send in a burst above that average [default: 10].
-    #[arg(long, env = "SIGMAHUB_INBOUND_BURST", value_name = "N")]
-    inbound_burst: Option<u32>,
-
-    /// Events kept per channel for reconnecting clients; 0 turns history and offsets off
-    /// [default: 100].
-    #[arg(long, env = "SIGMAHUB_HISTORY_SIZE", value_name = "N")]
-    history_size: Option<usize>,
-
-    /// Longest an event is kept in a channel's history [default: 5m].
-    #[arg(long, env = "SIGMAHUB_HISTORY_MAX_AGE", value_parser = humantime::parse_duration, value_name = "DURATION")]
-    history_max_age: Option<Duration>,
-
-    /// Channels with a history beyond which idle ones are dropped [default: 10000].
-    #[arg(long, env = "SIGMAHUB_HISTORY_MAX_CHANNELS", value_name = "N")]
-    history_max_channels: Option<usize>,
-
-    /// NATS server(s) for the cluster backplane, e.g. nats://127.0.0.1:4222; turns the
-    /// cluster on (JetStream required) [default: none, a single node].
-    #[arg(long, env = "SIGMAHUB_CLUSTER_NATS_URL", value_name = "URL")]
-    cluster_nats_url: Option<String>,
-
-    /// NATS credentials file (.creds) [default: none].
-    #[arg(long, env = "SIGMAHUB_CLUSTER_CREDENTIALS_FILE", value_name = "FILE")]
-    cluster_credentials_file: Option<PathBuf>,
-
-    /// NATS token; prefer the environment variable [default: none].
-    #[arg(
-        long,
-        env = "SIGMAHUB_CLUSTER_TOKEN",
-        value_name = "TOKEN",
-        hide_env_values = true
-    )]
-    cluster_token: Option<String>,
-
-    /// First token of every NATS subject and the stream name [default: sigmahub].
-    #[arg(long, env = "SIGMAHUB_CLUSTER_SUBJECT_PREFIX", value_name = "PREFIX")]
-    cluster_subject_prefix: Option<String>,
-
-    /// This node's name in NATS [default: host name and process id].
-    #[arg(long, env = "SIGMAHUB_CLUSTER_NODE_NAME", value_name = "NAME")]
-    cluster_node_name: Option<String>,
-
-    /// Publish this machine's `system.status` and `storage.update` [default: true].
-    #[arg(long, env = "SIGMAHUB_HOST_ENABLED", value_name = "BOOL")]
-    host_enabled: Option<bool>,
-
-    /// Interval between `system.status` events from this host [default: 5s].
-    #[arg(long, env = "SIGMAHUB_HOST_STATUS_INTERVAL", value_parser = humantime::parse_duration, value_name = "DURATION")]
-    host_status_interval: Option<Duration>,
-
-    /// Interval between `storage.update` events from this host [default: 30s].
-    #[arg(long, env = "SIGMAHUB_HOST_STORAGE_INTERVAL", value_parser = humantime::parse_duration, value_name = "DURATION")]
-    host_storage_interval: Option<Duration>,
-
-    /// Most clients subscribed to one channel, 0 for no limit [default: 0].
-    #[arg(long, env = "SIGMAHUB_MAX_SUBSCRIBERS_PER_CHANNEL", value_name = "N")]
-    max_subscribers_per_channel: Option<usize>,
-
-    /// Close connections that send no message for this long (4005), 0 for never; pongs do
-    /// not count [default: 0].
-    #[arg(long, env = "SIGMAHUB_IDLE_TIMEOUT", value_parser = humantime::parse_duration, value_name = "DURATION")]
-    idle_timeout: Option<Duration>,
-
-    /// Count per-frame metrics and serve GET /metrics [default: true].
-    #[arg(long, env = "SIGMAHUB_METRICS", value_name = "BOOL")]
-    metrics: Option<bool>,
-
-    /// Serve the live dashboard at GET / [default: true].
-    #[arg(long, env = "SIGMAHUB_DASHBOARD", value_name = "BOOL")]
-    dashboard: Option<bool>,
-
-    /// HS256 secret for client JWTs (at least 32 bytes); makes a token mandatory on /ws.
-    /// Prefer the environment variable, so the secret stays out of `ps` [default: none].
-    #[arg(
-        long,
-        env = "SIGMAHUB_AUTH_JWT_SECRET",
-        value_name = "SECRET",
-        hide_env_values = true
-    )]
-    auth_jwt_secret: Option<String>,
-
-    /// RS256 public key (PEM file) for client JWTs; makes a token mandatory on /ws
-    /// [default: none].
-    #[arg(long, env = "SIGMAHUB_AUTH_JWT_PUBLIC_KEY_FILE", value_name = "FILE")]
-    auth_jwt_public_key_file: Option<PathBuf>,
-
-    /// Required `iss` claim of client JWTs [default: not checked].
-    #[arg(long, env = "SIGMAHUB_AUTH_ISSUER", value_name = "ISSUER")]
-    auth_issuer: Option<String>,
-
-    /// Required `aud` claim of client JWTs [default: none; tokens naming an audience are
-    /// refused].
-    #[arg(long, env = "SIGMAHUB_AUTH_AUDIENCE", value_name = "AUDIENCE")]
-    auth_audience: Option<String>,
-
-    /// Clock skew allowed on `exp` and `nbf` [default: 30s].
-    #[arg(long, env = "SIGMAHUB_AUTH_LEEWAY", value_parser = humantime::parse_duration, value_name = "DURATION")]
-    auth_leeway: Option<Duration>,
-
-    /// Time a client without a token has to send an `auth` message (4002) [default: 10s].
-    #[arg(long, env = "SIGMAHUB_AUTH_TIMEOUT", value_parser = humantime::parse_duration, value_name = "DURATION")]
-    auth_timeout: Option<Duration>,
-
-    /// Keys for POST /api/v1/publish, comma-separated (several, for rotation; each at least
-    /// 16 bytes) [default: none, publishing is open].
-    #[arg(
-        long,
-        env = "SIGMAHUB_AUTH_PUBLISH_KEYS",
-        value_delimiter = ',',
-        value_name = "KEYS",
-        hide_env_values = true
-    )]
-    auth_publish_keys: Option<Vec<String>>,
-
-    /// Serve without authentication on a non-loopback address [default: false].
-    #[arg(long, env = "SIGMAHUB_AUTH_ALLOW_ANONYMOUS", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
-    auth_allow_anonymous: Option<bool>,
-
-    /// Failed credentials in a row from one address before it is barred, each further
-    /// failure doubling the bar; 0 for never [default: 5].
-    #[arg(long, env = "SIGMAHUB_AUTH_BACKOFF_AFTER", value_name = "N")]
-    auth_backoff_after: Option<u32>,
-
-    /// Longest bar for failed credentials [default: 5m].
-    #[arg(long, env = "SIGMAHUB_AUTH_MAX_BACKOFF", value_parser = humantime::parse_duration, value_name = "DURATION")]
-    auth_max_backoff: Option<Duration>,
-
-    /// Browser origins allowed to open WebSockets, comma-separated
-    /// (https://app.example.com, https://*.example.com, *) [default: any]; the HTTP API
-    /// answers browsers from these and its own origin only.
-    #[arg(
-        long,
-        env = "SIGMAHUB_AUTH_ALLOWED_ORIGINS",
-        value_delimiter = ',',
-        value_name = "ORIGINS"
-    )]
-    auth_allowed_origins: Option<Vec<String>>,
-
-    /// Host names the server answers to, comma-separated (`hub.example.com`,
-    /// `*.example.com`, `*`); others get 421 [default: localhost names on a loopback
-    /// address, any name elsewhere; IP addresses always].
-    #[arg(
-        long,
-        env = "SIGMAHUB_AUTH_ALLOWED_HOSTS",
-        value_delimiter = ',',
-        value_name = "HOSTS"
-    )]
-    auth_allowed_hosts: Option<Vec<String>>,
-
-    /// Base URL of a SigmaVault engine to poll over JSON-RPC (`{url}/rpc`), e.g.
-    /// http://127.0.0.1:5000/api/v1 [default: none].
-    #[arg(long, env = "SIGMAHUB_ENGINE_URL", value_name = "URL")]
-    engine_url: Option<String>,
-
-    /// Interval between calls of each engine method [default: 5s].
-    #[arg(long, env = "SIGMAHUB_ENGINE_POLL_INTERVAL", value_parser = humantime::parse_duration, value_name = "DURATION")]
-    engine_poll_interval: Option<Duration>,
-
-    /// Longest an engine call may take before it fails [default: 5s].
-    #[arg(long, env = "SIGMAHUB_ENGINE_TIMEOUT", value_parser = humantime::parse_duration, value_name = "DURATION")]
-    engine_timeout: Option<Duration>,
-
-    /// Consecutive failures of a method that open its circuit breaker [default: 5].
-    #[arg(long, env = "SIGMAHUB_ENGINE_BREAKER_THRESHOLD", value_name = "N")]
-    engine_breaker_threshold: Option<u32>,
-
-    /// How long an open breaker waits before one trial call [default: 5m].
-    #[arg(long, env = "SIGMAHUB_ENGINE_BREAKER_RESET", value_parser = humantime::parse_duration, value_name = "DURATION")]
-    engine_breaker_reset: Option<Duration>,
-
-    /// Least time between two `rpc_error` events of one method [default: 60s].
-    #[arg(long, env = "SIGMAHUB_ENGINE_ERROR_REPORT_INTERVAL", value_parser = humantime::parse_duration, value_name = "DURATION")]
-    engine_error_report_interval: Option<Duration>,
-
-    /// While a breaker is open, how often to probe the engine's health.check; 0 turns it
-    /// off [default: 30s].
-    #[arg(long, env = "SIGMAHUB_ENGINE_RECOVERY_PROBE_INTERVAL", value_parser = humantime::parse_duration, value_name = "DURATION")]
-    engine_recovery_probe_interval: Option<Duration>,
+    #[command(flatten)]
+    settings: Settings,
 }
 
 /// How log lines are written.
@@ -340,94 +70,320 @@ pub(crate) enum LogFormat {
 impl Cli {
     /// The effective configuration: defaults, then the file, then environment and flags.
     pub(crate) fn into_config(self) -> Result<Config, ConfigError> {
-        let mut config = match &self.config {
-            Some(path) => Config::from_toml_file(path)?,
-            None => Config::default(),
+        let mut table = match &self.config {
+            Some(path) => Config::read_toml_file(path)?,
+            None => toml::Table::new(),
         };
-        macro_rules! overlay {
-            ($($field:ident),* $(,)?) => {
-                $(if let Some(value) = self.$field { config.$field = value; })*
-            };
+        for (key, value) in self.settings.given {
+            // Alone first, so that a bad value is reported with the flag that gave it.
+            let mut alone = toml::Table::new();
+            key.set(&mut alone, value.clone());
+            Config::from_toml_table(alone).map_err(|source| ConfigError::Setting {
+                setting: format!("--{} ({})", key.flag(), key.env()),
+                source: Box::new(source),
+            })?;
+            key.set(&mut table, value);
         }
-        overlay!(
-            listen,
-            max_message_size,
-            client_queue_capacity,
-            client_queue_bytes,
-            slow_consumer,
-            max_subscriptions_per_connection,
-            ping_interval,
-            pong_timeout,
-            heartbeat_interval,
-            shutdown_timeout,
-            max_publish_body_size,
-            default_subscriptions,
-            handshake_timeout,
-            body_timeout,
-            max_connections,
-            max_connections_per_ip,
-            connection_rate_per_ip,
-            connection_burst_per_ip,
-            trusted_proxies,
-            max_inbound_per_minute,
-            inbound_burst,
-            max_subscribers_per_channel,
-            idle_timeout,
-            metrics,
-            dashboard,
-        );
-        macro_rules! overlay_in {
-            ($section:ident: $($flag:ident => $field:ident),* $(,)?) => {
-                $(if let Some(value) = self.$flag { config.$section.$field = value; })*
-            };
-        }
-        overlay_in!(history:
-            history_size => size,
-            history_max_age => max_age,
-            history_max_channels => max_channels,
-        );
-        overlay_in!(host: host_enabled => enabled, host_status_interval => status_interval, host_storage_interval => storage_interval);
-        overlay_in!(engine:
-            engine_poll_interval => poll_interval,
-            engine_timeout => timeout,
-            engine_breaker_threshold => breaker_threshold,
-            engine_breaker_reset => breaker_reset,
-            engine_error_report_interval => error_report_interval,
-            engine_recovery_probe_interval => recovery_probe_interval,
-        );
-        overlay_in!(auth:
-            auth_leeway => leeway,
-            auth_timeout => timeout,
-            auth_publish_keys => publish_keys,
-            auth_allow_anonymous => allow_anonymous,
-            auth_backoff_after => backoff_after,
-            auth_max_backoff => max_backoff,
-            auth_allowed_origins => allowed_origins,
-            auth_allowed_hosts => allowed_hosts,
-        );
-        if let Some(url) = self.engine_url {
-            config.engine.url = Some(url);
-        }
-        macro_rules! overlay_some {
-            ($section:ident: $($flag:ident => $field:ident),* $(,)?) => {
-                $(if let Some(value) = self.$flag { config.$section.$field = Some(value); })*
-            };
-        }
-        overlay_some!(cluster:
-            cluster_nats_url => nats_url,
-            cluster_credentials_file => credentials_file,
-            cluster_token => token,
-            cluster_node_name => node_name,
-        );
-        overlay_in!(cluster: cluster_subject_prefix => subject_prefix);
-        overlay_some!(auth:
-            auth_jwt_secret => jwt_secret,
-            auth_jwt_public_key_file => jwt_public_key_file,
-            auth_issuer => issuer,
-            auth_audience => audience,
-        );
+        let config = Config::from_toml_table(table).map_err(|source| match &self.config {
+            Some(path) => ConfigError::Parse {
+                path: path.clone(),
+                source: Box::new(source),
+            },
+            None => ConfigError::Setting {
+                setting: "flags and environment".to_owned(),
+                source: Box::new(source),
+            },
+        })?;
         config.validate()?;
         Ok(config)
+    }
+}
+
+/// The config keys given as flags or environment variables, with their values as TOML.
+#[derive(Debug, Default)]
+struct Settings {
+    given: Vec<(Key, toml::Value)>,
+}
+
+/// One config key, as the schema describes it.
+#[derive(Debug, Clone)]
+struct Key {
+    /// Its TOML section (`auth`), if it is in one.
+    section: Option<String>,
+    /// Its name in the section or at the top level.
+    name: String,
+    kind: Kind,
+    /// Its doc comment.
+    doc: String,
+    /// What [`Config::default`] holds for it, as TOML; `None` for an unset option.
+    default: Option<toml::Value>,
+    /// Whether its value is a secret, never echoed from the environment.
+    secret: bool,
+    /// What the help calls its value, when the field says (`x-value-name`).
+    value_name: Option<String>,
+}
+
+/// The shape of a key's value.
+#[derive(Debug, Clone, PartialEq)]
+enum Kind {
+    Integer,
+    Bool,
+    /// A humantime duration, `30s`, `5m`.
+    Duration,
+    String,
+    /// One of these strings.
+    OneOf(Vec<String>),
+    /// A comma-separated list of strings.
+    List,
+}
+
+impl Key {
+    /// Every key of [`Config`], section by section, from its JSON schema.
+    fn all() -> Vec<Key> {
+        let generator = schemars::generate::SchemaSettings::default()
+            .with(|s| s.inline_subschemas = true)
+            .into_generator();
+        let schema = generator.into_root_schema_for::<Config>();
+        let defaults = toml::Table::try_from(Config::default()).expect("the defaults are TOML");
+        let mut keys = Vec::new();
+        for (name, property) in properties(schema.as_value()) {
+            match properties_of(property) {
+                Some(section) => {
+                    let section_defaults = defaults.get(name).and_then(toml::Value::as_table);
+                    for (field, property) in section {
+                        let default = section_defaults.and_then(|t| t.get(field)).cloned();
+                        keys.push(Key::new(Some(name), field, property, default));
+                    }
+                }
+                None => keys.push(Key::new(None, name, property, defaults.get(name).cloned())),
+            }
+        }
+        keys
+    }
+
+    fn new(
+        section: Option<&str>,
+        name: &str,
+        property: &Value,
+        default: Option<toml::Value>,
+    ) -> Key {
+        Key {
+            section: section.map(str::to_owned),
+            name: name.to_owned(),
+            kind: Kind::of(property),
+            doc: property
+                .get("description")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned(),
+            default,
+            secret: property.get("x-secret").and_then(Value::as_bool) == Some(true),
+            value_name: property
+                .get("x-value-name")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+        }
+    }
+
+    /// `section_name` or `name`: the flag's id, and its name with `-` for `_`.
+    fn id(&self) -> String {
+        match &self.section {
+            Some(section) => format!("{section}_{}", self.name),
+            None => self.name.clone(),
+        }
+    }
+
+    fn flag(&self) -> String {
+        self.id().replace('_', "-")
+    }
+
+    fn env(&self) -> String {
+        format!("SIGMAHUB_{}", self.id().to_uppercase())
+    }
+
+    /// Puts `value` at this key in `table`.
+    fn set(&self, table: &mut toml::Table, value: toml::Value) {
+        let table = match &self.section {
+            Some(section) => table
+                .entry(section.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+                .as_table_mut()
+                .expect("a config section is a table"),
+            None => table,
+        };
+        table.insert(self.name.clone(), value);
+    }
+
+    /// The value given on the command line or in the environment, as TOML.
+    fn value(&self, matches: &ArgMatches) -> Option<toml::Value> {
+        let id = self.id();
+        if self.kind == Kind::Bool {
+            return matches
+                .get_one::<bool>(&id)
+                .map(|b| toml::Value::Boolean(*b));
+        }
+        let mut values = matches.get_many::<String>(&id)?.cloned();
+        Some(match self.kind {
+            // Not a number: left as a string for serde to refuse with the key's name.
+            Kind::Integer => {
+                let raw = values.next().unwrap_or_default();
+                raw.parse()
+                    .map_or(toml::Value::String(raw), toml::Value::Integer)
+            }
+            Kind::List => toml::Value::Array(values.map(toml::Value::String).collect()),
+            _ => toml::Value::String(values.next().unwrap_or_default()),
+        })
+    }
+
+    /// The flag.
+    fn arg(&self) -> Arg {
+        let mut arg = Arg::new(self.id())
+            .long(self.flag())
+            .env(self.env())
+            .value_name(
+                self.value_name
+                    .clone()
+                    .unwrap_or_else(|| self.kind.value_name().to_owned()),
+            )
+            .help(self.help())
+            .long_help(self.long_help())
+            .hide_env_values(self.secret)
+            .action(ArgAction::Set);
+        if let Some(section) = &self.section {
+            arg = arg.help_heading(format!("[{section}] options"));
+        }
+        arg = match &self.kind {
+            Kind::Bool => arg
+                .num_args(0..=1)
+                .default_missing_value("true")
+                .value_parser(BoolishValueParser::new()),
+            Kind::List => arg.value_delimiter(','),
+            Kind::OneOf(values) => arg.value_parser(PossibleValuesParser::new(values)),
+            _ => arg,
+        };
+        arg
+    }
+
+    /// The doc's first sentence, with the default.
+    fn help(&self) -> String {
+        let doc = self.doc.replace('\n', " ");
+        let first = doc.split(". ").next().unwrap_or_default();
+        format!(
+            "{} [default: {}]",
+            first.trim_end_matches('.'),
+            self.shown_default()
+        )
+    }
+
+    /// The whole doc, with the default.
+    fn long_help(&self) -> String {
+        let doc = self.doc.replace('\n', " ");
+        format!("{doc}\n\n[default: {}]", self.shown_default())
+    }
+
+    fn shown_default(&self) -> String {
+        match &self.default {
+            None => "none".to_owned(),
+            Some(toml::Value::String(s)) if s.is_empty() => "\"\"".to_owned(),
+            Some(toml::Value::String(s)) => s.clone(),
+            Some(toml::Value::Array(a)) if a.is_empty() => "none".to_owned(),
+            Some(toml::Value::Array(a)) => a
+                .iter()
+                .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned))
+                .collect::<Vec<_>>()
+                .join(","),
+            Some(other) => other.to_string(),
+        }
+    }
+}
+
+impl Kind {
+    fn of(property: &Value) -> Kind {
+        if let Some(values) = one_of(property) {
+            return Kind::OneOf(values);
+        }
+        if property.get("format").and_then(Value::as_str) == Some("duration") {
+            return Kind::Duration;
+        }
+        let types: Vec<&str> = match property.get("type") {
+            Some(Value::String(t)) => vec![t.as_str()],
+            Some(Value::Array(ts)) => ts.iter().filter_map(Value::as_str).collect(),
+            _ => Vec::new(),
+        };
+        if types.contains(&"integer") {
+            Kind::Integer
+        } else if types.contains(&"boolean") {
+            Kind::Bool
+        } else if types.contains(&"array") {
+            Kind::List
+        } else {
+            Kind::String
+        }
+    }
+
+    fn value_name(&self) -> &'static str {
+        match self {
+            Kind::Integer => "N",
+            Kind::Bool => "BOOL",
+            Kind::Duration => "DURATION",
+            Kind::String => "VALUE",
+            Kind::OneOf(_) => "CHOICE",
+            Kind::List => "LIST",
+        }
+    }
+}
+
+/// The `properties` of an object schema, in the schema's (alphabetical) order.
+fn properties(schema: &Value) -> impl Iterator<Item = (&str, &Value)> {
+    properties_of(schema)
+        .into_iter()
+        .flat_map(|map| map.iter().map(|(k, v)| (k.as_str(), v)))
+}
+
+fn properties_of(schema: &Value) -> Option<&Map<String, Value>> {
+    schema.get("properties").and_then(Value::as_object)
+}
+
+/// The strings an enum schema allows (`enum`, or `oneOf` of `const`s).
+fn one_of(property: &Value) -> Option<Vec<String>> {
+    if let Some(values) = property.get("enum").and_then(Value::as_array) {
+        return Some(
+            values
+                .iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect(),
+        );
+    }
+    let variants = property.get("oneOf").and_then(Value::as_array)?;
+    variants
+        .iter()
+        .map(|v| v.get("const").and_then(Value::as_str).map(str::to_owned))
+        .collect()
+}
+
+impl FromArgMatches for Settings {
+    fn from_arg_matches(matches: &ArgMatches) -> Result<Self, clap::Error> {
+        let given = Key::all()
+            .into_iter()
+            .filter_map(|key| Some((key.clone(), key.value(matches)?)))
+            .collect();
+        Ok(Settings { given })
+    }
+
+    fn update_from_arg_matches(&mut self, matches: &ArgMatches) -> Result<(), clap::Error> {
+        *self = Self::from_arg_matches(matches)?;
+        Ok(())
+    }
+}
+
+impl Args for Settings {
+    fn augment_args(command: clap::Command) -> clap::Command {
+        command.args(Key::all().iter().map(Key::arg))
+    }
+
+    fn augment_args_for_update(command: clap::Command) -> clap::Command {
+        Self::augment_args(command)
     }
 }
 
@@ -435,6 +391,20 @@ impl Cli {
 mod tests {
     use super::*;
     use clap::CommandFactory;
+
+    fn config_from(args: &[&str]) -> Result<Config, String> {
+        let cli = Cli::try_parse_from(std::iter::once("sigmahub").chain(args.iter().copied()))
+            .map_err(|e| e.to_string())?;
+        cli.into_config().map_err(|e| e.to_string())
+    }
+
+    fn arg(long: &str) -> Arg {
+        Cli::command()
+            .get_arguments()
+            .find(|a| a.get_long() == Some(long))
+            .unwrap_or_else(|| panic!("no --{long}"))
+            .clone()
+    }
 
     /// Every config key has a flag of the same name (`_` -> `-`, `section.key` ->
     /// `section-key`) and a SIGMAHUB_ variable.
@@ -459,16 +429,34 @@ mod tests {
             }
         }
         assert!(keys.contains(&"engine_url".to_string()));
-        let command = Cli::command();
         for key in &keys {
-            let long = key.replace('_', "-");
-            let arg = command
-                .get_arguments()
-                .find(|a| a.get_long() == Some(long.as_str()))
-                .unwrap_or_else(|| panic!("no --{long} flag for config key {key}"));
+            let arg = arg(&key.replace('_', "-"));
             let env = format!("SIGMAHUB_{}", key.to_uppercase());
             assert_eq!(arg.get_env().and_then(|e| e.to_str()), Some(env.as_str()));
         }
+    }
+
+    /// The flags of the hand-written CLI this one replaced, which scripts already use.
+    #[test]
+    fn the_flags_users_know_are_all_there() {
+        let known =
+            "listen max-message-size client-queue-capacity client-queue-bytes slow-consumer \
+            max-subscriptions-per-connection ping-interval pong-timeout heartbeat-interval \
+            shutdown-timeout max-publish-body-size default-subscriptions handshake-timeout \
+            body-timeout max-connections max-connections-per-ip connection-rate-per-ip \
+            connection-burst-per-ip trusted-proxies max-inbound-per-minute inbound-burst \
+            history-size history-max-age history-max-channels cluster-nats-url \
+            cluster-credentials-file cluster-token cluster-subject-prefix cluster-node-name \
+            host-enabled host-status-interval host-storage-interval max-subscribers-per-channel \
+            idle-timeout metrics dashboard auth-jwt-secret auth-jwt-public-key-file auth-issuer \
+            auth-audience auth-leeway auth-timeout auth-publish-keys auth-allow-anonymous \
+            auth-backoff-after auth-max-backoff auth-allowed-origins auth-allowed-hosts engine-url \
+            engine-poll-interval engine-timeout engine-breaker-threshold engine-breaker-reset \
+            engine-error-report-interval engine-recovery-probe-interval";
+        for long in known.split_whitespace() {
+            arg(long);
+        }
+        assert_eq!(known.split_whitespace().count(), 55);
     }
 
     #[test]
@@ -478,23 +466,100 @@ mod tests {
         let file = dir.join("c.toml");
         std::fs::write(
             &file,
-            "listen = \"127.0.0.1:1\"\nclient_queue_capacity = 7\n",
+            "listen = \"127.0.0.1:1\"\nclient_queue_capacity = 7\n[history]\nsize = 3\n",
         )
         .unwrap();
-        let cli = Cli::try_parse_from([
-            "sigmahub",
+        let config = config_from(&[
             "--config",
             file.to_str().unwrap(),
             "--listen",
             "127.0.0.1:2",
             "--default-subscriptions",
             "a,b",
+            "--history-max-age",
+            "90s",
         ])
         .unwrap();
-        let config = cli.into_config().unwrap();
         assert_eq!(config.listen.port(), 2);
         assert_eq!(config.client_queue_capacity, 7);
         assert_eq!(config.default_subscriptions, ["a", "b"]);
+        assert_eq!(
+            config.history.size, 3,
+            "the file's key in the section stays"
+        );
+        assert_eq!(config.history.max_age, std::time::Duration::from_secs(90));
+    }
+
+    #[test]
+    fn each_kind_of_value_is_read() {
+        let config = config_from(&[
+            "--auth-allow-anonymous",
+            "--metrics",
+            "false",
+            "--slow-consumer",
+            "drop",
+            "--trusted-proxies",
+            "10.0.0.1,10.0.0.2",
+            "--max-connections",
+            "7",
+            "--engine-url",
+            "http://127.0.0.1:5000/api/v1",
+        ])
+        .unwrap();
+        assert!(config.auth.allow_anonymous, "a bare boolean flag is true");
+        assert!(!config.metrics);
+        assert_eq!(config.slow_consumer, sigmahub::SlowConsumerPolicy::Drop);
+        assert_eq!(config.trusted_proxies.len(), 2);
+        assert_eq!(config.max_connections, 7);
+        assert_eq!(
+            config.engine.url.as_deref(),
+            Some("http://127.0.0.1:5000/api/v1")
+        );
+        assert_eq!(config_from(&[]).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn a_bad_value_is_reported_with_its_flag() {
+        for (args, flag) in [
+            (&["--max-message-size", "lots"][..], "--max-message-size"),
+            (&["--ping-interval", "5 parsecs"], "--ping-interval"),
+            (&["--listen", "nowhere"], "--listen"),
+            (
+                &["--trusted-proxies", "10.0.0.1,not-an-ip"],
+                "--trusted-proxies",
+            ),
+        ] {
+            let e = config_from(args).unwrap_err();
+            assert!(e.contains(flag), "{args:?}: {e}");
+        }
+        let e = config_from(&["--slow-consumer", "panic"]).unwrap_err();
+        assert!(e.contains("possible values: close, drop"), "{e}");
+        let e = config_from(&["--max-message-size", "1"]).unwrap_err();
+        assert!(
+            e.contains("max_message_size"),
+            "validated as a file's value is: {e}"
+        );
+    }
+
+    #[test]
+    fn the_help_is_the_config_struct_docs_with_its_defaults() {
+        let ping = arg("ping-interval");
+        let help = ping.get_long_help().unwrap().to_string();
+        assert!(
+            help.contains("Interval between WebSocket ping frames"),
+            "{help}"
+        );
+        assert!(help.contains("[default: 30s]"), "{help}");
+        assert_eq!(ping.get_value_names().unwrap()[0], "DURATION");
+        assert_eq!(arg("listen").get_value_names().unwrap()[0], "ADDR:PORT");
+        assert!(arg("cluster-token").is_hide_env_values_set());
+        assert!(arg("auth-jwt-secret").is_hide_env_values_set());
+        assert!(!arg("auth-leeway").is_hide_env_values_set());
+        let short = arg("client-queue-capacity").get_help().unwrap().to_string();
+        assert_eq!(
+            short,
+            "Frames that may wait in one client's queue [default: 256]"
+        );
     }
 
     #[test]

@@ -14,6 +14,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::auth::keys::MIN_KEY_LEN;
@@ -22,12 +23,13 @@ pub use crate::engine::outbox::SlowConsumerPolicy;
 use crate::protocol::channel::{self, DEFAULT_CHANNELS};
 
 /// sigmahub's configuration. Every field has a default; see each field for it and why.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct Config {
     /// Address to listen on. Default `127.0.0.1:12080`, SigmaVault's port, loopback only so
     /// that nothing is exposed until an operator asks for it.
+    #[schemars(extend("x-value-name" = "ADDR:PORT"))]
     pub listen: SocketAddr,
 
     /// Largest client message accepted, in bytes; larger ones close the connection with 1009.
@@ -54,19 +56,23 @@ pub struct Config {
 
     /// Interval between WebSocket ping frames to each client. Default 30 s.
     #[serde(with = "humantime_serde")]
+    #[schemars(schema_with = "duration_schema")]
     pub ping_interval: Duration,
 
     /// How long a client has to answer a ping before it is closed (4001). Default 10 s.
     #[serde(with = "humantime_serde")]
+    #[schemars(schema_with = "duration_schema")]
     pub pong_timeout: Duration,
 
     /// Interval between `heartbeat` events on the `heartbeat` channel. Default 30 s.
     #[serde(with = "humantime_serde")]
+    #[schemars(schema_with = "duration_schema")]
     pub heartbeat_interval: Duration,
 
     /// On shutdown, how long clients get to receive what is queued for them before the
     /// server exits anyway. Default 5 s.
     #[serde(with = "humantime_serde")]
+    #[schemars(schema_with = "duration_schema")]
     pub shutdown_timeout: Duration,
 
     /// Largest `POST /api/v1/publish` body, in bytes. Default 1 MiB.
@@ -75,11 +81,13 @@ pub struct Config {
     /// Longest a client may take to send its HTTP request head (the upgrade included)
     /// before the connection is dropped: the defence against slowloris. Default 10 s.
     #[serde(with = "humantime_serde")]
+    #[schemars(schema_with = "duration_schema")]
     pub handshake_timeout: Duration,
 
     /// Longest a publish request's body may take to arrive, once its head has; then HTTP
     /// 408 and the connection is closed. Default 10 s: a 1 MiB body at 1 Mbit/s.
     #[serde(with = "humantime_serde")]
+    #[schemars(schema_with = "duration_schema")]
     pub body_timeout: Duration,
 
     /// Most connections at once, plain HTTP and WebSocket; more are refused with HTTP 503.
@@ -98,7 +106,8 @@ pub struct Config {
     /// Default 60.
     pub connection_rate_per_ip: u32,
 
-    /// New connections one address may open in a burst above that rate. Default 20.
+    /// New connections one address may open in a burst above `connection_rate_per_ip`.
+    /// Default 20.
     pub connection_burst_per_ip: u32,
 
     /// Reverse proxies whose `X-Forwarded-For` names the client address. Default none:
@@ -109,7 +118,8 @@ pub struct Config {
     /// client gets a `rate_limited` error, then a close with 1008 if it goes on.
     pub max_inbound_per_minute: u32,
 
-    /// Messages a connection may send in a burst above that average. Default 10 (seed 002).
+    /// Messages a connection may send in a burst above `max_inbound_per_minute`. Default 10
+    /// (seed 002).
     pub inbound_burst: u32,
 
     /// Channels every client is subscribed to on connect (those its token allows).
@@ -126,6 +136,7 @@ pub struct Config {
     /// and dead peers are found by the keep-alive pings. Set it where clients must send
     /// application-level `ping`s.
     #[serde(with = "humantime_serde")]
+    #[schemars(schema_with = "duration_schema")]
     pub idle_timeout: Duration,
 
     /// Count per-frame metrics (frames sent, publish-to-write latency) and serve
@@ -155,16 +166,18 @@ pub struct Config {
 
 /// Authentication (TOML section `[auth]`). With none of it set, clients are anonymous:
 /// fine on loopback, refused on any other address unless `allow_anonymous` is true.
-#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct AuthConfig {
     /// HS256 secret for client JWTs, at least 32 bytes. Setting it (or
     /// `jwt_public_key_file`) makes a token mandatory on `/ws`. Default: none.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-secret" = true))]
     pub jwt_secret: Option<String>,
     /// RS256 public key (PEM file) for client JWTs. Default: none.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-value-name" = "FILE"))]
     pub jwt_public_key_file: Option<std::path::PathBuf>,
     /// Required `iss` claim. Default: not checked.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -174,14 +187,17 @@ pub struct AuthConfig {
     pub audience: Option<String>,
     /// Clock skew allowed on `exp` and `nbf`. Default 30 s.
     #[serde(with = "humantime_serde")]
+    #[schemars(schema_with = "duration_schema")]
     pub leeway: Duration,
     /// How long a client that connected without a token has to send an `auth` message
     /// before it is closed (4002). Default 10 s.
     #[serde(with = "humantime_serde")]
+    #[schemars(schema_with = "duration_schema")]
     pub timeout: Duration,
     /// Keys for `POST /api/v1/publish` (several, for rotation), each at least 16 bytes.
     /// Once any is set, publishing needs one. A key also works as a WebSocket token with
     /// every permission. Default: none.
+    #[schemars(extend("x-secret" = true))]
     pub publish_keys: Vec<String>,
     /// Serve without authentication on a non-loopback address. Default false: such a
     /// server refuses to start without `jwt_secret`/`jwt_public_key_file` and `publish_keys`.
@@ -191,6 +207,7 @@ pub struct AuthConfig {
     pub backoff_after: u32,
     /// Longest bar for failed credentials. Default 5 min.
     #[serde(with = "humantime_serde")]
+    #[schemars(schema_with = "duration_schema")]
     pub max_backoff: Duration,
     /// Origins allowed to open WebSockets from a browser (`https://app.example.com`,
     /// `https://*.example.com` for every name below a domain, or `*`); others get HTTP 403.
@@ -266,7 +283,7 @@ impl std::fmt::Debug for AuthConfig {
 
 /// Per-channel history (TOML section `[history]`): what a reconnecting client can recover
 /// with `since`. A cluster keeps it in JetStream instead.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct HistoryConfig {
@@ -277,6 +294,7 @@ pub struct HistoryConfig {
     /// Longest an event is kept. Default 5 min (a reconnect takes seconds; a laptop lid
     /// closed for longer should reload state).
     #[serde(with = "humantime_serde")]
+    #[schemars(schema_with = "duration_schema")]
     pub max_age: Duration,
     /// Channels with a log beyond which the idle ones (no event kept) are dropped. Default
     /// 10,000.
@@ -294,19 +312,22 @@ impl Default for HistoryConfig {
 }
 
 /// The NATS backplane (TOML section `[cluster]`).
-#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct ClusterConfig {
     /// NATS server(s), e.g. `nats://127.0.0.1:4222` (comma-separated for several). Setting
     /// it turns the cluster on; JetStream must be enabled on the server. Default: none.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-value-name" = "URL"))]
     pub nats_url: Option<String>,
     /// A NATS credentials file (`.creds`: user JWT and NKey seed). Default: none.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-value-name" = "FILE"))]
     pub credentials_file: Option<std::path::PathBuf>,
     /// A NATS authentication token. Default: none.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-secret" = true))]
     pub token: Option<String>,
     /// First token of every subject and of the stream's name, so several sigmahub clusters
     /// can share one NATS. Default `sigmahub`.
@@ -358,7 +379,7 @@ impl std::fmt::Debug for ClusterConfig {
 }
 
 /// The host source (TOML section `[host]`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct HostConfig {
@@ -367,9 +388,11 @@ pub struct HostConfig {
     /// Interval between `system.status` events from the host. Default 5 s (SigmaVault's).
     /// Not used when an engine is configured: its `system.status` replaces the host's.
     #[serde(with = "humantime_serde")]
+    #[schemars(schema_with = "duration_schema")]
     pub status_interval: Duration,
     /// Interval between `storage.update` events. Default 30 s: disks change slowly.
     #[serde(with = "humantime_serde")]
+    #[schemars(schema_with = "duration_schema")]
     pub storage_interval: Duration,
 }
 
@@ -384,33 +407,39 @@ impl Default for HostConfig {
 }
 
 /// The upstream engine (TOML section `[engine]`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct UpstreamConfig {
     /// Base URL of SigmaVault's engine; calls go to `{url}/rpc`. Default: none (no engine;
     /// SigmaVault's own default base is `http://127.0.0.1:5000/api/v1`).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-value-name" = "URL"))]
     pub url: Option<String>,
     /// Interval between calls of each polled method. Default 5 s (SigmaVault's).
     #[serde(with = "humantime_serde")]
+    #[schemars(schema_with = "duration_schema")]
     pub poll_interval: Duration,
     /// Longest a call may take before it counts as a failure. Default 5 s.
     #[serde(with = "humantime_serde")]
+    #[schemars(schema_with = "duration_schema")]
     pub timeout: Duration,
     /// Consecutive failures of a method that open its circuit breaker. Default 5.
     pub breaker_threshold: u32,
     /// How long an open breaker waits before one trial call. Default 5 min.
     #[serde(with = "humantime_serde")]
+    #[schemars(schema_with = "duration_schema")]
     pub breaker_reset: Duration,
     /// Least time between two `rpc_error` events for one method during an outage (the
     /// first failure and every breaker change are always reported). Default 60 s.
     #[serde(with = "humantime_serde")]
+    #[schemars(schema_with = "duration_schema")]
     pub error_report_interval: Duration,
     /// While any breaker is open, how often to call the engine's `health.check`; when it
     /// answers, open breakers try their method at once instead of waiting out
     /// `breaker_reset`. Default 30 s; 0 turns the probe off.
     #[serde(with = "humantime_serde")]
+    #[schemars(schema_with = "duration_schema")]
     pub recovery_probe_interval: Duration,
 }
 
@@ -495,6 +524,19 @@ pub enum ConfigError {
         /// The TOML error, with line and column.
         source: Box<toml::de::Error>,
     },
+    /// A value given as a flag or environment variable is not valid for its key.
+    #[error("invalid {setting}: {source}")]
+    Setting {
+        /// The flag and variable, e.g. `--ping-interval (SIGMAHUB_PING_INTERVAL)`.
+        setting: String,
+        /// What serde said of the value.
+        source: Box<toml::de::Error>,
+    },
+}
+
+/// The JSON schema of a duration, written as a humantime string (`30s`, `5m`, `1h 30m`).
+fn duration_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({ "type": "string", "format": "duration" })
 }
 
 /// Whether a secret is made of fewer than 8 distinct bytes: typed by hand, not random.
@@ -514,14 +556,29 @@ fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
 impl Config {
     /// Reads a TOML file; missing keys keep their defaults, unknown keys are errors.
     pub fn from_toml_file(path: &std::path::Path) -> Result<Self, ConfigError> {
+        Self::from_toml_table(Self::read_toml_file(path)?).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source: Box::new(source),
+        })
+    }
+
+    /// Reads a TOML file as a table, not yet checked against this struct (to lay other
+    /// settings over it before [`from_toml_table`](Self::from_toml_table)).
+    pub fn read_toml_file(path: &std::path::Path) -> Result<toml::Table, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
         })?;
-        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+        text.parse().map_err(|source| ConfigError::Parse {
             path: path.to_owned(),
             source: Box::new(source),
         })
+    }
+
+    /// The configuration a TOML table describes: missing keys keep their defaults,
+    /// unknown keys are errors.
+    pub fn from_toml_table(table: toml::Table) -> Result<Self, toml::de::Error> {
+        table.try_into()
     }
 
     /// Checks that every value can work; call it before serving.

@@ -48,7 +48,9 @@ use super::latency::Stamp;
 use crate::protocol::close::CloseCode;
 
 /// What to do with a client whose queue is full.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum SlowConsumerPolicy {
     /// Close the connection with close code 4000 (`slow consumer`); the client reconnects and
