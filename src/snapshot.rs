@@ -35,6 +35,17 @@ pub struct Staleness {
     pub error_code: StaleCode,
 }
 
+/// How fresh a snapshot is.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SnapshotStatus {
+    /// Whether the source failed since the data was fetched.
+    pub stale: bool,
+    /// Why it is stale, when it is.
+    pub error_code: Option<StaleCode>,
+    /// When the data was fetched, RFC 3339.
+    pub last_update: String,
+}
+
 /// The field that names an item of a status type sent per change (see
 /// [`Snapshot::to_broadcast`]): `agent.status`, one event per agent, by `agent_id`.
 pub fn change_key(channel: &str) -> Option<&'static str> {
@@ -134,13 +145,13 @@ impl Snapshot {
             .collect()
     }
 
-    /// Freshness alone: `stale`, `error_code`, `last_update` (the stats API shows this).
-    pub fn status(&self) -> serde_json::Value {
-        serde_json::json!({
-            "stale": self.stale.is_some(),
-            "error_code": self.stale.map(|s| s.error_code),
-            "last_update": event::rfc3339(self.last_update),
-        })
+    /// Freshness alone (the stats API shows this).
+    pub fn status(&self) -> SnapshotStatus {
+        SnapshotStatus {
+            stale: self.stale.is_some(),
+            error_code: self.stale.map(|s| s.error_code),
+            last_update: event::rfc3339(self.last_update),
+        }
     }
 
     /// The snapshot as a cluster's poller leader sends it to the other nodes.
@@ -207,7 +218,7 @@ impl Snapshot {
             .iter()
             .map(|i| serde_json::from_str(i.get()).unwrap_or(serde_json::Value::Null))
             .collect();
-        let mut json = self.status();
+        let mut json = serde_json::json!(self.status());
         json["type"] = serde_json::json!(self.channel);
         json["items"] = items.into();
         json

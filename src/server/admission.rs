@@ -88,12 +88,8 @@ impl Refused {
     }
 
     /// The counts keyed by each refusal's code, as the stats API shows them.
-    pub(crate) fn to_json(&self) -> serde_json::Value {
-        self.by_reason()
-            .into_iter()
-            .map(|(code, n)| (code.to_owned(), n.into()))
-            .collect::<serde_json::Map<_, _>>()
-            .into()
+    pub(crate) fn by_code(&self) -> std::collections::BTreeMap<&'static str, u64> {
+        self.by_reason().into_iter().collect()
     }
 }
 

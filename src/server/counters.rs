@@ -3,6 +3,7 @@
 //! Admission refusals (HTTP 429/503) are counted by [`super::admission`]; everything after
 //! the upgrade, and the other HTTP refusals, here.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::engine::counter::ShardedCounter;
@@ -178,17 +179,14 @@ impl Counters {
         self.limits[limit as usize].load(Ordering::Relaxed)
     }
 
-    /// `{"limits": {name: n}, "closes": {"4000": n, …}}` for the stats API.
-    pub(crate) fn to_json(&self) -> serde_json::Value {
-        let limits: serde_json::Map<_, _> = self
-            .limits()
-            .map(|(l, n)| (l.name().to_owned(), n.into()))
-            .collect();
-        let closes: serde_json::Map<_, _> = self
-            .closes()
-            .map(|(c, n)| (c.code.to_string(), n.into()))
-            .collect();
-        serde_json::json!({ "limits": limits, "closes": closes })
+    /// How often each limit was hit, by name, for the stats API.
+    pub(crate) fn limits_by_name(&self) -> BTreeMap<&'static str, u64> {
+        self.limits().map(|(l, n)| (l.name(), n)).collect()
+    }
+
+    /// How many connections were closed with each close code, for the stats API.
+    pub(crate) fn closes_by_code(&self) -> BTreeMap<u16, u64> {
+        self.closes().map(|(c, n)| (c.code, n)).collect()
     }
 }
 
@@ -206,8 +204,7 @@ mod tests {
             assert_eq!(c.get(*limit), i as u64 + 1, "{limit:?}");
         }
         c.closed(CloseCode::TOKEN_EXPIRED);
-        let json = c.to_json();
-        assert_eq!(json["closes"]["4004"], 1);
-        assert_eq!(json["limits"]["forbidden_publish"], 5);
+        assert_eq!(c.closes_by_code()[&4004], 1);
+        assert_eq!(c.limits_by_name()["forbidden_publish"], 5);
     }
 }

@@ -27,6 +27,7 @@ mod memory;
 mod metrics;
 pub(crate) mod reader;
 mod session;
+mod stats;
 mod writer;
 
 use std::future::Future;

@@ -11,8 +11,8 @@ use hyper::{Response, StatusCode};
 use super::credentials::{barred, bearer, unauthorized};
 use super::response::{error, json};
 use super::ResponseBody;
-use crate::engine::latency::HistogramSnapshot;
 use crate::protocol::code::ErrorCode;
+use crate::server::stats::Stats;
 use crate::server::{metrics, Shared};
 
 /// `GET /api/v1/snapshot[/kind]`. With token auth on, the reader needs a token (a JWT or a
@@ -113,7 +113,7 @@ pub(super) fn operator(shared: &Arc<Shared>, path: &str) -> Response<ResponseBod
             );
             response
         }
-        "/api/v1/stats" => json(StatusCode::OK, &stats(shared)),
+        "/api/v1/stats" => json(StatusCode::OK, &Stats::of(shared)),
         "/api/v1/stats/history" => json(
             StatusCode::OK,
             &serde_json::json!({
@@ -123,59 +123,4 @@ pub(super) fn operator(shared: &Arc<Shared>, path: &str) -> Response<ResponseBod
         ),
         _ => error(ErrorCode::NotFound, "no such route"),
     }
-}
-
-/// Counters and upstream state (`GET /api/v1/stats`).
-pub(super) fn stats(shared: &Shared) -> serde_json::Value {
-    let hub = shared.hub.stats();
-    let counters = shared.counters.to_json();
-    let channels: serde_json::Map<String, serde_json::Value> = shared
-        .hub
-        .channels()
-        .into_iter()
-        .map(|(channel, n)| (channel.to_string(), n.into()))
-        .collect();
-    serde_json::json!({
-        "active_connections": hub.clients,
-        "total_connections": hub.connected_total,
-        "peak_connections": hub.peak_clients,
-        "messages_sent": shared.counters.frames_sent.get(),
-        "messages_received": shared.counters.messages_received.get(),
-        "events_published": hub.published,
-        "frames_delivered": hub.delivered,
-        "memory": crate::server::memory::Memory::now(&shared.hub),
-        "analytics": shared.analytics.summary(hub.connected_total),
-        "cluster": shared.broker.status(),
-        "latency": latency(&shared.counters.publish_to_write.snapshot()),
-        "channels": channels,
-        "refused": shared.admission.refused.to_json(),
-        "limits": counters["limits"],
-        "closes": counters["closes"],
-        "upstream": {
-            "breakers": shared.breakers.all(),
-            "snapshots": shared
-                .snapshots
-                .all()
-                .iter()
-                .map(|s| (s.channel.to_string(), s.status()))
-                .collect::<serde_json::Map<_, _>>(),
-        },
-    })
-}
-
-/// The publish-to-write histogram in brief: observations and bucket bounds of p50/p99.
-pub(super) fn latency(h: &HistogramSnapshot) -> serde_json::Value {
-    let bound_ms = |q| {
-        h.quantile_bound(q)
-            .map(|s| if s == f64::MAX { None } else { Some(s * 1e3) })
-    };
-    serde_json::json!({
-        "publish_to_write": {
-            "observations": h.count,
-            "mean_ms": if h.count == 0 { 0.0 } else { h.sum * 1e3 / h.count as f64 },
-            // Upper bounds of the buckets holding the quantile; null past the last bound.
-            "p50_ms_at_most": bound_ms(0.5),
-            "p99_ms_at_most": bound_ms(0.99),
-        }
-    })
 }

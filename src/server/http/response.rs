@@ -33,8 +33,9 @@ pub(super) fn error(code: ErrorCode, message: &str) -> Response<ResponseBody> {
     )
 }
 
-pub(super) fn json(status: StatusCode, body: &serde_json::Value) -> Response<ResponseBody> {
-    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+pub(super) fn json(status: StatusCode, body: &impl serde::Serialize) -> Response<ResponseBody> {
+    let body = serde_json::to_vec(body).expect("serializing to memory cannot fail");
+    let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
     response
         .headers_mut()
