@@ -5,14 +5,12 @@
 
 use std::time::SystemTime;
 
-use bytes::Bytes;
 use serde::Serialize;
 use serde_json::value::RawValue;
 use time::format_description::FormatItem;
 use time::macros::format_description;
 use time::OffsetDateTime;
 
-use crate::dialect::sigmavault;
 use crate::frame::FrameBuf;
 use crate::protocol::channel::{Channel, ChannelError};
 
@@ -68,18 +66,6 @@ impl Event {
     /// The event's data as raw JSON.
     pub fn data(&self) -> &RawValue {
         &self.data
-    }
-
-    /// The event's SigmaVault frame (see [`crate::dialect`]), stamped with `now`.
-    pub fn to_frame(&self, now: SystemTime) -> Bytes {
-        sigmavault::event_frame(self, now, None)
-    }
-
-    /// The event's SigmaVault JSON message alone (the payload of
-    /// [`to_frame`](Self::to_frame), no frame header), stamped with `now`: what a cluster
-    /// sends between nodes.
-    pub fn to_json(&self, now: SystemTime) -> Bytes {
-        sigmavault::event_json(self, now)
     }
 }
 

@@ -18,6 +18,20 @@ use serde_json::value::RawValue;
 use crate::event::{write_timestamp, Event};
 use crate::frame::{FrameBuf, OpCode};
 
+impl Event {
+    /// The event's SigmaVault frame, stamped with `now` (what a `/ws` client receives).
+    pub fn to_frame(&self, now: SystemTime) -> Bytes {
+        event_frame(self, now, None)
+    }
+
+    /// The event's SigmaVault JSON message alone (the payload of
+    /// [`to_frame`](Self::to_frame), no frame header), stamped with `now`: what a cluster
+    /// sends between nodes.
+    pub fn to_json(&self, now: SystemTime) -> Bytes {
+        event_json(self, now)
+    }
+}
+
 /// The frame of `event` stamped `now`, with its `offset` in its channel's history if any.
 pub(crate) fn event_frame(event: &Event, now: SystemTime, offset: Option<u64>) -> Bytes {
     event_envelope(event, now, offset).finish(OpCode::Text)

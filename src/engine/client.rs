@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::hub::Hub;
 use super::outbox::{Outbox, Push};
+use super::state::HubState;
 use crate::dialect::Dialect;
 use crate::protocol::channel::{self, Channel};
 use crate::protocol::code::RejectReason;
@@ -15,7 +15,7 @@ use crate::protocol::code::RejectReason;
 /// One connected client: its slot, outbox and subscriptions. Dropping it unsubscribes it
 /// from everything and frees its slot.
 pub struct Client {
-    hub: Hub,
+    state: Arc<HubState>,
     slot: u32,
     dialect: Dialect,
     id: u64,
@@ -24,9 +24,15 @@ pub struct Client {
 }
 
 impl Client {
-    pub(super) fn new(hub: Hub, slot: u32, dialect: Dialect, id: u64, outbox: Arc<Outbox>) -> Self {
+    pub(super) fn new(
+        state: Arc<HubState>,
+        slot: u32,
+        dialect: Dialect,
+        id: u64,
+        outbox: Arc<Outbox>,
+    ) -> Self {
         Self {
-            hub,
+            state,
             slot,
             dialect,
             id,
@@ -83,7 +89,7 @@ impl Client {
         names: impl IntoIterator<Item = &'a str>,
     ) -> SubscriptionChange {
         let mut change = SubscriptionChange::default();
-        let limit = self.hub.shared.max_subscriptions;
+        let limit = self.state.max_subscriptions;
         for name in names {
             if self.is_subscribed(name) || change.changed.iter().any(|c| c.as_str() == name) {
                 continue;
@@ -105,8 +111,8 @@ impl Client {
                 ));
                 continue;
             }
-            let full = self.hub.shared.max_subscribers;
-            if full > 0 && self.hub.shared.topics.subscriber_count(name) >= full {
+            let full = self.state.max_subscribers;
+            if full > 0 && self.state.topics.subscriber_count(name) >= full {
                 change.rejected.push(channel_full(name));
                 continue;
             }
@@ -119,15 +125,14 @@ impl Client {
     /// channels that filled up (`max_subscribers_per_channel`) between the plan and now,
     /// which are not subscribed; empty unless other clients subscribed concurrently.
     pub fn apply_subscribe(&mut self, change: &SubscriptionChange) -> Vec<Rejection> {
-        let limit = self.hub.shared.max_subscribers;
+        let limit = self.state.max_subscribers;
         let mut late = Vec::new();
         for channel in &change.changed {
             if self.is_subscribed(channel) {
                 continue;
             }
             match self
-                .hub
-                .shared
+                .state
                 .topics
                 .subscribe_within(channel, self.slot, self.dialect, limit)
             {
@@ -154,7 +159,7 @@ impl Client {
             }
             if let Some(i) = self.subscriptions.iter().position(|c| c.as_str() == name) {
                 let channel = self.subscriptions.remove(i);
-                let topics = &self.hub.shared.topics;
+                let topics = &self.state.topics;
                 topics.unsubscribe(&channel, self.slot, self.dialect);
                 change.changed.push(channel);
             }
@@ -177,12 +182,12 @@ fn channel_full(name: &str) -> Rejection {
 
 impl Drop for Client {
     fn drop(&mut self) {
-        let shared = &self.hub.shared;
+        let state = &self.state;
         for channel in self.subscriptions.drain(..) {
-            shared.topics.unsubscribe(&channel, self.slot, self.dialect);
+            state.topics.unsubscribe(&channel, self.slot, self.dialect);
         }
-        shared.slots.release(self.slot);
-        shared.clients.fetch_sub(1, Ordering::Relaxed);
+        state.slots.release(self.slot);
+        state.clients.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

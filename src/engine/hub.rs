@@ -26,8 +26,9 @@ use super::latency::Stamp;
 use super::outbox::{Closing, Outbox, Push};
 use super::slots::Slots;
 pub use super::slots::SlotsExhausted;
+use super::state::HubState;
 use super::topics::Topics;
-use crate::config::{Config, SlowConsumerPolicy};
+use crate::config::Config;
 use crate::dialect::Dialect;
 use crate::event::Event;
 use crate::protocol::channel::Channel;
@@ -36,28 +37,7 @@ use crate::protocol::close::CloseCode;
 /// The broadcast engine. Cheap to clone: clones share one hub.
 #[derive(Clone)]
 pub struct Hub {
-    pub(super) shared: Arc<Shared>,
-}
-
-pub(super) struct Shared {
-    pub(super) topics: Topics,
-    pub(super) slots: Slots,
-    queue_capacity: usize,
-    queue_bytes: usize,
-    policy: SlowConsumerPolicy,
-    pub(super) max_subscriptions: usize,
-    pub(super) max_subscribers: usize,
-    /// Stamp each publish for the publish-to-write latency (`config.metrics`).
-    timing: bool,
-    /// Each channel's recent events, when `history.size > 0`.
-    history: Option<History>,
-    next_client_id: AtomicU64,
-    /// Ids of publish batches, for the outboxes' byte bound ([`Outbox::push_in_batch`]).
-    next_batch: AtomicU64,
-    pub(super) clients: AtomicUsize,
-    peak_clients: AtomicUsize,
-    published: AtomicU64,
-    delivered: AtomicU64,
+    pub(super) inner: Arc<HubState>,
 }
 
 /// What one publish did.
@@ -108,7 +88,7 @@ impl Hub {
     /// A hub with the queue and subscription settings of `config`.
     pub fn new(config: &Config) -> Self {
         Self {
-            shared: Arc::new(Shared {
+            inner: Arc::new(HubState {
                 topics: Topics::new(),
                 slots: Slots::new(),
                 queue_capacity: config.client_queue_capacity,
@@ -137,17 +117,23 @@ impl Hub {
     /// Registers a new client that speaks `dialect`, with an empty outbox and no
     /// subscriptions.
     pub fn connect_as(&self, dialect: Dialect) -> Result<Client, SlotsExhausted> {
-        let shared = &self.shared;
+        let inner = &self.inner;
         let outbox = Arc::new(Outbox::bounded(
-            shared.queue_capacity,
-            shared.queue_bytes,
-            shared.policy,
+            inner.queue_capacity,
+            inner.queue_bytes,
+            inner.policy,
         ));
-        let slot = self.shared.slots.insert(outbox.clone())?;
-        let now = self.shared.clients.fetch_add(1, Ordering::Relaxed) + 1;
-        self.shared.peak_clients.fetch_max(now, Ordering::Relaxed);
-        let id = self.shared.next_client_id.fetch_add(1, Ordering::Relaxed);
-        Ok(Client::new(self.clone(), slot, dialect, id, outbox))
+        let slot = self.inner.slots.insert(outbox.clone())?;
+        let now = self.inner.clients.fetch_add(1, Ordering::Relaxed) + 1;
+        self.inner.peak_clients.fetch_max(now, Ordering::Relaxed);
+        let id = self.inner.next_client_id.fetch_add(1, Ordering::Relaxed);
+        Ok(Client::new(
+            Arc::clone(&self.inner),
+            slot,
+            dialect,
+            id,
+            outbox,
+        ))
     }
 
     /// Publishes `event` stamped with the current time.
@@ -211,7 +197,7 @@ impl Hub {
     /// when offsets come from elsewhere ([`History::number_elsewhere`]); such publishes
     /// carry no offset.
     fn local_history(&self) -> Option<&History> {
-        self.shared
+        self.inner
             .history
             .as_ref()
             .filter(|history| history.numbers_locally())
@@ -221,7 +207,7 @@ impl Hub {
     /// `prev` the offset of its channel's event before it. `encode` builds the canonical
     /// frame for the offset; other dialects transcode it. Kept in history when the hub keeps one; an offset at or below the
     /// channel's last is a duplicate and is dropped (`None`).
-    pub fn publish_sequenced(
+    pub(crate) fn publish_sequenced(
         &self,
         channel: &Channel,
         offset: u64,
@@ -229,7 +215,7 @@ impl Hub {
         now: SystemTime,
         encode: impl FnOnce(u64) -> Bytes,
     ) -> Option<Delivery> {
-        match &self.shared.history {
+        match &self.inner.history {
             None => {
                 let kept = encode(offset);
                 Some(self.fan_out(channel, |d| d.transcode(&kept), push_and_wake))
@@ -244,12 +230,12 @@ impl Hub {
 
     /// Each channel's recent events, if the hub keeps them (`history.size > 0`).
     pub fn history(&self) -> Option<&History> {
-        self.shared.history.as_ref()
+        self.inner.history.as_ref()
     }
 
     /// Drops history entries older than `history.max_age` (call about once a second).
     pub fn sweep_history(&self, now: SystemTime) {
-        if let Some(history) = &self.shared.history {
+        if let Some(history) = &self.inner.history {
             history.sweep(now);
         }
     }
@@ -266,7 +252,7 @@ impl Hub {
     /// batch that a client keeping up takes whole (see `Outbox::push_in_batch`). For
     /// multi-frame snapshots (one frame per agent, per job), which a client that keeps up
     /// must never be closed for.
-    pub fn publish_frames(&self, channel: &str, frames: &[Bytes]) -> Delivery {
+    pub(crate) fn publish_frames(&self, channel: &str, frames: &[Bytes]) -> Delivery {
         if let [frame] = frames {
             return self.publish_frame(channel, frame);
         }
@@ -287,7 +273,7 @@ impl Hub {
             static OWED: std::cell::RefCell<Vec<Arc<Outbox>>> = const { std::cell::RefCell::new(Vec::new()) };
         }
         // Ids start at 1: 0 means "no batch" to the outbox.
-        let id = self.shared.next_batch.fetch_add(1, Ordering::Relaxed) + 1;
+        let id = self.inner.next_batch.fetch_add(1, Ordering::Relaxed) + 1;
         OWED.with(|owed| {
             let mut batch = Batch {
                 id,
@@ -311,18 +297,18 @@ impl Hub {
         mut frame: impl FnMut(Dialect) -> Bytes,
         mut push: impl FnMut(&Arc<Outbox>, Bytes, Option<Stamp>) -> Push,
     ) -> Delivery {
-        let shared = &*self.shared;
+        let inner = &*self.inner;
         let mut delivery = Delivery::default();
         let guard = crossbeam_epoch::pin();
-        shared.topics.with_subscribers(channel, |subscribers| {
+        inner.topics.with_subscribers(channel, |subscribers| {
             if subscribers.is_empty() {
                 return;
             }
-            let since = shared.timing.then(Stamp::now);
+            let since = inner.timing.then(Stamp::now);
             subscribers.for_each_dialect(|dialect, set| {
                 let frame = frame(dialect);
                 set.for_each(|slot| {
-                    let Some(outbox) = shared.slots.get(slot, &guard) else {
+                    let Some(outbox) = inner.slots.get(slot, &guard) else {
                         return;
                     };
                     match push(&outbox, frame.clone(), since) {
@@ -335,8 +321,8 @@ impl Hub {
             })
         });
         drop(guard);
-        shared.published.fetch_add(1, Ordering::Relaxed);
-        shared
+        inner.published.fetch_add(1, Ordering::Relaxed);
+        inner
             .delivered
             .fetch_add(delivery.queued as u64, Ordering::Relaxed);
         delivery
@@ -344,22 +330,22 @@ impl Hub {
 
     /// The number of clients subscribed to `channel`.
     pub fn subscriber_count(&self, channel: &str) -> usize {
-        self.shared.topics.subscriber_count(channel)
+        self.inner.topics.subscriber_count(channel)
     }
 
     /// Every channel with subscribers, with their counts, sorted by name.
     pub fn channels(&self) -> Vec<(Channel, usize)> {
-        self.shared.topics.counts()
+        self.inner.topics.counts()
     }
 
     /// Lifetime counters.
     pub fn stats(&self) -> HubStats {
         HubStats {
-            clients: self.shared.clients.load(Ordering::Relaxed),
-            connected_total: self.shared.next_client_id.load(Ordering::Relaxed) - 1,
-            peak_clients: self.shared.peak_clients.load(Ordering::Relaxed),
-            published: self.shared.published.load(Ordering::Relaxed),
-            delivered: self.shared.delivered.load(Ordering::Relaxed),
+            clients: self.inner.clients.load(Ordering::Relaxed),
+            connected_total: self.inner.next_client_id.load(Ordering::Relaxed) - 1,
+            peak_clients: self.inner.peak_clients.load(Ordering::Relaxed),
+            published: self.inner.published.load(Ordering::Relaxed),
+            delivered: self.inner.delivered.load(Ordering::Relaxed),
         }
     }
 
@@ -403,8 +389,8 @@ impl Hub {
 
     fn for_each_outbox(&self, mut f: impl FnMut(&Outbox)) {
         let guard = crossbeam_epoch::pin();
-        for slot in 0..self.shared.slots.high_water() {
-            if let Some(outbox) = self.shared.slots.get(slot, &guard) {
+        for slot in 0..self.inner.slots.high_water() {
+            if let Some(outbox) = self.inner.slots.get(slot, &guard) {
                 f(&outbox);
             }
         }

@@ -9,9 +9,10 @@
 //!
 //! - [`hub`]: publishing, and the clients as a whole (the public [`Hub`](hub::Hub)).
 //! - [`client`]: one client, its subscriptions (the public [`Client`](client::Client)).
-//! - `topics`: channel names to subscriber sets, sharded (private).
+//! - `topics`: channel names to subscriber sets (one per dialect), sharded (private).
 //! - `bitset`: a channel's subscriber set, copy-on-write in chunks (private).
 //! - `slots`: slot ids to outboxes, with epoch-protected reuse (private).
+//! - `state`: what a hub's clones and its clients share (private).
 //! - [`outbox`]: a client's bounded queue of ready frames.
 //! - `counter`: a thread-sharded counter for hot paths (private).
 //! - [`history`]: each channel's recent events and offsets, for recovery.
@@ -25,4 +26,5 @@ pub mod hub;
 pub(crate) mod latency;
 pub mod outbox;
 pub(crate) mod slots;
+mod state;
 pub(crate) mod topics;

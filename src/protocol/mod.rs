@@ -7,3 +7,4 @@ pub mod code;
 pub mod message;
 pub mod publish;
 pub(crate) mod rate;
+pub mod recovery;

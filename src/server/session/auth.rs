@@ -10,12 +10,12 @@ use super::reply::error_reply;
 use super::{Session, WELCOME_MESSAGE};
 use crate::auth::permissions::Method;
 use crate::dialect::ServerMessage;
-use crate::engine::history::Recovery;
 use crate::event::{self, unix_seconds};
 use crate::protocol::channel::Channel;
 use crate::protocol::close::CloseCode;
 use crate::protocol::code::ErrorCode;
 use crate::protocol::message::{CorrelationId, MessageError};
+use crate::protocol::recovery::Recovery;
 use crate::server::analytics::ClientKey;
 
 impl Session<'_> {

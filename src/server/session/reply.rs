@@ -9,10 +9,10 @@ use serde::Serialize;
 use super::MAX_LISTED_REJECTIONS;
 use crate::dialect::{Dialect, ServerMessage};
 use crate::engine::client::{Rejection, SubscriptionChange};
-use crate::engine::history::Recovery;
 use crate::protocol::channel::Channel;
 use crate::protocol::code::ErrorCode;
 use crate::protocol::message::{ChannelList, MessageError};
+use crate::protocol::recovery::Recovery;
 
 /// The `error` sent for the first message over the inbound limit.
 pub(super) fn rate_limited(dialect: Dialect, retry_after: std::time::Duration) -> Bytes {

@@ -10,10 +10,11 @@ use super::Session;
 use crate::auth::permissions::Identity;
 use crate::dialect::{Dialect, ServerMessage};
 use crate::engine::client::{Client, Rejection, SubscriptionChange};
-use crate::engine::history::{Incomplete, Locked, Recovery};
+use crate::engine::history::Locked;
 use crate::protocol::channel::{self, Channel};
 use crate::protocol::code::RejectReason;
 use crate::protocol::message::{ChannelList, MessageError, Resume};
+use crate::protocol::recovery::{Incomplete, Recovery};
 use crate::server::counters::Limit;
 use crate::snapshot::SnapshotCache;
 

@@ -1,0 +1,32 @@
+//! What a hub's clones share: the topic and slot tables, the queue and subscription
+//! limits, history, and the counters. `Hub` publishes through it; each `Client` holds it
+//! to subscribe, unsubscribe and leave.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize};
+
+use super::history::History;
+use super::slots::Slots;
+use super::topics::Topics;
+use crate::config::SlowConsumerPolicy;
+
+/// The state every clone of a `Hub`, and every `Client`, shares.
+pub(super) struct HubState {
+    pub(super) topics: Topics,
+    pub(super) slots: Slots,
+    pub(super) queue_capacity: usize,
+    pub(super) queue_bytes: usize,
+    pub(super) policy: SlowConsumerPolicy,
+    pub(super) max_subscriptions: usize,
+    pub(super) max_subscribers: usize,
+    /// Stamp each publish for the publish-to-write latency (`config.metrics`).
+    pub(super) timing: bool,
+    /// Each channel's recent events, when `history.size > 0`.
+    pub(super) history: Option<History>,
+    pub(super) next_client_id: AtomicU64,
+    /// Ids of publish batches, for the outboxes' byte bound (`Outbox::push_in_batch`).
+    pub(super) next_batch: AtomicU64,
+    pub(super) clients: AtomicUsize,
+    pub(super) peak_clients: AtomicUsize,
+    pub(super) published: AtomicU64,
+    pub(super) delivered: AtomicU64,
+}
