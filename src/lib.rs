@@ -41,6 +41,7 @@ pub mod fuzzing;
 pub use broker::{Broker, Completion, MemoryBroker, Published};
 pub use cluster::{ClusterError, NatsBroker};
 pub use config::{AuthConfig, ClusterConfig, Config, ConfigError, SlowConsumerPolicy};
+pub use dialect::Dialect;
 pub use engine::client::Client;
 pub use engine::hub::{Delivery, Hub, HubStats};
 pub use event::{Event, EventError};
@@ -59,6 +60,7 @@ const _: () = {
     shared::<Event>();
     shared::<Channel>();
     shared::<CloseCode>();
+    shared::<Dialect>();
     shared::<MemoryBroker>();
     shared::<NatsBroker>();
     shared::<std::sync::Arc<dyn Broker>>();
