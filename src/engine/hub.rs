@@ -305,7 +305,7 @@ impl Hub {
                 return;
             }
             let since = inner.timing.then(Stamp::now);
-            subscribers.for_each_dialect(|dialect, set| {
+            for (dialect, set) in subscribers.dialects() {
                 let frame = frame(dialect);
                 set.for_each(|slot| {
                     let Some(outbox) = inner.slots.get(slot, &guard) else {
@@ -318,7 +318,7 @@ impl Hub {
                         Push::Closed => {}
                     }
                 })
-            })
+            }
         });
         drop(guard);
         inner.published.fetch_add(1, Ordering::Relaxed);
@@ -405,7 +405,7 @@ struct Batch<'a> {
 
 impl Batch<'_> {
     /// Queues a frame of this batch; the wake-up, if due, waits for the batch's end.
-    #[inline]
+    #[inline(always)]
     fn push(&mut self, outbox: &Arc<Outbox>, frame: Bytes, since: Option<Stamp>) -> Push {
         let (push, wake) = outbox.push_in_batch(frame, since, self.id);
         if wake {
@@ -416,7 +416,7 @@ impl Batch<'_> {
 }
 
 /// Queues an event and wakes the writer if the queue was empty.
-#[inline]
+#[inline(always)]
 fn push_and_wake(outbox: &Arc<Outbox>, frame: Bytes, since: Option<Stamp>) -> Push {
     let (push, wake) = outbox.push_event(frame, since);
     if wake {

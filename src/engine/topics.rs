@@ -82,15 +82,13 @@ impl Subscribers {
             .collect()
     }
 
-    /// Calls `f` with each dialect that has subscribers here, and their set.
+    /// Each dialect that has subscribers here, with their set.
     #[inline]
-    pub(crate) fn for_each_dialect(&self, mut f: impl FnMut(Dialect, &SubscriberSet)) {
-        for dialect in Dialect::ALL {
-            let set = &self.by_dialect[dialect.index()];
-            if !set.is_empty() {
-                f(dialect, set);
-            }
-        }
+    pub(crate) fn dialects(&self) -> impl Iterator<Item = (Dialect, &SubscriberSet)> {
+        Dialect::ALL
+            .into_iter()
+            .zip(&self.by_dialect)
+            .filter(|(_, set)| !set.is_empty())
     }
 }
 
