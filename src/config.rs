@@ -18,6 +18,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::auth::keys::MIN_KEY_LEN;
+use crate::dialect::Dialect;
 use crate::engine::outbox;
 pub use crate::engine::outbox::SlowConsumerPolicy;
 use crate::protocol::channel::{self, DEFAULT_CHANNELS};
@@ -31,6 +32,11 @@ pub struct Config {
     /// that nothing is exposed until an operator asks for it.
     #[schemars(extend("x-value-name" = "ADDR:PORT"))]
     pub listen: SocketAddr,
+
+    /// The protocol `/ws` speaks: `sigmavault` (the default) or `skreaver`, which makes
+    /// `/ws` a drop-in for Skreaver's clients. `/skreaver/ws` speaks Skreaver's whatever
+    /// this says.
+    pub ws_dialect: Dialect,
 
     /// Largest client message accepted, in bytes; larger ones close the connection with 1009.
     /// Default 64 KiB (Skreaver's figure): far above any subscribe request.
@@ -461,6 +467,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 12080)),
+            ws_dialect: Dialect::SigmaVault,
             max_message_size: 64 * 1024,
             client_queue_capacity: 256,
             client_queue_bytes: 256 * 1024,

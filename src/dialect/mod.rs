@@ -17,6 +17,7 @@
 //! into its own with `Dialect::transcode`; for SigmaVault that is a refcount increment.
 
 pub(crate) mod sigmavault;
+pub(crate) mod skreaver;
 
 use std::time::SystemTime;
 
@@ -27,20 +28,36 @@ use crate::event::Event;
 use crate::protocol::message::{self, ClientMessage, CorrelationId, MessageError};
 
 /// The wire protocol one connection speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Default,
+    PartialOrd,
+    Ord,
+    serde::Serialize,
+    serde::Deserialize,
+    schemars::JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
 #[non_exhaustive]
 pub enum Dialect {
     /// The SigmaVault WebSocket Protocol v1.0 (seed 000), on `/ws`.
     #[default]
     SigmaVault,
+    /// Skreaver's JSON protocol (seed 004), on `/skreaver/ws`.
+    Skreaver,
 }
 
 impl Dialect {
     /// How many dialects there are.
-    pub const COUNT: usize = 1;
+    pub const COUNT: usize = 2;
 
     /// Every dialect, in [`index`](Self::index) order.
-    pub const ALL: [Dialect; Self::COUNT] = [Dialect::SigmaVault];
+    pub const ALL: [Dialect; Self::COUNT] = [Dialect::SigmaVault, Dialect::Skreaver];
 
     /// The dialect whose frames the hub keeps (see the [module docs](self)).
     pub const CANONICAL: Dialect = Dialect::SigmaVault;
@@ -55,7 +72,15 @@ impl Dialect {
     pub const fn as_str(self) -> &'static str {
         match self {
             Self::SigmaVault => "sigmavault",
+            Self::Skreaver => "skreaver",
         }
+    }
+
+    /// Whether a client of this dialect is sent the welcome `notification` and subscribed
+    /// to `default_subscriptions` once it has authenticated. Skreaver's protocol has no
+    /// welcome, and its clients subscribe to what they want.
+    pub(crate) const fn welcomes(self) -> bool {
+        matches!(self, Self::SigmaVault)
     }
 
     /// Parses one client text message (its payload, parsed in place) into a command. A
@@ -67,6 +92,7 @@ impl Dialect {
     ) -> Result<ClientMessage, MessageError> {
         match self {
             Self::SigmaVault => message::parse(payload, max_channels),
+            Self::Skreaver => skreaver::decode(payload, max_channels),
         }
     }
 
@@ -79,8 +105,9 @@ impl Dialect {
         now: SystemTime,
         data: &impl Serialize,
     ) -> Bytes {
+        // Skreaver's replies have SigmaVault's envelope (see `skreaver`).
         match self {
-            Self::SigmaVault => sigmavault::encode_serialize(
+            Self::SigmaVault | Self::Skreaver => sigmavault::encode_serialize(
                 kind.as_str(),
                 now,
                 correlation_id.map(CorrelationId::as_raw),
@@ -95,6 +122,17 @@ impl Dialect {
     pub(crate) fn event(self, event: &Event, now: SystemTime, offset: Option<u64>) -> Bytes {
         match self {
             Self::SigmaVault => sigmavault::event_frame(event, now, offset),
+            Self::Skreaver => skreaver::event_frame(event, now, offset),
+        }
+    }
+
+    /// The keep-alive ping a client of this dialect must answer: a WebSocket ping frame
+    /// for SigmaVault (browsers answer it by themselves), the JSON `{"type":"ping"}`
+    /// message for Skreaver, whose clients answer `{"type":"pong"}`.
+    pub(crate) fn keepalive_ping(self, now: SystemTime) -> Bytes {
+        match self {
+            Self::SigmaVault => crate::frame::ping(b""),
+            Self::Skreaver => self.message(ServerMessage::Ping, None, now, &serde_json::json!({})),
         }
     }
 
@@ -104,6 +142,7 @@ impl Dialect {
     pub(crate) fn transcode(self, canonical: &Bytes) -> Bytes {
         match self {
             Self::SigmaVault => canonical.clone(),
+            Self::Skreaver => skreaver::transcode(canonical),
         }
     }
 }
@@ -130,6 +169,8 @@ pub(crate) enum ServerMessage {
     PublishResponse,
     /// The answer to an application-level ping.
     Pong,
+    /// A keep-alive ping the client must answer (Skreaver).
+    Ping,
     /// A refused request, a limit hit, or frames lost under the `drop` policy.
     Error,
 }
@@ -144,6 +185,7 @@ impl ServerMessage {
             Self::UnsubscribeResponse => "unsubscribe_response",
             Self::PublishResponse => "publish_response",
             Self::Pong => "pong",
+            Self::Ping => "ping",
             Self::Error => "error",
         }
     }

@@ -17,24 +17,16 @@ use crate::protocol::code::RejectReason;
 pub struct Client {
     state: Arc<HubState>,
     slot: u32,
-    dialect: Dialect,
     id: u64,
     outbox: Arc<Outbox>,
     subscriptions: Vec<Channel>,
 }
 
 impl Client {
-    pub(super) fn new(
-        state: Arc<HubState>,
-        slot: u32,
-        dialect: Dialect,
-        id: u64,
-        outbox: Arc<Outbox>,
-    ) -> Self {
+    pub(super) fn new(state: Arc<HubState>, slot: u32, id: u64, outbox: Arc<Outbox>) -> Self {
         Self {
             state,
             slot,
-            dialect,
             id,
             outbox,
             subscriptions: Vec::new(),
@@ -43,7 +35,7 @@ impl Client {
 
     /// The wire dialect the client speaks: the frames it is sent are in it.
     pub fn dialect(&self) -> Dialect {
-        self.dialect
+        self.outbox.dialect()
     }
 
     /// The client's id, unique for the hub's lifetime.
@@ -134,7 +126,7 @@ impl Client {
             match self
                 .state
                 .topics
-                .subscribe_within(channel, self.slot, self.dialect, limit)
+                .subscribe_within(channel, self.slot, self.dialect(), limit)
             {
                 Ok(_) => self.subscriptions.push(channel.clone()),
                 Err(_) => late.push(channel_full(channel)),
@@ -160,7 +152,7 @@ impl Client {
             if let Some(i) = self.subscriptions.iter().position(|c| c.as_str() == name) {
                 let channel = self.subscriptions.remove(i);
                 let topics = &self.state.topics;
-                topics.unsubscribe(&channel, self.slot, self.dialect);
+                topics.unsubscribe(&channel, self.slot, self.dialect());
                 change.changed.push(channel);
             }
         }
@@ -182,9 +174,9 @@ fn channel_full(name: &str) -> Rejection {
 
 impl Drop for Client {
     fn drop(&mut self) {
-        let state = &self.state;
+        let (state, dialect) = (&self.state, self.outbox.dialect());
         for channel in self.subscriptions.drain(..) {
-            state.topics.unsubscribe(&channel, self.slot, self.dialect);
+            state.topics.unsubscribe(&channel, self.slot, dialect);
         }
         state.slots.release(self.slot);
         state.clients.fetch_sub(1, Ordering::Relaxed);
@@ -196,7 +188,7 @@ impl std::fmt::Debug for Client {
         f.debug_struct("Client")
             .field("id", &self.id)
             .field("slot", &self.slot)
-            .field("dialect", &self.dialect)
+            .field("dialect", &self.dialect())
             .field("subscriptions", &self.subscriptions)
             .finish()
     }

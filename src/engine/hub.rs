@@ -118,22 +118,15 @@ impl Hub {
     /// subscriptions.
     pub fn connect_as(&self, dialect: Dialect) -> Result<Client, SlotsExhausted> {
         let inner = &self.inner;
-        let outbox = Arc::new(Outbox::bounded(
-            inner.queue_capacity,
-            inner.queue_bytes,
-            inner.policy,
-        ));
+        let outbox = Arc::new(
+            Outbox::bounded(inner.queue_capacity, inner.queue_bytes, inner.policy)
+                .speaking(dialect),
+        );
         let slot = self.inner.slots.insert(outbox.clone())?;
         let now = self.inner.clients.fetch_add(1, Ordering::Relaxed) + 1;
         self.inner.peak_clients.fetch_max(now, Ordering::Relaxed);
         let id = self.inner.next_client_id.fetch_add(1, Ordering::Relaxed);
-        Ok(Client::new(
-            Arc::clone(&self.inner),
-            slot,
-            dialect,
-            id,
-            outbox,
-        ))
+        Ok(Client::new(Arc::clone(&self.inner), slot, id, outbox))
     }
 
     /// Publishes `event` stamped with the current time.
@@ -365,12 +358,13 @@ impl Hub {
         self.for_each_outbox(|outbox| outbox.close(Closing::AfterFlush(code)));
     }
 
-    /// Queues the keep-alive ping `frame` for every client and starts its pong deadline.
-    /// Returns the number of clients pinged.
-    pub fn ping_all(&self, frame: &Bytes) -> usize {
+    /// Queues a keep-alive ping for every client, `ping(dialect)` in its dialect, and
+    /// starts its pong deadline. Returns the number of clients pinged.
+    pub fn ping_all(&self, ping: impl FnMut(Dialect) -> Bytes) -> usize {
+        let frames = Dialect::ALL.map(ping);
         let mut pinged = 0;
         self.for_each_outbox(|outbox| {
-            if outbox.ping(frame.clone()) == Push::Queued {
+            if outbox.ping(frames[outbox.dialect().index()].clone()) == Push::Queued {
                 pinged += 1;
             }
         });
@@ -568,7 +562,7 @@ mod tests {
         let hub = hub();
         let quiet = hub.connect().unwrap();
         let chatty = hub.connect().unwrap();
-        assert_eq!(hub.ping_all(&Bytes::from_static(b"ping")), 2);
+        assert_eq!(hub.ping_all(|_| Bytes::from_static(b"ping")), 2);
         chatty.outbox().mark_alive();
         assert_eq!(hub.expire_silent(), 1);
         assert!(quiet.outbox().is_closing());

@@ -45,6 +45,7 @@ use crossbeam_utils::Backoff;
 use serde::{Deserialize, Serialize};
 
 use super::latency::Stamp;
+use crate::dialect::Dialect;
 use crate::protocol::close::CloseCode;
 
 /// What to do with a client whose queue is full.
@@ -132,6 +133,8 @@ pub struct Outbox {
     capacity: usize,
     byte_capacity: usize,
     policy: SlowConsumerPolicy,
+    /// The dialect its frames are in.
+    dialect: Dialect,
     waker: AtomicWaker,
     state: AtomicU8,
     close_code: OnceLock<CloseCode>,
@@ -164,6 +167,7 @@ impl Outbox {
             capacity: capacity.clamp(1, MAX_CAPACITY),
             byte_capacity: byte_capacity.clamp(1, MAX_BYTE_CAPACITY),
             policy,
+            dialect: Dialect::SigmaVault,
             waker: AtomicWaker::new(),
             state: AtomicU8::new(OPEN),
             close_code: OnceLock::new(),
@@ -336,6 +340,17 @@ impl Outbox {
     #[inline]
     pub fn wake(&self) {
         self.waker.wake();
+    }
+
+    /// This outbox, for a client that speaks `dialect` (SigmaVault unless said).
+    pub(crate) fn speaking(mut self, dialect: Dialect) -> Self {
+        self.dialect = dialect;
+        self
+    }
+
+    /// The dialect of the client it belongs to: the frames it holds are in it.
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
     }
 
     /// Queues a keep-alive ping and starts waiting for the client's answer.

@@ -89,6 +89,9 @@ codes! {
         InvalidEvent => "invalid_event",
         /// A publish body is neither an event nor a list of them.
         InvalidBody => "invalid_body",
+        /// A message the server understands but has nothing to answer with (a Skreaver
+        /// `request`, until requests have a handler).
+        NotSupported => "not_supported",
         // What the client may do.
         /// The message needs credentials first (`auth.required`).
         AuthRequired => "auth_required",
@@ -174,6 +177,7 @@ impl ErrorCode {
             }
             Self::SubscriptionLimit | Self::ChannelFull => StatusCode::CONFLICT,
             Self::NotFound | Self::NoSnapshot | Self::MetricsDisabled => StatusCode::NOT_FOUND,
+            Self::NotSupported => StatusCode::NOT_IMPLEMENTED,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,

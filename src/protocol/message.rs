@@ -73,6 +73,16 @@ pub enum ClientMessage {
         /// Echoed in the reply.
         correlation_id: Option<CorrelationId>,
     },
+    /// A Skreaver `request`: answered with a `response` or an `error` with the same
+    /// `correlation_id`.
+    Request {
+        /// The request's `data`, as JSON.
+        data: Option<String>,
+        /// Echoed in the answer.
+        correlation_id: Option<CorrelationId>,
+    },
+    /// A Skreaver `ack` of something the server sent; accepted and ignored.
+    Ack,
     /// Events to publish, where the client's permissions allow it.
     Publish {
         /// `data` re-encoded as JSON, in the form of a publish body (see
@@ -135,6 +145,25 @@ fn error(code: ErrorCode, message: impl Into<String>) -> MessageError {
 /// refused whole with `too_many_channels`, before any name is copied, so that the work
 /// and memory a request costs stay in proportion to what it can do.
 pub fn parse(payload: &mut [u8], max_channels: usize) -> Result<ClientMessage, MessageError> {
+    parse_as(Grammar::SigmaVault, payload, max_channels)
+}
+
+/// Which messages [`parse_as`] accepts, and where it looks for them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Grammar {
+    /// The messages in the table of the [module docs](self).
+    SigmaVault,
+    /// Skreaver's too (seed 004): `request` and `ack`, and a subscribe's `channels` at
+    /// the top level (`{"type":"subscribe","channels":[…]}`) as well as in `data`.
+    Skreaver,
+}
+
+/// [`parse`], for the messages of `grammar`.
+pub fn parse_as(
+    grammar: Grammar,
+    payload: &mut [u8],
+    max_channels: usize,
+) -> Result<ClientMessage, MessageError> {
     let mut buffers = simd_json::Buffers::with_max_depth(payload.len(), MAX_DEPTH);
     let value = simd_json::to_borrowed_value_with_buffers(payload, &mut buffers).map_err(|e| {
         error(
@@ -165,7 +194,15 @@ pub fn parse(payload: &mut [u8], max_channels: usize) -> Result<ClientMessage, M
     };
     match kind {
         "subscribe" | "unsubscribe" => {
-            let channels = channel_list(kind, data, max_channels).map_err(with_id)?;
+            // Skreaver's reference server reads the list at the top level too.
+            let lists = match (grammar, data) {
+                (Grammar::Skreaver, None) => Some(&value),
+                (Grammar::Skreaver, Some(d)) if !LIST_KEYS.iter().any(|k| d.get(*k).is_some()) => {
+                    Some(&value)
+                }
+                _ => data,
+            };
+            let channels = channel_list(kind, lists, max_channels).map_err(with_id)?;
             let resume = match kind {
                 "subscribe" => resume(data).map_err(with_id)?,
                 _ => None,
@@ -212,6 +249,11 @@ pub fn parse(payload: &mut [u8], max_channels: usize) -> Result<ClientMessage, M
                 correlation_id,
             })
         }
+        "request" if grammar == Grammar::Skreaver => Ok(ClientMessage::Request {
+            data: data.map(|d| d.encode()),
+            correlation_id,
+        }),
+        "ack" if grammar == Grammar::Skreaver => Ok(ClientMessage::Ack),
         other => Err(with_id(error(
             ErrorCode::UnknownType,
             format!("unknown message type {:?}", truncate(other, 64)),

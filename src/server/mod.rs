@@ -52,7 +52,6 @@ use crate::cluster::{ClusterError, NatsBroker};
 use crate::config::{Config, ConfigError};
 use crate::engine::hub::Hub;
 use crate::event::{unix_seconds, Event};
-use crate::frame;
 use crate::protocol::close::CloseCode;
 use crate::snapshot::SnapshotCache;
 use crate::upstream::poller::Outlet;
@@ -416,12 +415,12 @@ async fn heartbeat(shared: &Shared) {
 
 /// Pings every client every `ping_interval`; closes those silent for `pong_timeout` after it.
 async fn keepalive(shared: &Shared) {
-    let ping = frame::ping(b"");
     let (interval, timeout) = (shared.config.ping_interval, shared.config.pong_timeout);
     let mut round = tokio::time::Instant::now() + interval;
     loop {
         tokio::time::sleep_until(round).await;
-        let pinged = shared.hub.ping_all(&ping);
+        let now = SystemTime::now();
+        let pinged = shared.hub.ping_all(|dialect| dialect.keepalive_ping(now));
         tokio::time::sleep(timeout).await;
         round = (round + interval).max(tokio::time::Instant::now());
         let expired = shared.hub.expire_silent();

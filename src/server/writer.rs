@@ -47,18 +47,18 @@ pub(crate) struct WriteFailed {
 /// batch is discarded, and the close frame follows, all within [`CLOSE_LINGER`]. A client
 /// that reads nothing at all is then simply dropped: the error carries the close code it
 /// could not be sent, so it is still counted as closed for that reason.
-/// Notices of its own (frames lost under the `drop` policy) are written in `dialect`.
+/// Notices of its own (frames lost under the `drop` policy) are written in the outbox's
+/// dialect.
 pub(crate) async fn run<W: AsyncWrite + Unpin>(
     outbox: &Outbox,
     socket: &mut W,
     counters: &Counters,
-    dialect: Dialect,
 ) -> Result<CloseCode, WriteFailed> {
     let code_of = |outbox: &Outbox| match outbox.closing() {
         Some(Closing::Now(code) | Closing::AfterFlush(code)) => Some(code),
         None => None,
     };
-    drive(outbox, socket, counters, dialect)
+    drive(outbox, socket, counters)
         .await
         .map_err(|error| WriteFailed {
             closing: code_of(outbox),
@@ -70,7 +70,6 @@ async fn drive<W: AsyncWrite + Unpin>(
     outbox: &Outbox,
     socket: &mut W,
     counters: &Counters,
-    dialect: Dialect,
 ) -> io::Result<CloseCode> {
     let mut batch: Vec<Bytes> = Vec::new();
     loop {
@@ -82,7 +81,7 @@ async fn drive<W: AsyncWrite + Unpin>(
         let dropped = outbox.take_dropped();
         if dropped > 0 {
             counters.frames_dropped.add(dropped);
-            batch.push(dropped_notice(dialect, dropped));
+            batch.push(dropped_notice(outbox.dialect(), dropped));
         }
         outbox.drain_into(&mut batch, MAX_BATCH);
         let since = outbox.take_since();
@@ -317,14 +316,7 @@ mod tests {
             calls: 0,
         };
         assert_eq!(
-            run(
-                &outbox,
-                &mut sock,
-                &Counters::default(),
-                Dialect::SigmaVault
-            )
-            .await
-            .unwrap(),
+            run(&outbox, &mut sock, &Counters::default()).await.unwrap(),
             CloseCode::GOING_AWAY
         );
         let mut expected: Vec<u8> = frames(3).iter().flat_map(|f| f.to_vec()).collect();
@@ -344,14 +336,7 @@ mod tests {
             chunk: 1 << 20,
             calls: 0,
         };
-        run(
-            &outbox,
-            &mut sock,
-            &Counters::default(),
-            Dialect::SigmaVault,
-        )
-        .await
-        .unwrap();
+        run(&outbox, &mut sock, &Counters::default()).await.unwrap();
         assert_eq!(sock.out, frame::close(CloseCode::SLOW_CONSUMER).to_vec());
     }
 
@@ -418,7 +403,7 @@ mod tests {
             budget: 5,
         };
         let counters = Counters::default();
-        let run = run(&outbox, &mut sock, &counters, Dialect::SigmaVault);
+        let run = run(&outbox, &mut sock, &counters);
         tokio::pin!(run);
         tokio::select! {
             _ = &mut run => panic!("finished while the socket is stuck"),

@@ -95,6 +95,16 @@ impl TestServer {
         Client { ws }
     }
 
+    /// Connects a WebSocket client to `path` (with its query, if any) without reading
+    /// anything.
+    pub async fn raw_client_at(&self, path: &str) -> Client {
+        let url = format!("ws://{}{path}", self.addr);
+        let (ws, _) = within(tokio_tungstenite::connect_async(url))
+            .await
+            .expect("connect");
+        Client { ws }
+    }
+
     /// Opens a WebSocket to `/ws{query}` with extra request headers; the handshake's error
     /// (an HTTP refusal) is returned, not a panic.
     pub async fn connect_with(

@@ -1,9 +1,10 @@
-//! HTTP routing: the WebSocket upgrade at `/ws` and the REST API.
+//! HTTP routing: the WebSocket upgrades and the REST API.
 //!
 //! | method | path               | answer                                                   |
 //! |--------|--------------------|----------------------------------------------------------|
 //! | GET    | `/`                | the live dashboard (`dashboard/`), unless `dashboard = false` |
-//! | GET    | `/ws`              | WebSocket upgrade (426 for a plain GET, 403 origin, 429/503 admission) |
+//! | GET    | `/ws`              | WebSocket upgrade (426 for a plain GET, 403 origin, 429/503 admission), speaking `ws_dialect` (SigmaVault by default) |
+//! | GET    | `/skreaver/ws`     | the same, speaking Skreaver's protocol                   |
 //! | POST   | `/api/v1/publish`  | publish one event or an array; 200 with counts, 400/401/413 |
 //! | GET    | `/healthz`         | 200 `{"status":"ok"}` while the process serves           |
 //! | GET    | `/readyz`          | 200 while taking connections, 503 shutting down; upstream state |
@@ -168,8 +169,12 @@ where
 {
     let peer = conn.peer;
     match (req.method(), req.uri().path()) {
-        (&Method::GET, "/ws") => upgrade::upgrade(shared, req, conn, Dialect::SigmaVault),
-        (_, "/ws") => method_not_allowed("GET"),
+        (&Method::GET, "/ws") => {
+            let dialect = shared.config.ws_dialect;
+            upgrade::upgrade(shared, req, conn, dialect)
+        }
+        (&Method::GET, "/skreaver/ws") => upgrade::upgrade(shared, req, conn, Dialect::Skreaver),
+        (_, "/ws" | "/skreaver/ws") => method_not_allowed("GET"),
         (&Method::POST, "/api/v1/publish") => {
             let address = shared.admission.client_address(peer, req.headers());
             publish::publish(&shared, req, address).await

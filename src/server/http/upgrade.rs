@@ -30,7 +30,7 @@ pub(super) fn upgrade<B>(
     if !fastwebsockets::upgrade::is_upgrade_request(&req) {
         return error(
             ErrorCode::UpgradeRequired,
-            "/ws speaks WebSocket only; connect with a WebSocket client",
+            "this path speaks WebSocket only; connect with a WebSocket client",
         );
     }
     let origin = req.headers().get(ORIGIN).map(HeaderValue::as_bytes);

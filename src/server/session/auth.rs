@@ -137,7 +137,13 @@ impl Session<'_> {
             .identity
             .clone()
             .expect("welcome follows authentication");
-        let defaults = &self.shared.config.default_subscriptions;
+        // A dialect without a welcome (Skreaver) has no default subscriptions either: its
+        // clients subscribe to what they want.
+        let welcomes = self.client.dialect().welcomes();
+        let defaults = match welcomes {
+            true => self.shared.config.default_subscriptions.as_slice(),
+            false => &[],
+        };
         let change = self.client.plan_subscribe(
             defaults
                 .iter()
@@ -159,6 +165,10 @@ impl Session<'_> {
         let resume = self.resume.take();
         let resumption = self.plan_resume(resume.as_deref(), &change);
         let now = SystemTime::now();
+        if !welcomes {
+            self.complete_subscribe(&change, resumption);
+            return;
+        }
         self.say(
             ServerMessage::Welcome,
             None,

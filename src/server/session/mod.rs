@@ -115,7 +115,6 @@ async fn serve<R, W>(
     let config = &shared.config;
     let started = crate::clock::now();
     let outbox = client.outbox().clone();
-    let dialect = client.dialect();
     let mut session = Session {
         shared,
         address,
@@ -152,7 +151,7 @@ async fn serve<R, W>(
     let (code, reason) = {
         let mut reader = MessageReader::new(read, config.max_message_size);
         let read_half = session.read_loop(&mut reader);
-        let write_half = writer::run(&outbox, &mut write, &shared.counters, dialect);
+        let write_half = writer::run(&outbox, &mut write, &shared.counters);
         tokio::pin!(read_half, write_half);
         tokio::select! {
             written = &mut write_half => {
@@ -385,7 +384,16 @@ impl Session<'_> {
                 ));
             }
             ClientMessage::Ping { correlation_id } => self.pong(correlation_id.as_ref(), now),
-            ClientMessage::Pong => {}
+            ClientMessage::Pong | ClientMessage::Ack => {}
+            ClientMessage::Request { correlation_id, .. } => {
+                let e = MessageError {
+                    code: ErrorCode::NotSupported,
+                    message: "this server answers no requests yet".to_owned(),
+                    correlation_id,
+                };
+                self.client
+                    .send(error_reply(self.client.dialect(), &e, now));
+            }
             ClientMessage::Auth {
                 token,
                 correlation_id,
@@ -413,11 +421,12 @@ impl Session<'_> {
                 self.pong(correlation_id.as_ref(), now);
                 return None;
             }
-            ClientMessage::Pong => return None,
+            ClientMessage::Pong | ClientMessage::Ack => return None,
             ClientMessage::Subscribe(list) | ClientMessage::Unsubscribe(list) => {
                 list.correlation_id
             }
-            ClientMessage::Publish { correlation_id, .. } => correlation_id,
+            ClientMessage::Publish { correlation_id, .. }
+            | ClientMessage::Request { correlation_id, .. } => correlation_id,
         };
         let e = MessageError {
             code: ErrorCode::AuthRequired,
