@@ -230,6 +230,19 @@ async fn every_dialect_gets_every_event_of_a_burst_once_in_order() {
     let mut skreaver = server.raw_client_at("/skreaver/ws").await;
     skreaver.subscribe(&["orders"]).await;
 
+    // The operators see who speaks what.
+    let (_, _, metrics) = server.request_raw("GET", "/metrics", Vec::new(), &[]).await;
+    let metrics = String::from_utf8(metrics.to_vec()).unwrap();
+    for dialect in ["sigmavault", "skreaver"] {
+        let line = format!("sigmahub_connections_active{{dialect=\"{dialect}\"}} 1");
+        assert!(metrics.contains(&line), "no {line:?} in:\n{metrics}");
+    }
+    let (_, stats) = server.request("GET", "/api/v1/stats", Vec::new()).await;
+    assert_eq!(
+        stats["connections_by_dialect"],
+        json!({"sigmavault": 1, "skreaver": 1})
+    );
+
     let burst: Vec<Value> = (0..50)
         .map(|i| json!({"type": "orders", "data": {"n": i}}))
         .collect();

@@ -180,6 +180,7 @@ impl Drop for Client {
         }
         state.slots.release(self.slot);
         state.clients.fetch_sub(1, Ordering::Relaxed);
+        state.clients_by_dialect[dialect.index()].fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -64,6 +64,8 @@ impl std::ops::AddAssign for Delivery {
 pub struct HubStats {
     /// Clients connected now.
     pub clients: usize,
+    /// Clients connected now, by dialect ([`Dialect::index`]).
+    pub clients_by_dialect: [usize; Dialect::COUNT],
     /// Clients connected over the hub's lifetime.
     pub connected_total: u64,
     /// Most clients connected at once.
@@ -101,6 +103,7 @@ impl Hub {
                 next_client_id: AtomicU64::new(1),
                 next_batch: AtomicU64::new(0),
                 clients: AtomicUsize::new(0),
+                clients_by_dialect: Default::default(),
                 peak_clients: AtomicUsize::new(0),
                 published: AtomicU64::new(0),
                 delivered: AtomicU64::new(0),
@@ -124,6 +127,7 @@ impl Hub {
         );
         let slot = self.inner.slots.insert(outbox.clone())?;
         let now = self.inner.clients.fetch_add(1, Ordering::Relaxed) + 1;
+        self.inner.clients_by_dialect[dialect.index()].fetch_add(1, Ordering::Relaxed);
         self.inner.peak_clients.fetch_max(now, Ordering::Relaxed);
         let id = self.inner.next_client_id.fetch_add(1, Ordering::Relaxed);
         Ok(Client::new(Arc::clone(&self.inner), slot, id, outbox))
@@ -335,6 +339,11 @@ impl Hub {
     pub fn stats(&self) -> HubStats {
         HubStats {
             clients: self.inner.clients.load(Ordering::Relaxed),
+            clients_by_dialect: self
+                .inner
+                .clients_by_dialect
+                .each_ref()
+                .map(|n| n.load(Ordering::Relaxed)),
             connected_total: self.inner.next_client_id.load(Ordering::Relaxed) - 1,
             peak_clients: self.inner.peak_clients.load(Ordering::Relaxed),
             published: self.inner.published.load(Ordering::Relaxed),

@@ -8,6 +8,7 @@ use super::history::History;
 use super::slots::Slots;
 use super::topics::Topics;
 use crate::config::SlowConsumerPolicy;
+use crate::dialect::Dialect;
 
 /// The state every clone of a `Hub`, and every `Client`, shares.
 pub(super) struct HubState {
@@ -26,6 +27,8 @@ pub(super) struct HubState {
     /// Ids of publish batches, for the outboxes' byte bound (`Outbox::push_in_batch`).
     pub(super) next_batch: AtomicU64,
     pub(super) clients: AtomicUsize,
+    /// `clients`, by dialect ([`Dialect::index`]).
+    pub(super) clients_by_dialect: [AtomicUsize; Dialect::COUNT],
     pub(super) peak_clients: AtomicUsize,
     pub(super) published: AtomicU64,
     pub(super) delivered: AtomicU64,

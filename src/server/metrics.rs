@@ -16,6 +16,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use super::Shared;
+use crate::dialect::Dialect;
 use crate::engine::latency::HistogramSnapshot;
 use crate::protocol::close::CloseCode;
 use crate::upstream::breaker::BreakerState;
@@ -129,6 +130,19 @@ impl Collector for Scrape {
             "WebSocket connections open now",
             Gauge,
             hub.clients as u64,
+        )?;
+        family(
+            &mut e,
+            "sigmahub_connections_active",
+            "WebSocket connections open now, by the dialect they speak",
+            Gauge,
+            "dialect",
+            Dialect::ALL.iter().map(|d| {
+                (
+                    d.as_str().to_owned(),
+                    hub.clients_by_dialect[d.index()] as f64,
+                )
+            }),
         )?;
         single(
             &mut e,

@@ -7,6 +7,7 @@ use serde::Serialize;
 use super::analytics::Summary;
 use super::memory::Memory;
 use super::Shared;
+use crate::dialect::Dialect;
 use crate::engine::latency::HistogramSnapshot;
 use crate::protocol::channel::Channel;
 use crate::snapshot::SnapshotStatus;
@@ -16,6 +17,8 @@ use crate::upstream::BreakerStatus;
 #[derive(Debug, Serialize)]
 pub(crate) struct Stats {
     active_connections: usize,
+    /// `active_connections` by the dialect they speak.
+    connections_by_dialect: BTreeMap<&'static str, usize>,
     total_connections: u64,
     peak_connections: usize,
     /// Frames written to sockets.
@@ -70,6 +73,10 @@ impl Stats {
         let counters = &shared.counters;
         Stats {
             active_connections: hub.clients,
+            connections_by_dialect: Dialect::ALL
+                .iter()
+                .map(|d| (d.as_str(), hub.clients_by_dialect[d.index()]))
+                .collect(),
             total_connections: hub.connected_total,
             peak_connections: hub.peak_clients,
             messages_sent: counters.frames_sent.get(),
