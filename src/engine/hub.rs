@@ -125,12 +125,12 @@ impl Hub {
             Outbox::bounded(inner.queue_capacity, inner.queue_bytes, inner.policy)
                 .speaking(dialect),
         );
-        let slot = self.inner.slots.insert(outbox.clone())?;
-        let now = self.inner.clients.fetch_add(1, Ordering::Relaxed) + 1;
-        self.inner.clients_by_dialect[dialect.index()].fetch_add(1, Ordering::Relaxed);
-        self.inner.peak_clients.fetch_max(now, Ordering::Relaxed);
-        let id = self.inner.next_client_id.fetch_add(1, Ordering::Relaxed);
-        Ok(Client::new(Arc::clone(&self.inner), slot, id, outbox))
+        let slot = inner.slots.insert(outbox.clone())?;
+        let now = inner.clients.fetch_add(1, Ordering::Relaxed) + 1;
+        inner.clients_by_dialect[dialect.index()].fetch_add(1, Ordering::Relaxed);
+        inner.peak_clients.fetch_max(now, Ordering::Relaxed);
+        let id = inner.next_client_id.fetch_add(1, Ordering::Relaxed);
+        Ok(Client::new(Arc::clone(inner), slot, id, outbox))
     }
 
     /// Publishes `event` stamped with the current time.
@@ -202,8 +202,9 @@ impl Hub {
 
     /// Delivers an event numbered elsewhere (a cluster's stream): `offset` is its place,
     /// `prev` the offset of its channel's event before it. `encode` builds the canonical
-    /// frame for the offset; other dialects transcode it. Kept in history when the hub keeps one; an offset at or below the
-    /// channel's last is a duplicate and is dropped (`None`).
+    /// frame for the offset, only if there are subscribers or history keeps it; other
+    /// dialects transcode it. Kept in history when the hub keeps one; an offset at or
+    /// below the channel's last is a duplicate and is dropped (`None`).
     pub(crate) fn publish_sequenced(
         &self,
         channel: &Channel,
@@ -214,8 +215,12 @@ impl Hub {
     ) -> Option<Delivery> {
         match &self.inner.history {
             None => {
-                let kept = encode(offset);
-                Some(self.fan_out(channel, |d| d.transcode(&kept), push_and_wake))
+                // Encoded for the first dialect with subscribers, if any has.
+                let (mut encode, kept) = (Some(encode), std::cell::OnceCell::new());
+                let frame = |d: Dialect| {
+                    d.transcode(kept.get_or_init(|| encode.take().expect("called once")(offset)))
+                };
+                Some(self.fan_out(channel, frame, push_and_wake))
             }
             Some(history) => {
                 history.append_sequenced(channel, offset, prev, now, encode, |_, kept| {
@@ -472,6 +477,27 @@ mod tests {
         for client in &clients {
             assert_eq!(drain(client), [Bytes::from_static(b"x")]);
         }
+    }
+
+    #[test]
+    fn a_sequenced_event_without_history_is_encoded_only_for_subscribers() {
+        let mut config = Config::default();
+        config.history.size = 0;
+        let hub = Hub::new(&config);
+        let channel = Channel::new("orders").unwrap();
+        let now = SystemTime::now();
+        let unwanted = |_| -> Bytes { panic!("encoded for nobody") };
+        assert_eq!(
+            hub.publish_sequenced(&channel, 5, 0, now, unwanted)
+                .unwrap()
+                .queued,
+            0
+        );
+        let mut client = hub.connect().unwrap();
+        client.subscribe(["orders"]);
+        let d = hub.publish_sequenced(&channel, 6, 5, now, |o| Bytes::from(o.to_string()));
+        assert_eq!(d.unwrap().queued, 1);
+        assert_eq!(drain(&client), [Bytes::from_static(b"6")]);
     }
 
     #[test]

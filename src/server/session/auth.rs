@@ -6,7 +6,6 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
-use super::reply::error_reply;
 use super::{Session, WELCOME_MESSAGE};
 use crate::auth::permissions::Method;
 use crate::dialect::ServerMessage;
@@ -71,8 +70,7 @@ impl Session<'_> {
                     ),
                     correlation_id: correlation_id.cloned(),
                 };
-                self.client
-                    .send(error_reply(self.client.dialect(), &e, now));
+                self.refuse(&e, now);
                 return None;
             }
         }

@@ -27,7 +27,7 @@ use futures_util::future::BoxFuture;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::Instrument;
 
-use self::reply::{error_reply, rate_limited, subscription_reply, Resumed};
+use self::reply::{rate_limited, subscription_reply, Resumed};
 use super::analytics::ClientKey;
 use super::counters::Limit;
 use super::deadline::Deadlines;
@@ -343,8 +343,7 @@ impl Session<'_> {
         let message = match self.client.dialect().decode(payload, max_channels) {
             Ok(message) => message,
             Err(e) => {
-                self.client
-                    .send(error_reply(self.client.dialect(), &e, now));
+                self.refuse(&e, now);
                 return Step::Done;
             }
         };
@@ -391,8 +390,7 @@ impl Session<'_> {
                     message: "this server answers no requests yet".to_owned(),
                     correlation_id,
                 };
-                self.client
-                    .send(error_reply(self.client.dialect(), &e, now));
+                self.refuse(&e, now);
             }
             ClientMessage::Auth {
                 token,
@@ -433,8 +431,7 @@ impl Session<'_> {
             message: "authenticate first: {\"type\":\"auth\",\"data\":{\"token\":…}}".to_owned(),
             correlation_id,
         };
-        self.client
-            .send(error_reply(self.client.dialect(), &e, now));
+        self.refuse(&e, now);
         None
     }
 

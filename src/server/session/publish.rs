@@ -2,7 +2,6 @@
 
 use std::time::SystemTime;
 
-use super::reply::error_reply;
 use super::Session;
 use crate::auth::permissions::Identity;
 use crate::broker::{Completion, Published};
@@ -29,11 +28,7 @@ impl Session<'_> {
         let events = match publish::parse(body.as_bytes()) {
             Ok(events) => events,
             Err(e) => {
-                self.client.send(error_reply(
-                    self.client.dialect(),
-                    &fail(e.code, e.message),
-                    now,
-                ));
+                self.refuse(&fail(e.code, e.message), now);
                 return;
             }
         };
@@ -50,8 +45,7 @@ impl Session<'_> {
                     event.channel().as_str()
                 ),
             );
-            self.client
-                .send(error_reply(self.client.dialect(), &e, now));
+            self.refuse(&e, now);
             return;
         }
         // The client's own subscriptions get the events the way every subscriber does; the

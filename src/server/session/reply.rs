@@ -6,7 +6,7 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use serde::Serialize;
 
-use super::MAX_LISTED_REJECTIONS;
+use super::{Session, MAX_LISTED_REJECTIONS};
 use crate::dialect::{Dialect, ServerMessage};
 use crate::engine::client::{Rejection, SubscriptionChange};
 use crate::protocol::channel::Channel;
@@ -78,11 +78,10 @@ pub(super) fn subscription_reply(
     )
 }
 
-pub(super) fn error_reply(dialect: Dialect, e: &MessageError, now: SystemTime) -> Bytes {
-    dialect.message(
-        ServerMessage::Error,
-        e.correlation_id.as_ref(),
-        now,
-        &serde_json::json!({ "code": e.code, "message": e.message }),
-    )
+impl Session<'_> {
+    /// Sends the client an `error` for a message it was refused.
+    pub(super) fn refuse(&self, e: &MessageError, now: SystemTime) {
+        let data = serde_json::json!({ "code": e.code, "message": e.message });
+        self.say(ServerMessage::Error, e.correlation_id.as_ref(), now, &data);
+    }
 }

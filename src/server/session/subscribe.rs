@@ -5,7 +5,7 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 
-use super::reply::{error_reply, subscription_reply, Resumed};
+use super::reply::{subscription_reply, Resumed};
 use super::Session;
 use crate::auth::permissions::Identity;
 use crate::dialect::{Dialect, ServerMessage};
@@ -175,8 +175,7 @@ impl Session<'_> {
                 message: format!("not subscribed to {:?}: {}", r.channel, r.reason),
                 correlation_id: None,
             };
-            self.client
-                .send(error_reply(self.client.dialect(), &e, SystemTime::now()));
+            self.refuse(&e, SystemTime::now());
         }
     }
 }
