@@ -159,6 +159,9 @@ pub struct Config {
     /// Each channel's recent events, for clients that reconnect (TOML section `[history]`).
     pub history: HistoryConfig,
 
+    /// Socket.IO clients on `/socket.io/` (TOML section `[socketio]`).
+    pub socketio: SocketIoConfig,
+
     /// Past one node: the NATS backplane (TOML section `[cluster]`). Off unless
     /// `cluster.nats_url` is set.
     pub cluster: ClusterConfig,
@@ -313,6 +316,32 @@ impl Default for HistoryConfig {
             size: 100,
             max_age: Duration::from_secs(300),
             max_channels: 10_000,
+        }
+    }
+}
+
+/// Socket.IO clients (TOML section `[socketio]`). Engine.IO's keep-alive is the server's
+/// (`pingInterval` is `ping_interval`, `pingTimeout` is `pong_timeout`), and its
+/// `maxPayload` is `max_message_size`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct SocketIoConfig {
+    /// The room (a channel) every Socket.IO client joins when it connects, besides
+    /// `default_subscriptions`, as Seneca's server has its clients join `general`; empty
+    /// for none. Default `general`.
+    pub default_room: String,
+    /// Whether clients may use HTTP long-polling, which `io(url)` starts with before it
+    /// upgrades to WebSocket. Without it only `transports: ['websocket']` clients connect.
+    /// Default true.
+    pub polling: bool,
+}
+
+impl Default for SocketIoConfig {
+    fn default() -> Self {
+        Self {
+            default_room: "general".to_owned(),
+            polling: true,
         }
     }
 }
@@ -494,6 +523,7 @@ impl Default for Config {
             idle_timeout: Duration::ZERO,
             auth: AuthConfig::default(),
             history: HistoryConfig::default(),
+            socketio: SocketIoConfig::default(),
             cluster: ClusterConfig::default(),
             host: HostConfig::default(),
             engine: UpstreamConfig::default(),
@@ -700,6 +730,11 @@ impl Config {
         for name in &self.default_subscriptions {
             channel::validate(name)
                 .map_err(|e| invalid("default_subscriptions", format!("{name:?}: {e}")))?;
+        }
+        let room = &self.socketio.default_room;
+        if !room.is_empty() {
+            channel::validate(room)
+                .map_err(|e| invalid("socketio.default_room", format!("{room:?}: {e}")))?;
         }
         self.validate_auth()
     }

@@ -35,7 +35,7 @@ pub fn read_client_frames(wire: &[u8], max_message_size: usize) -> Read {
                 out.control += 1;
                 return out;
             }
-            Ok(Incoming::Ping(_) | Incoming::Pong) => out.control += 1,
+            Ok(Incoming::Ping(_) | Incoming::Pong | Incoming::Binary) => out.control += 1,
             Err(ReadEnd::Gone) => return out,
             Err(ReadEnd::Violation(code)) => {
                 out.violation = Some(code);

@@ -40,7 +40,9 @@ pub mod fuzzing;
 
 pub use broker::{Broker, Completion, MemoryBroker, Published};
 pub use cluster::{ClusterError, NatsBroker};
-pub use config::{AuthConfig, ClusterConfig, Config, ConfigError, SlowConsumerPolicy};
+pub use config::{
+    AuthConfig, ClusterConfig, Config, ConfigError, SlowConsumerPolicy, SocketIoConfig,
+};
 pub use dialect::Dialect;
 pub use engine::client::Client;
 pub use engine::hub::{Delivery, Hub, HubStats};

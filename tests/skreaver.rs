@@ -240,7 +240,7 @@ async fn every_dialect_gets_every_event_of_a_burst_once_in_order() {
     let (_, stats) = server.request("GET", "/api/v1/stats", Vec::new()).await;
     assert_eq!(
         stats["connections_by_dialect"],
-        json!({"sigmavault": 1, "skreaver": 1})
+        json!({"sigmavault": 1, "skreaver": 1, "socketio": 0})
     );
 
     let burst: Vec<Value> = (0..50)

@@ -18,6 +18,7 @@
 
 pub(crate) mod sigmavault;
 pub(crate) mod skreaver;
+pub(crate) mod socketio;
 
 use std::time::SystemTime;
 
@@ -50,14 +51,19 @@ pub enum Dialect {
     SigmaVault,
     /// Skreaver's JSON protocol (seed 004), on `/skreaver/ws`.
     Skreaver,
+    /// Socket.IO v4 over Engine.IO 4 (seed 002's frontends, `socket.io-client`), on
+    /// `/socket.io/`.
+    #[serde(rename = "socketio")]
+    SocketIo,
 }
 
 impl Dialect {
     /// How many dialects there are.
-    pub const COUNT: usize = 2;
+    pub const COUNT: usize = 3;
 
     /// Every dialect, in [`index`](Self::index) order.
-    pub const ALL: [Dialect; Self::COUNT] = [Dialect::SigmaVault, Dialect::Skreaver];
+    pub const ALL: [Dialect; Self::COUNT] =
+        [Dialect::SigmaVault, Dialect::Skreaver, Dialect::SocketIo];
 
     /// The dialect whose frames the hub keeps (see the [module docs](self)).
     pub const CANONICAL: Dialect = Dialect::SigmaVault;
@@ -73,14 +79,23 @@ impl Dialect {
         match self {
             Self::SigmaVault => "sigmavault",
             Self::Skreaver => "skreaver",
+            Self::SocketIo => "socketio",
         }
     }
 
-    /// Whether a client of this dialect is sent the welcome `notification` and subscribed
-    /// to `default_subscriptions` once it has authenticated. Skreaver's protocol has no
-    /// welcome, and its clients subscribe to what they want.
+    /// Whether a client of this dialect is sent the welcome (`notification`, Socket.IO's
+    /// `connection_established`) and subscribed to `default_subscriptions` once it has
+    /// authenticated. Skreaver's protocol has no welcome, and its clients subscribe to what
+    /// they want.
     pub(crate) const fn welcomes(self) -> bool {
-        matches!(self, Self::SigmaVault)
+        matches!(self, Self::SigmaVault | Self::SocketIo)
+    }
+
+    /// Whether the client authenticates by a connect message of its own (Socket.IO's
+    /// namespace connect) rather than with the upgrade: the session then waits for it,
+    /// whatever the upgrade carried.
+    pub(crate) const fn connects_in_band(self) -> bool {
+        matches!(self, Self::SocketIo)
     }
 
     /// Parses one client text message (its payload, parsed in place) into a command. A
@@ -93,6 +108,7 @@ impl Dialect {
         match self {
             Self::SigmaVault => message::parse(payload, max_channels),
             Self::Skreaver => skreaver::decode(payload, max_channels),
+            Self::SocketIo => socketio::decode(payload, max_channels),
         }
     }
 
@@ -107,6 +123,7 @@ impl Dialect {
     ) -> Bytes {
         // Skreaver's replies have SigmaVault's envelope (see `skreaver`).
         match self {
+            Self::SocketIo => socketio::message(kind, correlation_id, data),
             Self::SigmaVault | Self::Skreaver => sigmavault::encode_serialize(
                 kind.as_str(),
                 now,
@@ -123,15 +140,18 @@ impl Dialect {
         match self {
             Self::SigmaVault => sigmavault::event_frame(event, now, offset),
             Self::Skreaver => skreaver::event_frame(event, now, offset),
+            Self::SocketIo => socketio::event_frame(event, now, offset),
         }
     }
 
     /// The keep-alive ping a client of this dialect must answer: a WebSocket ping frame
     /// for SigmaVault (browsers answer it by themselves), the JSON `{"type":"ping"}`
-    /// message for Skreaver, whose clients answer `{"type":"pong"}`.
+    /// message for Skreaver, whose clients answer `{"type":"pong"}`, and Engine.IO's `2`
+    /// for Socket.IO, answered by `3`.
     pub(crate) fn keepalive_ping(self, now: SystemTime) -> Bytes {
         match self {
             Self::SigmaVault => crate::frame::ping(b""),
+            Self::SocketIo => socketio::ping(),
             Self::Skreaver => self.message(ServerMessage::Ping, None, now, &serde_json::json!({})),
         }
     }
@@ -143,6 +163,7 @@ impl Dialect {
         match self {
             Self::SigmaVault => canonical.clone(),
             Self::Skreaver => skreaver::transcode(canonical),
+            Self::SocketIo => socketio::transcode(canonical),
         }
     }
 }
@@ -173,6 +194,10 @@ pub(crate) enum ServerMessage {
     Ping,
     /// A refused request, a limit hit, or frames lost under the `drop` policy.
     Error,
+    /// A Socket.IO namespace connect accepted (`40{"sid"}`).
+    Connected,
+    /// A Socket.IO namespace connect refused (`44{"message"}`).
+    ConnectError,
 }
 
 impl ServerMessage {
@@ -187,6 +212,8 @@ impl ServerMessage {
             Self::Pong => "pong",
             Self::Ping => "ping",
             Self::Error => "error",
+            Self::Connected => "connect",
+            Self::ConnectError => "connect_error",
         }
     }
 }

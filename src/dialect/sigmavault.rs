@@ -84,25 +84,38 @@ fn envelope(
     data_hint: usize,
     write_data: impl FnOnce(&mut FrameBuf),
 ) -> FrameBuf {
-    debug_assert!(crate::protocol::channel::validate(kind).is_ok());
     let mut buf = FrameBuf::with_capacity(64 + kind.len() + data_hint);
+    write_envelope(&mut buf, kind, now, correlation_id, offset, write_data);
+    buf
+}
+
+/// Appends the envelope `{"type":kind,"timestamp":now[,"correlation_id":id],"data":…
+/// [,"offset":N]}` to `buf` (another dialect may wrap it in its own packet).
+pub(crate) fn write_envelope(
+    buf: &mut FrameBuf,
+    kind: &str,
+    now: SystemTime,
+    correlation_id: Option<&RawValue>,
+    offset: Option<u64>,
+    write_data: impl FnOnce(&mut FrameBuf),
+) {
+    debug_assert!(crate::protocol::channel::validate(kind).is_ok());
     buf.extend_from_slice(b"{\"type\":\"");
     buf.extend_from_slice(kind.as_bytes());
     buf.extend_from_slice(b"\",\"timestamp\":\"");
-    write_timestamp(&mut buf, now);
+    write_timestamp(buf, now);
     buf.extend_from_slice(b"\"");
     if let Some(id) = correlation_id {
         buf.extend_from_slice(b",\"correlation_id\":");
         buf.extend_from_slice(id.get().as_bytes());
     }
     buf.extend_from_slice(b",\"data\":");
-    write_data(&mut buf);
+    write_data(buf);
     if let Some(offset) = offset {
         buf.extend_from_slice(b",\"offset\":");
         buf.extend_from_slice(itoa::Buffer::new().format(offset).as_bytes());
     }
     buf.extend_from_slice(b"}");
-    buf
 }
 
 #[cfg(test)]

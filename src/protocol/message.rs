@@ -42,6 +42,11 @@ impl CorrelationId {
     pub fn as_raw(&self) -> &RawValue {
         &self.0
     }
+
+    /// An id a dialect builds itself (Socket.IO's namespace and ack id, for one).
+    pub(crate) fn from_raw(raw: Box<RawValue>) -> Self {
+        Self(raw)
+    }
 }
 
 impl PartialEq for CorrelationId {
@@ -83,6 +88,23 @@ pub enum ClientMessage {
     },
     /// A Skreaver `ack` of something the server sent; accepted and ignored.
     Ack,
+    /// A Socket.IO namespace connect (`40`): the client's credentials, if its `auth`
+    /// payload carries a `token`; otherwise the upgrade's (or none). Answered with the
+    /// namespace's connect packet, or a connect error.
+    Connect {
+        /// The token of the connect's `auth` payload.
+        token: Option<String>,
+        /// The namespace, in the dialect's reply address (see `CorrelationId`); `None` for
+        /// the main namespace.
+        correlation_id: Option<CorrelationId>,
+    },
+    /// The client leaves: the whole connection (`namespace: None`, an Engine.IO close or a
+    /// disconnect of the main namespace), or one Socket.IO namespace, whose channels it
+    /// then leaves.
+    Disconnect {
+        /// The namespace left, if not the main one.
+        namespace: Option<String>,
+    },
     /// Events to publish, where the client's permissions allow it.
     Publish {
         /// `data` re-encoded as JSON, in the form of a publish body (see
@@ -130,7 +152,7 @@ pub struct MessageError {
     pub correlation_id: Option<CorrelationId>,
 }
 
-fn error(code: ErrorCode, message: impl Into<String>) -> MessageError {
+pub(crate) fn error(code: ErrorCode, message: impl Into<String>) -> MessageError {
     MessageError {
         code,
         message: message.into(),
@@ -261,7 +283,7 @@ pub fn parse_as(
     }
 }
 
-fn channel_list(
+pub(crate) fn channel_list(
     kind: &str,
     data: Option<&BorrowedValue<'_>>,
     max_channels: usize,
@@ -307,7 +329,7 @@ fn channel_list(
 }
 
 /// `data.since` and `data.epoch`, if given.
-fn resume(data: Option<&BorrowedValue<'_>>) -> Result<Option<Resume>, MessageError> {
+pub(crate) fn resume(data: Option<&BorrowedValue<'_>>) -> Result<Option<Resume>, MessageError> {
     let Some(since) = data.and_then(|d| d.get("since")) else {
         return Ok(None);
     };
@@ -369,7 +391,7 @@ fn correlation_id(value: Option<&BorrowedValue<'_>>) -> Option<CorrelationId> {
     RawValue::from_string(json).ok().map(CorrelationId)
 }
 
-fn truncate(s: &str, max: usize) -> &str {
+pub(crate) fn truncate(s: &str, max: usize) -> &str {
     match s.char_indices().nth(max) {
         Some((i, _)) => &s[..i],
         None => s,

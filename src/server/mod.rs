@@ -94,6 +94,8 @@ pub(crate) struct Shared {
     pub(crate) config: Arc<Config>,
     /// Where publishes, snapshots and interest go: memory alone, NATS in a cluster.
     pub(crate) broker: Arc<dyn Broker>,
+    /// Socket.IO's long-polling sessions.
+    pub(crate) polling: http::engineio::Sessions,
     pub(crate) shutdown: CancellationToken,
     pub(crate) tasks: TaskTracker,
 }
@@ -121,6 +123,7 @@ impl Shared {
             breakers: Arc::default(),
             translation_faults: Arc::default(),
             config: Arc::new(config),
+            polling: http::engineio::Sessions::default(),
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
         })

@@ -33,6 +33,8 @@ pub(crate) enum Incoming {
     Ping(Bytes),
     /// A pong.
     Pong,
+    /// A whole (unfragmented) binary message, its payload dropped.
+    Binary,
     /// The client started the close handshake.
     Close,
 }
@@ -117,6 +119,9 @@ impl<S: AsyncRead + Unpin> MessageReader<S> {
                 }
                 OpCode::Ping => break Ok(Incoming::Ping(Bytes::copy_from_slice(&frame.payload))),
                 OpCode::Pong => break Ok(Incoming::Pong),
+                // A whole binary message is the session's to judge (a Socket.IO client's
+                // attachments); a fragmented one is refused here.
+                OpCode::Binary if frame.fin && partial.is_none() => break Ok(Incoming::Binary),
                 OpCode::Binary => break Err(ReadEnd::Violation(CloseCode::UNSUPPORTED_DATA)),
                 OpCode::Text if partial.is_some() => {
                     break Err(ReadEnd::Violation(CloseCode::PROTOCOL_ERROR))
@@ -283,6 +288,14 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_whole_binary_message_is_the_sessions_to_judge() {
+        let wire = [frame(true, 2, b"bin"), frame(true, 1, b"after")].concat();
+        let got = read_all(wire, 150).await;
+        assert_eq!(got[0], Ok("Binary".into()));
+        assert_eq!(got[1], Ok("after".into()));
+    }
+
+    #[tokio::test]
     async fn limits_and_violations_map_to_close_codes() {
         let cases: Vec<(Vec<u8>, CloseCode)> = vec![
             (frame(true, 1, &[b'a'; 200]), CloseCode::MESSAGE_TOO_BIG),
@@ -290,7 +303,11 @@ mod tests {
                 [frame(false, 1, &[b'a'; 100]), frame(true, 0, &[b'a'; 100])].concat(),
                 CloseCode::MESSAGE_TOO_BIG,
             ),
-            (frame(true, 2, b"bin"), CloseCode::UNSUPPORTED_DATA),
+            (frame(false, 2, b"bin"), CloseCode::UNSUPPORTED_DATA),
+            (
+                [frame(false, 1, b"a"), frame(true, 2, b"bin")].concat(),
+                CloseCode::UNSUPPORTED_DATA,
+            ),
             (frame(true, 1, &[0xff, 0xfe]), CloseCode::INVALID_PAYLOAD),
             (
                 [frame(false, 1, &[0xe2, 0x82]), frame(true, 0, &[0x28])].concat(),

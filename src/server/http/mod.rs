@@ -5,6 +5,7 @@
 //! | GET    | `/`                | the live dashboard (`dashboard/`), unless `dashboard = false` |
 //! | GET    | `/ws`              | WebSocket upgrade (426 for a plain GET, 403 origin, 429/503 admission), speaking `ws_dialect` (SigmaVault by default) |
 //! | GET    | `/skreaver/ws`     | the same, speaking Skreaver's protocol                   |
+//! | GET, POST | `/socket.io/`   | Socket.IO clients: Engine.IO 4 long-polling and WebSocket (`engineio`) |
 //! | POST   | `/api/v1/publish`  | publish one event or an array; 200 with counts, 400/401/413 |
 //! | GET    | `/healthz`         | 200 `{"status":"ok"}` while the process serves           |
 //! | GET    | `/readyz`          | 200 while taking connections, 503 shutting down; upstream state |
@@ -32,6 +33,7 @@
 //! answers); with no list, only same-origin pages are answered.
 
 mod credentials;
+pub(crate) mod engineio;
 mod ops;
 mod publish;
 mod response;
@@ -175,6 +177,7 @@ where
         }
         (&Method::GET, "/skreaver/ws") => upgrade::upgrade(shared, req, conn, Dialect::Skreaver),
         (_, "/ws" | "/skreaver/ws") => method_not_allowed("GET"),
+        (_, "/socket.io/" | "/socket.io") => engineio::route(shared, req, conn).await,
         (&Method::POST, "/api/v1/publish") => {
             let address = shared.admission.client_address(peer, req.headers());
             publish::publish(&shared, req, address).await

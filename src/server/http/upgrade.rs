@@ -11,20 +11,53 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use super::credentials::{barred, bearer};
+use super::engineio::{probe, Polling};
 use super::response::error;
 use super::{refused, Connection, ResponseBody};
 use crate::dialect::Dialect;
 use crate::protocol::code::ErrorCode;
 use crate::protocol::message::{Resume, MAX_RESUME_CHANNELS};
+use crate::server::admission::{Refusal, Ticket};
 use crate::server::counters::Limit;
 use crate::server::reader::Prefixed;
 use crate::server::{session, Shared};
 
 pub(super) fn upgrade<B>(
     shared: Arc<Shared>,
-    mut req: Request<B>,
+    req: Request<B>,
     conn: &Connection,
     dialect: Dialect,
+) -> Response<ResponseBody> {
+    websocket(
+        shared,
+        req,
+        conn,
+        Then::Session {
+            dialect,
+            greeting: None,
+        },
+    )
+}
+
+/// What an accepted WebSocket becomes.
+pub(super) enum Then {
+    /// A new session in `dialect`, which says `greeting` first.
+    Session {
+        dialect: Dialect,
+        greeting: Option<Bytes>,
+    },
+    /// The new transport of a Socket.IO long-polling session, once it has passed the
+    /// Engine.IO probe.
+    Polling(Arc<Polling>),
+}
+
+/// Checks and accepts a WebSocket upgrade (origin, credential backoff, admission), then
+/// serves the socket as `then` says.
+pub(super) fn websocket<B>(
+    shared: Arc<Shared>,
+    mut req: Request<B>,
+    conn: &Connection,
+    then: Then,
 ) -> Response<ResponseBody> {
     let peer = conn.peer;
     if !fastwebsockets::upgrade::is_upgrade_request(&req) {
@@ -43,41 +76,30 @@ pub(super) fn upgrade<B>(
             "this origin may not open WebSockets here",
         );
     }
-    let resume = match upgrade_resume(&req) {
-        Ok(resume) => resume,
-        Err(message) => return error(ErrorCode::InvalidSince, &message),
-    };
-    let handshake = session::Handshake {
-        dialect,
-        token: upgrade_token(&req),
-        resume,
-    };
     let address = shared.admission.client_address(peer, req.headers());
     if let Some(barred) = barred(&shared, address) {
         return barred;
     }
-    let now = crate::clock::now();
-    // A direct client's connection already holds its place, which the WebSocket keeps; it
-    // still takes its share of the connection rate. Behind a trusted proxy, the forwarded
-    // address is admitted here.
-    let mut place = conn.place.lock();
-    let admitted = match place.take() {
-        Some(ticket) => match shared.admission.take_rate(address, now) {
-            Ok(()) => Ok(ticket),
-            Err(refusal) => {
-                *place = Some(ticket);
-                Err(refusal)
+    let then = match then {
+        Then::Session { dialect, greeting } => {
+            let resume = match upgrade_resume(&req) {
+                Ok(resume) => resume,
+                Err(message) => return error(ErrorCode::InvalidSince, &message),
+            };
+            let handshake = session::Handshake {
+                dialect,
+                token: upgrade_token(&req),
+                resume,
+                greeting,
+            };
+            match admit(&shared, conn, address) {
+                Ok(ticket) => Accepted::Session(handshake, ticket),
+                Err(refusal) => return refused(refusal),
             }
-        },
-        None => shared.admission.admit(address, now),
-    };
-    drop(place);
-    let ticket = match admitted {
-        Ok(ticket) => ticket,
-        Err(refusal) => {
-            tracing::debug!(%peer, %address, reason = refusal.code().as_str(), "upgrade refused");
-            return refused(refusal);
         }
+        // The long-polling session already holds its place and took its share of the
+        // connection rate.
+        Then::Polling(polling) => Accepted::Polling(polling),
     };
     let (response, upgrade) = match fastwebsockets::upgrade::upgrade(&mut req) {
         Ok(pair) => pair,
@@ -85,12 +107,19 @@ pub(super) fn upgrade<B>(
     };
     let tasks = shared.tasks.clone();
     tasks.spawn(async move {
-        let _ticket = ticket;
         let upgraded = match upgrade.await {
             Ok(ws) => ws.into_inner().into_inner(),
             Err(e) => {
                 tracing::debug!(%peer, error = %e, "upgrade failed");
                 return;
+            }
+        };
+        let (handshake, _ticket) = match then {
+            Accepted::Session(handshake, ticket) => (handshake, ticket),
+            Accepted::Polling(polling) => {
+                let (read, write) = tokio::io::split(TokioIo::new(upgraded));
+                let read = Prefixed::new(Bytes::new(), read);
+                return probe::take_over(polling, Box::new(read), Box::new(write)).await;
             }
         };
         // On our own listener the socket is a TcpStream: split it into owned halves (no lock
@@ -109,6 +138,38 @@ pub(super) fn upgrade<B>(
         }
     });
     response.map(|_| Full::new(Bytes::new()))
+}
+
+/// An accepted upgrade, on its way to being served.
+enum Accepted {
+    Session(session::Handshake, Ticket),
+    Polling(Arc<Polling>),
+}
+
+/// The place of an upgraded connection from `address`. A direct client's connection
+/// already holds its place, which the WebSocket keeps; it still takes its share of the
+/// connection rate. Behind a trusted proxy, the forwarded address is admitted here.
+pub(super) fn admit(
+    shared: &Shared,
+    conn: &Connection,
+    address: std::net::IpAddr,
+) -> Result<Ticket, Refusal> {
+    let now = crate::clock::now();
+    let mut place = conn.place.lock();
+    let admitted = match place.take() {
+        Some(ticket) => match shared.admission.take_rate(address, now) {
+            Ok(()) => Ok(ticket),
+            Err(refusal) => {
+                *place = Some(ticket);
+                Err(refusal)
+            }
+        },
+        None => shared.admission.admit(address, now),
+    };
+    drop(place);
+    admitted.inspect_err(|refusal| {
+        tracing::debug!(peer = %conn.peer, %address, reason = refusal.code().as_str(), "upgrade refused");
+    })
 }
 
 /// The token of a WebSocket upgrade: `Authorization: Bearer`, else `?token=`.

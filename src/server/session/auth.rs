@@ -7,7 +7,8 @@ use std::time::SystemTime;
 use serde::Serialize;
 
 use super::{Session, WELCOME_MESSAGE};
-use crate::auth::permissions::Method;
+use crate::auth::permissions::{Identity, Method};
+use crate::dialect::Dialect;
 use crate::dialect::ServerMessage;
 use crate::event::{self, unix_seconds};
 use crate::protocol::channel::Channel;
@@ -18,11 +19,17 @@ use crate::protocol::recovery::Recovery;
 use crate::server::analytics::ClientKey;
 
 impl Session<'_> {
-    /// Authenticates with the upgrade's token, or starts waiting for an `auth` message,
-    /// and welcomes the client once it is known. Returns the close code of a refused token.
+    /// Authenticates with the upgrade's token, or starts waiting for an `auth` message (or,
+    /// in a dialect that connects in band, the connect), and welcomes the client once it is
+    /// known. Returns the close code of a refused token.
     pub(super) fn start(&mut self, token: Option<Box<str>>) -> Option<CloseCode> {
         let auth = &self.shared.auth;
         match token {
+            _ if self.client.dialect().connects_in_band() => {
+                // The connect brings the credentials, or uses these.
+                self.token = token;
+                self.deadlines.await_auth(self.shared.config.auth.timeout);
+            }
             Some(token) => return self.authenticate(&token, None),
             None if auth.requires_token() => {
                 self.deadlines.await_auth(self.shared.config.auth.timeout);
@@ -46,11 +53,7 @@ impl Session<'_> {
         let identity = match self.shared.verify_token(self.address, token) {
             Ok(identity) => identity,
             Err(e) => {
-                tracing::debug!(client_id = self.client.id(), error = %e, "authentication refused");
-                self.shared
-                    .counters
-                    .auth_refused
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.count_refusal(&e.to_string());
                 let body = serde_json::json!({
                     "success": false,
                     "error": { "code": e.code(), "message": e.to_string() },
@@ -59,30 +62,12 @@ impl Session<'_> {
                 return Some(e.close_code());
             }
         };
-        let first = self.identity.is_none();
-        if let Some(current) = &self.identity {
-            if identity.subject != current.subject && current.method != Method::Anonymous {
-                let e = MessageError {
-                    code: ErrorCode::AuthSubjectChanged,
-                    message: format!(
-                        "a refreshed token must be for {:?}; connect again to change identity",
-                        current.subject
-                    ),
-                    correlation_id: correlation_id.cloned(),
-                };
-                self.refuse(&e, now);
-                return None;
-            }
+        if let Err(mut e) = self.same_subject(&identity) {
+            e.correlation_id = correlation_id.cloned();
+            self.refuse(&e, now);
+            return None;
         }
-        // A refreshed grant may be narrower: leave what it no longer allows.
-        let revoked: Vec<String> = self
-            .client
-            .subscriptions()
-            .iter()
-            .filter(|c| !identity.may_subscribe(c))
-            .map(|c| c.to_string())
-            .collect();
-        let revoked = self.client.unsubscribe(revoked.iter().map(String::as_str));
+        let (first, revoked) = self.adopt(identity.clone());
         #[derive(Serialize)]
         struct Granted<'a> {
             success: bool,
@@ -104,15 +89,108 @@ impl Session<'_> {
                 expires_at: identity.expires_at.map(event::rfc3339),
                 subscribe: identity.subscribe.to_strings(),
                 publish: identity.publish.to_strings(),
-                unsubscribed: &revoked.changed,
+                unsubscribed: &revoked,
             },
         );
-        self.deadlines.authenticated(identity.expires_at);
-        self.identity = Some(identity);
         if first {
             self.welcome();
         }
         None
+    }
+
+    /// A Socket.IO namespace connect: credentials from its `auth` payload, else the
+    /// upgrade's, else the identity the connection already has (another namespace), else
+    /// anonymous where that is allowed. Answers `40{"sid"}` and welcomes on the first
+    /// connect, or answers a connect error (`44`) and returns the close code.
+    pub(super) fn connect(
+        &mut self,
+        token: Option<String>,
+        address: Option<&CorrelationId>,
+    ) -> Option<CloseCode> {
+        let now = SystemTime::now();
+        let token = token.map(Box::<str>::from).or_else(|| self.token.take());
+        let verified = match (token, &self.identity) {
+            (Some(token), _) => self
+                .shared
+                .verify_token(self.address, &token)
+                .map_err(|e| (e.code(), e.to_string(), e.close_code())),
+            (None, Some(identity)) => Ok(identity.clone()),
+            (None, None) if self.shared.auth.requires_token() => Err((
+                ErrorCode::AuthRequired,
+                "authentication required: connect with a token, io(url, {auth: {token}})"
+                    .to_owned(),
+                CloseCode::AUTH_FAILED,
+            )),
+            (None, None) => Ok(self.shared.auth.anonymous()),
+        };
+        let identity = match verified {
+            Ok(identity) => identity,
+            Err((code, message, close)) => {
+                self.count_refusal(&message);
+                let body = serde_json::json!({ "message": message, "data": { "code": code } });
+                self.say(ServerMessage::ConnectError, address, now, &body);
+                return Some(close);
+            }
+        };
+        if let Err(e) = self.same_subject(&identity) {
+            let body = serde_json::json!({ "message": e.message, "data": { "code": e.code } });
+            self.say(ServerMessage::ConnectError, address, now, &body);
+            return None;
+        }
+        let (first, _revoked) = self.adopt(identity);
+        let sid = serde_json::json!({ "sid": self.client.id().to_string() });
+        self.say(ServerMessage::Connected, address, now, &sid);
+        if first {
+            self.welcome();
+        }
+        None
+    }
+
+    fn count_refusal(&self, error: &str) {
+        tracing::debug!(
+            client_id = self.client.id(),
+            error,
+            "authentication refused"
+        );
+        self.shared
+            .counters
+            .auth_refused
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Refuses a refreshed token for another subject than the connection's.
+    fn same_subject(&self, identity: &Identity) -> Result<(), MessageError> {
+        match &self.identity {
+            Some(current)
+                if identity.subject != current.subject && current.method != Method::Anonymous =>
+            {
+                Err(MessageError {
+                    code: ErrorCode::AuthSubjectChanged,
+                    message: format!(
+                        "a refreshed token must be for {:?}; connect again to change identity",
+                        current.subject
+                    ),
+                    correlation_id: None,
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Makes `identity` the connection's: leaves the channels a narrower grant no longer
+    /// allows (returned) and arms the token's expiry. Says whether it is the first.
+    fn adopt(&mut self, identity: Arc<Identity>) -> (bool, Vec<Channel>) {
+        let revoked: Vec<String> = self
+            .client
+            .subscriptions()
+            .iter()
+            .filter(|c| !identity.may_subscribe(c))
+            .map(|c| c.to_string())
+            .collect();
+        let revoked = self.client.unsubscribe(revoked.iter().map(String::as_str));
+        self.deadlines.authenticated(identity.expires_at);
+        let first = self.identity.replace(identity).is_none();
+        (first, revoked.changed)
     }
 
     /// Queues the welcome notification and the defaults' snapshots, then subscribes to the
@@ -138,14 +216,22 @@ impl Session<'_> {
         // A dialect without a welcome (Skreaver) has no default subscriptions either: its
         // clients subscribe to what they want.
         let welcomes = self.client.dialect().welcomes();
+        let config = &self.shared.config;
         let defaults = match welcomes {
-            true => self.shared.config.default_subscriptions.as_slice(),
+            true => config.default_subscriptions.as_slice(),
             false => &[],
+        };
+        // Socket.IO clients also join the default room, as Seneca's server has them do.
+        let room = match self.client.dialect() {
+            Dialect::SocketIo => Some(config.socketio.default_room.as_str())
+                .filter(|room| !room.is_empty() && !defaults.iter().any(|d| d == room)),
+            _ => None,
         };
         let change = self.client.plan_subscribe(
             defaults
                 .iter()
                 .map(String::as_str)
+                .chain(room)
                 .filter(|c| identity.may_subscribe(c)),
         );
         let reconnection = self

@@ -63,6 +63,9 @@ pub(crate) struct Handshake {
     pub(crate) token: Option<Box<str>>,
     /// Where it left off on the channels it gets on connect (`?since=…&epoch=…`).
     pub(crate) resume: Option<Box<Resume>>,
+    /// What the server says first, before anything else (Socket.IO's Engine.IO open
+    /// packet), if the dialect says anything first.
+    pub(crate) greeting: Option<bytes::Bytes>,
 }
 
 /// Serves one upgraded connection from `address` (the client's, behind trusted proxies)
@@ -127,7 +130,11 @@ async fn serve<R, W>(
         ),
         deadlines: Deadlines::new(config.idle_timeout),
         resume: handshake.resume,
+        token: None,
     };
+    if let Some(greeting) = handshake.greeting {
+        session.client.send(greeting);
+    }
     if let Some(resume) = &session.resume {
         // Resuming the channels it gets on connect: the broker brings what this node lacks.
         let mut resumed = resume
@@ -254,6 +261,8 @@ enum Step {
     Done,
     /// Close the connection with this code once the reply is out (refused credentials).
     Close(CloseCode),
+    /// The client said it leaves: close normally, as if it had sent a close frame.
+    Leave,
     /// A subscribe whose channels the broker is still readying (a cluster listening in
     /// NATS): wait for it, then subscribe.
     Subscribe(Arc<Identity>, ChannelList, BoxFuture<'static, ()>),
@@ -280,6 +289,8 @@ struct Session<'a> {
     deadlines: Deadlines,
     /// The upgrade's `since`, until the welcome uses it.
     resume: Option<Box<Resume>>,
+    /// The upgrade's token, until a connect in band (Socket.IO) uses it.
+    token: Option<Box<str>>,
 }
 
 impl Session<'_> {
@@ -321,6 +332,7 @@ impl Session<'_> {
                     match self.handle_message(&mut payload) {
                         Step::Done => {}
                         Step::Close(code) => return Ending::Refused(code),
+                        Step::Leave => return Ending::Read(ReadEnd::Violation(CloseCode::NORMAL)),
                         Step::Subscribe(identity, list, listening) => {
                             listening.await;
                             self.subscribe(&identity, &list, SystemTime::now());
@@ -331,6 +343,13 @@ impl Session<'_> {
                     self.client.send(frame::pong(&payload));
                 }
                 Incoming::Pong => {}
+                // Socket.IO sends a binary packet's attachments after it; the packet was
+                // refused with an error, its attachments are dropped. Elsewhere binary data
+                // is not part of the protocol.
+                Incoming::Binary if self.client.dialect() == Dialect::SocketIo => {}
+                Incoming::Binary => {
+                    return Ending::Read(ReadEnd::Violation(CloseCode::UNSUPPORTED_DATA))
+                }
                 Incoming::Close => return Ending::Read(ReadEnd::Violation(CloseCode::NORMAL)),
             }
         }
@@ -348,11 +367,33 @@ impl Session<'_> {
             }
         };
         let Some(identity) = self.identity.clone() else {
-            return self
-                .before_auth(message, now)
-                .map_or(Step::Done, Step::Close);
+            return self.before_auth(message, now);
         };
         match message {
+            ClientMessage::Connect {
+                token,
+                correlation_id,
+            } => {
+                return self
+                    .connect(token, correlation_id.as_ref())
+                    .map_or(Step::Done, Step::Close)
+            }
+            ClientMessage::Disconnect { namespace: None } => return Step::Leave,
+            ClientMessage::Disconnect {
+                namespace: Some(namespace),
+            } => {
+                // Leaving a namespace leaves its channels, quietly: the client asked for
+                // nothing more.
+                let prefix = format!("{namespace}/");
+                let inside: Vec<String> = self
+                    .client
+                    .subscriptions()
+                    .iter()
+                    .filter(|c| c.starts_with(&prefix))
+                    .map(|c| c.to_string())
+                    .collect();
+                self.client.unsubscribe(inside.iter().map(String::as_str));
+            }
             ClientMessage::Subscribe(list) => {
                 // Before subscribing, this node must receive what is published anywhere.
                 let mut wanted = list
@@ -408,18 +449,33 @@ impl Session<'_> {
         Step::Done
     }
 
-    /// Before authentication only `auth` and `ping` are answered.
-    fn before_auth(&mut self, message: ClientMessage, now: SystemTime) -> Option<CloseCode> {
+    /// Before authentication only `auth`, a connect and `ping` are answered.
+    fn before_auth(&mut self, message: ClientMessage, now: SystemTime) -> Step {
         let correlation_id = match message {
             ClientMessage::Auth {
                 token,
                 correlation_id,
-            } => return self.authenticate(&token, correlation_id.as_ref()),
+            } => {
+                return self
+                    .authenticate(&token, correlation_id.as_ref())
+                    .map_or(Step::Done, Step::Close)
+            }
+            ClientMessage::Connect {
+                token,
+                correlation_id,
+            } => {
+                return self
+                    .connect(token, correlation_id.as_ref())
+                    .map_or(Step::Done, Step::Close)
+            }
             ClientMessage::Ping { correlation_id } => {
                 self.pong(correlation_id.as_ref(), now);
-                return None;
+                return Step::Done;
             }
-            ClientMessage::Pong | ClientMessage::Ack => return None,
+            ClientMessage::Disconnect { namespace: None } => return Step::Leave,
+            ClientMessage::Pong | ClientMessage::Ack | ClientMessage::Disconnect { .. } => {
+                return Step::Done
+            }
             ClientMessage::Subscribe(list) | ClientMessage::Unsubscribe(list) => {
                 list.correlation_id
             }
@@ -432,7 +488,7 @@ impl Session<'_> {
             correlation_id,
         };
         self.refuse(&e, now);
-        None
+        Step::Done
     }
 
     fn pong(&self, correlation_id: Option<&CorrelationId>, now: SystemTime) {

@@ -29,6 +29,7 @@ fn session(shared: &Shared) -> Session<'_> {
         limit: TokenBucket::new(100, 10, std::time::Instant::now()),
         deadlines: Deadlines::default(),
         resume: None,
+        token: None,
     }
 }
 
@@ -37,6 +38,7 @@ fn send(session: &mut Session<'_>, message: &str) -> Option<CloseCode> {
         Step::Done => None,
         Step::Close(code) => Some(code),
         Step::Subscribe(..) => unreachable!("no cluster in these tests"),
+        Step::Leave => Some(CloseCode::NORMAL),
     }
 }
 

@@ -1,0 +1,60 @@
+"""Drives the real python-socketio client for tests/socketio.rs, like driver.mjs: connects
+to SIO_URL with the transports in SIO_TRANSPORTS (comma-separated) and the auth in SIO_AUTH
+(JSON), prints what happens as JSON lines, and takes the same JSON-line commands on stdin."""
+import json
+import os
+import sys
+
+import socketio
+
+
+def show(value):
+    print(json.dumps(value), flush=True)
+
+
+sio = socketio.Client(reconnection=False)
+
+
+@sio.event
+def connect():
+    show({"ev": "connect", "id": sio.sid, "transport": sio.transport()})
+
+
+@sio.event
+def connect_error(data):
+    show({"ev": "connect_error", "data": data})
+
+
+@sio.event
+def disconnect(*args):
+    show({"ev": "disconnect"})
+
+
+@sio.on("*")
+def any_event(name, *args):
+    show({"ev": "event", "name": name, "args": list(args)})
+
+
+auth = json.loads(os.environ.get("SIO_AUTH", "null"))
+transports = os.environ.get("SIO_TRANSPORTS", "polling,websocket").split(",")
+try:
+    sio.connect(os.environ["SIO_URL"], transports=transports, auth=auth, wait_timeout=10)
+except socketio.exceptions.ConnectionError as e:
+    show({"ev": "connect_failed", "message": str(e)})
+    sys.exit(0)
+
+seq = 0
+for line in sys.stdin:
+    command = json.loads(line)
+    if command.get("exit"):
+        break
+    if "emit" in command:
+        n, seq = seq, seq + 1
+        args = tuple(command.get("args", []))
+        if command.get("ack"):
+            def acked(*reply, n=n):
+                show({"ev": "ack", "seq": n, "args": list(reply)})
+            sio.emit(command["emit"], args, callback=acked)
+        else:
+            sio.emit(command["emit"], args)
+sio.disconnect()
