@@ -92,7 +92,8 @@ impl Driver {
             .unwrap_or_else(|_| panic!("timed out; the client had printed {:#?}", self.seen))
             .unwrap()
             .unwrap_or_else(|| panic!("the client ended; it had printed {:#?}", self.seen));
-        let value: Value = serde_json::from_str(&line).unwrap();
+        let value: Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("the client printed {line:?}: {e}"));
         self.seen.push(value.clone());
         value
     }
@@ -312,6 +313,15 @@ async fn auth_payload_or_query_token_and_connect_errors() {
             .await;
         assert_eq!(ack["subscribed"], json!(["orders"]), "{ack}");
         assert_eq!(ack["rejected"][0]["channel"], "secret", "{ack}");
+        // The token's publish grant: `chat.*`, not `orders`.
+        let ack = client
+            .emit_ack("publish", json!([{"type": "chat.room", "data": {"hi": 1}}]))
+            .await;
+        assert_eq!(ack["accepted"], 1, "{ack}");
+        let ack = client
+            .emit_ack("publish", json!([{"type": "orders", "data": {}}]))
+            .await;
+        assert_eq!(ack["code"], "forbidden", "{ack}");
         client.exit().await;
     }
 
@@ -409,4 +419,150 @@ async fn python_socketio_connects_over_both_transports() {
         );
         client.exit().await;
     }
+}
+
+#[tokio::test]
+async fn clients_reconnect_after_a_server_restart() {
+    for options in [
+        json!({"transports": ["websocket"], "reconnectionDelay": 100, "reconnectionDelayMax": 300}),
+        json!({"reconnectionDelay": 100, "reconnectionDelayMax": 300}),
+    ] {
+        let server = TestServer::start().await;
+        let addr = server.addr;
+        let mut client = Driver::node(&server, "", options.clone());
+        client.until("connect", None).await;
+        client.event("connection_established").await;
+        server.shutdown().await;
+        // "transport close" on a socket, "transport error" for a poll cut short.
+        let gone = client.until("disconnect", None).await;
+        assert!(
+            gone["reason"].as_str().unwrap().starts_with("transport"),
+            "{options}: {gone}"
+        );
+        let server = TestServer::with(|c| c.listen = addr).await;
+        client.until("connect", None).await;
+        client.event("connection_established").await;
+        server
+            .publish(&json!({"type": "general", "data": {"after": "restart"}}))
+            .await;
+        assert_eq!(
+            client.event("general").await["data"]["after"],
+            "restart",
+            "{options}"
+        );
+        client.exit().await;
+    }
+}
+
+/// `many.mjs`: `clients` sockets with `options`, each subscribed to `channel`.
+fn many(
+    server: &TestServer,
+    clients: usize,
+    events: usize,
+    channel: &str,
+    options: Value,
+) -> Driver {
+    setup();
+    let mut command = Command::new("node");
+    command
+        .arg(dir().join("many.mjs"))
+        .env("SIO_URL", format!("http://{}", server.addr))
+        .env("SIO_CLIENTS", clients.to_string())
+        .env("SIO_EVENTS", events.to_string())
+        .env("SIO_CHANNEL", channel)
+        .env("SIO_OPTIONS", options.to_string());
+    Driver::spawn(command)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_clients_receive_every_event_once_in_order() {
+    let server = TestServer::start().await;
+    // Half start on WebSocket, half poll and upgrade (io(url)'s default).
+    let mut direct = many(
+        &server,
+        500,
+        100,
+        "burst",
+        json!({"transports": ["websocket"]}),
+    );
+    let mut upgrading = many(&server, 500, 100, "burst", json!({}));
+    for group in [&mut direct, &mut upgrading] {
+        let ready = group.next().await;
+        assert_eq!(ready["ready"], 500, "{ready}");
+    }
+    assert_eq!(server.hub.subscriber_count("burst"), 1_000);
+    for n in 0..100 {
+        let (status, reply) = server
+            .publish(&json!({"type": "burst", "data": {"n": n}}))
+            .await;
+        assert_eq!(status, 200, "{reply}");
+    }
+    for group in [&mut direct, &mut upgrading] {
+        let result = group.next().await;
+        assert_eq!(result["done"], 500, "{result}");
+        assert_eq!(result["bad"], json!([]), "{result}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_dialect_on_two_nodes_gets_every_event_of_a_burst_once_in_order() {
+    let nats = common::nats::NatsServer::start();
+    let node = |name: &'static str| {
+        let url = nats.url();
+        TestServer::with(move |c| {
+            c.cluster.nats_url = Some(url);
+            c.cluster.node_name = Some(name.to_owned());
+        })
+    };
+    let (a, b) = (node("a").await, node("b").await);
+    let mut sigmavault = a.client().await;
+    sigmavault.subscribe(&["orders"]).await;
+    let mut skreaver = b.raw_client_at("/skreaver/ws").await;
+    skreaver.subscribe(&["orders"]).await;
+    let mut socketio_a = Driver::node(&a, "", json!({}));
+    let mut socketio_b = Driver::python(&b, "websocket", Value::Null);
+    for client in [&mut socketio_a, &mut socketio_b] {
+        client.until("connect", None).await;
+        let ack = client.emit_ack("subscribe", json!([["orders"]])).await;
+        assert_eq!(ack["success"], true, "{ack}");
+    }
+    let (_, stats) = a.request("GET", "/api/v1/stats", Vec::new()).await;
+    assert_eq!(
+        stats["connections_by_dialect"],
+        json!({"sigmavault": 1, "skreaver": 0, "socketio": 1})
+    );
+
+    let burst: Vec<Value> = (0..50)
+        .map(|n| json!({"type": "orders", "data": {"n": n}}))
+        .collect();
+    let (status, reply) = a.publish(&Value::Array(burst)).await;
+    assert_eq!(status, 200, "{reply}");
+    let mut offsets = Vec::new();
+    for n in 0..50 {
+        let sv = sigmavault.recv_type("orders").await;
+        let sk = skreaver.recv_type("event").await;
+        let io_a = socketio_a.event("orders").await;
+        for event in [&sv, &sk, &io_a] {
+            assert_eq!(event["data"]["n"], n, "{event}");
+            assert_eq!(
+                event["offset"], sv["offset"],
+                "one event, one offset: {event}"
+            );
+        }
+        offsets.push(sv["offset"].clone());
+    }
+    // python-engineio hands each message to a handler thread of its own
+    // (`_trigger_event('message', …, run_async=True)`), so its application sees them in
+    // the order its threads run: every event once, with its offset, in any order.
+    let mut from_python = Vec::new();
+    for _ in 0..50 {
+        let event = socketio_b.event("orders").await;
+        let n = event["data"]["n"].as_u64().unwrap() as usize;
+        assert_eq!(event["offset"], offsets[n], "{event}");
+        from_python.push(n);
+    }
+    from_python.sort();
+    assert_eq!(from_python, (0..50).collect::<Vec<_>>());
+    socketio_a.exit().await;
+    socketio_b.exit().await;
 }

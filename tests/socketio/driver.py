@@ -4,12 +4,17 @@ to SIO_URL with the transports in SIO_TRANSPORTS (comma-separated) and the auth 
 import json
 import os
 import sys
+import threading
 
 import socketio
 
+printing = threading.Lock()
+
 
 def show(value):
-    print(json.dumps(value), flush=True)
+    # Events arrive on the client's threads: one whole line at a time.
+    with printing:
+        print(json.dumps(value), flush=True)
 
 
 sio = socketio.Client(reconnection=False)

@@ -263,7 +263,13 @@ impl Polling {
             let mut state = self.state.lock();
             state.flushing = true;
             state.out_bytes = 0;
-            state.out.drain(..).collect()
+            let mut waiting: Vec<Bytes> = state.out.drain(..).collect();
+            // The start of a frame the writer has not finished: it writes the rest to the
+            // socket.
+            if !state.writing.is_empty() {
+                waiting.push(state.writing.split().freeze());
+            }
+            waiting
         };
         let mut written = Ok(());
         for frame in waiting {
