@@ -37,6 +37,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
 
 use super::{eio_error, EioError};
+use crate::protocol::close::CloseCode;
 use crate::server::http::ResponseBody;
 use crate::server::Shared;
 
@@ -121,8 +122,10 @@ impl Polling {
     }
 
     /// The session task has ended: a waiting `GET` is answered. Returns once the client
-    /// has fetched what was left for it (its last packets, a connect error, the close
-    /// packet), or after `grace`: until then the session id stays known.
+    /// has fetched what was left for it (its last messages, a connect error), or after
+    /// `grace`: until then the session id stays known. Pings and the close packet are not
+    /// waited for, nor is anything for a client closed for not answering pings: it
+    /// stopped polling, and finds the session gone, as Engine.IO's own servers answer it.
     pub(crate) async fn end(&self, grace: Duration) {
         self.state.lock().ended = true;
         self.output.notify_one();
@@ -133,7 +136,12 @@ impl Polling {
                 drained.as_mut().enable();
                 let fetched = {
                     let state = self.state.lock();
-                    state.out.is_empty() || state.upgraded
+                    state.upgraded
+                        || !state.out.iter().any(is_message)
+                        || state
+                            .out
+                            .iter()
+                            .any(|frame| is_close(frame, CloseCode::KEEPALIVE_TIMEOUT))
                 };
                 if fetched {
                     return;
@@ -359,6 +367,18 @@ fn frame_len(bytes: &[u8]) -> Option<usize> {
     };
     let total = header + len;
     (bytes.len() >= total).then_some(total)
+}
+
+/// Whether a server frame carries an Engine.IO message (`4…`: Socket.IO packets).
+fn is_message(frame: &Bytes) -> bool {
+    frame.first().is_some_and(|b| b & 0x0f == 0x1)
+        && crate::frame::payload_of(frame).first() == Some(&b'4')
+}
+
+/// Whether a server frame is a close frame with `code`.
+fn is_close(frame: &Bytes, code: CloseCode) -> bool {
+    frame.first().is_some_and(|b| b & 0x0f == 0x8)
+        && crate::frame::payload_of(frame).get(..2) == Some(&code.code.to_be_bytes()[..])
 }
 
 /// The Engine.IO packet a server frame carries: a text frame's payload, `1` for a close
