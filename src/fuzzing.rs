@@ -55,3 +55,42 @@ pub fn token_lifetime(expires_at: std::time::SystemTime) -> (String, Option<std:
         .map(|at| at - clock);
     (shown, armed)
 }
+
+/// Decodes `packet` as a Socket.IO client's Engine.IO packet, as the session does, and
+/// writes the reply the session would address to it (an error or an ack): the message (or
+/// the refusal), and the reply's payload.
+pub fn socketio_packet(
+    packet: &[u8],
+) -> (
+    Result<crate::protocol::message::ClientMessage, crate::protocol::message::MessageError>,
+    String,
+) {
+    use crate::dialect::ServerMessage;
+    use crate::protocol::message::ClientMessage;
+    let decoded = crate::dialect::Dialect::SocketIo.decode(&mut packet.to_vec(), 50);
+    let address = match &decoded {
+        Ok(ClientMessage::Subscribe(list) | ClientMessage::Unsubscribe(list)) => {
+            list.correlation_id.clone()
+        }
+        Ok(
+            ClientMessage::Connect { correlation_id, .. }
+            | ClientMessage::Ping { correlation_id }
+            | ClientMessage::Auth { correlation_id, .. }
+            | ClientMessage::Publish { correlation_id, .. }
+            | ClientMessage::Request { correlation_id, .. },
+        ) => correlation_id.clone(),
+        Ok(_) => None,
+        Err(e) => e.correlation_id.clone(),
+    };
+    let reply = crate::dialect::Dialect::SocketIo.message(
+        ServerMessage::Error,
+        address.as_ref(),
+        std::time::SystemTime::UNIX_EPOCH,
+        &serde_json::json!({"code": "x", "message": "y"}),
+    );
+    let payload = crate::frame::payload_of(&reply);
+    (
+        decoded,
+        String::from_utf8(payload.to_vec()).expect("replies are UTF-8"),
+    )
+}

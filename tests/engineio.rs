@@ -360,3 +360,56 @@ async fn namespace_connects_and_disconnects() {
     send(&mut ws, "41").await;
     assert!(closed(&mut ws).await);
 }
+
+#[tokio::test]
+async fn a_long_polling_client_that_stops_polling_is_a_slow_consumer() {
+    let server = TestServer::with(|c| {
+        c.client_queue_capacity = 8;
+        c.client_queue_bytes = 4 * 1024;
+    })
+    .await;
+    let sid = polling_session_default(&server).await;
+    let query = format!("EIO=4&transport=polling&sid={sid}");
+    assert_eq!(post(&server, &query, "40").await.0, 200);
+    assert_eq!(
+        post(&server, &query, "42[\"subscribe\",\"orders\"]")
+            .await
+            .0,
+        200
+    );
+    common::eventually("subscribed", || server.hub.subscriber_count("orders") == 1).await;
+    // Nobody polls: the session's queue for GETs fills, then its outbox.
+    let padding = "x".repeat(1024);
+    for n in 0..200 {
+        server
+            .publish(&json!({"type": "orders", "data": {"n": n, "pad": padding}}))
+            .await;
+    }
+    common::eventually("closed as a slow consumer", || {
+        server.hub.stats().clients == 0
+    })
+    .await;
+    let (_, stats) = server.request("GET", "/api/v1/stats", Vec::new()).await;
+    assert_eq!(stats["closes"]["4000"], 1, "{stats}");
+}
+
+#[tokio::test]
+async fn long_polling_sessions_take_places_like_sockets() {
+    let server = TestServer::with(|c| {
+        c.max_connections_per_ip = 2;
+        c.ping_interval = PING_INTERVAL;
+        c.pong_timeout = PING_TIMEOUT;
+    })
+    .await;
+    // Each session keeps the place of the connection it started on.
+    polling_session(&server).await;
+    polling_session(&server).await;
+    let (status, body) = get(&server, "EIO=4&transport=polling").await;
+    assert_eq!(status, 429, "{body}");
+    // Their places come back when they end (nobody polls: the keep-alive closes them).
+    common::eventually("both sessions ended", || server.hub.stats().clients == 0).await;
+    common::eventually_async("a place again", || async {
+        get(&server, "EIO=4&transport=polling").await.0 == 200
+    })
+    .await;
+}

@@ -268,6 +268,16 @@ async fn long_polling_alone_keeps_alive_and_delivers() {
     // Several keep-alive rounds: the client answers the pings by POST.
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     assert_eq!(server.hub.stats().clients, 1, "{:#?}", client.seen);
+    // The operators see the transport.
+    let (_, stats) = server.request("GET", "/api/v1/stats", Vec::new()).await;
+    assert_eq!(stats["socketio_polling_sessions"], 1, "{stats}");
+    assert_eq!(stats["connections_by_dialect"]["socketio"], 1, "{stats}");
+    let (_, _, metrics) = server.request_raw("GET", "/metrics", Vec::new(), &[]).await;
+    let metrics = String::from_utf8(metrics.to_vec()).unwrap();
+    assert!(
+        metrics.contains("sigmahub_socketio_polling_sessions 1"),
+        "{metrics}"
+    );
     for n in 0..3 {
         server
             .publish(&json!({"type": "orders", "data": {"n": n}}))

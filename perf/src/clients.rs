@@ -69,6 +69,65 @@ pub struct Plan {
     pub sources: Vec<IpAddr>,
     pub channel: String,
     pub clients: usize,
+    pub dialect: Dialect,
+}
+
+/// The protocol the clients speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Dialect {
+    /// SigmaVault on `/ws`.
+    Sigmavault,
+    /// Skreaver on `/skreaver/ws`: events `{"type":"event","channel":…}`, JSON pings.
+    Skreaver,
+    /// Socket.IO over Engine.IO 4's WebSocket transport: events `42["C",{…}]`, pings `2`.
+    Socketio,
+    /// The three in turn, client by client.
+    Mixed,
+}
+
+impl Dialect {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Sigmavault => "sigmavault",
+            Self::Skreaver => "skreaver",
+            Self::Socketio => "socketio",
+            Self::Mixed => "mixed",
+        }
+    }
+
+    /// The dialect of client `i`.
+    fn of_client(self, i: usize) -> Self {
+        match self {
+            Self::Mixed => [Self::Sigmavault, Self::Skreaver, Self::Socketio][i % 3],
+            one => one,
+        }
+    }
+
+    fn path(self) -> &'static str {
+        match self {
+            Self::Skreaver => "/skreaver/ws",
+            Self::Socketio => "/socket.io/?EIO=4&transport=websocket",
+            _ => "/ws",
+        }
+    }
+
+    /// How an event on `channel` starts on the wire.
+    fn event_prefix(self, channel: &str) -> String {
+        match self {
+            Self::Skreaver => format!("{{\"type\":\"event\",\"channel\":\"{channel}\""),
+            Self::Socketio => format!("42[\"{channel}\","),
+            _ => format!("{{\"type\":\"{channel}\""),
+        }
+    }
+
+    /// The answer to a keep-alive ping sent as a text message, if `text` is one.
+    fn pong_for(self, text: &str) -> Option<&'static str> {
+        match self {
+            Self::Skreaver if text.starts_with("{\"type\":\"ping\"") => Some("{\"type\":\"pong\"}"),
+            Self::Socketio if text == "2" => Some("3"),
+            _ => None,
+        }
+    }
 }
 
 /// Opens every connection (at most 256 handshakes at a time) and runs each until `stop`.
@@ -109,13 +168,31 @@ async fn run(
     let socket = TcpSocket::new_v4()?;
     socket.bind(SocketAddr::new(source, 0))?;
     let stream = socket.connect(plan.server).await?;
-    let url = format!("ws://{}/ws", plan.server);
+    let dialect = plan.dialect.of_client(i);
+    let url = format!("ws://{}{}", plan.server, dialect.path());
     let (mut ws, _) = tokio_tungstenite::client_async(url, stream).await?;
-    let subscribe = serde_json::json!({"type": "subscribe", "data": {"channels": [plan.channel]}});
-    ws.send(Message::text(subscribe.to_string())).await?;
+    if dialect == Dialect::Socketio {
+        // The open packet, then the namespace connect.
+        ws.send(Message::text("40")).await?;
+    }
+    let subscribe = match dialect {
+        Dialect::Socketio => serde_json::json!(["subscribe", [plan.channel]]).to_string(),
+        _ => serde_json::json!({"type": "subscribe", "data": {"channels": [plan.channel]}})
+            .to_string(),
+    };
+    let subscribe = match dialect {
+        Dialect::Socketio => format!("42{subscribe}"),
+        _ => subscribe,
+    };
+    ws.send(Message::text(subscribe)).await?;
     loop {
         match ws.next().await {
             Some(Ok(Message::Text(t))) if t.contains("\"subscribe_response\"") => break,
+            Some(Ok(Message::Text(t))) => {
+                if let Some(pong) = dialect.pong_for(&t) {
+                    ws.send(Message::text(pong)).await?;
+                }
+            }
             Some(Ok(_)) => continue,
             Some(Err(e)) => return Err(e.into()),
             None => return Err("closed before subscribing".into()),
@@ -124,7 +201,7 @@ async fn run(
     drop(permit);
     tally.ready.fetch_add(1, Ordering::Relaxed);
 
-    let type_prefix = format!("{{\"type\":\"{}\"", plan.channel);
+    let type_prefix = dialect.event_prefix(&plan.channel);
     let shard = &tally.latency[i % SHARDS];
     let mut samples: Vec<u64> = Vec::new();
     let mut last_seq: Option<u64> = None;
@@ -148,6 +225,11 @@ async fn run(
                     .unwrap()
                     .as_nanos() as u64;
                 if !text.starts_with(&type_prefix) {
+                    if let Some(pong) = dialect.pong_for(&text) {
+                        if ws.send(Message::text(pong)).await.is_err() {
+                            break;
+                        }
+                    }
                     continue;
                 }
                 let (Some(seq), Some(sent)) = (

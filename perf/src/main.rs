@@ -49,6 +49,10 @@ struct Args {
     /// Channel to subscribe and publish on.
     #[arg(long, default_value = "perf")]
     channel: String,
+    /// The protocol the clients speak: `sigmavault` (`/ws`), `skreaver` (`/skreaver/ws`),
+    /// `socketio` (`/socket.io/`, WebSocket transport), or `mixed` (the three in turn).
+    #[arg(long, value_enum, default_value_t = clients::Dialect::Sigmavault)]
+    dialect: clients::Dialect,
     /// Events per second to publish; 0 publishes as fast as the server answers (saturation);
     /// with --idle nothing is published.
     #[arg(long, default_value_t = 50.0)]
@@ -85,6 +89,7 @@ async fn main() -> Result<(), Error> {
             sources: args.source_list,
             channel: args.channel,
             clients: args.clients,
+            dialect: args.dialect,
         })
         .await;
     }
@@ -121,7 +126,9 @@ async fn coordinate(args: Args) -> Result<(), Error> {
     let mut workers = args
         .addr
         .iter()
-        .map(|&addr| worker::Worker::spawn(addr, args.clients, &sources, &args.channel))
+        .map(|&addr| {
+            worker::Worker::spawn(addr, args.clients, &sources, &args.channel, args.dialect)
+        })
         .collect::<Result<Vec<_>, _>>()?;
     let mut ready_each = Vec::new();
     for worker in &mut workers {
@@ -166,6 +173,7 @@ async fn coordinate(args: Args) -> Result<(), Error> {
         |grown: server::Usage, ready: usize| (grown.rss_bytes as f64 / ready.max(1) as f64).round();
     let mut report = serde_json::json!({
         "label": args.label,
+        "dialect": args.dialect.as_str(),
         "servers": args.addr.len(),
         "clients": args.clients * args.addr.len(),
         "ready": ready,

@@ -151,6 +151,7 @@ impl Worker {
         clients: usize,
         sources: &[IpAddr],
         channel: &str,
+        dialect: clients::Dialect,
     ) -> Result<Self, Error> {
         let sources: Vec<String> = sources.iter().map(IpAddr::to_string).collect();
         let mut child = Command::new(std::env::current_exe()?)
@@ -159,6 +160,7 @@ impl Worker {
             .args(["--clients", &clients.to_string()])
             .args(["--source-list", &sources.join(",")])
             .args(["--channel", channel])
+            .args(["--dialect", dialect.as_str()])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

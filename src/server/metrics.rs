@@ -146,6 +146,13 @@ impl Collector for Scrape {
         )?;
         single(
             &mut e,
+            "sigmahub_socketio_polling_sessions",
+            "Socket.IO sessions on HTTP long-polling now (counted in sigmahub_connections_active{dialect=\"socketio\"})",
+            Gauge,
+            shared.polling.polling() as u64,
+        )?;
+        single(
+            &mut e,
             "websocket_connections_failed",
             "Connection attempts that failed: upgrades refused before the 101, credentials refused, no credentials in time",
             Counter,

@@ -19,6 +19,8 @@ pub(crate) struct Stats {
     active_connections: usize,
     /// `active_connections` by the dialect they speak.
     connections_by_dialect: BTreeMap<&'static str, usize>,
+    /// Socket.IO sessions on HTTP long-polling now (the rest are on WebSocket).
+    socketio_polling_sessions: usize,
     total_connections: u64,
     peak_connections: usize,
     /// Frames written to sockets.
@@ -77,6 +79,7 @@ impl Stats {
                 .iter()
                 .map(|d| (d.as_str(), hub.clients_by_dialect[d.index()]))
                 .collect(),
+            socketio_polling_sessions: shared.polling.polling(),
             total_connections: hub.connected_total,
             peak_connections: hub.peak_clients,
             messages_sent: counters.frames_sent.get(),

@@ -98,8 +98,11 @@ pub(super) fn websocket<B>(
             }
         }
         // The long-polling session already holds its place and took its share of the
-        // connection rate.
-        Then::Polling(polling) => Accepted::Polling(polling),
+        // connection rate: the socket needs no place of its own.
+        Then::Polling(polling) => {
+            drop(conn.place.lock().take());
+            Accepted::Polling(polling)
+        }
     };
     let (response, upgrade) = match fastwebsockets::upgrade::upgrade(&mut req) {
         Ok(pair) => pair,

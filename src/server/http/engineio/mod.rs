@@ -36,7 +36,7 @@ use hyper::{Method, Request, Response, StatusCode};
 
 pub(super) use self::polling::Polling;
 use super::credentials::barred;
-use super::upgrade::{upgrade_token, websocket, Then};
+use super::upgrade::{admit, upgrade_token, websocket, Then};
 use super::{refused, Connection, ResponseBody};
 use crate::dialect::{socketio, Dialect};
 use crate::server::counters::Limit;
@@ -60,6 +60,11 @@ impl Sessions {
 
     fn remove(&self, sid: &str) {
         self.0.lock().remove(sid);
+    }
+
+    /// How many sessions are on the long-polling transport now (not upgraded, not ended).
+    pub(crate) fn polling(&self) -> usize {
+        self.0.lock().values().filter(|p| p.is_polling()).count()
     }
 }
 
@@ -215,8 +220,9 @@ fn preflight() -> Response<ResponseBody> {
     response
 }
 
-/// A new long-polling session: admitted like a WebSocket, served by a session task of its
-/// own, answered with its first packets (the open packet).
+/// A new long-polling session: admitted like a WebSocket (it takes over its connection's
+/// place, which it holds for its life, and takes its share of the connection rate), served
+/// by a session task of its own, answered with its first packets (the open packet).
 async fn handshake<B>(
     shared: &Arc<Shared>,
     req: Request<B>,
@@ -226,7 +232,7 @@ async fn handshake<B>(
     if let Some(barred) = barred(shared, address) {
         return barred;
     }
-    let ticket = match shared.admission.admit(address, crate::clock::now()) {
+    let ticket = match admit(shared, conn, address) {
         Ok(ticket) => ticket,
         Err(refusal) => return refused(refusal),
     };

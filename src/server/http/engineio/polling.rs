@@ -152,6 +152,12 @@ impl Polling {
         let _ = tokio::time::timeout(grace, fetched).await;
     }
 
+    /// Whether the session is on long-polling now (not upgraded, not ended).
+    pub(crate) fn is_polling(&self) -> bool {
+        let state = self.state.lock();
+        !(state.ended || state.upgraded)
+    }
+
     /// Whether the session may still upgrade (not ended, not upgraded or upgrading).
     pub(crate) fn may_upgrade(&self) -> bool {
         let state = self.state.lock();
