@@ -503,26 +503,7 @@ fn channel_names(
         Some(name) if name.is_str() => Ok(vec![name.as_str().unwrap_or_default().to_owned()]),
         Some(list) if list.is_array() => {
             let items = list.as_array().expect("checked");
-            if items.len() > max_channels {
-                return Err(error(
-                    ErrorCode::TooManyChannels,
-                    format!(
-                        "a {kind} may name at most {max_channels} channels (max_subscriptions_per_connection); this one named {}, and nothing was changed",
-                        items.len()
-                    ),
-                ));
-            }
-            items
-                .iter()
-                .map(|item| {
-                    item.as_str().map(str::to_owned).ok_or_else(|| {
-                        error(
-                            ErrorCode::InvalidMessage,
-                            format!("{kind} takes channel names: strings"),
-                        )
-                    })
-                })
-                .collect()
+            message::channel_names(kind, "the argument", items, max_channels)
         }
         Some(object) if LIST_KEYS.iter().any(|k| object.get(*k).is_some()) => {
             message::channel_list(kind, Some(object), max_channels)

@@ -305,6 +305,17 @@ pub(crate) fn channel_list(
             format!("`data.{key}` must be an array"),
         )
     })?;
+    channel_names(kind, &format!("data.{key}"), items, max_channels)
+}
+
+/// The channel names in `items` (the list at `place` in a `kind` message), at most
+/// `max_channels` of them.
+pub(crate) fn channel_names(
+    kind: &str,
+    place: &str,
+    items: &[BorrowedValue<'_>],
+    max_channels: usize,
+) -> Result<Vec<String>, MessageError> {
     if items.len() > max_channels {
         return Err(error(
             ErrorCode::TooManyChannels,
@@ -321,7 +332,7 @@ pub(crate) fn channel_list(
             item.as_str().map(str::to_owned).ok_or_else(|| {
                 error(
                     ErrorCode::InvalidMessage,
-                    format!("`data.{key}[{i}]` must be a string"),
+                    format!("`{place}[{i}]` must be a string"),
                 )
             })
         })

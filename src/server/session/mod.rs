@@ -366,10 +366,16 @@ impl Session<'_> {
                 return Step::Done;
             }
         };
-        let Some(identity) = self.identity.clone() else {
-            return self.before_auth(message, now);
-        };
-        match message {
+        // Answered alike before and after authentication.
+        let message = match message {
+            ClientMessage::Auth {
+                token,
+                correlation_id,
+            } => {
+                return self
+                    .authenticate(&token, correlation_id.as_ref())
+                    .map_or(Step::Done, Step::Close)
+            }
             ClientMessage::Connect {
                 token,
                 correlation_id,
@@ -379,6 +385,24 @@ impl Session<'_> {
                     .map_or(Step::Done, Step::Close)
             }
             ClientMessage::Disconnect { namespace: None } => return Step::Leave,
+            ClientMessage::Ping { correlation_id } => {
+                self.pong(correlation_id.as_ref(), now);
+                return Step::Done;
+            }
+            ClientMessage::Pong | ClientMessage::Ack => return Step::Done,
+            other => other,
+        };
+        let Some(identity) = self.identity.clone() else {
+            self.before_auth(message, now);
+            return Step::Done;
+        };
+        match message {
+            ClientMessage::Auth { .. }
+            | ClientMessage::Connect { .. }
+            | ClientMessage::Disconnect { namespace: None }
+            | ClientMessage::Ping { .. }
+            | ClientMessage::Pong
+            | ClientMessage::Ack => {} // answered above
             ClientMessage::Disconnect {
                 namespace: Some(namespace),
             } => {
@@ -423,8 +447,6 @@ impl Session<'_> {
                     now,
                 ));
             }
-            ClientMessage::Ping { correlation_id } => self.pong(correlation_id.as_ref(), now),
-            ClientMessage::Pong | ClientMessage::Ack => {}
             ClientMessage::Request { correlation_id, .. } => {
                 let e = MessageError {
                     code: ErrorCode::NotSupported,
@@ -432,14 +454,6 @@ impl Session<'_> {
                     correlation_id,
                 };
                 self.refuse(&e, now);
-            }
-            ClientMessage::Auth {
-                token,
-                correlation_id,
-            } => {
-                return self
-                    .authenticate(&token, correlation_id.as_ref())
-                    .map_or(Step::Done, Step::Close)
             }
             ClientMessage::Publish {
                 body,
@@ -449,38 +463,17 @@ impl Session<'_> {
         Step::Done
     }
 
-    /// Before authentication only `auth`, a connect and `ping` are answered.
-    fn before_auth(&mut self, message: ClientMessage, now: SystemTime) -> Step {
+    /// Before authentication only `auth`, a connect and `ping` are answered (by
+    /// [`handle_message`](Self::handle_message)); the rest is refused.
+    fn before_auth(&mut self, message: ClientMessage, now: SystemTime) {
         let correlation_id = match message {
-            ClientMessage::Auth {
-                token,
-                correlation_id,
-            } => {
-                return self
-                    .authenticate(&token, correlation_id.as_ref())
-                    .map_or(Step::Done, Step::Close)
-            }
-            ClientMessage::Connect {
-                token,
-                correlation_id,
-            } => {
-                return self
-                    .connect(token, correlation_id.as_ref())
-                    .map_or(Step::Done, Step::Close)
-            }
-            ClientMessage::Ping { correlation_id } => {
-                self.pong(correlation_id.as_ref(), now);
-                return Step::Done;
-            }
-            ClientMessage::Disconnect { namespace: None } => return Step::Leave,
-            ClientMessage::Pong | ClientMessage::Ack | ClientMessage::Disconnect { .. } => {
-                return Step::Done
-            }
             ClientMessage::Subscribe(list) | ClientMessage::Unsubscribe(list) => {
                 list.correlation_id
             }
             ClientMessage::Publish { correlation_id, .. }
             | ClientMessage::Request { correlation_id, .. } => correlation_id,
+            // Leaving a namespace it never joined: nothing to do.
+            _ => return,
         };
         let e = MessageError {
             code: ErrorCode::AuthRequired,
@@ -488,7 +481,6 @@ impl Session<'_> {
             correlation_id,
         };
         self.refuse(&e, now);
-        Step::Done
     }
 
     fn pong(&self, correlation_id: Option<&CorrelationId>, now: SystemTime) {
