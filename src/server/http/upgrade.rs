@@ -11,7 +11,6 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use super::credentials::{barred, bearer};
-use super::engineio::{probe, Polling};
 use super::response::error;
 use super::{refused, Connection, ResponseBody};
 use crate::dialect::Dialect;
@@ -46,10 +45,18 @@ pub(super) enum Then {
         dialect: Dialect,
         greeting: Option<Bytes>,
     },
-    /// The new transport of a Socket.IO long-polling session, once it has passed the
-    /// Engine.IO probe.
-    Polling(Arc<Polling>),
+    /// The socket goes to whoever asked for it (a Socket.IO long-polling session moving
+    /// onto it), which already holds the connection's place.
+    Handover(Handover),
 }
+
+/// The socket's read half, as [`Then::Handover`] receives it.
+pub(super) type BoxRead = Box<dyn tokio::io::AsyncRead + Send + Unpin>;
+/// The socket's write half, as [`Then::Handover`] receives it.
+pub(super) type BoxWrite = Box<dyn tokio::io::AsyncWrite + Send + Unpin>;
+/// What serves a handed-over socket.
+pub(super) type Handover =
+    Box<dyn FnOnce(BoxRead, BoxWrite) -> futures_util::future::BoxFuture<'static, ()> + Send>;
 
 /// Checks and accepts a WebSocket upgrade (origin, credential backoff, admission), then
 /// serves the socket as `then` says.
@@ -97,11 +104,11 @@ pub(super) fn websocket<B>(
                 Err(refusal) => return refused(refusal),
             }
         }
-        // The long-polling session already holds its place and took its share of the
+        // Whoever takes the socket already holds its place and took its share of the
         // connection rate: the socket needs no place of its own.
-        Then::Polling(polling) => {
+        Then::Handover(handover) => {
             drop(conn.place.lock().take());
-            Accepted::Polling(polling)
+            Accepted::Handover(handover)
         }
     };
     let (response, upgrade) = match fastwebsockets::upgrade::upgrade(&mut req) {
@@ -119,10 +126,10 @@ pub(super) fn websocket<B>(
         };
         let (handshake, _ticket) = match then {
             Accepted::Session(handshake, ticket) => (handshake, ticket),
-            Accepted::Polling(polling) => {
+            Accepted::Handover(handover) => {
                 let (read, write) = tokio::io::split(TokioIo::new(upgraded));
                 let read = Prefixed::new(Bytes::new(), read);
-                return probe::take_over(polling, Box::new(read), Box::new(write)).await;
+                return handover(Box::new(read), Box::new(write)).await;
             }
         };
         // On our own listener the socket is a TcpStream: split it into owned halves (no lock
@@ -146,7 +153,7 @@ pub(super) fn websocket<B>(
 /// An accepted upgrade, on its way to being served.
 enum Accepted {
     Session(session::Handshake, Ticket),
-    Polling(Arc<Polling>),
+    Handover(Handover),
 }
 
 /// The place of an upgraded connection from `address`. A direct client's connection

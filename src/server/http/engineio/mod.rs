@@ -36,7 +36,7 @@ use hyper::{Method, Request, Response, StatusCode};
 
 pub(super) use self::polling::Polling;
 use super::credentials::barred;
-use super::upgrade::{admit, upgrade_token, websocket, Then};
+use super::upgrade::{admit, upgrade_token, websocket, Handover, Then};
 use super::{refused, Connection, ResponseBody};
 use crate::dialect::{socketio, Dialect};
 use crate::server::counters::Limit;
@@ -172,7 +172,10 @@ where
             }
             (Some("websocket"), Some(sid), Method::GET) => match shared.polling.get(&sid) {
                 Some(polling) if polling.may_upgrade() => {
-                    websocket(shared.clone(), req, conn, Then::Polling(polling))
+                    let handover: Handover = Box::new(move |read, write| {
+                        Box::pin(probe::take_over(polling, read, write))
+                    });
+                    websocket(shared.clone(), req, conn, Then::Handover(handover))
                 }
                 Some(_) => eio_error(EioError::BadRequest),
                 None => eio_error(EioError::UnknownSid),

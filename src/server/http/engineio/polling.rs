@@ -41,10 +41,7 @@ use crate::protocol::close::CloseCode;
 use crate::server::http::ResponseBody;
 use crate::server::Shared;
 
-/// The socket's read half, once a session has upgraded.
-pub(crate) type BoxRead = Box<dyn AsyncRead + Send + Unpin>;
-/// The socket's write half, once a session has upgraded.
-pub(crate) type BoxWrite = Box<dyn AsyncWrite + Send + Unpin>;
+use crate::server::http::upgrade::{BoxRead, BoxWrite};
 
 /// Engine.IO's record separator between packets of one long-polling body.
 const SEPARATOR: u8 = 0x1e;

@@ -15,7 +15,8 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
-use super::polling::{BoxRead, BoxWrite, Polling};
+use super::polling::Polling;
+use crate::server::http::upgrade::{BoxRead, BoxWrite};
 
 /// How long the client has for each step of the probe (Engine.IO's `upgradeTimeout`).
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
