@@ -167,6 +167,85 @@ async fn default_channels_resume_through_the_upgrade_url() {
     }
 }
 
+/// A client that saw nothing on a channel resumes from the position the welcome or its
+/// `subscribe_response` gave it: exactly what came after, nothing from before.
+#[tokio::test]
+async fn a_quiet_channel_resumes_from_its_position() {
+    let server = TestServer::with(|c| c.default_subscriptions = vec!["notification".into()]).await;
+    server.publish(&orders(0)).await;
+    server
+        .publish(&json!({"type": "notification", "data": {"n": 0}}))
+        .await;
+    let mut first = server.raw_client().await;
+    let welcome = first.recv().await;
+    let epoch = welcome["data"]["epoch"].as_str().unwrap().to_owned();
+    let at_welcome = welcome["data"]["offsets"]["notification"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("the welcome gives the defaults' positions: {welcome}"));
+    assert_eq!(at_welcome, 2, "notification's latest event: {welcome}");
+    let reply = first.subscribe(&["orders", "quiet"]).await;
+    assert_eq!(
+        reply["data"]["offsets"],
+        json!({"orders": 1, "quiet": 0}),
+        "{reply}"
+    );
+    first.close().await;
+    common::eventually("gone", || server.hub.stats().clients == 0).await;
+
+    for n in 1..3 {
+        server.publish(&orders(n)).await;
+    }
+    server
+        .publish(&json!({"type": "quiet", "data": {"n": 0}}))
+        .await;
+    server
+        .publish(&json!({"type": "notification", "data": {"n": 1}}))
+        .await;
+
+    let mut again = server
+        .connect_with(
+            &format!("?since=notification:{at_welcome}&epoch={epoch}"),
+            &[],
+        )
+        .await
+        .unwrap();
+    let welcome = again.recv().await;
+    assert_eq!(
+        welcome["data"]["recovery"]["notification"],
+        json!({"recovered": true, "replayed": 1}),
+        "{welcome}"
+    );
+    assert_eq!(again.recv_type("notification").await["data"]["n"], 1);
+    again
+        .send(&json!({"type": "subscribe", "data": {
+            "channels": ["orders", "quiet"],
+            "since": {"orders": 1, "quiet": 0},
+            "epoch": epoch,
+        }}))
+        .await;
+    let reply = again.recv_type("subscribe_response").await;
+    assert_eq!(
+        reply["data"]["recovery"],
+        json!({"orders": {"recovered": true, "replayed": 2},
+               "quiet": {"recovered": true, "replayed": 1}}),
+        "{reply}"
+    );
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        let event = again.recv().await;
+        got.push((event["type"].clone(), event["data"]["n"].clone()));
+    }
+    got.sort_by_key(|(t, n)| (t.to_string(), n.as_u64()));
+    assert_eq!(
+        got,
+        [
+            (json!("orders"), json!(1)),
+            (json!("orders"), json!(2)),
+            (json!("quiet"), json!(0))
+        ]
+    );
+}
+
 /// The race recovery exists for: a publisher never stops while clients drop and resume.
 /// Every client must see every event exactly once, in order, across its reconnects.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -266,6 +266,14 @@ impl History {
         self.log(channel).lock().last
     }
 
+    /// Where a subscription to `channel` starts: the offset of its latest event, 0 when
+    /// it has none here. A client that saw nothing on the channel resumes from this
+    /// position. Unlike [`last`](Self::last), creates no log for a quiet channel.
+    pub fn position(&self, channel: &Channel) -> u64 {
+        let log = self.shard(channel).read().get(channel.as_str()).cloned();
+        log.map_or(0, |log| log.lock().last)
+    }
+
     /// Drops `channel`'s log: its events stopped arriving (a cluster node lost interest).
     pub fn forget(&self, channel: &str) {
         self.dropped.store(true, Ordering::Release);
@@ -462,6 +470,25 @@ mod tests {
         assert!(missed(&h, "a", 0).0.recovered);
         // An offset from another channel between two of this one's events works too.
         assert_eq!(missed(&h, "a", 4), (Recovery::complete(2), vec![5, 6]));
+    }
+
+    #[test]
+    fn a_position_resumes_exactly_what_came_after_it() {
+        let h = history(10);
+        let now = SystemTime::now();
+        assert_eq!(h.position(&ch("a")), 0);
+        assert_eq!(h.channels(), 0, "a quiet channel's position creates no log");
+        publish(&h, "a", 2, now); // 1 2
+        publish(&h, "b", 1, now); // 3
+        let at = h.position(&ch("a"));
+        assert_eq!(at, 2);
+        assert_eq!(missed(&h, "a", at), (Recovery::complete(0), vec![]));
+        publish(&h, "a", 1, now); // 4
+        assert_eq!(missed(&h, "a", at), (Recovery::complete(1), vec![4]));
+        assert_eq!(
+            missed(&h, "quiet", h.position(&ch("quiet"))).0,
+            Recovery::complete(0)
+        );
     }
 
     #[test]

@@ -207,6 +207,8 @@ impl Session<'_> {
             epoch: Option<&'a str>,
             #[serde(skip_serializing_if = "Option::is_none")]
             recovery: Option<&'a BTreeMap<String, Recovery>>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            offsets: Option<BTreeMap<&'a str, u64>>,
         }
         let epoch = self.epoch();
         let identity = self
@@ -247,6 +249,7 @@ impl Session<'_> {
             "client connected"
         );
         let resume = self.resume.take();
+        let offsets = welcomes.then(|| self.positions(&change)).flatten();
         let resumption = self.plan_resume(resume.as_deref(), &change);
         let now = SystemTime::now();
         if !welcomes {
@@ -265,6 +268,7 @@ impl Session<'_> {
                 server_time: unix_seconds(now),
                 epoch: epoch.as_deref().map(String::as_str),
                 recovery: resume.is_some().then_some(&resumption.outcomes),
+                offsets,
             },
         );
         self.complete_subscribe(&change, resumption);

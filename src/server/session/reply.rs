@@ -35,6 +35,9 @@ pub(super) struct Resumed<'a> {
     pub(super) epoch: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) recovery: Option<&'a BTreeMap<String, Recovery>>,
+    /// Where each newly subscribed channel starts (see [`Session::positions`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) offsets: Option<&'a BTreeMap<&'a str, u64>>,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -79,6 +82,23 @@ pub(super) fn subscription_reply(
 }
 
 impl Session<'_> {
+    /// The position of each channel `change` subscribes: the offset of its latest event,
+    /// from which a client that sees nothing more on it resumes after a reconnect. `None`
+    /// without history. Read before a resuming subscribe locks its channels' logs.
+    pub(super) fn positions<'c>(
+        &self,
+        change: &'c SubscriptionChange,
+    ) -> Option<BTreeMap<&'c str, u64>> {
+        let history = self.shared.hub.history()?;
+        Some(
+            change
+                .changed
+                .iter()
+                .map(|c| (c.as_str(), history.position(c)))
+                .collect(),
+        )
+    }
+
     /// Sends the client an `error` for a message it was refused.
     pub(super) fn refuse(&self, e: &MessageError, now: SystemTime) {
         let data = serde_json::json!({ "code": e.code, "message": e.message });

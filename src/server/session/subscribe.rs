@@ -116,6 +116,7 @@ impl Session<'_> {
             .chain(&change.changed)
             .cloned()
             .collect();
+        let offsets = self.positions(&change);
         let resumption = self.plan_resume(list.resume.as_ref(), &change);
         let epoch = self.epoch();
         self.client.send(subscription_reply(
@@ -128,6 +129,7 @@ impl Session<'_> {
             Resumed {
                 epoch: epoch.as_deref().map(String::as_str),
                 recovery: list.resume.is_some().then_some(&resumption.outcomes),
+                offsets: offsets.as_ref(),
             },
             now,
         ));
