@@ -81,7 +81,8 @@ pub(crate) fn refused(refusal: Refusal) -> Response<ResponseBody> {
         Refusal::TooFast(_) => "too many new connections from your address",
     };
     let mut response = error(refusal.code(), message);
-    let seconds = refusal.retry_after().as_secs().max(1);
+    // Rounded up: a client that waits what it is told must not be refused again.
+    let seconds = refusal.retry_after().as_secs_f64().ceil().max(1.0) as u64;
     response
         .headers_mut()
         .insert(RETRY_AFTER, HeaderValue::from(seconds));
