@@ -20,12 +20,18 @@ impl Binary {
     /// Starts `sigmahub --listen 127.0.0.1:0 --log-format json <args>` and waits until it
     /// listens.
     pub fn spawn(args: &[&str]) -> Self {
+        Self::spawn_on("127.0.0.1:0".parse().unwrap(), args)
+    }
+
+    /// Starts `sigmahub --listen <listen> --log-format json <args>` (a server restarted
+    /// on the port its clients know) and waits until it listens.
+    pub fn spawn_on(listen: SocketAddr, args: &[&str]) -> Self {
         let mut command = Command::new(env!("CARGO_BIN_EXE_sigmahub"));
         for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("SIGMAHUB_")) {
             command.env_remove(k);
         }
         let mut child = command
-            .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
+            .args(["--listen", &listen.to_string(), "--log-format", "json"])
             .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
