@@ -1,0 +1,233 @@
+// The TypeScript client (its ESM build) against the real sigmahub binary, over Node's
+// built-in WebSocket (undici) and the `ws` package.
+import assert from "node:assert/strict";
+import { after, test } from "node:test";
+import WS from "ws";
+
+import { Client, SigmahubError } from "../dist/index.js";
+import { collector, next, publishAt, SECRET, sleep, startProxy, startServer, token } from "./harness.mjs";
+
+// Quick retries, and a short handshake deadline: Node 20's built-in WebSocket never reports
+// a connection the proxy drops during the handshake.
+const quick = { backoff: { min: 20, max: 200, factor: 2 }, connectTimeout: 1000 };
+const servers = [];
+/** An event's number; a gap fails the test with what it was. */
+const number = (item) => {
+  assert.ok(item.gap === undefined, `a gap: ${JSON.stringify(item.gap)}`);
+  return item.n;
+};
+async function server(args, listen) {
+  const s = await startServer(args, listen);
+  servers.push(s);
+  return s;
+}
+after(async () => {
+  for (const s of servers) await s.kill();
+});
+
+test("subscribe, receive, publish with an ack, refusals", async () => {
+  const s = await server(["--auth-jwt-secret", SECRET]);
+  const client = new Client(s.url, { ...quick, token: token("alice", 3600) });
+  await client.ready();
+  const got = collector();
+  const sub = client.subscribe("orders.alice", got.handler, { onGap: got.onGap });
+  await sub.ready;
+  await s.publish("orders.alice", { n: 1 });
+  const first = await got.next();
+  assert.equal(first.n, 1);
+  assert.equal(first.event.channel, "orders.alice");
+  assert.equal(typeof first.event.offset, "number");
+
+  const ack = await client.publish("orders.alice", { n: 2 });
+  assert.equal(ack.accepted, 1);
+  assert.equal(ack.delivered, 1);
+  assert.equal((await got.next()).n, 2);
+
+  await assert.rejects(client.publish("billing", {}), (e) => e instanceof SigmahubError && e.code === "forbidden");
+  await assert.rejects(client.subscribe("bad name", () => {}).ready, (e) => e.code === "invalid_channel");
+
+  // A handler that throws is reported; the next event still comes.
+  const errors = [];
+  client.on("error", (e) => errors.push(e));
+  const throwing = client.subscribe("orders.boom", (event) => {
+    if (event.data.n === 1) throw new Error("boom");
+    got.handler(event);
+  });
+  await throwing.ready;
+  await s.publish("orders.boom", { n: 1 });
+  await s.publish("orders.boom", { n: 2 });
+  assert.equal((await got.next()).n, 2);
+  assert.equal(errors[0]?.code, "handler_failed");
+
+  sub.unsubscribe();
+  throwing.unsubscribe();
+  client.close();
+  assert.equal(client.state.kind, "closed");
+  await assert.rejects(client.ready(), (e) => e.code === "closed");
+});
+
+test("cut connections resume without loss, repetition or reordering", async () => {
+  // A history that covers the outages: they last up to the handshake deadline.
+  const s = await server(["--default-subscriptions", "notification", "--history-size", "2000"]);
+  const proxy = await startProxy(s.port);
+  const client = new Client(proxy.url, quick);
+  const orders = collector();
+  const notices = collector();
+  await Promise.all([
+    client.subscribe("orders", orders.handler, { onGap: orders.onGap }).ready,
+    client.subscribe("notification", notices.handler, { onGap: notices.onGap }).ready,
+  ]);
+  const EVENTS = 300;
+  const publisher = (async () => {
+    for (let n = 1; n <= EVENTS; n++) {
+      await s.publish("orders", { n });
+      await s.publish("notification", { n });
+      await sleep(2);
+    }
+  })();
+  const cutter = (async () => {
+    for (let i = 0; i < 4; i++) {
+      if (client.state.kind !== "connected") await next(client, "state", (st) => st.kind === "connected");
+      await sleep(150);
+      proxy.cut();
+      await sleep(50);
+      proxy.restore();
+    }
+  })();
+  for (let n = 1; n <= EVENTS; n++) {
+    assert.deepEqual(number(await orders.next()), n, "orders");
+    assert.deepEqual(number(await notices.next()), n, "notification");
+  }
+  await publisher;
+  await cutter;
+  client.close();
+  proxy.close();
+});
+
+test("a gap beyond the history is reported with its range, then what the history kept", async () => {
+  const s = await server(["--history-size", "3"]);
+  const proxy = await startProxy(s.port);
+  const client = new Client(proxy.url, quick);
+  const got = collector();
+  await client.subscribe("orders", got.handler, { onGap: got.onGap }).ready;
+  await s.publish("orders", { n: 1 });
+  const first = await got.next();
+  proxy.cut();
+  await next(client, "state", (st) => st.kind === "reconnecting");
+  for (let n = 2; n <= 10; n++) await s.publish("orders", { n });
+  proxy.restore();
+  const { gap } = await got.next();
+  assert.equal(gap.reason, "history_truncated");
+  assert.equal(gap.after, first.event.offset);
+  const replayed = await got.next();
+  assert.equal(replayed.n, 8);
+  assert.equal(gap.before, replayed.event.offset);
+  assert.equal((await got.next()).n, 9);
+  assert.equal((await got.next()).n, 10);
+  client.close();
+  proxy.close();
+});
+
+test("a server killed and restarted: epoch_changed, then the new server's events", async () => {
+  const s = await server([]);
+  const client = new Client(s.url, quick);
+  const got = collector();
+  await client.subscribe("orders", got.handler, { onGap: got.onGap }).ready;
+  const gaps = [];
+  client.on("gap", (g) => gaps.push(g));
+  await s.publish("orders", { n: 1 });
+  const seen = await got.next();
+  await s.kill();
+  const again = await server([], s.addr);
+  const { gap } = await got.next();
+  assert.equal(gap.reason, "epoch_changed");
+  assert.equal(gap.after, seen.event.offset);
+  await next(client, "state", (st) => st.kind === "connected").catch(() => {});
+  await again.publish("orders", { n: 2 });
+  assert.equal((await got.next()).n, 2);
+  assert.deepEqual(gaps, [gap]);
+  client.close();
+});
+
+test("tokens: refreshed before they expire on one connection, and after 4004", async () => {
+  const s = await server(["--auth-jwt-secret", SECRET, "--auth-leeway", "0s"]);
+  let issued = 0;
+  const client = new Client(s.url, {
+    ...quick,
+    token: token("alice", -60), // expired: the server closes with 4004
+    getToken: async () => {
+      issued += 1;
+      return token("alice", 3);
+    },
+  });
+  const got = collector();
+  await client.subscribe("orders.x", got.handler).ready;
+  assert.equal(client.state.kind, "connected");
+  const id = client.state.clientId;
+  assert.equal(issued, 1);
+  for (let n = 1; n <= 6; n++) {
+    await sleep(1000);
+    await s.publish("orders.x", { n });
+    assert.equal((await got.next()).n, n);
+  }
+  assert.ok(issued >= 3, `refreshed ${issued} times`);
+  assert.equal(client.state.clientId, id, "one connection throughout");
+  client.close();
+});
+
+test("an invalid token (4003) closes the client for good", async () => {
+  const s = await server(["--auth-jwt-secret", SECRET]);
+  const client = new Client(s.url, { ...quick, token: "not-a-jwt" });
+  await assert.rejects(client.ready(), (e) => e.code === "closed" && e.message.includes("4003"));
+});
+
+test("Retry-After is honoured where the WebSocket shows it (the ws package)", async () => {
+  const s = await startServer(["--connection-rate-per-ip", "30", "--connection-burst-per-ip", "1"]);
+  servers.push(s);
+  const proxy = await startProxy(s.port);
+  const client = new Client(proxy.url, { ...quick, WebSocket: WS });
+  const states = [];
+  client.on("state", (st) => states.push(st));
+  await client.ready();
+  proxy.cut();
+  proxy.restore();
+  await next(client, "state", (st) => st.kind === "reconnecting" && st.reason.includes("429"));
+  await next(client, "state", (st) => st.kind === "connected");
+  const refused = states.filter((st) => st.kind === "reconnecting" && st.reason.includes("429"));
+  assert.equal(refused.length, 1, JSON.stringify(states));
+  assert.ok(refused[0].delay >= 1000, JSON.stringify(refused));
+  const stats = await s.stats();
+  assert.equal(stats.refused.connection_rate_exceeded, 1);
+  client.close();
+  proxy.close();
+});
+
+test("a stopped cluster node is replaced by another, without loss", async () => {
+  const { startNats } = await import("./nats.mjs");
+  const nats = await startNats();
+  try {
+    const node = (name) =>
+      server(["--cluster-nats-url", nats.url, "--cluster-node-name", name, "--history-size", "1000"]);
+    const a = await node("a");
+    const b = await node("b");
+    const client = new Client(a.url, { ...quick, fallbackUrls: [b.url] });
+    const got = collector();
+    await client.subscribe("orders", got.handler, { onGap: got.onGap }).ready;
+    assert.equal(client.state.url, a.url);
+    const EVENTS = 200;
+    const publisher = (async () => {
+      for (let n = 1; n <= EVENTS; n++) {
+        await publishAt(b.addr, { type: "orders", data: { n } });
+        await sleep(3);
+      }
+    })();
+    for (let n = 1; n <= EVENTS / 4; n++) assert.equal(number(await got.next()), n);
+    await a.kill();
+    for (let n = EVENTS / 4 + 1; n <= EVENTS; n++) assert.equal(number(await got.next()), n);
+    await publisher;
+    assert.equal(client.state.url, b.url);
+    client.close();
+  } finally {
+    await nats.stop();
+  }
+});
