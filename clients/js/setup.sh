@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the TypeScript client's dev dependencies from package-lock.json (npm ci, which
-# also builds it) when missing, and rebuilds dist/ from src/ otherwise. Idempotent.
+# also builds it) when missing, and rebuilds dist/ from src/ otherwise. Run by
+# tests/js_client.rs; idempotent.
 set -euo pipefail
 cd "$(dirname "$0")"
 

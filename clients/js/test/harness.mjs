@@ -40,6 +40,8 @@ export async function startServer(args = [], listen = "127.0.0.1:0") {
     });
   });
   const [host, port] = addr.split(":");
+  // A process killed by a signal has no exit code, only a signal code.
+  const exited = () => child.exitCode !== null || child.signalCode !== null;
   return {
     child,
     addr,
@@ -53,12 +55,12 @@ export async function startServer(args = [], listen = "127.0.0.1:0") {
       return response.json();
     },
     async kill() {
-      if (child.exitCode !== null) return;
+      if (exited()) return;
       child.kill("SIGKILL");
       await once(child, "exit");
     },
     async stop() {
-      if (child.exitCode !== null) return;
+      if (exited()) return;
       child.kill("SIGTERM");
       await once(child, "exit");
     },
