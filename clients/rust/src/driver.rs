@@ -219,14 +219,7 @@ impl Driver {
                 }
             }
         }
-        let request = self.request(url).map_err(|e| {
-            Ending::Refused {
-                status: 400,
-                code: Some("invalid_url".into()),
-                retry_after: None,
-            }
-            .with_log(&e)
-        })?;
+        let request = self.request(url).map_err(invalid_url)?;
         let connect = timeout(
             self.options.connect_timeout,
             tokio_tungstenite::connect_async(request),
@@ -242,12 +235,7 @@ impl Driver {
             ))),
             Ok(Ok((socket, _))) => Ok(socket),
             Ok(Err(tungstenite::Error::Http(response))) => Err(refusal(&response)),
-            Ok(Err(tungstenite::Error::Url(e))) => Err(Ending::Refused {
-                status: 400,
-                code: Some("invalid_url".into()),
-                retry_after: None,
-            }
-            .with_log(&e.to_string())),
+            Ok(Err(tungstenite::Error::Url(e))) => Err(invalid_url(e.to_string())),
             Ok(Err(e)) => Err(Ending::Lost(e.to_string())),
         }
     }
@@ -440,27 +428,27 @@ impl Driver {
         url: &str,
     ) -> Result<(), Ending> {
         self.defaults = welcome.subscriptions.iter().cloned().collect();
-        for (name, recovery) in &welcome.recovery {
+        for (name, recovery) in &welcome.resumed.recovery {
             if let Some(channel) = self.channels.get_mut(name) {
                 if let Some(gap) = channel.position.recovered(name, recovery) {
                     self.gap(gap).await;
                 }
             }
         }
-        self.epoch = welcome.epoch.clone();
+        self.epoch = welcome.resumed.epoch.clone();
         self.unclaimed.clear();
         let mut untracked = Vec::new();
         for name in &welcome.subscriptions {
             let Some(channel) = self.channels.get_mut(name) else {
-                if let Some(at) = welcome.offsets.get(name) {
+                if let Some(at) = welcome.resumed.offsets.get(name) {
                     self.unclaimed.insert(name.clone(), *at);
                 }
                 continue;
             };
-            if let Some(at) = welcome.offsets.get(name) {
+            if let Some(at) = welcome.resumed.offsets.get(name) {
                 channel.position.start_at(*at);
             }
-            if channel.was_live && !welcome.recovery.contains_key(name) {
+            if channel.was_live && !welcome.resumed.recovery.contains_key(name) {
                 untracked.push(channel.position.not_resumed(name));
             }
             channel.live = true;
@@ -546,15 +534,15 @@ impl Driver {
                 }
             }
         }
-        for (name, recovery) in &reply.recovery {
+        for (name, recovery) in &reply.resumed.recovery {
             if let Some(channel) = self.channels.get_mut(name) {
                 if let Some(gap) = channel.position.recovered(name, recovery) {
                     self.gap(gap).await;
                 }
             }
         }
-        if reply.epoch.is_some() {
-            self.epoch = reply.epoch;
+        if reply.resumed.epoch.is_some() {
+            self.epoch = reply.resumed.epoch;
         }
         for name in &reply.subscriptions {
             let Some(channel) = self.channels.get_mut(name) else {
@@ -562,7 +550,7 @@ impl Driver {
             };
             // A default channel is not in `offsets` (the reply changed nothing): it starts
             // where its last event here was.
-            if let Some(at) = reply.offsets.get(name).or(self.unclaimed.get(name)) {
+            if let Some(at) = reply.resumed.offsets.get(name).or(self.unclaimed.get(name)) {
                 channel.position.start_at(*at);
             }
             self.unclaimed.remove(name);
@@ -817,10 +805,13 @@ impl Driver {
     }
 }
 
-impl Ending {
-    fn with_log(self, why: &str) -> Self {
-        tracing::warn!(why, "sigmahub connection refused");
-        self
+/// A URL (or token) the upgrade cannot be made with: a refusal nothing will change.
+fn invalid_url(why: String) -> Ending {
+    tracing::warn!(why, "sigmahub client: cannot connect");
+    Ending::Refused {
+        status: 400,
+        code: Some("invalid_url".into()),
+        retry_after: None,
     }
 }
 

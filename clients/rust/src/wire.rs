@@ -40,12 +40,8 @@ pub(crate) struct Welcome {
     pub(crate) client_id: String,
     #[serde(default)]
     pub(crate) subscriptions: Vec<String>,
-    #[serde(default)]
-    pub(crate) epoch: Option<String>,
-    #[serde(default)]
-    pub(crate) recovery: BTreeMap<String, Recovery>,
-    #[serde(default)]
-    pub(crate) offsets: BTreeMap<String, u64>,
+    #[serde(flatten)]
+    pub(crate) resumed: Resumed,
 }
 
 /// A `subscribe_response`.
@@ -55,6 +51,14 @@ pub(crate) struct Subscribed {
     pub(crate) subscriptions: Vec<String>,
     #[serde(default)]
     pub(crate) rejected: Vec<Rejected>,
+    #[serde(flatten)]
+    pub(crate) resumed: Resumed,
+}
+
+/// What the welcome and a `subscribe_response` say about resuming: the epoch, how each
+/// resumed channel's recovery went, and each subscribed channel's position.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct Resumed {
     #[serde(default)]
     pub(crate) epoch: Option<String>,
     #[serde(default)]
@@ -158,9 +162,12 @@ mod tests {
         assert_eq!(m.correlation(), Some("c3"));
         let s: Subscribed = m.data().unwrap();
         assert_eq!(s.rejected[0].code, "forbidden");
-        assert_eq!(s.recovery["a"].reason, Some(GapReason::HistoryTruncated));
-        assert_eq!(s.recovery["c"].reason, Some(GapReason::Other));
-        assert_eq!(s.offsets["a"], 9);
+        assert_eq!(
+            s.resumed.recovery["a"].reason,
+            Some(GapReason::HistoryTruncated)
+        );
+        assert_eq!(s.resumed.recovery["c"].reason, Some(GapReason::Other));
+        assert_eq!(s.resumed.offsets["a"], 9);
     }
 
     #[test]
