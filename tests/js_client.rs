@@ -1,8 +1,10 @@
 //! The TypeScript client (`clients/js`, npm package `sigmahub-client`): its own suite
 //! (`node --test clients/js/test/`) against this build's `sigmahub` binary and a real
-//! nats-server: subscribe, receive, publish with an ack; cut connections, a killed and
-//! restarted server, a gap beyond the history, a stopped cluster node; token refresh;
-//! 4003; `Retry-After` (with the `ws` package); backoff timings on mocked timers.
+//! nats-server, in Node and in headless Chromium: subscribe, receive, publish with an ack;
+//! cut connections, a killed and restarted server, a gap beyond the history, a stopped
+//! cluster node, a dead link, offline/online; token refresh; 4003; `Retry-After` (with the
+//! `ws` package); async handlers and their bound; backoff timings on mocked timers; the
+//! events one tab consumes (printed).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -13,6 +15,11 @@ fn dir() -> PathBuf {
 
 #[test]
 fn the_typescript_client_passes_its_suite_against_the_real_server() {
+    // Chromium for the browser half (the same installer as the dashboard's tests).
+    let browser = Command::new(dir().join("../../tests/browser/setup.sh"))
+        .status()
+        .expect("run tests/browser/setup.sh");
+    assert!(browser.success(), "tests/browser/setup.sh failed");
     let setup = Command::new(dir().join("setup.sh"))
         .status()
         .expect("run clients/js/setup.sh");
@@ -48,5 +55,16 @@ fn the_typescript_client_passes_its_suite_against_the_real_server() {
         String::from_utf8_lossy(&output.stderr)
     );
     let passed = report.lines().filter(|l| l.starts_with("ok ")).count();
-    assert!(passed >= 10, "only {passed} tests ran:\n{report}");
+    let in_chromium = report
+        .lines()
+        .filter(|l| l.starts_with("ok ") && l.contains("Chromium:"))
+        .count();
+    assert!(
+        passed >= 17 && in_chromium >= 6,
+        "only {passed} tests ran ({in_chromium} in Chromium):\n{report}"
+    );
+    // The figure for the closing note and perf/README.md, shown with --nocapture.
+    for line in report.lines().filter(|l| l.contains("browser consumption")) {
+        println!("{line}");
+    }
 }

@@ -68,7 +68,8 @@ export interface Subscription {
   unsubscribe(): void;
 }
 
-interface ClientEvents {
+/** What {@link Client.on} reports, by kind. */
+export interface ClientEvents {
   state: State;
   gap: Gap;
   error: ClientError;
@@ -153,7 +154,7 @@ export class Client<Events extends object = SigmaVaultEvents & Record<string, un
     error: new Set(),
     slow: new Set(),
   };
-  private timers: { retry?: any; connect?: any; ping?: any; dead?: any; refresh?: any } = {};
+  private timers: { retry?: any; connect?: any; watch?: any; refresh?: any } = {};
   private lastHeard = 0;
   private readonly onOnline = () => this.online();
   private readonly onOffline = () => this.offline();
@@ -305,6 +306,7 @@ export class Client<Events extends object = SigmaVaultEvents & Record<string, un
     this.welcomed = false;
     this.resumeEpoch = this.epoch;
     this.heard();
+    this.watch(socket);
     // Some implementations never report a connection dropped during the handshake (Node
     // 20's experimental WebSocket stays CONNECTING): every attempt has a deadline.
     const limit = this.options.connectTimeout ?? 10_000;
@@ -486,20 +488,35 @@ export class Client<Events extends object = SigmaVaultEvents & Record<string, un
 
   // ---- keep-alive and tokens ----
 
-  /** Something arrived: the connection lives. Pings after `pingAfter` of silence, gives up after `deadAfter`. */
+  /** A message arrived: the connection is alive. Per message, so only a clock read. */
   private heard(): void {
     this.lastHeard = Date.now();
-    clearTimeout(this.timers.ping);
-    clearTimeout(this.timers.dead);
-    const socket = this.socket;
-    this.timers.ping = setTimeout(() => {
-      if (this.socket === socket && this.welcomed) this.send("ping", this.correlation({ kind: "ping" }), {});
-    }, this.options.pingAfter ?? 25_000);
-    this.timers.dead = setTimeout(() => {
-      if (this.socket !== socket || !socket) return;
-      this.ended({ kind: "lost", reason: "no message from the server" });
-      socket.close(1000);
-    }, this.options.deadAfter ?? 60_000);
+  }
+
+  /**
+   * One timer per connection, not one per message: after `pingAfter` of silence a `ping`
+   * (once per silence), after `deadAfter` the connection is given up.
+   */
+  private watch(socket: WebSocketLike): void {
+    const pingAfter = this.options.pingAfter ?? 25_000;
+    const deadAfter = this.options.deadAfter ?? 60_000;
+    let pingedAfter = -1;
+    const check = (): void => {
+      if (this.socket !== socket) return;
+      const silent = Date.now() - this.lastHeard;
+      if (silent >= deadAfter) {
+        this.ended({ kind: "lost", reason: "no message from the server" });
+        socket.close(1000);
+        return;
+      }
+      if (silent >= pingAfter && pingedAfter !== this.lastHeard && this.welcomed) {
+        pingedAfter = this.lastHeard;
+        this.send("ping", this.correlation({ kind: "ping" }), {});
+      }
+      const due = silent < pingAfter ? pingAfter - silent : deadAfter - silent;
+      this.timers.watch = setTimeout(check, Math.max(due, 1));
+    };
+    this.timers.watch = setTimeout(check, pingAfter);
   }
 
   private scheduleRefresh(expiresAt: string | undefined): void {
@@ -711,10 +728,14 @@ export class Client<Events extends object = SigmaVaultEvents & Record<string, un
     }
     if ("event" in item && item.event.offset !== undefined) subscriber.lastOffset = item.event.offset;
     subscriber.queue.push(item);
-    if (!subscriber.running) void this.drain(subscriber);
+    if (!subscriber.running) this.drain(subscriber);
   }
 
-  private async drain(subscriber: Subscriber): Promise<void> {
+  /**
+   * Hands queued items to the handler in order. Synchronous while the handler is: a
+   * handler that returns a promise gets the next item when it settles.
+   */
+  private drain(subscriber: Subscriber): void {
     subscriber.running = true;
     while (subscriber.queue.length > 0 && subscriber.active) {
       const item = subscriber.queue.shift()!;
@@ -722,13 +743,26 @@ export class Client<Events extends object = SigmaVaultEvents & Record<string, un
         if ("gap" in item) subscriber.options.onGap?.(item.gap);
         else {
           const result = subscriber.handler(item.event);
-          if (result && typeof (result as Promise<void>).then === "function") await result;
+          if (result && typeof (result as Promise<void>).then === "function") {
+            (result as Promise<void>).then(
+              () => this.drain(subscriber),
+              (e) => {
+                this.handlerFailed(e);
+                this.drain(subscriber);
+              },
+            );
+            return;
+          }
         }
       } catch (e) {
-        this.emit("error", { code: "handler_failed", message: String(e) });
+        this.handlerFailed(e);
       }
     }
     subscriber.running = false;
+  }
+
+  private handlerFailed(e: unknown): void {
+    this.emit("error", { code: "handler_failed", message: String(e) });
   }
 
   private unsubscribe(name: string, subscriber: Subscriber): void {

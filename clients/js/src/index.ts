@@ -12,6 +12,7 @@
  */
 export { Client } from "./client.js";
 export type {
+  ClientEvents,
   ClientOptions,
   Handler,
   SubscribeOptions,

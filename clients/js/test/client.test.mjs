@@ -151,6 +151,79 @@ test("a server killed and restarted: epoch_changed, then the new server's events
   client.close();
 });
 
+test("async handlers: one event at a time, in order; past maxQueued a slow_handler gap", async () => {
+  const s = await server([]);
+  const client = new Client(s.url, { ...quick, maxQueued: 5 });
+  const slow = [];
+  const errors = [];
+  client.on("slow", (value) => slow.push(value));
+  client.on("error", (e) => errors.push(e.code));
+  let release;
+  const gate = new Promise((resolve) => (release = resolve));
+  let running = 0;
+  const got = collector();
+  await client.subscribe(
+    "orders",
+    async (event) => {
+      running += 1;
+      assert.equal(running, 1, "one handler call at a time");
+      if (event.data.n === 1) await gate;
+      if (event.data.n === 3) {
+        running -= 1;
+        throw new Error("a failing handler");
+      }
+      await sleep(1);
+      running -= 1;
+      got.handler(event);
+    },
+    { onGap: got.onGap },
+  ).ready;
+  for (let n = 1; n <= 20; n++) await s.publish("orders", { n });
+  await sleep(200); // everything has arrived; the handler still waits on event 1
+  assert.deepEqual(slow, [{ channel: "orders" }]);
+  release();
+  // 1 and the five queued (3 failed), then nothing until the next event brings the gap.
+  let sixth;
+  for (const n of [1, 2, 4, 5, 6]) {
+    sixth = await got.next();
+    assert.equal(number(sixth), n);
+  }
+  await s.publish("orders", { n: 21 });
+  const { gap } = await got.next();
+  const next21 = await got.next();
+  assert.equal(number(next21), 21);
+  assert.deepEqual(gap, { channel: "orders", reason: "slow_handler", after: sixth.event.offset, before: next21.event.offset });
+  assert.deepEqual(errors, ["handler_failed"]);
+  client.close();
+});
+
+test("keep-alive: pings keep a quiet connection; a dead link is left after deadAfter", async () => {
+  const s = await server(["--history-size", "100"]);
+  const proxy = await startProxy(s.port);
+  const client = new Client(proxy.url, { ...churn, pingAfter: 200, deadAfter: 700 });
+  const states = [];
+  client.on("state", (st) => states.push(st));
+  const got = collector();
+  await client.subscribe("orders", got.handler, { onGap: got.onGap }).ready;
+  const id = client.state.clientId;
+
+  // Quiet (no event, heartbeats every 30 s): the pongs to the client's pings keep it.
+  await sleep(2000);
+  assert.equal(client.state.kind, "connected");
+  assert.equal(client.state.clientId, id, `one connection: ${JSON.stringify(states)}`);
+
+  // The link goes dead without a close: given up after deadAfter, then resumed.
+  proxy.freeze();
+  const lost = await next(client, "state", (st) => st.kind === "reconnecting", 5000);
+  assert.match(lost.reason, /no message from the server/);
+  for (let n = 1; n <= 5; n++) await s.publish("orders", { n });
+  proxy.restore();
+  for (let n = 1; n <= 5; n++) assert.equal(number(await got.next()), n);
+  assert.notEqual(client.state.clientId, id);
+  client.close();
+  proxy.close();
+});
+
 test("tokens: refreshed before they expire on one connection, and after 4004", async () => {
   const s = await server(["--auth-jwt-secret", SECRET, "--auth-leeway", "0s"]);
   let issued = 0;

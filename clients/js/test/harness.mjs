@@ -79,17 +79,24 @@ export async function publishAt(addr, body) {
   return reply;
 }
 
-/** A TCP proxy to `port`: `cut()` closes every connection and refuses new ones until `restore()`. */
+/**
+ * A TCP proxy to `port`: `cut()` closes every connection and refuses new ones until
+ * `restore()`; `freeze()` keeps the connections open but lets nothing through (a dead
+ * link, as a client behind a broken NAT sees it).
+ */
 export async function startProxy(port) {
   let open = true;
+  let frozen = false;
   const pairs = new Set();
   const server = net.createServer((inbound) => {
     if (!open) return inbound.destroy();
     const outbound = net.connect(port, "127.0.0.1");
     const pair = [inbound, outbound];
     pairs.add(pair);
-    inbound.pipe(outbound);
-    outbound.pipe(inbound);
+    if (!frozen) {
+      inbound.pipe(outbound);
+      outbound.pipe(inbound);
+    }
     const end = () => {
       pairs.delete(pair);
       inbound.destroy();
@@ -112,6 +119,16 @@ export async function startProxy(port) {
     },
     restore() {
       open = true;
+      frozen = false;
+    },
+    freeze() {
+      frozen = true;
+      for (const [a, b] of pairs) {
+        a.unpipe(b);
+        b.unpipe(a);
+        a.pause();
+        b.pause();
+      }
     },
     close() {
       this.cut();

@@ -2,10 +2,10 @@
 
 use std::net::IpAddr;
 
-use hyper::header::{HeaderValue, AUTHORIZATION, RETRY_AFTER, WWW_AUTHENTICATE};
+use hyper::header::{HeaderValue, AUTHORIZATION, WWW_AUTHENTICATE};
 use hyper::Response;
 
-use super::response::error;
+use super::response::{error, retry_after};
 use super::ResponseBody;
 use crate::protocol::code::ErrorCode;
 use crate::server::counters::Limit;
@@ -34,15 +34,11 @@ pub(super) fn barred(shared: &Shared, address: IpAddr) -> Option<Response<Respon
     let wait = shared.backoff.check(address, crate::clock::now()).err()?;
     shared.counters.hit(Limit::AuthBackoff);
     tracing::debug!(%address, wait_ms = wait.as_millis() as u64, "refused: credential backoff");
-    let mut response = error(
+    let response = error(
         ErrorCode::AuthBackoff,
         "too many failed credentials from your address; wait before trying again",
     );
-    let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
-    response
-        .headers_mut()
-        .insert(RETRY_AFTER, HeaderValue::from(seconds));
-    Some(response)
+    Some(retry_after(response, wait))
 }
 
 /// Checks the publish key of a request (when any is configured): the 429 of a barred

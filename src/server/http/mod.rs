@@ -47,13 +47,13 @@ use http_body_util::Full;
 use hyper::body::Body;
 use hyper::header::{
     HeaderValue, ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS,
-    ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_MAX_AGE, HOST, ORIGIN, RETRY_AFTER, VARY,
+    ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_MAX_AGE, HOST, ORIGIN, VARY,
 };
 use hyper::{Method, Request, Response, StatusCode};
 
 use self::credentials::publish_key_refusal;
 use self::ops::{operator, ready, snapshot};
-use self::response::{error, json, method_not_allowed};
+use self::response::{error, json, method_not_allowed, retry_after};
 use super::admission::{Refusal, Ticket};
 use super::counters::Limit;
 use super::{dashboard, Shared};
@@ -80,13 +80,7 @@ pub(crate) fn refused(refusal: Refusal) -> Response<ResponseBody> {
         Refusal::TooManyFromAddress => "too many connections from your address",
         Refusal::TooFast(_) => "too many new connections from your address",
     };
-    let mut response = error(refusal.code(), message);
-    // Rounded up: a client that waits what it is told must not be refused again.
-    let seconds = refusal.retry_after().as_secs_f64().ceil().max(1.0) as u64;
-    response
-        .headers_mut()
-        .insert(RETRY_AFTER, HeaderValue::from(seconds));
-    response
+    retry_after(error(refusal.code(), message), refusal.retry_after())
 }
 
 /// Routes one request.

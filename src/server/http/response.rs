@@ -1,8 +1,11 @@
-//! Response builders: JSON bodies, errors with their code's status, `Connection: close`.
+//! Response builders: JSON bodies, errors with their code's status, `Connection: close`,
+//! `Retry-After`.
+
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::header::{HeaderValue, ALLOW, CONNECTION, CONTENT_TYPE};
+use hyper::header::{HeaderValue, ALLOW, CONNECTION, CONTENT_TYPE, RETRY_AFTER};
 use hyper::{Response, StatusCode};
 
 use super::ResponseBody;
@@ -14,6 +17,19 @@ pub(super) fn closing(mut response: Response<ResponseBody>) -> Response<Response
     response
         .headers_mut()
         .insert(CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
+/// `response` with `Retry-After: wait` in whole seconds, rounded up (at least 1): a client
+/// that waits what it is told must not be refused again.
+pub(super) fn retry_after(
+    mut response: Response<ResponseBody>,
+    wait: Duration,
+) -> Response<ResponseBody> {
+    let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
+    response
+        .headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from(seconds));
     response
 }
 
