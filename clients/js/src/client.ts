@@ -444,7 +444,11 @@ export class Client<Events extends object = SigmaVaultEvents & Record<string, un
     const socket = this.socket;
     this.socket = undefined;
     if (socket) {
-      socket.onmessage = socket.onclose = socket.onerror = socket.onopen = null;
+      socket.onmessage = socket.onclose = socket.onopen = null;
+      // A discarded socket may still report an error, such as the `ws` package's "closed
+      // before the connection was established" when a handshake that outlived
+      // `connectTimeout` is closed. Without a listener, Node throws it.
+      socket.onerror = () => {};
     }
     for (const timer of Object.values(this.timers)) clearTimeout(timer);
     this.timers = {};

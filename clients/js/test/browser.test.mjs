@@ -15,7 +15,7 @@ import { after, before, test } from "node:test";
 import { fileURLToPath } from "node:url";
 import { chromium } from "playwright-core";
 
-import { publishAt, SECRET, sleep, startProxy, startServer, token } from "./harness.mjs";
+import { publishAt, publishSteadily, SECRET, sleep, startProxy, startServer, token } from "./harness.mjs";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const servers = [];
@@ -147,13 +147,7 @@ test("Chromium: cut connections resume without loss, repetition or reordering", 
   await page.evaluate((url) => window.app.open("a", url), proxy.url);
   await page.evaluate(() => Promise.all([window.app.subscribe("a", "orders"), window.app.subscribe("a", "notification")]));
   const EVENTS = 300;
-  const publisher = (async () => {
-    for (let n = 1; n <= EVENTS; n++) {
-      await s.publish("orders", { n });
-      await s.publish("notification", { n });
-      await sleep(2);
-    }
-  })();
+  const publisher = publishSteadily(s, ["orders", "notification"], EVENTS);
   for (let cut = 1; cut <= 4; cut++) {
     await page.waitForFunction((k) => window.app.record("a").ids.length >= k, cut, { timeout: 20_000 });
     await sleep(150);

@@ -5,7 +5,7 @@ import { after, test } from "node:test";
 import WS from "ws";
 
 import { Client, SigmahubError } from "../dist/index.js";
-import { collector, next, publishAt, SECRET, sleep, startProxy, startServer, token } from "./harness.mjs";
+import { collector, next, publishAt, publishSteadily, SECRET, sleep, startProxy, startServer, token } from "./harness.mjs";
 
 // Quick retries, and a short handshake deadline: Node 20's built-in WebSocket never reports
 // a connection refused or dropped during the handshake (it stays CONNECTING, and its
@@ -81,13 +81,7 @@ test("cut connections resume without loss, repetition or reordering", async () =
     client.subscribe("notification", notices.handler, { onGap: notices.onGap }).ready,
   ]);
   const EVENTS = 300;
-  const publisher = (async () => {
-    for (let n = 1; n <= EVENTS; n++) {
-      await s.publish("orders", { n });
-      await s.publish("notification", { n });
-      await sleep(2);
-    }
-  })();
+  const publisher = publishSteadily(s, ["orders", "notification"], EVENTS);
   const cutter = (async () => {
     for (let i = 0; i < 4; i++) {
       if (client.state.kind !== "connected") await next(client, "state", (st) => st.kind === "connected");

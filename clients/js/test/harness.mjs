@@ -190,4 +190,12 @@ export function collector() {
   };
 }
 
+/** Publishes `{n}` for n = 1..count on each of `channels` in turn, 2 ms apart: a steady stream. */
+export async function publishSteadily(server, channels, count) {
+  for (let n = 1; n <= count; n++) {
+    for (const channel of channels) await server.publish(channel, { n });
+    await sleep(2);
+  }
+}
+
 export const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
