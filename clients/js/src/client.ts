@@ -175,7 +175,7 @@ export class Client<Events extends object = SigmaVaultEvents & Record<string, un
     this.WS = WS;
     this.random = options.random ?? Math.random;
     this.token = options.token;
-    this.currentState = { kind: "connecting", url: this.urls[0]!, attempt: 0 };
+    this.currentState = { kind: "connecting", url: this.url, attempt: 0 };
     const g = globalThis as any;
     if (typeof g.addEventListener === "function" && typeof g.navigator?.onLine === "boolean") {
       g.addEventListener("online", this.onOnline);
@@ -283,9 +283,14 @@ export class Client<Events extends object = SigmaVaultEvents & Record<string, un
 
   // ---- connecting ----
 
+  /** The URL this attempt uses: attempts that never reach a welcome move down the list. */
+  private get url(): string {
+    return this.urls[this.urlAt % this.urls.length]!;
+  }
+
   private async connect(): Promise<void> {
     if (this.closedByUser) return;
-    const url = this.urls[this.urlAt % this.urls.length]!;
+    const url = this.url;
     this.setState({ kind: "connecting", url, attempt: this.attempt });
     if (!this.token && this.options.getToken) {
       try {
@@ -617,7 +622,7 @@ export class Client<Events extends object = SigmaVaultEvents & Record<string, un
       }
       this.confirm(channel);
     }
-    this.setState({ kind: "connected", url: this.urls[this.urlAt % this.urls.length]!, clientId: String(welcome.client_id) });
+    this.setState({ kind: "connected", url: this.url, clientId: String(welcome.client_id) });
     const rest = [...this.channels].filter(([, c]) => !c.live).map(([name]) => name);
     this.requestSubscribe(rest, this.resumeEpoch);
   }
@@ -716,24 +721,27 @@ export class Client<Events extends object = SigmaVaultEvents & Record<string, un
 
   /** Gives `item` to a handler; queues it while an async handler runs, dropping (and reporting) past `maxQueued`. */
   private hand(name: string, subscriber: Subscriber, item: Item): void {
-    const max = this.options.maxQueued ?? 1_000;
-    if ("event" in item && subscriber.queue.length >= max) {
-      if (!subscriber.dropped) {
-        subscriber.dropped = { after: subscriber.lastOffset };
-        this.emit("slow", { channel: name });
+    if ("event" in item) {
+      const { offset } = item.event;
+      if (subscriber.queue.length >= (this.options.maxQueued ?? 1_000)) {
+        if (!subscriber.dropped) {
+          subscriber.dropped = { after: subscriber.lastOffset };
+          this.emit("slow", { channel: name });
+        }
+        return;
       }
-      return;
+      if (subscriber.dropped) {
+        const gap: Gap = { channel: name, reason: "slow_handler", after: subscriber.dropped.after, before: offset };
+        subscriber.dropped = undefined;
+        this.emit("gap", gap);
+        subscriber.queue.push({ gap });
+      }
+      if (offset !== undefined) subscriber.lastOffset = offset;
     }
-    if ("event" in item && subscriber.dropped) {
-      const gap: Gap = { channel: name, reason: "slow_handler", after: subscriber.dropped.after, before: item.event.offset };
-      subscriber.dropped = undefined;
-      this.emit("gap", gap);
-      subscriber.queue.push({ gap });
-    }
-    if ("event" in item && item.event.offset !== undefined) subscriber.lastOffset = item.event.offset;
     subscriber.queue.push(item);
     if (!subscriber.running) this.drain(subscriber);
   }
+
 
   /**
    * Hands queued items to the handler in order. Synchronous while the handler is: a
