@@ -18,6 +18,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::auth::keys::MIN_KEY_LEN;
+pub use crate::compression::{CompressionConfig, CompressionMode};
 use crate::dialect::Dialect;
 use crate::engine::outbox;
 pub use crate::engine::outbox::SlowConsumerPolicy;
@@ -161,6 +162,10 @@ pub struct Config {
 
     /// Socket.IO clients on `/socket.io/` (TOML section `[socketio]`).
     pub socketio: SocketIoConfig,
+
+    /// permessage-deflate for WebSocket clients that offer it (TOML section
+    /// `[compression]`).
+    pub compression: CompressionConfig,
 
     /// Past one node: the NATS backplane (TOML section `[cluster]`). Off unless
     /// `cluster.nats_url` is set.
@@ -524,6 +529,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             history: HistoryConfig::default(),
             socketio: SocketIoConfig::default(),
+            compression: CompressionConfig::default(),
             cluster: ClusterConfig::default(),
             host: HostConfig::default(),
             engine: UpstreamConfig::default(),
@@ -622,6 +628,12 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.max_message_size < 128 {
             return Err(invalid("max_message_size", "must be at least 128 bytes"));
+        }
+        if !(1..=9).contains(&self.compression.level) {
+            return Err(invalid(
+                "compression.level",
+                "must be 1 (fastest) to 9 (smallest)",
+            ));
         }
         if !(1..=outbox::MAX_CAPACITY).contains(&self.client_queue_capacity) {
             return Err(invalid(

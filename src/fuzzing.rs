@@ -18,9 +18,10 @@ pub struct Read {
 }
 
 /// Runs sigmahub's client frame reader, configured as the server configures it, over
-/// `wire` (bytes a client sent after the handshake) until the stream ends or breaks a rule.
-pub fn read_client_frames(wire: &[u8], max_message_size: usize) -> Read {
-    let mut reader = MessageReader::new(std::io::Cursor::new(wire), max_message_size);
+/// `wire` (bytes a client sent after the handshake) until the stream ends or breaks a rule;
+/// `deflate` as on a connection that negotiated permessage-deflate.
+pub fn read_client_frames(wire: &[u8], max_message_size: usize, deflate: bool) -> Read {
+    let mut reader = MessageReader::new(std::io::Cursor::new(wire), max_message_size, deflate);
     let mut out = Read::default();
     loop {
         // An in-memory stream is always ready: poll without a runtime.
@@ -37,12 +38,18 @@ pub fn read_client_frames(wire: &[u8], max_message_size: usize) -> Read {
             }
             Ok(Incoming::Ping(_) | Incoming::Pong | Incoming::Binary) => out.control += 1,
             Err(ReadEnd::Gone) => return out,
-            Err(ReadEnd::Violation(code)) => {
-                out.violation = Some(code);
+            Err(end @ (ReadEnd::Violation(_) | ReadEnd::Inflate(_))) => {
+                out.violation = end.close_code();
                 return out;
             }
         }
     }
+}
+
+/// Inflates `compressed` as the reader inflates a client's compressed message, producing
+/// at most `limit` bytes: `None` if it is refused (too big, or not deflate).
+pub fn inflate(compressed: &[u8], limit: usize) -> Option<Vec<u8>> {
+    crate::compression::inflate(compressed, limit).ok()
 }
 
 /// What a session does with an accepted token's expiry: the `expires_at` its

@@ -24,6 +24,7 @@ pub mod auth;
 pub mod broker;
 mod clock;
 pub mod cluster;
+pub mod compression;
 pub mod config;
 pub mod dialect;
 pub mod engine;
@@ -41,7 +42,8 @@ pub mod fuzzing;
 pub use broker::{Broker, Completion, MemoryBroker, Published};
 pub use cluster::{ClusterError, NatsBroker};
 pub use config::{
-    AuthConfig, ClusterConfig, Config, ConfigError, SlowConsumerPolicy, SocketIoConfig,
+    AuthConfig, ClusterConfig, CompressionConfig, Config, ConfigError, SlowConsumerPolicy,
+    SocketIoConfig,
 };
 pub use dialect::Dialect;
 pub use engine::client::Client;

@@ -85,6 +85,14 @@ async fn the_dashboard_shows_the_live_server_in_a_real_browser() {
     let png = std::fs::read(&screenshot).expect("the screenshot");
     assert!(png.starts_with(b"\x89PNG"), "not a PNG");
     println!("screenshot saved: {}", screenshot.display());
+    // Chromium negotiated permessage-deflate (the tungstenite clients cannot) and the page
+    // read what came compressed: the status snapshot and the host's updates.
+    let (status, _, body) =
+        common::request_raw_from(None, server.addr, "GET", "/api/v1/stats", Vec::new(), &[]).await;
+    assert_eq!(status, 200);
+    let stats: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let compressed = stats["compression"]["compressed"].as_u64().unwrap();
+    assert!(compressed >= 1, "{}", stats["compression"]);
     drop(clients);
     server.stop();
 }
@@ -101,6 +109,9 @@ async fn the_seed_client_reads_the_engines_status_in_a_real_browser() {
     let (ok, output) = node("seed_client.mjs", vec![format!("http://{}/", server.addr)]).await;
     println!("{output}");
     assert!(ok, "the seed's client failed:\n{output}");
+    // It read system.status compressed: Chromium negotiates permessage-deflate by default.
+    let compression = server.hub.compression();
+    assert!(compression.compressed >= 1, "{compression:?}");
 }
 
 #[tokio::test]

@@ -7,7 +7,7 @@ use libfuzzer_sys::fuzz_target;
 const MAX_MESSAGE_SIZE: usize = 4096;
 
 fuzz_target!(|wire: &[u8]| {
-    let read = sigmahub::fuzzing::read_client_frames(wire, MAX_MESSAGE_SIZE);
+    let read = sigmahub::fuzzing::read_client_frames(wire, MAX_MESSAGE_SIZE, false);
     let mut total = 0;
     for message in &read.messages {
         assert!(

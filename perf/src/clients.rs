@@ -7,9 +7,15 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpSocket;
 use tokio::sync::Semaphore;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+use crate::inflating::{Inflating, OFFER};
 
 const SHARDS: usize = 16;
 
@@ -21,6 +27,8 @@ pub struct Tally {
     pub gaps: AtomicU64,
     pub duplicates: AtomicU64,
     pub closed: Mutex<std::collections::BTreeMap<String, u64>>,
+    /// Messages that arrived compressed (with `--deflate`).
+    pub compressed: Arc<AtomicU64>,
     latency: Vec<Mutex<Histogram<u64>>>,
 }
 
@@ -33,6 +41,7 @@ impl Tally {
             gaps: AtomicU64::new(0),
             duplicates: AtomicU64::new(0),
             closed: Mutex::new(Default::default()),
+            compressed: Arc::new(AtomicU64::new(0)),
             latency: (0..SHARDS).map(|_| Mutex::new(histogram())).collect(),
         })
     }
@@ -70,6 +79,8 @@ pub struct Plan {
     pub channel: String,
     pub clients: usize,
     pub dialect: Dialect,
+    /// Offer permessage-deflate and inflate what comes compressed ([`crate::inflating`]).
+    pub deflate: bool,
 }
 
 /// The protocol the clients speak.
@@ -163,14 +174,39 @@ async fn run(
     source: IpAddr,
     tally: &Tally,
     permit: tokio::sync::OwnedSemaphorePermit,
-    mut stop: tokio::sync::watch::Receiver<bool>,
+    stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let socket = TcpSocket::new_v4()?;
     socket.bind(SocketAddr::new(source, 0))?;
     let stream = socket.connect(plan.server).await?;
     let dialect = plan.dialect.of_client(i);
     let url = format!("ws://{}{}", plan.server, dialect.path());
-    let (mut ws, _) = tokio_tungstenite::client_async(url, stream).await?;
+    if !plan.deflate {
+        let (ws, _) = tokio_tungstenite::client_async(url, stream).await?;
+        return session(i, plan, dialect, ws, tally, permit, stop).await;
+    }
+    let mut request = url.into_client_request()?;
+    request
+        .headers_mut()
+        .insert("sec-websocket-extensions", HeaderValue::from_static(OFFER));
+    let stream = Inflating::new(stream, tally.compressed.clone());
+    let (ws, response) = tokio_tungstenite::client_async(request, stream).await?;
+    if !response.headers().contains_key("sec-websocket-extensions") {
+        return Err("the server declined permessage-deflate".into());
+    }
+    session(i, plan, dialect, ws, tally, permit, stop).await
+}
+
+/// One connected client: subscribes, then counts its events until `stop`.
+async fn session<S: AsyncRead + AsyncWrite + Unpin>(
+    i: usize,
+    plan: &Plan,
+    dialect: Dialect,
+    mut ws: WebSocketStream<S>,
+    tally: &Tally,
+    permit: tokio::sync::OwnedSemaphorePermit,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     if dialect == Dialect::Socketio {
         // The open packet, then the namespace connect.
         ws.send(Message::text("40")).await?;

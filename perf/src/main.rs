@@ -9,6 +9,7 @@
 //! `worker`), so that no process needs more than the open-file limit. See perf/README.md.
 
 mod clients;
+mod inflating;
 mod publisher;
 mod server;
 mod worker;
@@ -60,15 +61,22 @@ struct Args {
     /// Events per publish request.
     #[arg(long, default_value_t = 1)]
     batch: u64,
-    /// Padding added to each event's data, in bytes.
+    /// Padding added to each event's data, in bytes (`--shape padding`).
     #[arg(long, default_value_t = 64)]
     payload: usize,
+    /// What each event's data looks like: padding, or a SigmaVault event's (seed 000), or
+    /// about 1 KB of JSON. Matters for compression (`--deflate`).
+    #[arg(long, value_enum, default_value_t = publisher::Shape::Padding)]
+    shape: publisher::Shape,
     /// How long to publish (or, with --idle, to hold the connections).
     #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
     duration: Duration,
     /// Hold idle connections instead of publishing: measures memory per connection.
     #[arg(long)]
     idle: bool,
+    /// Clients offer permessage-deflate and inflate what comes compressed.
+    #[arg(long)]
+    deflate: bool,
     /// Name for this run in the report.
     #[arg(long, default_value = "run")]
     label: String,
@@ -90,6 +98,7 @@ async fn main() -> Result<(), Error> {
             channel: args.channel,
             clients: args.clients,
             dialect: args.dialect,
+            deflate: args.deflate,
         })
         .await;
     }
@@ -127,7 +136,14 @@ async fn coordinate(args: Args) -> Result<(), Error> {
         .addr
         .iter()
         .map(|&addr| {
-            worker::Worker::spawn(addr, args.clients, &sources, &args.channel, args.dialect)
+            worker::Worker::spawn(
+                addr,
+                args.clients,
+                &sources,
+                &args.channel,
+                args.dialect,
+                args.deflate,
+            )
         })
         .collect::<Result<Vec<_>, _>>()?;
     let mut ready_each = Vec::new();
@@ -153,6 +169,7 @@ async fn coordinate(args: Args) -> Result<(), Error> {
             args.batch,
             args.duration,
             args.payload,
+            args.shape,
         )
         .await?;
         drain(&workers, published.events * ready as u64).await;
@@ -211,6 +228,7 @@ async fn coordinate(args: Args) -> Result<(), Error> {
         report["rate"] = args.rate.into();
         report["batch"] = args.batch.into();
         report["payload_bytes"] = args.payload.into();
+        report["shape"] = args.shape.as_str().into();
         report["events_published"] = p.events.into();
         report["publish_seconds"] = round(p.elapsed.as_secs_f64()).into();
         report["events_per_second"] = round(p.events as f64 / p.elapsed.as_secs_f64()).into();
@@ -219,6 +237,9 @@ async fn coordinate(args: Args) -> Result<(), Error> {
         report["expected"] = expected.into();
         report["lost"] = expected.saturating_sub(received).into();
         report["gaps"] = tally.gaps.into();
+        if args.deflate {
+            report["received_compressed"] = tally.compressed.into();
+        }
         report["duplicates"] = tally.duplicates.into();
         report["slow_consumer_closes"] = p.slow_consumers.into();
         report["delivered_per_second"] = round(received as f64 / p.elapsed.as_secs_f64()).into();
@@ -230,6 +251,9 @@ async fn coordinate(args: Args) -> Result<(), Error> {
         });
         let per_million = |seconds: f64| round(seconds / (received.max(1) as f64) * 1e6);
         report["server_cpu_seconds_per_million_frames"] = per_million(cpu).into();
+        let written = (after - connected).written_bytes;
+        report["server_bytes_written_per_frame"] =
+            round(written as f64 / received.max(1) as f64).into();
         if let (Some(from), Some(to)) = (nats_connected, nats_after) {
             let with_nats = cpu + to.cpu_seconds - from.cpu_seconds;
             report["server_and_nats_cpu_seconds_per_million_frames"] =

@@ -11,6 +11,9 @@ use tokio::process::{Child, Command};
 pub struct Usage {
     pub cpu_seconds: f64,
     pub rss_bytes: u64,
+    /// Bytes the process has written with write-family calls (`wchar` of /proc/PID/io):
+    /// on a broadcast server, almost all of it to client sockets.
+    pub written_bytes: u64,
 }
 
 impl std::ops::Add for Usage {
@@ -19,6 +22,7 @@ impl std::ops::Add for Usage {
         Usage {
             cpu_seconds: self.cpu_seconds + other.cpu_seconds,
             rss_bytes: self.rss_bytes + other.rss_bytes,
+            written_bytes: self.written_bytes + other.written_bytes,
         }
     }
 }
@@ -29,6 +33,7 @@ impl std::ops::Sub for Usage {
         Usage {
             cpu_seconds: self.cpu_seconds - other.cpu_seconds,
             rss_bytes: self.rss_bytes.saturating_sub(other.rss_bytes),
+            written_bytes: self.written_bytes.saturating_sub(other.written_bytes),
         }
     }
 }
@@ -101,9 +106,16 @@ impl Server {
             .find_map(|l| l.strip_prefix("VmRSS:"))
             .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
             .unwrap_or(0);
+        let io = std::fs::read_to_string(format!("/proc/{}/io", self.pid)).unwrap_or_default();
+        let written_bytes = io
+            .lines()
+            .find_map(|l| l.strip_prefix("wchar:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
         Usage {
             cpu_seconds,
             rss_bytes: rss_kib * 1024,
+            written_bytes,
         }
     }
 

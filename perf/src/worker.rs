@@ -37,6 +37,9 @@ pub struct Report {
     pub received: u64,
     pub gaps: u64,
     pub duplicates: u64,
+    /// Events that arrived compressed (`--deflate`).
+    #[serde(default)]
+    pub compressed: u64,
     /// Clients still connected when the stop came (the others were closed by the server).
     pub still_connected: usize,
     /// Why clients ended before the stop: close codes and errors, with counts.
@@ -53,6 +56,7 @@ impl Report {
         self.received += other.received;
         self.gaps += other.gaps;
         self.duplicates += other.duplicates;
+        self.compressed += other.compressed;
         self.still_connected += other.still_connected;
         for (why, n) in other.closed {
             *self.closed.entry(why).or_default() += n;
@@ -121,6 +125,7 @@ pub async fn serve(plan: Plan) -> Result<(), Error> {
         received: tally.received.load(Ordering::Relaxed),
         gaps: tally.gaps.load(Ordering::Relaxed),
         duplicates: tally.duplicates.load(Ordering::Relaxed),
+        compressed: tally.compressed.load(Ordering::Relaxed),
         still_connected,
         closed: tally.closed.lock().unwrap().clone(),
         latency: latency
@@ -152,6 +157,7 @@ impl Worker {
         sources: &[IpAddr],
         channel: &str,
         dialect: clients::Dialect,
+        deflate: bool,
     ) -> Result<Self, Error> {
         let sources: Vec<String> = sources.iter().map(IpAddr::to_string).collect();
         let mut child = Command::new(std::env::current_exe()?)
@@ -161,6 +167,7 @@ impl Worker {
             .args(["--source-list", &sources.join(",")])
             .args(["--channel", channel])
             .args(["--dialect", dialect.as_str()])
+            .args(deflate.then_some("--deflate"))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

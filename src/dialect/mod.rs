@@ -5,11 +5,13 @@
 //! frame (`Dialect::message`). A second wire protocol is a new file here and a new
 //! variant, not a branch in the session.
 //!
-//! # Encoded once per dialect per broadcast
-//! A channel's subscribers are kept in one set per dialect ([`crate::engine`]'s topics). A
-//! publish encodes its event for each dialect that has subscribers on the channel, once,
-//! and every subscriber of that dialect gets a refcounted clone of that frame
-//! (`Dialect::event`); a dialect without subscribers there costs nothing.
+//! # Encoded once per encoding per broadcast
+//! A channel's subscribers are kept in one set per [`Encoding`] (a dialect, with or without
+//! permessage-deflate; [`crate::engine`]'s topics). A publish encodes its event for each
+//! dialect that has subscribers on the channel, once (`Dialect::event`), compresses that
+//! frame once if some of them negotiated compression ([`crate::compression`]), and every
+//! subscriber gets a refcounted clone of the frame of its encoding; an encoding without
+//! subscribers there costs nothing.
 //!
 //! # The canonical encoding
 //! What the hub keeps — history for recovery, the status snapshot cache — and what a
@@ -168,6 +170,51 @@ impl Dialect {
     }
 }
 
+/// The form of the frames one connection is sent: its dialect's, compressed
+/// (permessage-deflate, when the client negotiated it) or not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Encoding {
+    /// The dialect the client speaks.
+    pub dialect: Dialect,
+    /// Whether broadcast frames are sent compressed.
+    pub deflate: bool,
+}
+
+impl Encoding {
+    /// How many encodings there are.
+    pub const COUNT: usize = Dialect::COUNT * 2;
+
+    /// Every encoding, in [`index`](Self::index) order: each dialect's uncompressed, then
+    /// its compressed.
+    pub const ALL: [Encoding; Self::COUNT] = {
+        let mut all = [Encoding::plain(Dialect::SigmaVault); Self::COUNT];
+        let mut i = 0;
+        while i < Dialect::COUNT {
+            all[2 * i] = Encoding::plain(Dialect::ALL[i]);
+            all[2 * i + 1] = Encoding {
+                dialect: Dialect::ALL[i],
+                deflate: true,
+            };
+            i += 1;
+        }
+        all
+    };
+
+    /// `dialect`, uncompressed.
+    pub const fn plain(dialect: Dialect) -> Self {
+        Self {
+            dialect,
+            deflate: false,
+        }
+    }
+
+    /// The encoding's place in [`ALL`](Self::ALL): an index into per-encoding tables.
+    #[inline]
+    pub const fn index(self) -> usize {
+        self.dialect.index() * 2 + self.deflate as usize
+    }
+}
+
 impl std::fmt::Display for Dialect {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
@@ -226,6 +273,9 @@ mod tests {
     fn indexes_follow_the_table() {
         for (i, dialect) in Dialect::ALL.into_iter().enumerate() {
             assert_eq!(dialect.index(), i);
+        }
+        for (i, encoding) in Encoding::ALL.into_iter().enumerate() {
+            assert_eq!(encoding.index(), i);
         }
     }
 

@@ -8,7 +8,7 @@ use bytes::Bytes;
 
 use super::outbox::{Outbox, Push};
 use super::state::HubState;
-use crate::dialect::Dialect;
+use crate::dialect::{Dialect, Encoding};
 use crate::protocol::channel::{self, Channel};
 use crate::protocol::code::RejectReason;
 
@@ -38,6 +38,11 @@ impl Client {
         self.outbox.dialect()
     }
 
+    /// The form of the frames it is sent: its dialect, compressed or not.
+    pub fn encoding(&self) -> Encoding {
+        self.outbox.encoding()
+    }
+
     /// The client's id, unique for the hub's lifetime.
     pub fn id(&self) -> u64 {
         self.id
@@ -51,6 +56,16 @@ impl Client {
     /// The channels the client is subscribed to, in the order it subscribed.
     pub fn subscriptions(&self) -> &[Channel] {
         &self.subscriptions
+    }
+
+    /// A broadcast frame of the client's dialect (a snapshot's, say) in the client's
+    /// encoding: compressed if it negotiated permessage-deflate and compressing pays, as
+    /// a publish compresses it.
+    pub fn encode(&self, frame: &Bytes) -> Bytes {
+        match self.encoding().deflate {
+            true => self.state.deflater.frame(frame),
+            false => frame.clone(),
+        }
     }
 
     /// Queues a frame for this client alone (a reply, a welcome).
@@ -126,7 +141,7 @@ impl Client {
             match self
                 .state
                 .topics
-                .subscribe_within(channel, self.slot, self.dialect(), limit)
+                .subscribe_within(channel, self.slot, self.encoding(), limit)
             {
                 Ok(_) => self.subscriptions.push(channel.clone()),
                 Err(_) => late.push(channel_full(channel)),
@@ -152,7 +167,7 @@ impl Client {
             if let Some(i) = self.subscriptions.iter().position(|c| c.as_str() == name) {
                 let channel = self.subscriptions.remove(i);
                 let topics = &self.state.topics;
-                topics.unsubscribe(&channel, self.slot, self.dialect());
+                topics.unsubscribe(&channel, self.slot, self.encoding());
                 change.changed.push(channel);
             }
         }
@@ -174,13 +189,16 @@ fn channel_full(name: &str) -> Rejection {
 
 impl Drop for Client {
     fn drop(&mut self) {
-        let (state, dialect) = (&self.state, self.outbox.dialect());
+        let (state, encoding) = (&self.state, self.outbox.encoding());
         for channel in self.subscriptions.drain(..) {
-            state.topics.unsubscribe(&channel, self.slot, dialect);
+            state.topics.unsubscribe(&channel, self.slot, encoding);
         }
         state.slots.release(self.slot);
         state.clients.fetch_sub(1, Ordering::Relaxed);
-        state.clients_by_dialect[dialect.index()].fetch_sub(1, Ordering::Relaxed);
+        state.clients_by_dialect[encoding.dialect.index()].fetch_sub(1, Ordering::Relaxed);
+        if encoding.deflate {
+            state.deflate_clients.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -189,7 +207,7 @@ impl std::fmt::Debug for Client {
         f.debug_struct("Client")
             .field("id", &self.id)
             .field("slot", &self.slot)
-            .field("dialect", &self.dialect())
+            .field("encoding", &self.encoding())
             .field("subscriptions", &self.subscriptions)
             .finish()
     }

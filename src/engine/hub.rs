@@ -1,9 +1,11 @@
 //! The hub: clients, their subscriptions, and publishing.
 //!
-//! A publish looks up the channel's subscriber bitsets (one per wire dialect) without
-//! locking, encodes its event once for each dialect that has subscribers (see
-//! [`crate::dialect`]), and pushes a refcounted clone of that frame into the outbox of
-//! every subscribed client. It never blocks and never allocates per subscriber.
+//! A publish looks up the channel's subscriber bitsets (one per [`Encoding`]: wire dialect,
+//! compressed or not) without locking, encodes its event once for each dialect that has
+//! subscribers (see [`crate::dialect`]), compresses that frame once if some of them take
+//! it compressed (see [`crate::compression`]), and pushes a refcounted clone of the frame
+//! of its encoding into the outbox of every subscribed client. It never blocks and never
+//! allocates per subscriber.
 //!
 //! # Guarantees
 //! - A client receives an event only if it was subscribed to the event's channel at some
@@ -28,8 +30,9 @@ use super::slots::Slots;
 pub use super::slots::SlotsExhausted;
 use super::state::HubState;
 use super::topics::Topics;
+use crate::compression::{DeflateStats, Deflater};
 use crate::config::Config;
-use crate::dialect::Dialect;
+use crate::dialect::{Dialect, Encoding};
 use crate::event::Event;
 use crate::protocol::channel::Channel;
 use crate::protocol::close::CloseCode;
@@ -66,6 +69,8 @@ pub struct HubStats {
     pub clients: usize,
     /// Clients connected now, by dialect ([`Dialect::index`]).
     pub clients_by_dialect: [usize; Dialect::COUNT],
+    /// Clients connected now whose broadcast frames are compressed (permessage-deflate).
+    pub deflate_clients: usize,
     /// Clients connected over the hub's lifetime.
     pub connected_total: u64,
     /// Most clients connected at once.
@@ -99,11 +104,13 @@ impl Hub {
                 max_subscriptions: config.max_subscriptions_per_connection,
                 max_subscribers: config.max_subscribers_per_channel,
                 timing: config.metrics,
+                deflater: Deflater::new(&config.compression),
                 history: (config.history.size > 0).then(|| History::new(&config.history)),
                 next_client_id: AtomicU64::new(1),
                 next_batch: AtomicU64::new(0),
                 clients: AtomicUsize::new(0),
                 clients_by_dialect: Default::default(),
+                deflate_clients: AtomicUsize::new(0),
                 peak_clients: AtomicUsize::new(0),
                 published: AtomicU64::new(0),
                 delivered: AtomicU64::new(0),
@@ -120,14 +127,23 @@ impl Hub {
     /// Registers a new client that speaks `dialect`, with an empty outbox and no
     /// subscriptions.
     pub fn connect_as(&self, dialect: Dialect) -> Result<Client, SlotsExhausted> {
+        self.connect_with(Encoding::plain(dialect))
+    }
+
+    /// Registers a new client that takes its frames in `encoding` (its dialect, compressed
+    /// if it negotiated permessage-deflate), with an empty outbox and no subscriptions.
+    pub fn connect_with(&self, encoding: Encoding) -> Result<Client, SlotsExhausted> {
         let inner = &self.inner;
         let outbox = Arc::new(
             Outbox::bounded(inner.queue_capacity, inner.queue_bytes, inner.policy)
-                .speaking(dialect),
+                .encoded(encoding),
         );
         let slot = inner.slots.insert(outbox.clone())?;
         let now = inner.clients.fetch_add(1, Ordering::Relaxed) + 1;
-        inner.clients_by_dialect[dialect.index()].fetch_add(1, Ordering::Relaxed);
+        inner.clients_by_dialect[encoding.dialect.index()].fetch_add(1, Ordering::Relaxed);
+        if encoding.deflate {
+            inner.deflate_clients.fetch_add(1, Ordering::Relaxed);
+        }
         inner.peak_clients.fetch_max(now, Ordering::Relaxed);
         let id = inner.next_client_id.fetch_add(1, Ordering::Relaxed);
         Ok(Client::new(Arc::clone(inner), slot, id, outbox))
@@ -290,8 +306,9 @@ impl Hub {
     }
 
     /// One channel lookup; `frame` is called (the event encoded) once for each dialect
-    /// that has subscribers; `push` queues a clone of that frame, with the publish stamp,
-    /// for each subscriber of the dialect.
+    /// that has subscribers, and its frame compressed once if some of them take it
+    /// compressed; `push` queues a clone of the frame of its encoding, with the publish
+    /// stamp, for each subscriber.
     #[inline]
     fn fan_out(
         &self,
@@ -307,8 +324,22 @@ impl Hub {
                 return;
             }
             let since = inner.timing.then(Stamp::now);
-            for (dialect, set) in subscribers.dialects() {
-                let frame = frame(dialect);
+            // A dialect's compressed set comes right after its plain one: the frame of the
+            // last dialect encoded serves both.
+            let mut encoded: Option<(Dialect, Bytes)> = None;
+            for (encoding, set) in subscribers.encodings() {
+                let plain = match &encoded {
+                    Some((dialect, plain)) if *dialect == encoding.dialect => plain,
+                    _ => {
+                        &encoded
+                            .insert((encoding.dialect, frame(encoding.dialect)))
+                            .1
+                    }
+                };
+                let frame = match encoding.deflate {
+                    true => inner.deflater.frame(plain),
+                    false => plain.clone(),
+                };
                 set.for_each(|slot| {
                     let Some(outbox) = inner.slots.get(slot, &guard) else {
                         return;
@@ -349,11 +380,18 @@ impl Hub {
                 .clients_by_dialect
                 .each_ref()
                 .map(|n| n.load(Ordering::Relaxed)),
+            deflate_clients: self.inner.deflate_clients.load(Ordering::Relaxed),
             connected_total: self.inner.next_client_id.load(Ordering::Relaxed) - 1,
             peak_clients: self.inner.peak_clients.load(Ordering::Relaxed),
             published: self.inner.published.load(Ordering::Relaxed),
             delivered: self.inner.delivered.load(Ordering::Relaxed),
         }
+    }
+
+    /// What compression did: broadcasts compressed once for the subscribers that
+    /// negotiated permessage-deflate, and the bytes it saved.
+    pub fn compression(&self) -> DeflateStats {
+        self.inner.deflater.stats()
     }
 
     /// What every client's queue holds now, summed. A walk over the clients (no counter on
@@ -443,6 +481,7 @@ impl std::fmt::Debug for Hub {
 mod tests {
     use super::*;
     use crate::engine::client::MAX_ECHOED_NAME;
+    use crate::frame;
 
     fn hub() -> Hub {
         Hub::new(&Config::default())
@@ -477,6 +516,50 @@ mod tests {
         for client in &clients {
             assert_eq!(drain(client), [Bytes::from_static(b"x")]);
         }
+    }
+
+    #[test]
+    fn a_broadcast_is_compressed_once_for_every_subscriber_that_takes_it_compressed() {
+        let hub = hub();
+        let sv = Dialect::SigmaVault;
+        let deflate = Encoding {
+            dialect: sv,
+            deflate: true,
+        };
+        let mut plain = hub.connect_as(sv).unwrap();
+        let mut squeezed: Vec<Client> =
+            (0..3).map(|_| hub.connect_with(deflate).unwrap()).collect();
+        plain.subscribe(["orders"]);
+        for client in &mut squeezed {
+            client.subscribe(["orders"]);
+        }
+        let event = Event::new("orders", &serde_json::json!({"text": "abc".repeat(100)})).unwrap();
+        let mut encoded = 0;
+        let frame = |dialect: Dialect| {
+            encoded += 1;
+            dialect.event(&event, SystemTime::UNIX_EPOCH, None)
+        };
+        assert_eq!(hub.fan_out("orders", frame, push_and_wake).queued, 4);
+        assert_eq!(encoded, 1, "encoded once for both encodings");
+        let stats = hub.compression();
+        assert_eq!((stats.messages, stats.compressed), (1, 1));
+        assert!(stats.bytes_out * 4 < stats.bytes_in, "{stats:?}");
+        let sent = drain(&plain).remove(0);
+        let shared = drain(&squeezed[0]).remove(0);
+        assert_eq!(shared[0], 0xc1, "FIN, RSV1, text");
+        assert_eq!(sent[0], 0x81);
+        for client in &squeezed[1..] {
+            assert_eq!(
+                drain(client)[0].as_ptr(),
+                shared.as_ptr(),
+                "one frame, shared"
+            );
+        }
+        let inflated = crate::compression::inflate(&frame::payload_of(&shared), 1 << 16);
+        assert_eq!(inflated.unwrap(), frame::payload_of(&sent));
+        assert_eq!(hub.stats().deflate_clients, 3);
+        drop(squeezed);
+        assert_eq!(hub.stats().deflate_clients, 0);
     }
 
     #[test]

@@ -45,7 +45,7 @@ use crossbeam_utils::Backoff;
 use serde::{Deserialize, Serialize};
 
 use super::latency::Stamp;
-use crate::dialect::Dialect;
+use crate::dialect::{Dialect, Encoding};
 use crate::protocol::close::CloseCode;
 
 /// What to do with a client whose queue is full.
@@ -133,8 +133,8 @@ pub struct Outbox {
     capacity: usize,
     byte_capacity: usize,
     policy: SlowConsumerPolicy,
-    /// The dialect its frames are in.
-    dialect: Dialect,
+    /// The form its frames are in: dialect, compressed or not.
+    encoding: Encoding,
     waker: AtomicWaker,
     state: AtomicU8,
     close_code: OnceLock<CloseCode>,
@@ -167,7 +167,7 @@ impl Outbox {
             capacity: capacity.clamp(1, MAX_CAPACITY),
             byte_capacity: byte_capacity.clamp(1, MAX_BYTE_CAPACITY),
             policy,
-            dialect: Dialect::SigmaVault,
+            encoding: Encoding::plain(Dialect::SigmaVault),
             waker: AtomicWaker::new(),
             state: AtomicU8::new(OPEN),
             close_code: OnceLock::new(),
@@ -342,15 +342,21 @@ impl Outbox {
         self.waker.wake();
     }
 
-    /// This outbox, for a client that speaks `dialect` (SigmaVault unless said).
-    pub(crate) fn speaking(mut self, dialect: Dialect) -> Self {
-        self.dialect = dialect;
+    /// This outbox, for a client that takes `encoding` (uncompressed SigmaVault unless
+    /// said).
+    pub(crate) fn encoded(mut self, encoding: Encoding) -> Self {
+        self.encoding = encoding;
         self
     }
 
     /// The dialect of the client it belongs to: the frames it holds are in it.
     pub fn dialect(&self) -> Dialect {
-        self.dialect
+        self.encoding.dialect
+    }
+
+    /// The form of the frames it holds: its client's dialect, compressed or not.
+    pub fn encoding(&self) -> Encoding {
+        self.encoding
     }
 
     /// Queues a keep-alive ping and starts waiting for the client's answer.

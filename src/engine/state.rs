@@ -1,12 +1,13 @@
 //! What a hub's clones share: the topic and slot tables, the queue and subscription
-//! limits, history, and the counters. `Hub` publishes through it; each `Client` holds it
-//! to subscribe, unsubscribe and leave.
+//! limits, the compressor, history, and the counters. `Hub` publishes through it; each
+//! `Client` holds it to subscribe, unsubscribe and leave.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize};
 
 use super::history::History;
 use super::slots::Slots;
 use super::topics::Topics;
+use crate::compression::Deflater;
 use crate::config::SlowConsumerPolicy;
 use crate::dialect::Dialect;
 
@@ -21,6 +22,8 @@ pub(super) struct HubState {
     pub(super) max_subscribers: usize,
     /// Stamp each publish for the publish-to-write latency (`config.metrics`).
     pub(super) timing: bool,
+    /// Compresses broadcasts for clients with permessage-deflate.
+    pub(super) deflater: Deflater,
     /// Each channel's recent events, when `history.size > 0`.
     pub(super) history: Option<History>,
     pub(super) next_client_id: AtomicU64,
@@ -29,6 +32,8 @@ pub(super) struct HubState {
     pub(super) clients: AtomicUsize,
     /// `clients`, by dialect ([`Dialect::index`]).
     pub(super) clients_by_dialect: [AtomicUsize; Dialect::COUNT],
+    /// Clients whose broadcast frames are compressed.
+    pub(super) deflate_clients: AtomicUsize,
     pub(super) peak_clients: AtomicUsize,
     pub(super) published: AtomicU64,
     pub(super) delivered: AtomicU64,

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 
 use super::bitset::SubscriberSet;
-use crate::dialect::Dialect;
+use crate::dialect::Encoding;
 use crate::protocol::channel::Channel;
 
 /// A subscribe refused because the channel has `max_subscribers_per_channel` subscribers.
@@ -34,60 +34,62 @@ pub(crate) struct Topic {
     pub(crate) subscribers: ArcSwap<Subscribers>,
 }
 
-/// One channel's subscribers, a set per [`Dialect`]: a publish encodes its event once for
-/// each dialect whose set is not empty.
+/// One channel's subscribers, a set per [`Encoding`]: a publish encodes its event once for
+/// each dialect, and compresses it once, for the sets that are not empty.
 #[derive(Clone, Default)]
 pub(crate) struct Subscribers {
-    by_dialect: [SubscriberSet; Dialect::COUNT],
+    by_encoding: [SubscriberSet; Encoding::COUNT],
 }
 
 impl Subscribers {
-    /// The number of subscribers, every dialect's.
+    /// The number of subscribers, every encoding's.
     pub(crate) fn len(&self) -> usize {
-        self.by_dialect.iter().map(SubscriberSet::len).sum()
+        self.by_encoding.iter().map(SubscriberSet::len).sum()
     }
 
     /// Whether nobody is subscribed.
     pub(crate) fn is_empty(&self) -> bool {
-        self.by_dialect.iter().all(SubscriberSet::is_empty)
+        self.by_encoding.iter().all(SubscriberSet::is_empty)
     }
 
-    /// Whether `slot`, speaking `dialect`, is subscribed.
-    fn contains(&self, slot: u32, dialect: Dialect) -> bool {
-        self.by_dialect[dialect.index()].contains(slot)
+    /// Whether `slot`, taking `encoding`, is subscribed.
+    fn contains(&self, slot: u32, encoding: Encoding) -> bool {
+        self.by_encoding[encoding.index()].contains(slot)
     }
 
-    /// A new version with `slot` added to `dialect`'s set, or `None` if it was there.
-    fn with(&self, slot: u32, dialect: Dialect) -> Option<Self> {
-        let set = self.by_dialect[dialect.index()].with(slot)?;
+    /// A new version with `slot` added to `encoding`'s set, or `None` if it was there.
+    fn with(&self, slot: u32, encoding: Encoding) -> Option<Self> {
+        let set = self.by_encoding[encoding.index()].with(slot)?;
         let mut next = self.clone();
-        next.by_dialect[dialect.index()] = set;
+        next.by_encoding[encoding.index()] = set;
         Some(next)
     }
 
-    /// A new version with `slot` removed from `dialect`'s set, or `None` if it was not there.
-    fn without(&self, slot: u32, dialect: Dialect) -> Option<Self> {
-        let set = self.by_dialect[dialect.index()].without(slot)?;
+    /// A new version with `slot` removed from `encoding`'s set, or `None` if it was not
+    /// there.
+    fn without(&self, slot: u32, encoding: Encoding) -> Option<Self> {
+        let set = self.by_encoding[encoding.index()].without(slot)?;
         let mut next = self.clone();
-        next.by_dialect[dialect.index()] = set;
+        next.by_encoding[encoding.index()] = set;
         Some(next)
     }
 
-    /// Every subscriber's slot, dialect by dialect.
+    /// Every subscriber's slot, encoding by encoding.
     #[cfg(test)]
     pub(crate) fn to_vec(&self) -> Vec<u32> {
-        self.by_dialect
+        self.by_encoding
             .iter()
             .flat_map(SubscriberSet::to_vec)
             .collect()
     }
 
-    /// Each dialect that has subscribers here, with their set.
+    /// Each encoding that has subscribers here, with their set, in [`Encoding::index`]
+    /// order (a dialect's uncompressed set just before its compressed one).
     #[inline]
-    pub(crate) fn dialects(&self) -> impl Iterator<Item = (Dialect, &SubscriberSet)> {
-        Dialect::ALL
+    pub(crate) fn encodings(&self) -> impl Iterator<Item = (Encoding, &SubscriberSet)> {
+        Encoding::ALL
             .into_iter()
-            .zip(&self.by_dialect)
+            .zip(&self.by_encoding)
             .filter(|(_, set)| !set.is_empty())
     }
 }
@@ -145,17 +147,17 @@ impl Topics {
     /// Adds `slot` to `channel`'s subscribers; false if it was already there.
     #[cfg(test)]
     pub(crate) fn subscribe(&self, channel: &Channel, slot: u32) -> bool {
-        self.subscribe_within(channel, slot, Dialect::SigmaVault, 0) == Ok(true)
+        self.subscribe_within(channel, slot, Encoding::default(), 0) == Ok(true)
     }
 
-    /// Adds `slot`, a client speaking `dialect`, to `channel`'s subscribers unless the
+    /// Adds `slot`, a client taking `encoding`, to `channel`'s subscribers unless the
     /// channel already has `limit` (0: no limit). Checked under the shard's writer lock, so
     /// the limit is exact. `Ok(false)` if `slot` was already there.
     pub(crate) fn subscribe_within(
         &self,
         channel: &Channel,
         slot: u32,
-        dialect: Dialect,
+        encoding: Encoding,
         limit: usize,
     ) -> Result<bool, ChannelFull> {
         let shard = self.shard(channel);
@@ -164,7 +166,7 @@ impl Topics {
         let topic = match map.get(channel.as_str()) {
             Some(topic) => {
                 let set = topic.subscribers.load();
-                if limit > 0 && set.len() >= limit && !set.contains(slot, dialect) {
+                if limit > 0 && set.len() >= limit && !set.contains(slot, encoding) {
                     return Err(ChannelFull);
                 }
                 topic.clone()
@@ -180,7 +182,7 @@ impl Topics {
                 topic
             }
         };
-        match topic.subscribers.load().with(slot, dialect) {
+        match topic.subscribers.load().with(slot, encoding) {
             Some(next) => {
                 Self::replace(&topic.subscribers, next);
                 Ok(true)
@@ -189,16 +191,16 @@ impl Topics {
         }
     }
 
-    /// Removes `slot`, a client speaking `dialect`, from `channel`'s subscribers; false if
+    /// Removes `slot`, a client taking `encoding`, from `channel`'s subscribers; false if
     /// it was not there. A topic whose last subscriber leaves is removed from the table.
-    pub(crate) fn unsubscribe(&self, channel: &str, slot: u32, dialect: Dialect) -> bool {
+    pub(crate) fn unsubscribe(&self, channel: &str, slot: u32, encoding: Encoding) -> bool {
         let shard = self.shard(channel);
         let _writer = shard.writer.lock().unwrap_or_else(|e| e.into_inner());
         let map = shard.map.load();
         let Some(topic) = map.get(channel) else {
             return false;
         };
-        let Some(next) = topic.subscribers.load().without(slot, dialect) else {
+        let Some(next) = topic.subscribers.load().without(slot, encoding) else {
             return false;
         };
         let now_empty = next.is_empty();
@@ -245,7 +247,7 @@ mod tests {
             topics.with_subscribers("orders", |s| s.to_vec()),
             Some(vec![3, 7])
         );
-        let sv = Dialect::SigmaVault;
+        let sv = Encoding::default();
         assert!(topics.unsubscribe("orders", 3, sv));
         assert!(!topics.unsubscribe("orders", 3, sv));
         assert!(topics.unsubscribe("orders", 7, sv));

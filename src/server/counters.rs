@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::compression::InflateError;
 use crate::engine::counter::ShardedCounter;
 use crate::engine::latency::LatencyHistogram;
 use crate::protocol::close::CloseCode;
@@ -40,10 +41,15 @@ pub(crate) enum Limit {
     NotJson,
     /// A `POST /api/v1/publish` whose body did not arrive within `body_timeout` (HTTP 408).
     BodyTimeout,
+    /// A compressed client message that inflates past `max_message_size` (close 1009): a
+    /// deflate bomb, or a message too big.
+    InflatedTooBig,
+    /// A compressed client message that is not valid deflate data (close 1007).
+    BadCompression,
 }
 
 impl Limit {
-    const ALL: [Self; 12] = [
+    const ALL: [Self; 14] = [
         Self::RateLimited,
         Self::TooManySubscriptions,
         Self::ChannelFull,
@@ -56,6 +62,8 @@ impl Limit {
         Self::HostRefused,
         Self::NotJson,
         Self::BodyTimeout,
+        Self::InflatedTooBig,
+        Self::BadCompression,
     ];
 
     /// The name in the stats and metrics.
@@ -73,6 +81,16 @@ impl Limit {
             Self::HostRefused => "host_not_allowed",
             Self::NotJson => "unsupported_media_type",
             Self::BodyTimeout => "body_timeout",
+            Self::InflatedTooBig => "inflated_too_big",
+            Self::BadCompression => "bad_compression",
+        }
+    }
+
+    /// The limit a refused compressed message hit.
+    pub(crate) fn refused_inflate(e: InflateError) -> Self {
+        match e {
+            InflateError::TooBig => Self::InflatedTooBig,
+            InflateError::Corrupt => Self::BadCompression,
         }
     }
 

@@ -11,6 +11,14 @@
 //! Seeing each header also lets the gate refuse what fastwebsockets accepts silently: a
 //! client frame without a mask (RFC 6455 §5.1 says the server MUST close the connection).
 //!
+//! # permessage-deflate
+//! fastwebsockets refuses every frame with a reserved bit set, RSV1 included, which marks a
+//! compressed message (RFC 7692 §6). On a connection that negotiated the extension the gate
+//! takes RSV1 off the first frame of a message before fastwebsockets sees it and remembers
+//! it ([`FrameGate::compressed`]); a compressed text frame is handed on as binary, so that
+//! fastwebsockets does not check its compressed bytes as UTF-8 (the reader checks the
+//! inflated text). RSV1 on a control frame or a continuation is refused (§6.1).
+//!
 //! The gate never parses payloads; fastwebsockets still parses and validates every frame.
 
 use std::io;
@@ -19,10 +27,30 @@ use std::task::{ready, Context, Poll};
 
 use tokio::io::{AsyncRead, ReadBuf};
 
-/// The error a read returns for an unmasked client frame.
+/// The error a read returns for a frame header the gate refuses (1002).
 #[derive(Debug, thiserror::Error)]
-#[error("client frame is not masked")]
-pub(crate) struct UnmaskedFrame;
+pub(crate) enum BadHeader {
+    /// A client frame without a mask.
+    #[error("client frame is not masked")]
+    Unmasked,
+    /// RSV1 on a control frame or a continuation (RFC 7692 §6.1).
+    #[error("RSV1 set on a control frame or a continuation")]
+    MisplacedRsv1,
+}
+
+/// RSV1: the message is compressed.
+const RSV1: u8 = 0x40;
+
+/// How the message being read is compressed (see the [module docs](self)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Compressed {
+    /// Not compressed.
+    No,
+    /// A compressed text message, handed on as binary.
+    Text,
+    /// A compressed binary message.
+    Binary,
+}
 
 /// Where the gate is in the byte stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,16 +70,28 @@ pub(crate) struct FrameGate<R> {
     header: [u8; 14],
     /// One byte read by [`wait`](Self::wait) and not yet handed on.
     stash: Option<u8>,
+    /// Whether the connection negotiated permessage-deflate.
+    deflate: bool,
+    /// How the message whose frames are being read is compressed.
+    compressed: Compressed,
 }
 
 impl<R: AsyncRead + Unpin> FrameGate<R> {
-    pub(crate) fn new(inner: R) -> Self {
+    /// A gate over `inner`; `deflate` if the connection negotiated permessage-deflate.
+    pub(crate) fn new(inner: R, deflate: bool) -> Self {
         Self {
             inner,
             position: START,
             header: [0; 14],
             stash: None,
+            deflate,
+            compressed: Compressed::No,
         }
+    }
+
+    /// How the current message (the one whose first data frame came last) is compressed.
+    pub(crate) fn compressed(&self) -> Compressed {
+        self.compressed
     }
 
     /// Whether the stream stands between two frames with nothing buffered.
@@ -69,7 +109,7 @@ impl<R: AsyncRead + Unpin> FrameGate<R> {
         if buf.filled().is_empty() {
             return Ok(false);
         }
-        self.observe(&byte)?;
+        self.observe(&mut byte)?;
         self.stash = Some(byte[0]);
         Ok(true)
     }
@@ -82,20 +122,24 @@ impl<R: AsyncRead + Unpin> FrameGate<R> {
         }
     }
 
-    /// Follows the frame structure over `bytes`, which must not cross the current frame.
-    fn observe(&mut self, mut bytes: &[u8]) -> io::Result<()> {
+    /// Follows the frame structure over `bytes`, which must not cross the current frame,
+    /// rewriting a compressed message's first byte (see the [module docs](self)).
+    fn observe(&mut self, mut bytes: &mut [u8]) -> io::Result<()> {
         while !bytes.is_empty() {
             match self.position {
                 Position::Header { have, need } => {
+                    if have == 0 {
+                        self.first_byte(&mut bytes[0])?;
+                    }
                     let take = bytes.len().min(usize::from(need - have));
                     let at = usize::from(have);
                     self.header[at..at + take].copy_from_slice(&bytes[..take]);
-                    bytes = &bytes[take..];
+                    bytes = &mut bytes[take..];
                     let have = have + take as u8;
                     self.position = Position::Header { have, need };
                     if have == 2 && need == 2 {
                         if self.header[1] & 0x80 == 0 {
-                            return Err(io::Error::new(io::ErrorKind::InvalidData, UnmaskedFrame));
+                            return Err(refused(BadHeader::Unmasked));
                         }
                         let extended = match self.header[1] & 0x7f {
                             126 => 2,
@@ -118,7 +162,7 @@ impl<R: AsyncRead + Unpin> FrameGate<R> {
                 }
                 Position::Payload { left } => {
                     let take = (bytes.len() as u64).min(left);
-                    bytes = &bytes[take as usize..];
+                    bytes = &mut bytes[take as usize..];
                     self.position = match left - take {
                         0 => START,
                         left => Position::Payload { left },
@@ -126,6 +170,26 @@ impl<R: AsyncRead + Unpin> FrameGate<R> {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Notes whether a message starts, compressed or not, at this frame's first byte, and
+    /// takes RSV1 off a compressed one's.
+    fn first_byte(&mut self, byte: &mut u8) -> io::Result<()> {
+        let opcode = *byte & 0x0f;
+        if *byte & RSV1 == 0 || !self.deflate {
+            // Without the extension, fastwebsockets refuses RSV1 itself.
+            if matches!(opcode, 0x1 | 0x2) {
+                self.compressed = Compressed::No;
+            }
+            return Ok(());
+        }
+        self.compressed = match opcode {
+            0x1 => Compressed::Text,
+            0x2 => Compressed::Binary,
+            _ => return Err(refused(BadHeader::MisplacedRsv1)),
+        };
+        *byte = (*byte & !RSV1 & 0xf0) | 0x2;
         Ok(())
     }
 
@@ -159,9 +223,13 @@ impl<R: AsyncRead + Unpin> AsyncRead for FrameGate<R> {
         let n = limited.filled().len();
         buf.advance(n);
         let this = &mut *self;
-        this.observe(&buf.filled()[start..start + n])?;
+        this.observe(&mut buf.filled_mut()[start..start + n])?;
         Poll::Ready(Ok(()))
     }
+}
+
+fn refused(why: BadHeader) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, why)
 }
 
 #[cfg(test)]
@@ -189,7 +257,7 @@ mod tests {
 
     /// Reads as fastwebsockets would (big reads) and records how the stream was cut.
     async fn cuts(wire: Vec<u8>) -> Vec<usize> {
-        let mut gate = FrameGate::new(std::io::Cursor::new(wire));
+        let mut gate = FrameGate::new(std::io::Cursor::new(wire), false);
         let mut out = Vec::new();
         loop {
             let mut buf = vec![0u8; 100_000];
@@ -214,7 +282,7 @@ mod tests {
 
     #[tokio::test]
     async fn wait_holds_one_byte_and_hands_it_on() {
-        let mut gate = FrameGate::new(std::io::Cursor::new(masked(0x81, b"hi")));
+        let mut gate = FrameGate::new(std::io::Cursor::new(masked(0x81, b"hi")), false);
         assert!(gate.at_boundary());
         assert!(gate.wait().await.unwrap());
         assert!(!gate.at_boundary());
@@ -227,9 +295,45 @@ mod tests {
 
     #[tokio::test]
     async fn unmasked_frames_are_refused() {
-        let mut gate = FrameGate::new(std::io::Cursor::new(vec![0x81, 0x02, b'h', b'i']));
+        let mut gate = FrameGate::new(std::io::Cursor::new(vec![0x81, 0x02, b'h', b'i']), false);
         let mut buf = [0u8; 16];
         let err = gate.read(&mut buf).await.unwrap_err();
-        assert!(err.get_ref().is_some_and(|e| e.is::<UnmaskedFrame>()));
+        assert!(matches!(
+            err.get_ref().and_then(|e| e.downcast_ref::<BadHeader>()),
+            Some(BadHeader::Unmasked)
+        ));
+    }
+
+    #[tokio::test]
+    async fn rsv1_is_taken_off_a_compressed_message_and_refused_elsewhere() {
+        let wire = [masked(0xc1, b"z"), masked(0x80, b"y"), masked(0x81, b"x")].concat();
+        let mut gate = FrameGate::new(std::io::Cursor::new(wire), true);
+        let mut buf = vec![0u8; 64];
+        let n = gate.read(&mut buf).await.unwrap();
+        assert_eq!((n, buf[0]), (2, 0x82), "text handed on as binary, RSV1 off");
+        assert_eq!(gate.compressed(), Compressed::Text);
+        // Header rest, payload, then the continuation: still the compressed message.
+        for n in [4, 1, 2] {
+            gate.read_exact(&mut buf[..n]).await.unwrap();
+        }
+        assert_eq!((buf[0], gate.compressed()), (0x80, Compressed::Text));
+        gate.read_exact(&mut buf[..5]).await.unwrap();
+        let mut rest = Vec::new();
+        gate.read_to_end(&mut rest).await.unwrap();
+        assert_eq!(rest[0], 0x81);
+        assert_eq!(gate.compressed(), Compressed::No);
+
+        for (first, deflate) in [(0xc9, true), (0xc0, true)] {
+            let mut gate = FrameGate::new(std::io::Cursor::new(masked(first, b"")), deflate);
+            let err = gate.read(&mut buf).await.unwrap_err();
+            assert!(
+                err.get_ref().is_some_and(|e| e.is::<BadHeader>()),
+                "{first:#x}"
+            );
+        }
+        // Without the extension the bit is left for fastwebsockets to refuse.
+        let mut gate = FrameGate::new(std::io::Cursor::new(masked(0xc1, b"z")), false);
+        gate.read_exact(&mut buf[..2]).await.unwrap();
+        assert_eq!(buf[0], 0xc1);
     }
 }

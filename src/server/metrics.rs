@@ -153,6 +153,42 @@ impl Collector for Scrape {
         )?;
         single(
             &mut e,
+            "sigmahub_deflate_connections",
+            "Connections open now that negotiated permessage-deflate (their broadcast frames are compressed)",
+            Gauge,
+            hub.deflate_clients as u64,
+        )?;
+        let compression = shared.hub.compression();
+        single(
+            &mut e,
+            "sigmahub_deflate_messages",
+            "Broadcast messages with permessage-deflate subscribers, each compressed once for all of them (or sent plain under the threshold or when not smaller)",
+            Counter,
+            compression.messages,
+        )?;
+        single(
+            &mut e,
+            "sigmahub_deflate_compressed",
+            "Of sigmahub_deflate_messages_total, those sent compressed",
+            Counter,
+            compression.compressed,
+        )?;
+        single(
+            &mut e,
+            "sigmahub_deflate_bytes_in",
+            "Payload bytes of sigmahub_deflate_messages_total before compression",
+            Counter,
+            compression.bytes_in,
+        )?;
+        single(
+            &mut e,
+            "sigmahub_deflate_bytes_out",
+            "Payload bytes of sigmahub_deflate_messages_total as sent, compressed or not",
+            Counter,
+            compression.bytes_out,
+        )?;
+        single(
+            &mut e,
             "websocket_connections_failed",
             "Connection attempts that failed: upgrades refused before the 101, credentials refused, no credentials in time",
             Counter,

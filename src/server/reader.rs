@@ -9,6 +9,10 @@
 //! code. Control frames are returned as they come, so the session answers pings through the
 //! client's ordered queue.
 //!
+//! A compressed message (permessage-deflate, marked by the gate) is inflated here, whole,
+//! under `max_message_size`, which bounds both the compressed bytes and what they inflate
+//! to; its text is checked as UTF-8 after inflating.
+//!
 //! # Memory
 //! The fastwebsockets reader (and its 8 KiB buffer) exists only while a message is being
 //! read: between messages the connection waits in [`FrameGate::wait`] with no buffer, and
@@ -21,7 +25,8 @@ use bytes::{Buf, Bytes};
 use fastwebsockets::{OpCode, WebSocketError, WebSocketRead};
 use tokio::io::{AsyncRead, ReadBuf};
 
-use super::gate::{FrameGate, UnmaskedFrame};
+use super::gate::{BadHeader, Compressed, FrameGate};
+use crate::compression::{inflate, InflateError};
 use crate::protocol::close::CloseCode;
 
 /// A complete client message or control frame.
@@ -46,6 +51,19 @@ pub(crate) enum ReadEnd {
     Gone,
     /// The peer broke a rule; close with this code.
     Violation(CloseCode),
+    /// A compressed message was refused: too big inflated (1009), or not deflate (1007).
+    Inflate(InflateError),
+}
+
+impl ReadEnd {
+    /// The close code the connection ends with, if the peer is still there to get one.
+    pub(crate) fn close_code(self) -> Option<CloseCode> {
+        match self {
+            Self::Gone => None,
+            Self::Violation(code) => Some(code),
+            Self::Inflate(e) => Some(e.close_code()),
+        }
+    }
 }
 
 /// Most frames one message may arrive in. Browsers never fragment; libraries that do cut
@@ -58,6 +76,14 @@ pub(crate) const MAX_FRAGMENTS: usize = 64;
 struct Partial {
     bytes: Vec<u8>,
     fragments: usize,
+    compressed: bool,
+}
+
+/// One frame, its payload unmasked and owned.
+struct Frame {
+    fin: bool,
+    opcode: OpCode,
+    payload: Vec<u8>,
 }
 
 pub(crate) struct MessageReader<S> {
@@ -67,17 +93,20 @@ pub(crate) struct MessageReader<S> {
 }
 
 impl<S: AsyncRead + Unpin> MessageReader<S> {
-    pub(crate) fn new(stream: S, max_message_size: usize) -> Self {
+    /// A reader of `stream`'s client frames; `deflate` if the connection negotiated
+    /// permessage-deflate.
+    pub(crate) fn new(stream: S, max_message_size: usize, deflate: bool) -> Self {
         Self {
-            gate: FrameGate::new(stream),
+            gate: FrameGate::new(stream, deflate),
             max_message_size,
             partial: None,
         }
     }
 
-    /// A fastwebsockets reader over the gate, configured for sigmahub.
-    fn frames(&mut self) -> WebSocketRead<&mut FrameGate<S>> {
-        let (mut ws, _) = fastwebsockets::after_handshake_split(
+    /// The next frame, read by a fastwebsockets reader over the gate that lives for this
+    /// frame only (the gate guarantees it buffered nothing past it).
+    async fn frame(&mut self) -> Result<Frame, WebSocketError> {
+        let (mut ws, _): (WebSocketRead<_>, _) = fastwebsockets::after_handshake_split(
             &mut self.gate,
             tokio::io::sink(),
             fastwebsockets::Role::Server,
@@ -86,7 +115,26 @@ impl<S: AsyncRead + Unpin> MessageReader<S> {
         ws.set_auto_pong(false);
         // fastwebsockets refuses a frame whose length is >= the limit.
         ws.set_max_message_size(self.max_message_size + 1);
-        ws
+        let frame = ws
+            .read_frame(&mut |_| std::future::ready(Ok::<(), std::convert::Infallible>(())))
+            .await?;
+        Ok(Frame {
+            fin: frame.fin,
+            opcode: frame.opcode,
+            payload: frame.payload.into(),
+        })
+    }
+
+    /// A whole text message's bytes, inflated if `compressed`, checked as UTF-8.
+    fn text(&self, bytes: Vec<u8>, compressed: bool) -> Result<Incoming, ReadEnd> {
+        let text = match compressed {
+            true => inflate(&bytes, self.max_message_size).map_err(ReadEnd::Inflate)?,
+            false => bytes,
+        };
+        match std::str::from_utf8(&text) {
+            Ok(_) => Ok(Incoming::Text(text)),
+            Err(_) => Err(ReadEnd::Violation(CloseCode::INVALID_PAYLOAD)),
+        }
     }
 
     /// Reads until a whole message or a control frame is available. Not cancel-safe: keep
@@ -101,23 +149,25 @@ impl<S: AsyncRead + Unpin> MessageReader<S> {
         }
         let max_message_size = self.max_message_size;
         let mut partial = self.partial.take();
-        let mut ws = self.frames();
         let result = loop {
-            let frame = match ws
-                .read_frame(&mut |_| std::future::ready(Ok::<(), std::convert::Infallible>(())))
-                .await
-            {
+            let frame = match self.frame().await {
                 Ok(frame) => frame,
                 Err(e) => break Err(read_end(e)),
             };
-            match frame.opcode {
+            // The gate hands a compressed text frame on as binary.
+            let compressed = self.gate.compressed();
+            let opcode = match (frame.opcode, compressed) {
+                (OpCode::Binary, Compressed::Text) => OpCode::Text,
+                (opcode, _) => opcode,
+            };
+            match opcode {
                 OpCode::Close => {
                     break match close_violation(&frame.payload) {
                         None => Ok(Incoming::Close),
                         Some(code) => Err(ReadEnd::Violation(code)),
                     }
                 }
-                OpCode::Ping => break Ok(Incoming::Ping(Bytes::copy_from_slice(&frame.payload))),
+                OpCode::Ping => break Ok(Incoming::Ping(Bytes::from(frame.payload))),
                 OpCode::Pong => break Ok(Incoming::Pong),
                 // A whole binary message is the session's to judge (a Socket.IO client's
                 // attachments); a fragmented one is refused here.
@@ -126,14 +176,16 @@ impl<S: AsyncRead + Unpin> MessageReader<S> {
                 OpCode::Text if partial.is_some() => {
                     break Err(ReadEnd::Violation(CloseCode::PROTOCOL_ERROR))
                 }
-                OpCode::Text if frame.fin => {
+                OpCode::Text if frame.fin && compressed == Compressed::No => {
                     // fastwebsockets validated the UTF-8 of this unfragmented message.
-                    break Ok(Incoming::Text(frame.payload.into()));
+                    break Ok(Incoming::Text(frame.payload));
                 }
+                OpCode::Text if frame.fin => break self.text(frame.payload, true),
                 OpCode::Text => {
                     partial = Some(Partial {
-                        bytes: frame.payload.into(),
+                        bytes: frame.payload,
                         fragments: 1,
+                        compressed: compressed == Compressed::Text,
                     })
                 }
                 OpCode::Continuation => {
@@ -148,16 +200,12 @@ impl<S: AsyncRead + Unpin> MessageReader<S> {
                     }
                     message.bytes.extend_from_slice(&frame.payload);
                     if frame.fin {
-                        let message = partial.take().expect("checked above").bytes;
-                        if std::str::from_utf8(&message).is_err() {
-                            break Err(ReadEnd::Violation(CloseCode::INVALID_PAYLOAD));
-                        }
-                        break Ok(Incoming::Text(message));
+                        let message = partial.take().expect("checked above");
+                        break self.text(message.bytes, message.compressed);
                     }
                 }
             }
         };
-        drop(ws);
         // A fragmented message in progress survives the reader; the gate guarantees the
         // reader buffered nothing beyond the frames it returned.
         self.partial = partial;
@@ -186,7 +234,7 @@ fn close_violation(payload: &[u8]) -> Option<CloseCode> {
 fn read_end(e: WebSocketError) -> ReadEnd {
     use WebSocketError as E;
     match e {
-        E::IoError(e) if e.get_ref().is_some_and(|inner| inner.is::<UnmaskedFrame>()) => {
+        E::IoError(e) if e.get_ref().is_some_and(|inner| inner.is::<BadHeader>()) => {
             ReadEnd::Violation(CloseCode::PROTOCOL_ERROR)
         }
         E::UnexpectedEOF | E::ConnectionClosed | E::IoError(_) => ReadEnd::Gone,
@@ -255,12 +303,20 @@ mod tests {
     }
 
     async fn read_all(wire: Vec<u8>, max: usize) -> Vec<Result<String, ReadEnd>> {
+        read_all_with(wire, max, false).await
+    }
+
+    async fn read_all_with(
+        wire: Vec<u8>,
+        max: usize,
+        deflate: bool,
+    ) -> Vec<Result<String, ReadEnd>> {
         let (head, tail) = wire.split_at(wire.len() / 3);
         let stream = Prefixed::new(
             Bytes::copy_from_slice(head),
             std::io::Cursor::new(tail.to_vec()),
         );
-        let mut reader = MessageReader::new(stream, max);
+        let mut reader = MessageReader::new(stream, max, deflate);
         let mut out = Vec::new();
         loop {
             match reader.next().await {
@@ -370,6 +426,72 @@ mod tests {
                 Ok("Close".into()),
                 "{payload:?}"
             );
+        }
+    }
+
+    /// A compressed message's first frame: RSV1 set.
+    fn squeezed(fin: bool, opcode: u8, text: &[u8]) -> Vec<u8> {
+        let mut out = frame(fin, opcode, &crate::compression::compress(text, 6).unwrap());
+        out[0] |= 0x40;
+        out
+    }
+
+    #[tokio::test]
+    async fn compressed_messages_are_inflated_whole_or_in_fragments() {
+        let text = r#"{"type":"subscribe","data":{"events":["orders","orders.eu","orders.us"]}}"#;
+        let whole = squeezed(true, 1, text.as_bytes());
+        // The same compressed bytes cut in two: the second half as a continuation.
+        let compressed = crate::compression::compress(text.as_bytes(), 6).unwrap();
+        let (a, b) = compressed.split_at(compressed.len() / 2);
+        let mut split = [&frame(false, 1, a)[..], &frame(true, 0, b)].concat();
+        split[0] |= 0x40;
+        let wire = [whole, frame(true, 9, b"p"), split, frame(true, 1, b"plain")].concat();
+        let got = read_all_with(wire, 1024, true).await;
+        assert_eq!(got[0], Ok(text.into()));
+        assert_eq!(got[1], Ok("Ping(b\"p\")".into()));
+        assert_eq!(got[2], Ok(text.into()));
+        assert_eq!(got[3], Ok("plain".into()));
+    }
+
+    #[tokio::test]
+    async fn bad_compressed_messages_map_to_close_codes() {
+        let bomb = squeezed(true, 1, &vec![b' '; 60_000]);
+        assert!(bomb.len() < 200, "{}", bomb.len());
+        let mut garbage = frame(true, 1, &[0xff; 20]);
+        garbage[0] |= 0x40;
+        let cases: Vec<(Vec<u8>, bool, ReadEnd)> = vec![
+            (bomb, true, ReadEnd::Inflate(InflateError::TooBig)),
+            (
+                garbage.clone(),
+                true,
+                ReadEnd::Inflate(InflateError::Corrupt),
+            ),
+            (
+                squeezed(true, 1, &[0xff; 300]),
+                true,
+                ReadEnd::Violation(CloseCode::INVALID_PAYLOAD),
+            ),
+            // Not negotiated: RSV1 is a protocol error.
+            (
+                garbage,
+                false,
+                ReadEnd::Violation(CloseCode::PROTOCOL_ERROR),
+            ),
+            (
+                [vec![0xc9, 0x80], vec![0; 4]].concat(),
+                true,
+                ReadEnd::Violation(CloseCode::PROTOCOL_ERROR),
+            ),
+            (
+                [&frame(false, 1, b"{")[..], &squeezed(true, 0, &[b'a'; 200])].concat(),
+                true,
+                ReadEnd::Violation(CloseCode::PROTOCOL_ERROR),
+            ),
+        ];
+        for (wire, deflate, end) in cases {
+            let got = read_all_with(wire, 1024, deflate).await;
+            assert_eq!(got.last(), Some(&Err(end)), "{end:?}");
+            assert_eq!(got.len(), 1, "{got:?}");
         }
     }
 

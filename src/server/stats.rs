@@ -7,6 +7,7 @@ use serde::Serialize;
 use super::analytics::Summary;
 use super::memory::Memory;
 use super::Shared;
+use crate::compression::DeflateStats;
 use crate::dialect::Dialect;
 use crate::engine::latency::HistogramSnapshot;
 use crate::protocol::channel::Channel;
@@ -30,6 +31,9 @@ pub(crate) struct Stats {
     events_published: u64,
     /// Frames put in client queues by publishes.
     frames_delivered: u64,
+    /// permessage-deflate: the connections that negotiated it, and what compressing each
+    /// broadcast once for them did.
+    compression: Compression,
     memory: Memory,
     analytics: Summary,
     /// The broker's own report (a cluster's link and stream); `null` on one node.
@@ -53,6 +57,19 @@ struct Upstream {
     snapshots: BTreeMap<Channel, SnapshotStatus>,
 }
 
+/// What `compression` in the stats says.
+#[derive(Debug, Serialize)]
+struct Compression {
+    /// Connections open now that negotiated permessage-deflate.
+    connections: usize,
+    #[serde(flatten)]
+    totals: DeflateStats,
+    /// `compressed / messages`: the share of those broadcasts sent compressed.
+    compressed_share: f64,
+    /// `1 - bytes_out / bytes_in`: the share of their payload bytes compression saved.
+    bytes_saved_share: f64,
+}
+
 /// The publish-to-write histogram in brief.
 #[derive(Debug, Serialize)]
 pub(crate) struct Latency {
@@ -66,6 +83,24 @@ struct Brief {
     /// Upper bounds of the buckets holding the quantile; `null` past the last bound.
     p50_ms_at_most: Option<f64>,
     p99_ms_at_most: Option<f64>,
+}
+
+impl Compression {
+    fn of(connections: usize, totals: DeflateStats) -> Self {
+        let share = |part: u64, whole: u64| match whole {
+            0 => 0.0,
+            whole => part as f64 / whole as f64,
+        };
+        Self {
+            connections,
+            totals,
+            compressed_share: share(totals.compressed, totals.messages),
+            bytes_saved_share: match totals.bytes_in {
+                0 => 0.0,
+                bytes_in => 1.0 - share(totals.bytes_out, bytes_in),
+            },
+        }
+    }
 }
 
 impl Stats {
@@ -86,6 +121,7 @@ impl Stats {
             messages_received: counters.messages_received.get(),
             events_published: hub.published,
             frames_delivered: hub.delivered,
+            compression: Compression::of(hub.deflate_clients, shared.hub.compression()),
             memory: Memory::now(&shared.hub),
             analytics: shared.analytics.summary(hub.connected_total),
             cluster: shared.broker.status(),

@@ -8,10 +8,16 @@ use tokio::net::TcpStream;
 
 /// Opens a WebSocket by hand and returns the socket just after the 101 response.
 pub async fn raw_ws_at(addr: SocketAddr, path: &str) -> TcpStream {
+    raw_ws_with(addr, path, "").await.0
+}
+
+/// Opens a WebSocket by hand with `headers` (each line ending in `\r\n`) added to the
+/// request; returns the socket just after the 101 response, and the response's head.
+pub async fn raw_ws_with(addr: SocketAddr, path: &str, headers: &str) -> (TcpStream, String) {
     let mut tcp = TcpStream::connect(addr).await.unwrap();
     let request = format!(
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{headers}\r\n"
     );
     tcp.write_all(request.as_bytes()).await.unwrap();
     let mut head = Vec::new();
@@ -20,12 +26,32 @@ pub async fn raw_ws_at(addr: SocketAddr, path: &str) -> TcpStream {
         super::within(tcp.read_exact(&mut byte)).await.unwrap();
         head.push(byte[0]);
     }
-    assert!(
-        head.starts_with(b"HTTP/1.1 101"),
-        "{}",
-        String::from_utf8_lossy(&head)
-    );
-    tcp
+    let head = String::from_utf8(head).unwrap();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    (tcp, head)
+}
+
+/// Reads one server frame: its first byte (FIN, RSV1, opcode) and its payload.
+pub async fn read_frame(tcp: &mut TcpStream) -> (u8, Vec<u8>) {
+    let mut header = [0u8; 2];
+    super::within(tcp.read_exact(&mut header)).await.unwrap();
+    assert_eq!(header[1] & 0x80, 0, "a server frame is never masked");
+    let len = match header[1] & 0x7f {
+        126 => {
+            let mut n = [0u8; 2];
+            tcp.read_exact(&mut n).await.unwrap();
+            u16::from_be_bytes(n) as usize
+        }
+        127 => {
+            let mut n = [0u8; 8];
+            tcp.read_exact(&mut n).await.unwrap();
+            u64::from_be_bytes(n) as usize
+        }
+        n => n as usize,
+    };
+    let mut payload = vec![0u8; len];
+    super::within(tcp.read_exact(&mut payload)).await.unwrap();
+    (header[0], payload)
 }
 
 /// A client frame with the given first byte, masked or not.

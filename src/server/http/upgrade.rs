@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::header::{HeaderValue, HOST, ORIGIN};
+use hyper::header::{HeaderValue, HOST, ORIGIN, SEC_WEBSOCKET_EXTENSIONS};
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
@@ -13,6 +13,8 @@ use tokio::net::TcpStream;
 use super::credentials::{barred, bearer};
 use super::response::error;
 use super::{refused, Connection, ResponseBody};
+use crate::compression::negotiate;
+use crate::config::CompressionMode;
 use crate::dialect::Dialect;
 use crate::protocol::code::ErrorCode;
 use crate::protocol::message::{Resume, MAX_RESUME_CHANNELS};
@@ -93,8 +95,16 @@ pub(super) fn websocket<B>(
                 Ok(resume) => resume,
                 Err(message) => return error(ErrorCode::InvalidSince, &message),
             };
+            let deflate = shared.config.compression.mode == CompressionMode::On
+                && negotiate::accepts(
+                    req.headers()
+                        .get_all(SEC_WEBSOCKET_EXTENSIONS)
+                        .iter()
+                        .map(HeaderValue::as_bytes),
+                );
             let handshake = session::Handshake {
                 dialect,
+                deflate,
                 token: upgrade_token(&req),
                 resume,
                 greeting,
@@ -111,10 +121,18 @@ pub(super) fn websocket<B>(
             Accepted::Handover(handover)
         }
     };
-    let (response, upgrade) = match fastwebsockets::upgrade::upgrade(&mut req) {
+    let (mut response, upgrade) = match fastwebsockets::upgrade::upgrade(&mut req) {
         Ok(pair) => pair,
         Err(e) => return error(ErrorCode::BadHandshake, &e.to_string()),
     };
+    // A handed-over socket (Engine.IO's upgrade from polling) keeps its session's plain
+    // frames: the extension is declined.
+    if matches!(&then, Accepted::Session(handshake, _) if handshake.deflate) {
+        response.headers_mut().insert(
+            SEC_WEBSOCKET_EXTENSIONS,
+            HeaderValue::from_static(negotiate::ANSWER),
+        );
+    }
     let tasks = shared.tasks.clone();
     tasks.spawn(async move {
         let upgraded = match upgrade.await {

@@ -36,7 +36,7 @@ use super::writer::{self, WriteFailed, CLOSE_LINGER};
 use super::Shared;
 use crate::auth::permissions::Identity;
 use crate::broker::Completion;
-use crate::dialect::{Dialect, ServerMessage};
+use crate::dialect::{Dialect, Encoding, ServerMessage};
 use crate::engine::client::Client;
 use crate::engine::outbox::Closing;
 use crate::event::unix_seconds;
@@ -59,6 +59,9 @@ pub const WELCOME_MESSAGE: &str = "Welcome to SigmaVault WebSocket";
 pub(crate) struct Handshake {
     /// The wire protocol it speaks, from the path it upgraded on.
     pub(crate) dialect: Dialect,
+    /// Whether it negotiated permessage-deflate: its broadcast frames are sent compressed,
+    /// and its compressed messages are inflated.
+    pub(crate) deflate: bool,
     /// Its credential (`?token=` or `Authorization: Bearer`), if any.
     pub(crate) token: Option<Box<str>>,
     /// Where it left off on the channels it gets on connect (`?since=…&epoch=…`).
@@ -80,7 +83,11 @@ pub(crate) async fn run<R, W>(
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let Ok(client) = shared.hub.connect_as(handshake.dialect) else {
+    let encoding = Encoding {
+        dialect: handshake.dialect,
+        deflate: handshake.deflate,
+    };
+    let Ok(client) = shared.hub.connect_with(encoding) else {
         tracing::warn!(%address, "no free client slot; closing");
         shared.counters.closed(CloseCode::INTERNAL_ERROR);
         let _ = writer::write_frames(
@@ -156,7 +163,8 @@ async fn serve<R, W>(
     }
 
     let (code, reason) = {
-        let mut reader = MessageReader::new(read, config.max_message_size);
+        let deflate = session.client.encoding().deflate;
+        let mut reader = MessageReader::new(read, config.max_message_size, deflate);
         let read_half = session.read_loop(&mut reader);
         let write_half = writer::run(&outbox, &mut write, &shared.counters);
         tokio::pin!(read_half, write_half);
@@ -179,8 +187,7 @@ async fn serve<R, W>(
             }
             end = &mut read_half => {
                 outbox.close(match end {
-                    Ending::Read(ReadEnd::Gone) => Closing::Now(CloseCode::NORMAL),
-                    Ending::Read(ReadEnd::Violation(code)) => Closing::Now(code),
+                    Ending::Read(end) => Closing::Now(end.close_code().unwrap_or(CloseCode::NORMAL)),
                     Ending::Refused(code) => Closing::AfterFlush(code),
                 });
                 // Only `end` lives across this wait: every byte here is paid per connection.
@@ -190,7 +197,9 @@ async fn serve<R, W>(
                     Ending::Read(ReadEnd::Violation(code)) if code.code == CloseCode::NORMAL.code => {
                         (Some(code), Disconnect::ClientClosed)
                     }
-                    Ending::Read(ReadEnd::Violation(code)) => (Some(code), Disconnect::Violation),
+                    Ending::Read(end @ (ReadEnd::Violation(_) | ReadEnd::Inflate(_))) => {
+                        (end.close_code(), Disconnect::Violation)
+                    }
                     Ending::Refused(code) => (Some(code), Disconnect::Refused),
                 }
             }
@@ -300,7 +309,12 @@ impl Session<'_> {
             let incoming = tokio::select! {
                 next = reader.next() => match next {
                     Ok(incoming) => incoming,
-                    Err(end) => return Ending::Read(end),
+                    Err(end) => {
+                        if let ReadEnd::Inflate(e) = end {
+                            self.shared.counters.hit(Limit::refused_inflate(e));
+                        }
+                        return Ending::Read(end);
+                    }
                 },
                 code = self.deadlines.passed() => return Ending::Read(ReadEnd::Violation(code)),
             };

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use super::reply::{subscription_reply, Resumed};
 use super::Session;
 use crate::auth::permissions::Identity;
-use crate::dialect::{Dialect, ServerMessage};
+use crate::dialect::{Dialect, Encoding, ServerMessage};
 use crate::engine::client::{Client, Rejection, SubscriptionChange};
 use crate::engine::history::Locked;
 use crate::protocol::channel::{self, Channel};
@@ -194,14 +194,16 @@ pub(super) fn send_snapshots(
             continue;
         };
         // Whole: hundreds of agents are more than the queue's frame bound.
-        let dialect = client.dialect();
-        if dialect == Dialect::CANONICAL {
+        let encoding = client.encoding();
+        if encoding == Encoding::plain(Dialect::CANONICAL) {
             client.outbox().push_whole(&snapshot.frames);
         } else {
+            // Transcoded and compressed for this client: a snapshot goes to each new
+            // subscriber once, not to every subscriber at each publish.
             let frames: Vec<Bytes> = snapshot
                 .frames
                 .iter()
-                .map(|f| dialect.transcode(f))
+                .map(|f| client.encode(&encoding.dialect.transcode(f)))
                 .collect();
             client.outbox().push_whole(&frames);
         }

@@ -243,6 +243,8 @@ async fn handshake<B>(
     let polling = Arc::new(Polling::new(&sid, shared.config.client_queue_bytes));
     let handshake = session::Handshake {
         dialect: Dialect::SocketIo,
+        // Long-polling: plain frames, read as bytes (and kept so after an upgrade).
+        deflate: false,
         token: upgrade_token(&req),
         resume: None,
         greeting: Some(open_packet(shared, &sid, true)),

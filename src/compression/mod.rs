@@ -1,0 +1,69 @@
+//! permessage-deflate (RFC 7692), compressed once per broadcast.
+//!
+//! The usual server compresses each message for each connection, in that connection's
+//! deflate context: its CPU grows with the subscribers. sigmahub compresses a broadcast
+//! once. It agrees with every client on `server_no_context_takeover`, so that a message is
+//! compressed on its own, with no history shared with the messages before it; the one
+//! compressed frame is then as shareable as the plain one, and every subscriber that
+//! negotiated the extension gets a refcounted clone of it (see [`crate::dialect::Encoding`]).
+//! It also asks for `client_no_context_takeover`, so that no connection keeps a 32 KiB
+//! inflate window between the client's messages.
+//!
+//! - [`negotiate`]: the `Sec-WebSocket-Extensions` offer and answer.
+//! - `deflate`: one message compressed into a complete frame (private).
+//! - `inflate`: a client's compressed message inflated under the size limit (private).
+//!
+//! The compressor is zlib-rs (through flate2), one-shot per message with its state reused
+//! per thread. It was chosen over libdeflate, which compresses small messages a little
+//! better for the time: libdeflate only writes whole streams, ending in a final block, and
+//! RFC 7692 asks for a sync-flushed stream (an empty stored block, stripped); a final block
+//! is allowed but some clients' inflaters stop there, so zlib-rs's sync flush is the form
+//! every client reads. Compressed once per broadcast, its extra cost per message is spread
+//! over the subscribers (see `benches/compression.rs` and perf/README.md).
+
+pub(crate) mod deflate;
+pub(crate) mod inflate;
+pub mod negotiate;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+pub(crate) use deflate::Deflater;
+pub use deflate::{compress, DeflateStats};
+pub(crate) use inflate::{inflate, InflateError};
+
+/// Compression of WebSocket messages (TOML section `[compression]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct CompressionConfig {
+    /// `on`: permessage-deflate with every WebSocket client that offers it (browsers do);
+    /// `off`: never. Default `on`.
+    pub mode: CompressionMode,
+    /// Messages whose payload is shorter than this many bytes are sent uncompressed: below
+    /// about 100 bytes deflate saves little or nothing. Default 128.
+    pub threshold: usize,
+    /// The deflate level, 1 (fastest) to 9 (smallest). Default 6, zlib's own default: a
+    /// broadcast is compressed once for all its subscribers.
+    pub level: u32,
+}
+
+impl Default for CompressionConfig {
+    fn default() -> Self {
+        Self {
+            mode: CompressionMode::On,
+            threshold: 128,
+            level: 6,
+        }
+    }
+}
+
+/// Whether the server compresses (see [`CompressionConfig::mode`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum CompressionMode {
+    /// permessage-deflate with every client that offers it.
+    On,
+    /// Never: offers are declined.
+    Off,
+}
