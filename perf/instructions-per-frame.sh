@@ -6,6 +6,7 @@
 # counted: this measures sigmahub's own code.
 #
 #   perf/instructions-per-frame.sh target/release/sigmahub [server flags...]
+#   PERF_ARGS="--deflate --shape json1kb" perf/instructions-per-frame.sh …   (generator flags)
 #
 # Needs valgrind and a release build of sigmahub-perf. Takes about a minute.
 set -euo pipefail
@@ -28,8 +29,9 @@ run() {
         (echo >"/dev/tcp/${addr%:*}/${addr#*:}") 2>/dev/null && break
         sleep 0.1
     done
+    # shellcheck disable=SC2086 # PERF_ARGS is a list of flags
     "$perf_bin" --server-pid "$pid" --addr "$addr" --clients 100 --rate 50 --batch 10 \
-        --duration "$duration" >"$work/perf.$duration" 2>/dev/null
+        --duration "$duration" ${PERF_ARGS:-} >"$work/perf.$duration" 2>/dev/null
     kill -TERM "$pid"
     wait "$pid"
     local instructions delivered

@@ -79,6 +79,9 @@ pub struct Snapshot {
     pub stale: Option<Staleness>,
     /// The frames as broadcast (stale fields included when stale).
     pub frames: Arc<[Bytes]>,
+    /// `frames` as a client with permessage-deflate is sent them, compressed on the first
+    /// subscribe that needs them: once per snapshot, not once per subscriber.
+    deflated: std::sync::OnceLock<Arc<[Bytes]>>,
 }
 
 impl Snapshot {
@@ -100,7 +103,16 @@ impl Snapshot {
             last_update,
             stale,
             frames,
+            deflated: std::sync::OnceLock::new(),
         }
+    }
+
+    /// [`frames`](Self::frames) compressed by `deflate` (each frame, or itself where
+    /// compressing does not pay), computed once and kept with the snapshot.
+    pub(crate) fn deflated(&self, deflate: impl Fn(&Bytes) -> Bytes) -> Arc<[Bytes]> {
+        self.deflated
+            .get_or_init(|| self.frames.iter().map(deflate).collect())
+            .clone()
     }
 
     /// The same data marked stale with `error_code`, stamped `now`.
@@ -360,6 +372,23 @@ mod tests {
         assert_eq!(cache.get("a").unwrap().items[0].get(), r#"{"v":3}"#);
         assert_eq!(cache.all().len(), 2);
         assert!(cache.get("c").is_none());
+    }
+
+    #[test]
+    fn the_deflated_frames_are_made_once_per_snapshot() {
+        let t = SystemTime::UNIX_EPOCH;
+        let items = vec![raw(r#"{"v":1}"#), raw(r#"{"v":2}"#)];
+        let snapshot = Snapshot::new(Channel::new("a").unwrap(), items.into(), t, None, t);
+        let calls = std::cell::Cell::new(0);
+        let deflate = |f: &Bytes| {
+            calls.set(calls.get() + 1);
+            f.slice(1..)
+        };
+        let first = snapshot.deflated(deflate);
+        let again = snapshot.deflated(deflate);
+        assert_eq!(calls.get(), 2, "once per frame, on the first call only");
+        assert!(Arc::ptr_eq(&first, &again));
+        assert_eq!(first[0], snapshot.frames[0].slice(1..));
     }
 
     fn agents(now: SystemTime, statuses: &[(&str, &str)]) -> Snapshot {

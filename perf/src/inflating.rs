@@ -3,9 +3,10 @@
 //! tungstenite has no permessage-deflate: it refuses a frame with RSV1 set. [`Inflating`]
 //! sits between it and the socket. It passes the HTTP handshake through untouched, then
 //! reads the server's frames whole and hands tungstenite each compressed one inflated, as
-//! the plain frame it stands for. The server answers with `server_no_context_takeover`, so
-//! each message inflates on its own. The client itself sends uncompressed, as RFC 7692
-//! allows. The inflating is real client work, as a browser does it, so the generator's CPU
+//! the plain frame it stands for. When the server answers with `server_no_context_takeover`
+//! (sigmahub does) each message inflates on its own; otherwise (node `ws`'s default) the
+//! inflater keeps its window from message to message, as the server's deflater does. The
+//! client itself sends uncompressed, as RFC 7692 allows. The inflating is real client work, as a browser does it, so the generator's CPU
 //! figures include it.
 
 use std::io;
@@ -33,6 +34,8 @@ pub struct Inflating<S> {
     ready_at: usize,
     /// Still in the HTTP handshake: bytes pass through until its end.
     in_handshake: bool,
+    /// The server compresses each message on its own (`server_no_context_takeover`).
+    no_context_takeover: bool,
     decompress: Decompress,
     /// Messages that came compressed, counted for the report.
     compressed: Arc<AtomicU64>,
@@ -46,6 +49,7 @@ impl<S> Inflating<S> {
             ready: Vec::new(),
             ready_at: 0,
             in_handshake: true,
+            no_context_takeover: false,
             decompress: Decompress::new(false),
             compressed,
         }
@@ -57,6 +61,8 @@ impl<S> Inflating<S> {
             let Some(end) = self.raw.windows(4).position(|w| w == b"\r\n\r\n") else {
                 return Ok(());
             };
+            let head = String::from_utf8_lossy(&self.raw[..end]).to_ascii_lowercase();
+            self.no_context_takeover = head.contains("server_no_context_takeover");
             self.ready.extend(self.raw.drain(..end + 4));
             self.in_handshake = false;
         }
@@ -92,15 +98,18 @@ impl<S> Inflating<S> {
     }
 
     fn inflate(&mut self, input: &[u8]) -> io::Result<Vec<u8>> {
-        self.decompress.reset(false);
+        if self.no_context_takeover {
+            self.decompress.reset(false);
+        }
+        let start = self.decompress.total_in();
         let mut out = Vec::with_capacity(input.len() * 4 + 64);
         loop {
-            let consumed = self.decompress.total_in() as usize;
+            let consumed = (self.decompress.total_in() - start) as usize;
             let status = self
                 .decompress
                 .decompress_vec(&input[consumed..], &mut out, FlushDecompress::Sync)
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-            let consumed = self.decompress.total_in() as usize;
+            let consumed = (self.decompress.total_in() - start) as usize;
             if status == Status::StreamEnd
                 || (consumed == input.len() && out.len() < out.capacity())
             {

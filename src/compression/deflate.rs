@@ -20,8 +20,9 @@ pub(crate) const SYNC_TAIL: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct DeflateStats {
     /// Messages considered for compression: each broadcast that had subscribers with
-    /// permessage-deflate, once whatever their number, and each snapshot frame sent to a
-    /// new subscriber with it.
+    /// permessage-deflate, once whatever their number, and each status snapshot's frames
+    /// the first time a subscriber with it needs them (once per snapshot; per subscriber
+    /// for the Skreaver and Socket.IO dialects, which transcode it).
     pub messages: u64,
     /// Those sent compressed; the others were under the threshold or did not get smaller.
     pub compressed: u64,

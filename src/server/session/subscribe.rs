@@ -197,9 +197,13 @@ pub(super) fn send_snapshots(
         let encoding = client.encoding();
         if encoding == Encoding::plain(Dialect::CANONICAL) {
             client.outbox().push_whole(&snapshot.frames);
+        } else if encoding.dialect == Dialect::CANONICAL {
+            // Compressed once per snapshot, for every subscriber that takes it compressed.
+            client
+                .outbox()
+                .push_whole(&snapshot.deflated(|f| client.encode(f)));
         } else {
-            // Transcoded and compressed for this client: a snapshot goes to each new
-            // subscriber once, not to every subscriber at each publish.
+            // Another dialect: transcoded (and compressed) for this client.
             let frames: Vec<Bytes> = snapshot
                 .frames
                 .iter()
