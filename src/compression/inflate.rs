@@ -42,7 +42,9 @@ pub(crate) fn inflate(compressed: &[u8], limit: usize) -> Result<Vec<u8>, Inflat
     DECOMPRESS.with(|cell| {
         let mut decompress = cell.borrow_mut();
         decompress.reset(false);
-        let mut out = Vec::with_capacity(compressed.len().saturating_mul(4).clamp(64, limit + 1));
+        // Room for one byte past the limit, to see it passed.
+        let most = limit.saturating_add(1);
+        let mut out = Vec::with_capacity(compressed.len().saturating_mul(4).max(64).min(most));
         for input in [compressed, &SYNC_TAIL] {
             let start = decompress.total_in();
             loop {
@@ -52,7 +54,7 @@ pub(crate) fn inflate(compressed: &[u8], limit: usize) -> Result<Vec<u8>, Inflat
                     if out.len() > limit {
                         return Err(InflateError::TooBig);
                     }
-                    let grow = out.len().max(64).min(limit + 1 - out.len());
+                    let grow = out.len().max(64).min(most - out.len());
                     out.reserve_exact(grow);
                 }
                 let status = decompress
@@ -93,6 +95,17 @@ mod tests {
             inflate(&compressed, message.len() - 1),
             Err(InflateError::TooBig)
         );
+    }
+
+    #[test]
+    fn any_limit_works_down_to_zero() {
+        // Found by the `inflate` fuzz target: a limit under 63 bytes panicked (`clamp`).
+        let text = b"abcabcabcabcabcabcabcabcabcabcabcabcabcabcabc";
+        let compressed = compress(text, 6).unwrap();
+        assert_eq!(inflate(&compressed, text.len()).unwrap(), text);
+        assert_eq!(inflate(&compressed, 3), Err(InflateError::TooBig));
+        assert_eq!(inflate(&compressed, 0), Err(InflateError::TooBig));
+        assert_eq!(inflate(&compressed, usize::MAX).unwrap(), text);
     }
 
     #[test]
