@@ -91,13 +91,24 @@ impl FrameBuf {
     /// Writes the header in front of the payload and returns the complete frame.
     pub fn finish(self, opcode: OpCode) -> Bytes {
         let mut buf = self.buf;
-        let mut header = [0u8; MAX_HEADER_LEN];
-        let header_len = write_header(opcode, buf.len() - MAX_HEADER_LEN, &mut header);
-        let start = MAX_HEADER_LEN - header_len;
-        buf[start..MAX_HEADER_LEN].copy_from_slice(&header[..header_len]);
+        let start = place_header(&mut buf, opcode, 0);
         let _ = buf.split_to(start);
         buf.freeze()
     }
+}
+
+/// Writes the header of a final, unmasked frame right-aligned into the first
+/// [`MAX_HEADER_LEN`] bytes of `buf`, which are room left for it before the payload, and
+/// returns the offset the frame starts at. `rsv` is or'ed into the first byte (RSV1 for a
+/// compressed message).
+#[inline]
+pub(crate) fn place_header(buf: &mut [u8], opcode: OpCode, rsv: u8) -> usize {
+    let mut header = [0u8; MAX_HEADER_LEN];
+    let header_len = write_header(opcode, buf.len() - MAX_HEADER_LEN, &mut header);
+    header[0] |= rsv;
+    let start = MAX_HEADER_LEN - header_len;
+    buf[start..MAX_HEADER_LEN].copy_from_slice(&header[..header_len]);
+    start
 }
 
 impl FrameBuf {

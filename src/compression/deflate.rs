@@ -7,7 +7,7 @@ use bytes::Bytes;
 use flate2::{Compress, Compression, FlushCompress};
 
 use super::CompressionConfig;
-use crate::frame::{payload_of, write_header, OpCode, MAX_HEADER_LEN};
+use crate::frame::{payload_of, place_header, OpCode, MAX_HEADER_LEN};
 
 /// The RSV1 bit of a frame's first byte: "this message is compressed" (RFC 7692 §6).
 pub(crate) const RSV1: u8 = 0x40;
@@ -112,11 +112,7 @@ fn compress_frame(payload: &[u8], level: u32) -> Option<(Bytes, usize)> {
     out.resize(MAX_HEADER_LEN, 0);
     deflate_into(payload, level, &mut out)?;
     let len = out.len() - MAX_HEADER_LEN;
-    let mut header = [0u8; MAX_HEADER_LEN];
-    let header_len = write_header(OpCode::Text, len, &mut header);
-    header[0] |= RSV1;
-    let start = MAX_HEADER_LEN - header_len;
-    out[start..MAX_HEADER_LEN].copy_from_slice(&header[..header_len]);
+    let start = place_header(&mut out, OpCode::Text, RSV1);
     Some((Bytes::from(out).slice(start..), len))
 }
 
