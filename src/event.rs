@@ -26,6 +26,83 @@ const RFC3339_MILLIS: &[FormatItem<'static>] =
 pub struct Event {
     channel: Channel,
     data: Box<RawValue>,
+    priority: Priority,
+    conflate: Option<ConflateKey>,
+}
+
+/// How much an event matters to a client that cannot keep up (seed 002's levels). Under
+/// `slow_consumer = "degrade"` a client that falls behind loses `low` events first, then
+/// `normal`, then `high`; `critical` events are never dropped (a client that cannot take
+/// them is closed). See docs/protocol.md, "Slow consumers".
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Default,
+    Serialize,
+    serde::Deserialize,
+    schemars::JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    /// Dropped first.
+    Low,
+    /// The default.
+    #[default]
+    Normal,
+    /// Dropped only when the client's queue is full.
+    High,
+    /// Never dropped.
+    Critical,
+}
+
+impl Priority {
+    /// Every priority, lowest first.
+    pub const ALL: [Priority; 4] = [Self::Low, Self::Normal, Self::High, Self::Critical];
+
+    /// The name used on the wire and in the config.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Low => "low",
+            Self::Normal => "normal",
+            Self::High => "high",
+            Self::Critical => "critical",
+        }
+    }
+
+    /// The priority named `name`, if any.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.as_str() == name)
+    }
+}
+
+/// A conflation key (for example `agent.status:agent-7`): a newer event with the same key on
+/// the same channel makes an older one that a slow client has not received yet obsolete.
+/// 1 to [`ConflateKey::MAX_LEN`] bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ConflateKey(Box<str>);
+
+impl ConflateKey {
+    /// The longest key, in bytes.
+    pub const MAX_LEN: usize = 128;
+
+    /// `key` as a conflation key, if it is 1 to [`MAX_LEN`](Self::MAX_LEN) bytes.
+    pub fn new(key: &str) -> Result<Self, EventError> {
+        match key.len() {
+            1..=Self::MAX_LEN => Ok(Self(key.into())),
+            _ => Err(EventError::ConflateKey),
+        }
+    }
+
+    /// The key.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
 }
 
 /// Why an event could not be built.
@@ -37,6 +114,9 @@ pub enum EventError {
     /// The data could not be serialized as JSON.
     #[error("event data is not serializable as JSON: {0}")]
     Data(#[from] serde_json::Error),
+    /// A conflation key that is empty or longer than [`ConflateKey::MAX_LEN`] bytes.
+    #[error("a conflation key is 1 to 128 bytes")]
+    ConflateKey,
 }
 
 impl Event {
@@ -47,15 +127,53 @@ impl Event {
     /// assert_eq!(event.channel().as_str(), "orders");
     /// ```
     pub fn new(channel: &str, data: &impl Serialize) -> Result<Self, EventError> {
-        Ok(Self {
-            channel: Channel::new(channel)?,
-            data: serde_json::value::to_raw_value(data)?,
-        })
+        Ok(Self::from_raw(
+            Channel::new(channel)?,
+            serde_json::value::to_raw_value(data)?,
+        ))
     }
 
-    /// An event from an already validated channel and raw JSON data.
+    /// An event from an already validated channel and raw JSON data, of `normal` priority
+    /// and without a conflation key.
     pub fn from_raw(channel: Channel, data: Box<RawValue>) -> Self {
-        Self { channel, data }
+        Self {
+            channel,
+            data,
+            priority: Priority::Normal,
+            conflate: None,
+        }
+    }
+
+    /// This event with `priority`.
+    ///
+    /// ```
+    /// use sigmahub::event::{ConflateKey, Event, Priority};
+    /// let event = Event::new("agent.status", &serde_json::json!({"agent_id": "a7"}))
+    ///     .unwrap()
+    ///     .with_priority(Priority::Low)
+    ///     .with_conflate(Some(ConflateKey::new("agent-7").unwrap()));
+    /// assert_eq!(event.priority(), Priority::Low);
+    /// assert_eq!(event.conflate().map(ConflateKey::as_str), Some("agent-7"));
+    /// ```
+    pub fn with_priority(mut self, priority: Priority) -> Self {
+        self.priority = priority;
+        self
+    }
+
+    /// This event with a conflation key (or none).
+    pub fn with_conflate(mut self, key: Option<ConflateKey>) -> Self {
+        self.conflate = key;
+        self
+    }
+
+    /// How much the event matters to a client that cannot keep up.
+    pub fn priority(&self) -> Priority {
+        self.priority
+    }
+
+    /// The event's conflation key, if it has one.
+    pub fn conflate(&self) -> Option<&ConflateKey> {
+        self.conflate.as_ref()
     }
 
     /// The channel (event type) this event is published on.

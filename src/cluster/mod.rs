@@ -19,6 +19,7 @@
 //! `history.max_age`); each node also keeps what it received in its in-memory history.
 //! The stream's creation time is the epoch.
 
+mod headers;
 mod interest;
 mod leader;
 mod receiver;
@@ -346,6 +347,7 @@ impl Cluster {
             let mut headers = HeaderMap::new();
             let id = self.published.fetch_add(1, Ordering::Relaxed);
             headers.insert("Nats-Msg-Id", format!("{}-{}", self.node, id).as_str());
+            headers::put_degrade_meta(&mut headers, event);
             // Sent in order on one connection, so stored in order; acknowledged later.
             let ack = self
                 .js

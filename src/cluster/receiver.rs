@@ -66,7 +66,7 @@ impl Receiver {
             &self.channel,
             offset,
             prev,
-            &message.payload,
+            (&message.payload, message.headers.as_ref()),
             SystemTime::now(),
         );
         self.last = offset;
@@ -106,7 +106,7 @@ impl Receiver {
                         &self.channel,
                         offset,
                         self.last,
-                        &message.payload,
+                        (&message.payload, Some(&message.headers)),
                         at,
                     );
                     self.last = offset;
@@ -138,14 +138,27 @@ pub(super) async fn latest(
 }
 
 /// Frames one event from the stream with its offset and fans it out.
-fn deliver(hub: &Hub, channel: &Channel, offset: u64, prev: u64, payload: &Bytes, at: SystemTime) {
+fn deliver(
+    hub: &Hub,
+    channel: &Channel,
+    offset: u64,
+    prev: u64,
+    (payload, headers): (&Bytes, Option<&HeaderMap>),
+    at: SystemTime,
+) {
     if !is_event(payload) {
         tracing::warn!(%channel, offset, "a message that is not a sigmahub event; dropped");
         return;
     }
-    hub.publish_sequenced(channel, offset, prev, at, |offset| {
-        with_offset(payload, offset)
-    });
+    let (priority, conflate) = super::headers::degrade_meta(headers);
+    hub.publish_sequenced(
+        channel,
+        (priority, conflate.as_ref()),
+        offset,
+        prev,
+        at,
+        |offset| with_offset(payload, offset),
+    );
 }
 
 /// Whether a payload from NATS is a JSON object, as sigmahub nodes publish (anything else

@@ -245,6 +245,8 @@ pub(crate) enum ServerMessage {
     Connected,
     /// A Socket.IO namespace connect refused (`44{"message"}`).
     ConnectError,
+    /// What a client that fell behind missed on a channel (`slow_consumer = "degrade"`).
+    Gap,
 }
 
 impl ServerMessage {
@@ -261,6 +263,7 @@ impl ServerMessage {
             Self::Error => "error",
             Self::Connected => "connect",
             Self::ConnectError => "connect_error",
+            Self::Gap => "gap",
         }
     }
 }

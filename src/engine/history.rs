@@ -147,13 +147,13 @@ impl History {
 
     /// Appends an event to `channel`'s log and delivers it, both under the log's lock:
     /// `encode` builds the (canonical) frame for the event's offset, `deliver` fans it out
-    /// given the offset and that frame.
+    /// given the offset, the offset of the channel's event before it, and that frame.
     pub fn append<R>(
         &self,
         channel: &Channel,
         now: SystemTime,
         encode: impl FnOnce(u64) -> Bytes,
-        deliver: impl FnOnce(u64, &Bytes) -> R,
+        deliver: impl FnOnce(u64, u64, &Bytes) -> R,
     ) -> R {
         let log = self.log(channel);
         let mut log = log.lock();
@@ -165,7 +165,7 @@ impl History {
             log.last
         };
         let frame = self.record(&mut log, offset, prev, now, encode);
-        deliver(offset, &frame)
+        deliver(offset, prev, &frame)
     }
 
     /// Appends an event whose offset was assigned elsewhere (a cluster's stream), after
@@ -178,7 +178,7 @@ impl History {
         prev: u64,
         now: SystemTime,
         encode: impl FnOnce(u64) -> Bytes,
-        deliver: impl FnOnce(u64, &Bytes) -> R,
+        deliver: impl FnOnce(u64, u64, &Bytes) -> R,
     ) -> Option<R> {
         let log = self.log(channel);
         let mut log = log.lock();
@@ -186,7 +186,7 @@ impl History {
             return None;
         }
         let frame = self.record(&mut log, offset, prev, now, encode);
-        Some(deliver(offset, &frame))
+        Some(deliver(offset, prev, &frame))
     }
 
     /// Encodes the event at `offset` and keeps it as the log's latest.
@@ -427,7 +427,7 @@ mod tests {
                     &ch(channel),
                     now,
                     |offset| Bytes::from(offset.to_string()),
-                    |offset, frame| {
+                    |offset, _, frame| {
                         assert_eq!(frame, offset.to_string().as_bytes());
                         offset
                     },
@@ -568,7 +568,7 @@ mod tests {
         let c = ch("a");
         let frame = |o: u64| Bytes::from(o.to_string());
         // Live: 20 (after 15) arrived; the stream holds 12 (after 9) and 15 (after 12).
-        h.append_sequenced(&c, 20, 15, now, frame, |_, _| ());
+        h.append_sequenced(&c, 20, 15, now, frame, |_, _, _| ());
         let fetched = vec![
             (12, 9, now, frame(12)),
             (15, 12, now, frame(15)),
@@ -604,7 +604,7 @@ mod tests {
                 prev,
                 now,
                 |o| Bytes::from(o.to_string()),
-                |_, _| (),
+                |_, _, _| (),
             )
         };
         assert_eq!(append(10, 4), Some(()));

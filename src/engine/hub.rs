@@ -23,6 +23,7 @@ use std::time::SystemTime;
 use bytes::Bytes;
 
 use super::client::Client;
+use super::degrade::Tag;
 use super::history::History;
 use super::latency::Stamp;
 use super::outbox::{Closing, Outbox, Push};
@@ -33,7 +34,7 @@ use super::topics::Topics;
 use crate::compression::{DeflateStats, Deflater};
 use crate::config::Config;
 use crate::dialect::{Dialect, Encoding};
-use crate::event::Event;
+use crate::event::{ConflateKey, Event, Priority};
 use crate::protocol::channel::Channel;
 use crate::protocol::close::CloseCode;
 
@@ -52,6 +53,9 @@ pub struct Delivery {
     pub overflowed: usize,
     /// Clients whose queue was full and which lost this frame (`drop` policy).
     pub dropped: usize,
+    /// Clients behind, from which the event was held back (`degrade` policy): counted for
+    /// their next `gap` marker, or parked as the newest of its conflation key.
+    pub degraded: usize,
 }
 
 impl std::ops::AddAssign for Delivery {
@@ -59,6 +63,7 @@ impl std::ops::AddAssign for Delivery {
         self.queued += other.queued;
         self.overflowed += other.overflowed;
         self.dropped += other.dropped;
+        self.degraded += other.degraded;
     }
 }
 
@@ -173,7 +178,7 @@ impl Hub {
         self.in_batch(|batch| {
             let mut delivery = Delivery::default();
             for event in events {
-                delivery += self.publish_event(event, now, |o, f, s| batch.push(o, f, s));
+                delivery += self.publish_event(event, now, |o, f, s, t| batch.push(o, f, s, t));
             }
             delivery
         })
@@ -186,22 +191,30 @@ impl Hub {
         &self,
         event: &Event,
         now: SystemTime,
-        push: impl FnMut(&Arc<Outbox>, Bytes, Option<Stamp>) -> Push,
+        push: impl FnMut(&Arc<Outbox>, Bytes, Option<Stamp>, &Tag<'_>) -> Push,
     ) -> Delivery {
         let channel = event.channel();
+        let tag = |offset, prev| Tag {
+            channel: channel.as_str(),
+            priority: event.priority(),
+            conflate: event.conflate(),
+            offset,
+            prev,
+        };
         let Some(history) = self.local_history() else {
-            return self.fan_out(channel, |dialect| dialect.event(event, now, None), push);
+            let frame = |dialect: Dialect| dialect.event(event, now, None);
+            return self.fan_out(&tag(0, 0), frame, push);
         };
         history.append(
             channel,
             now,
             |offset| Dialect::CANONICAL.event(event, now, Some(offset)),
-            |offset, kept| {
+            |offset, prev, kept| {
                 let frame = |dialect: Dialect| match dialect == Dialect::CANONICAL {
                     true => kept.clone(),
                     false => dialect.event(event, now, Some(offset)),
                 };
-                self.fan_out(channel, frame, push)
+                self.fan_out(&tag(offset, prev), frame, push)
             },
         )
     }
@@ -224,11 +237,19 @@ impl Hub {
     pub(crate) fn publish_sequenced(
         &self,
         channel: &Channel,
+        (priority, conflate): (Priority, Option<&ConflateKey>),
         offset: u64,
         prev: u64,
         now: SystemTime,
         encode: impl FnOnce(u64) -> Bytes,
     ) -> Option<Delivery> {
+        let tag = Tag {
+            channel: channel.as_str(),
+            priority,
+            conflate,
+            offset,
+            prev,
+        };
         match &self.inner.history {
             None => {
                 // Encoded for the first dialect with subscribers, if any has.
@@ -236,11 +257,11 @@ impl Hub {
                 let frame = |d: Dialect| {
                     d.transcode(kept.get_or_init(|| encode.take().expect("called once")(offset)))
                 };
-                Some(self.fan_out(channel, frame, push_and_wake))
+                Some(self.fan_out(&tag, frame, push_and_wake))
             }
             Some(history) => {
-                history.append_sequenced(channel, offset, prev, now, encode, |_, kept| {
-                    self.fan_out(channel, |d| d.transcode(kept), push_and_wake)
+                history.append_sequenced(channel, offset, prev, now, encode, |_, _, kept| {
+                    self.fan_out(&tag, |d| d.transcode(kept), push_and_wake)
                 })
             }
         }
@@ -263,7 +284,8 @@ impl Hub {
     /// snapshots, which a new subscriber receives whole instead.
     #[inline]
     pub fn publish_frame(&self, channel: &str, frame: &Bytes) -> Delivery {
-        self.fan_out(channel, |d| d.transcode(frame), push_and_wake)
+        let tag = Tag::plain(channel);
+        self.fan_out(&tag, |d| d.transcode(frame), push_and_wake)
     }
 
     /// Fans already encoded frames out to the subscribers of `channel`, in order, as one
@@ -274,11 +296,12 @@ impl Hub {
         if let [frame] = frames {
             return self.publish_frame(channel, frame);
         }
+        let tag = Tag::plain(channel);
         self.in_batch(|batch| {
             let mut delivery = Delivery::default();
             for frame in frames {
-                let push = |o: &Arc<Outbox>, f, s| batch.push(o, f, s);
-                delivery += self.fan_out(channel, |d| d.transcode(frame), push);
+                let push = |o: &Arc<Outbox>, f, s, t: &Tag<'_>| batch.push(o, f, s, t);
+                delivery += self.fan_out(&tag, |d| d.transcode(frame), push);
             }
             delivery
         })
@@ -305,21 +328,21 @@ impl Hub {
         })
     }
 
-    /// One channel lookup; `frame` is called (the event encoded) once for each dialect
-    /// that has subscribers, and its frame compressed once if some of them take it
-    /// compressed; `push` queues a clone of the frame of its encoding, with the publish
-    /// stamp, for each subscriber.
+    /// One channel lookup (`tag.channel`); `frame` is called (the event encoded) once for
+    /// each dialect that has subscribers, and its frame compressed once if some of them
+    /// take it compressed; `push` queues a clone of the frame of its encoding, with the
+    /// publish stamp and the event's tag, for each subscriber.
     #[inline]
     fn fan_out(
         &self,
-        channel: &str,
+        tag: &Tag<'_>,
         mut frame: impl FnMut(Dialect) -> Bytes,
-        mut push: impl FnMut(&Arc<Outbox>, Bytes, Option<Stamp>) -> Push,
+        mut push: impl FnMut(&Arc<Outbox>, Bytes, Option<Stamp>, &Tag<'_>) -> Push,
     ) -> Delivery {
         let inner = &*self.inner;
         let mut delivery = Delivery::default();
         let guard = crossbeam_epoch::pin();
-        inner.topics.with_subscribers(channel, |subscribers| {
+        inner.topics.with_subscribers(tag.channel, |subscribers| {
             if subscribers.is_empty() {
                 return;
             }
@@ -344,10 +367,11 @@ impl Hub {
                     let Some(outbox) = inner.slots.get(slot, &guard) else {
                         return;
                     };
-                    match push(&outbox, frame.clone(), since) {
+                    match push(&outbox, frame.clone(), since, tag) {
                         Push::Queued => delivery.queued += 1,
                         Push::Overflowed => delivery.overflowed += 1,
                         Push::Dropped => delivery.dropped += 1,
+                        Push::Degraded => delivery.degraded += 1,
                         Push::Closed => {}
                     }
                 })
@@ -385,6 +409,15 @@ impl Hub {
             peak_clients: self.inner.peak_clients.load(Ordering::Relaxed),
             published: self.inner.published.load(Ordering::Relaxed),
             delivered: self.inner.delivered.load(Ordering::Relaxed),
+        }
+    }
+
+    /// A broadcast frame of `encoding`'s dialect as a client taking `encoding` is sent it:
+    /// compressed if the encoding says so and compressing pays, as a publish compresses it.
+    pub(crate) fn encode_as(&self, encoding: Encoding, frame: &Bytes) -> Bytes {
+        match encoding.deflate {
+            true => self.inner.deflater.frame(frame),
+            false => frame.clone(),
         }
     }
 
@@ -452,8 +485,14 @@ struct Batch<'a> {
 impl Batch<'_> {
     /// Queues a frame of this batch; the wake-up, if due, waits for the batch's end.
     #[inline(always)]
-    fn push(&mut self, outbox: &Arc<Outbox>, frame: Bytes, since: Option<Stamp>) -> Push {
-        let (push, wake) = outbox.push_in_batch(frame, since, self.id);
+    fn push(
+        &mut self,
+        outbox: &Arc<Outbox>,
+        frame: Bytes,
+        since: Option<Stamp>,
+        tag: &Tag<'_>,
+    ) -> Push {
+        let (push, wake) = outbox.push_in_batch(frame, since, self.id, Some(tag));
         if wake {
             self.owed.push(Arc::clone(outbox));
         }
@@ -463,8 +502,8 @@ impl Batch<'_> {
 
 /// Queues an event and wakes the writer if the queue was empty.
 #[inline(always)]
-fn push_and_wake(outbox: &Arc<Outbox>, frame: Bytes, since: Option<Stamp>) -> Push {
-    let (push, wake) = outbox.push_event(frame, since);
+fn push_and_wake(outbox: &Arc<Outbox>, frame: Bytes, since: Option<Stamp>, tag: &Tag<'_>) -> Push {
+    let (push, wake) = outbox.push_event(frame, since, Some(tag));
     if wake {
         outbox.wake();
     }
@@ -482,6 +521,8 @@ mod tests {
     use super::*;
     use crate::engine::client::MAX_ECHOED_NAME;
     use crate::frame;
+
+    const NORMAL: (Priority, Option<&ConflateKey>) = (Priority::Normal, None);
 
     fn hub() -> Hub {
         Hub::new(&Config::default())
@@ -505,9 +546,9 @@ mod tests {
             encoded.push(dialect);
             Bytes::from_static(b"x")
         };
-        let delivery = hub.fan_out("orders", &mut encode, push_and_wake);
+        let delivery = hub.fan_out(&Tag::plain("orders"), &mut encode, push_and_wake);
         assert_eq!(delivery.queued, 3);
-        hub.fan_out("nobody-listens", &mut encode, push_and_wake);
+        hub.fan_out(&Tag::plain("nobody-listens"), &mut encode, push_and_wake);
         assert_eq!(
             encoded,
             [Dialect::SigmaVault],
@@ -539,7 +580,11 @@ mod tests {
             encoded += 1;
             dialect.event(&event, SystemTime::UNIX_EPOCH, None)
         };
-        assert_eq!(hub.fan_out("orders", frame, push_and_wake).queued, 4);
+        assert_eq!(
+            hub.fan_out(&Tag::plain("orders"), frame, push_and_wake)
+                .queued,
+            4
+        );
         assert_eq!(encoded, 1, "encoded once for both encodings");
         let stats = hub.compression();
         assert_eq!((stats.messages, stats.compressed), (1, 1));
@@ -571,14 +616,14 @@ mod tests {
         let now = SystemTime::now();
         let unwanted = |_| -> Bytes { panic!("encoded for nobody") };
         assert_eq!(
-            hub.publish_sequenced(&channel, 5, 0, now, unwanted)
+            hub.publish_sequenced(&channel, NORMAL, 5, 0, now, unwanted)
                 .unwrap()
                 .queued,
             0
         );
         let mut client = hub.connect().unwrap();
         client.subscribe(["orders"]);
-        let d = hub.publish_sequenced(&channel, 6, 5, now, |o| Bytes::from(o.to_string()));
+        let d = hub.publish_sequenced(&channel, NORMAL, 6, 5, now, |o| Bytes::from(o.to_string()));
         assert_eq!(d.unwrap().queued, 1);
         assert_eq!(drain(&client), [Bytes::from_static(b"6")]);
     }

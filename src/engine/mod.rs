@@ -15,12 +15,15 @@
 //! - `state`: what a hub's clones and its clients share (private).
 //! - [`outbox`]: a client's bounded queue of ready frames.
 //! - `counter`: a thread-sharded counter for hot paths (private).
+//! - [`degrade`]: what a client that cannot keep up missed and is owed (`slow_consumer =
+//!   "degrade"`).
 //! - [`history`]: each channel's recent events and offsets, for recovery.
 //! - `latency`: publish timestamps and a thread-sharded latency histogram (private).
 
 pub(crate) mod bitset;
 pub mod client;
 pub(crate) mod counter;
+pub mod degrade;
 pub mod history;
 pub mod hub;
 pub(crate) mod latency;

@@ -24,8 +24,11 @@
 //! never reads holds at most that many queue entries. A push beyond the bounds follows the
 //! [`SlowConsumerPolicy`]: `Close` marks the outbox for an immediate close with
 //! [`CloseCode::SLOW_CONSUMER`] (the writer discards the queue); `Drop` discards the new frame
-//! and counts it, and the writer tells the client how many it lost. Either way the publisher
-//! never waits, and memory per client stays bounded.
+//! and counts it, and the writer tells the client how many it lost. `Degrade` leaves the
+//! fast path at half the bounds and holds events back by priority and conflation key, in a
+//! book the writer turns into `gap` markers once the client has caught up (see
+//! [`super::degrade`]); only a `critical` event or a reply past twice the bounds closes the
+//! client. Either way the publisher never waits, and memory per client stays bounded.
 //!
 //! Both counts live in one word, so one atomic add admits a frame against both
 //! bounds.
@@ -44,8 +47,12 @@ use crossbeam_queue::SegQueue;
 use crossbeam_utils::Backoff;
 use serde::{Deserialize, Serialize};
 
+use parking_lot::Mutex;
+
+use super::degrade::{Book, Tag};
 use super::latency::Stamp;
 use crate::dialect::{Dialect, Encoding};
+use crate::event::Priority;
 use crate::protocol::close::CloseCode;
 
 /// What to do with a client whose queue is full.
@@ -61,6 +68,13 @@ pub enum SlowConsumerPolicy {
     /// Drop frames that do not fit and tell the client how many it lost with an `error`
     /// message (`code: "frames_dropped"`, `dropped: N`); the connection stays open.
     Drop,
+    /// Degrade step by step (see [`super::degrade`]): past half the bounds hold back `low`
+    /// events and events with a conflation key (keeping the newest of each key), past
+    /// three quarters `normal` ones too, at the bounds `high` ones; send a `gap` marker per
+    /// channel (and the parked events and the current snapshot) once the client has caught
+    /// up. `critical` events and replies are queued up to twice the bounds; a client that
+    /// cannot take them is closed with 4000.
+    Degrade,
 }
 
 /// Frames and bytes queued, packed into one `u64`: frames in the high 24 bits, bytes in the
@@ -100,8 +114,20 @@ pub const MAX_BYTE_CAPACITY: usize = 1 << 36;
 pub const WHOLE_FACTOR: usize = 4;
 
 const OPEN: u8 = 0;
-const CLOSE_AFTER_FLUSH: u8 = 1;
-const CLOSE_NOW: u8 = 2;
+/// Degrading: some events wait in the book; every push takes the book's lock.
+const LOSSY: u8 = 1;
+const CLOSE_AFTER_FLUSH: u8 = 2;
+const CLOSE_NOW: u8 = 3;
+
+/// Under the `degrade` policy, the queue's fill (frames or bytes, whichever is fuller, in
+/// quarters of the bounds) from which events are held back: `low` ones and those with a
+/// conflation key from half, `normal` ones from three quarters, `high` ones at the
+/// bounds; `critical` ones and replies are refused (the client closed) from twice the
+/// bounds.
+const HOLD_LOW: usize = 2;
+const HOLD_NORMAL: usize = 3;
+const HOLD_HIGH: usize = 4;
+const HOLD_ALL: usize = 8;
 
 /// What happened to a pushed frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,6 +140,9 @@ pub enum Push {
     Dropped,
     /// The outbox is closing; the frame was discarded.
     Closed,
+    /// The client is behind: the event was held back (`degrade` policy) and is counted for
+    /// the client's next `gap` marker, or parked as the newest of its conflation key.
+    Degraded,
 }
 
 /// How the writer should end the connection.
@@ -133,6 +162,11 @@ pub struct Outbox {
     capacity: usize,
     byte_capacity: usize,
     policy: SlowConsumerPolicy,
+    /// 1 under the `degrade` policy, whose fast path stops at half the bounds; else 0.
+    soft: u8,
+    /// What a degrading client missed and is owed ([`super::degrade`]); `None` while it
+    /// keeps up.
+    book: Mutex<Option<Box<Book>>>,
     /// The form its frames are in: dialect, compressed or not.
     encoding: Encoding,
     waker: AtomicWaker,
@@ -167,6 +201,8 @@ impl Outbox {
             capacity: capacity.clamp(1, MAX_CAPACITY),
             byte_capacity: byte_capacity.clamp(1, MAX_BYTE_CAPACITY),
             policy,
+            soft: u8::from(policy == SlowConsumerPolicy::Degrade),
+            book: Mutex::new(None),
             encoding: Encoding::plain(Dialect::SigmaVault),
             waker: AtomicWaker::new(),
             state: AtomicU8::new(OPEN),
@@ -195,15 +231,20 @@ impl Outbox {
     /// [`wake`](Self::wake) once it has queued the rest of its batch.
     #[inline]
     pub fn push_deferred(&self, frame: Bytes) -> (Push, bool) {
-        self.enqueue(frame, None, 0)
+        self.enqueue(frame, None, 0, None)
     }
 
     /// Queues an event published at `since`, like [`push_deferred`](Self::push_deferred).
     /// If it finds the queue empty, the outbox keeps `since` for the writer's latency
     /// figure ([`take_since`](Self::take_since)).
     #[inline]
-    pub(crate) fn push_event(&self, frame: Bytes, since: Option<Stamp>) -> (Push, bool) {
-        self.enqueue(frame, since, 0)
+    pub(crate) fn push_event(
+        &self,
+        frame: Bytes,
+        since: Option<Stamp>,
+        tag: Option<&Tag<'_>>,
+    ) -> (Push, bool) {
+        self.enqueue(frame, since, 0, tag)
     }
 
     /// Queues an event of publish batch `batch` (a non-zero id unique to the batch, whose
@@ -217,16 +258,25 @@ impl Outbox {
         frame: Bytes,
         since: Option<Stamp>,
         batch: u64,
+        tag: Option<&Tag<'_>>,
     ) -> (Push, bool) {
-        self.enqueue(frame, since, batch)
+        self.enqueue(frame, since, batch, tag)
     }
 
     // Always inlined: it is the fan-out's per-subscriber step, and a call here costs about
     // 4 % of the instructions per delivered frame (callgrind, perf/README.md).
     #[inline(always)]
-    fn enqueue(&self, frame: Bytes, since: Option<Stamp>, batch: u64) -> (Push, bool) {
-        if self.state.load(Ordering::Acquire) != OPEN {
-            return (Push::Closed, false);
+    fn enqueue(
+        &self,
+        frame: Bytes,
+        since: Option<Stamp>,
+        batch: u64,
+        tag: Option<&Tag<'_>>,
+    ) -> (Push, bool) {
+        match self.state.load(Ordering::Acquire) {
+            OPEN => {}
+            LOSSY => return self.degrade(frame, since, tag),
+            _ => return (Push::Closed, false),
         }
         // A frame longer than the byte field could hold is counted as the whole field:
         // it is refused unless the queue is empty, and never corrupts the frame count.
@@ -247,6 +297,9 @@ impl Outbox {
             self.allowance.fetch_add(add.0, Ordering::Relaxed);
         } else if self.is_over(before, allowance) {
             self.load.fetch_sub(add.0, Ordering::AcqRel);
+            if self.policy == SlowConsumerPolicy::Degrade {
+                return self.degrade(frame, since, tag);
+            }
             return (self.refuse(1), false);
         }
         let was_empty = before.frames() == 0;
@@ -260,11 +313,104 @@ impl Outbox {
         (Push::Queued, was_empty)
     }
 
-    /// Whether a queue holding `load` is at or over its bounds, widened by `allowance`.
+    /// Whether a queue holding `load` is at or over its bounds, widened by `allowance`
+    /// (under the `degrade` policy: half the bounds, where holding back begins).
     #[inline]
     fn is_over(&self, load: Load, allowance: Load) -> bool {
-        load.frames() >= self.capacity + allowance.frames()
-            || load.bytes() >= self.byte_capacity + allowance.bytes()
+        load.frames() >= (self.capacity >> self.soft) + allowance.frames()
+            || load.bytes() >= (self.byte_capacity >> self.soft) + allowance.bytes()
+    }
+
+    /// The `degrade` policy's push, for a queue past half its bounds or a client with
+    /// events in its book (see [`super::degrade`]): queues the frame, holds it back in the
+    /// book, or closes the client when even a `critical` event or a reply does not fit.
+    /// Serialized on the book's lock; a client that keeps up never comes here.
+    #[cold]
+    #[inline(never)]
+    fn degrade(&self, frame: Bytes, since: Option<Stamp>, tag: Option<&Tag<'_>>) -> (Push, bool) {
+        let mut book = self.book.lock();
+        if self.state.load(Ordering::Acquire) >= CLOSE_AFTER_FLUSH {
+            return (Push::Closed, false);
+        }
+        let fill = self.fill();
+        let tag = match tag {
+            Some(tag) if tag.priority != Priority::Critical => tag,
+            critical => {
+                if fill >= HOLD_ALL {
+                    drop(book);
+                    self.close(Closing::Now(CloseCode::SLOW_CONSUMER));
+                    return (Push::Overflowed, false);
+                }
+                // The channel's parked events are older: they go first.
+                let mut wake = false;
+                if let (Some(tag), Some(book)) = (critical, book.as_mut()) {
+                    for parked in book.unpark(tag.channel) {
+                        wake |= self.admit(parked, None);
+                    }
+                }
+                wake |= self.admit(frame, since);
+                return (Push::Queued, wake);
+            }
+        };
+        let hold_from = match (tag.priority, tag.conflate.is_some()) {
+            (Priority::Low, _) | (_, true) => HOLD_LOW,
+            (Priority::Normal, _) => HOLD_NORMAL,
+            _ => HOLD_HIGH,
+        };
+        let behind = book.as_ref().is_some_and(|b| b.holds(tag.channel));
+        if !behind && fill < hold_from {
+            return (Push::Queued, self.admit(frame, since));
+        }
+        book.get_or_insert_default()
+            .hold(tag, frame, self.capacity, self.byte_capacity);
+        // Wake the writer on the way in, so that it takes the book once it has caught up.
+        let entered = self
+            .state
+            .compare_exchange(OPEN, LOSSY, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok();
+        (Push::Degraded, entered)
+    }
+
+    /// How full the queue is, in quarters of its bounds (frames or bytes, whichever is
+    /// fuller), not counting frames taken whole.
+    fn fill(&self) -> usize {
+        let load = Load(self.load.load(Ordering::Acquire));
+        let allowance = Load(self.allowance.load(Ordering::Relaxed));
+        let frames = load.frames().saturating_sub(allowance.frames()) * 4 / self.capacity;
+        let bytes = load.bytes().saturating_sub(allowance.bytes()) * 4 / self.byte_capacity;
+        frames.max(bytes)
+    }
+
+    /// Queues `frame` with no bound checked (the degrade path decided); returns whether
+    /// the queue was empty.
+    fn admit(&self, frame: Bytes, since: Option<Stamp>) -> bool {
+        let add = Load::of(1, frame.len().min(MAX_BYTE_CAPACITY));
+        let before = Load(self.load.fetch_add(add.0, Ordering::AcqRel));
+        let was_empty = before.frames() == 0;
+        if let (true, Some(since)) = (was_empty, since) {
+            self.since.store(since.to_raw(), Ordering::Relaxed);
+        }
+        self.queue.push(frame);
+        was_empty
+    }
+
+    /// The book of a degrading client that has read everything queued, which leaves the
+    /// degraded state: what it missed, and the events parked for it (see
+    /// [`super::degrade`]). `None` while frames are queued or nothing was held back. The
+    /// writer calls this after each drain, and sends what the book owes before anything
+    /// queued later.
+    pub fn take_book(&self) -> Option<Box<Book>> {
+        if self.state.load(Ordering::Acquire) != LOSSY {
+            return None;
+        }
+        let mut book = self.book.lock();
+        if !self.is_empty() {
+            return None;
+        }
+        self.state
+            .compare_exchange(LOSSY, OPEN, Ordering::AcqRel, Ordering::Acquire)
+            .ok()?;
+        book.take()
     }
 
     /// Whether a queue holding `load`, of which `allowance` was taken whole, keeps up: its
@@ -289,7 +435,8 @@ impl Outbox {
     /// Applies the slow-consumer policy to `frames` frames that did not fit.
     fn refuse(&self, frames: u64) -> Push {
         match self.policy {
-            SlowConsumerPolicy::Close => {
+            // Under `degrade`, only a snapshot asked for while behind comes here.
+            SlowConsumerPolicy::Close | SlowConsumerPolicy::Degrade => {
                 self.close(Closing::Now(CloseCode::SLOW_CONSUMER));
                 Push::Overflowed
             }
@@ -307,7 +454,7 @@ impl Outbox {
     /// its bounds already: a client that does not read cannot make it grow by asking for
     /// snapshot after snapshot. Wakes the writer.
     pub fn push_whole(&self, frames: &[Bytes]) -> Push {
-        if self.state.load(Ordering::Acquire) != OPEN {
+        if self.is_closing() {
             return Push::Closed;
         }
         if frames.is_empty() {
@@ -334,6 +481,31 @@ impl Outbox {
             self.wake();
         }
         Push::Queued
+    }
+
+    /// Queues `channel`'s snapshot `frames` whole, as [`push_whole`](Self::push_whole)
+    /// does. Under the `degrade` policy a client that is behind is not closed for it: the
+    /// channel goes in its book instead, and the writer sends the snapshot current when the
+    /// client has caught up (see [`super::degrade`]).
+    pub fn push_snapshot(&self, channel: &str, frames: &[Bytes]) -> Push {
+        if self.policy == SlowConsumerPolicy::Degrade && !frames.is_empty() {
+            let mut book = self.book.lock();
+            let load = Load(self.load.load(Ordering::Acquire));
+            let allowance = Load(self.allowance.load(Ordering::Relaxed));
+            if !self.keeps_up(load, allowance) && !self.is_closing() {
+                book.get_or_insert_default().owe(channel);
+                let entered = self
+                    .state
+                    .compare_exchange(OPEN, LOSSY, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok();
+                drop(book);
+                if entered {
+                    self.wake();
+                }
+                return Push::Degraded;
+            }
+        }
+        self.push_whole(frames)
     }
 
     /// Wakes the writer.
@@ -407,7 +579,13 @@ impl Outbox {
 
     /// Whether a close has been requested.
     pub fn is_closing(&self) -> bool {
-        self.state.load(Ordering::Acquire) != OPEN
+        self.state.load(Ordering::Acquire) >= CLOSE_AFTER_FLUSH
+    }
+
+    /// Whether some events were held back from this client (`degrade` policy) and it is
+    /// owed a `gap` marker.
+    pub fn is_degraded(&self) -> bool {
+        self.state.load(Ordering::Acquire) == LOSSY
     }
 
     /// The number of queued frames.
@@ -612,6 +790,158 @@ mod tests {
         assert_eq!(outbox.len(), 2);
     }
 
+    fn tagged(channel: &str, priority: Priority, offset: u64) -> Tag<'_> {
+        Tag {
+            channel,
+            priority,
+            conflate: None,
+            offset,
+            prev: offset.saturating_sub(1),
+        }
+    }
+
+    fn push_tagged(outbox: &Outbox, tag: Tag<'_>) -> Push {
+        let frame = Bytes::from(format!("{}:{}", tag.channel, tag.offset));
+        let (push, wake) = outbox.push_event(frame, None, Some(&tag));
+        if wake {
+            outbox.wake();
+        }
+        push
+    }
+
+    fn drained(outbox: &Outbox) -> Vec<String> {
+        let mut out = Vec::new();
+        outbox.drain_into(&mut out, usize::MAX);
+        out.iter()
+            .map(|f| String::from_utf8(f.to_vec()).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn degrade_holds_back_by_priority_and_keeps_a_behind_channel_in_order() {
+        use Priority::*;
+        let outbox = Outbox::new(8, SlowConsumerPolicy::Degrade);
+        for offset in 1..=4 {
+            assert_eq!(
+                push_tagged(&outbox, tagged("a", Normal, offset)),
+                Push::Queued
+            );
+        }
+        // Half full: `low` is held back, `normal` still queued.
+        assert_eq!(push_tagged(&outbox, tagged("a", Low, 5)), Push::Degraded);
+        assert!(outbox.is_degraded());
+        // Channel `a` now has events in the book: its later events wait behind them.
+        assert_eq!(push_tagged(&outbox, tagged("a", Normal, 6)), Push::Degraded);
+        assert_eq!(push_tagged(&outbox, tagged("b", Normal, 7)), Push::Queued);
+        assert_eq!(push_tagged(&outbox, tagged("b", Normal, 8)), Push::Queued);
+        // Three quarters: `normal` is held back everywhere, `high` still queued.
+        assert_eq!(push_tagged(&outbox, tagged("c", Normal, 9)), Push::Degraded);
+        assert_eq!(push_tagged(&outbox, tagged("c", High, 10)), Push::Degraded);
+        assert_eq!(push_tagged(&outbox, tagged("d", High, 11)), Push::Queued);
+        // `critical` is never held back.
+        assert_eq!(
+            push_tagged(&outbox, tagged("a", Critical, 12)),
+            Push::Queued
+        );
+        assert!(outbox.take_book().is_none(), "frames are still queued");
+        assert_eq!(
+            drained(&outbox),
+            ["a:1", "a:2", "a:3", "a:4", "b:7", "b:8", "d:11", "a:12"]
+        );
+        let book = outbox.take_book().expect("caught up");
+        assert!(!outbox.is_degraded());
+        assert_eq!(book.counts().shed, [1, 2, 1]);
+        let held = book.into_held();
+        assert_eq!(held.len(), 2);
+        assert_eq!((&*held[0].channel, held[0].missed), ("a", 2));
+        assert_eq!((held[0].after, held[0].through), (4, 6));
+        // Channel `c`'s `high` event came while it was behind: held back too.
+        assert_eq!((&*held[1].channel, held[1].missed), ("c", 2));
+        // Served normally again.
+        assert_eq!(push_tagged(&outbox, tagged("a", Low, 13)), Push::Queued);
+        assert!(outbox.take_book().is_none());
+    }
+
+    #[test]
+    fn degrade_parks_the_newest_of_a_key_and_a_critical_event_sends_it_first() {
+        let outbox = Outbox::new(4, SlowConsumerPolicy::Degrade);
+        let (k1, k2) = (
+            crate::event::ConflateKey::new("k1").unwrap(),
+            crate::event::ConflateKey::new("k2").unwrap(),
+        );
+        for offset in 1..=2 {
+            push_tagged(&outbox, tagged("a", Priority::Normal, offset));
+        }
+        for (offset, key) in [(3, &k1), (4, &k2), (5, &k1)] {
+            let tag = Tag {
+                conflate: Some(key),
+                ..tagged("a", Priority::Normal, offset)
+            };
+            assert_eq!(push_tagged(&outbox, tag), Push::Degraded);
+        }
+        assert_eq!(
+            push_tagged(&outbox, tagged("a", Priority::Critical, 6)),
+            Push::Queued
+        );
+        assert_eq!(drained(&outbox), ["a:1", "a:2", "a:4", "a:5", "a:6"]);
+        let book = outbox.take_book().unwrap();
+        assert_eq!(book.counts().conflated, 1);
+        let held = book.into_held();
+        assert_eq!(
+            (held[0].missed, held[0].conflated, held[0].parked.len()),
+            (1, 1, 0)
+        );
+        assert_eq!((held[0].after, held[0].through), (2, 3));
+    }
+
+    #[test]
+    fn degrade_owes_a_snapshot_to_a_client_behind_instead_of_closing_it() {
+        let outbox = Outbox::new(4, SlowConsumerPolicy::Degrade);
+        let snapshot = [frame(9), frame(9)];
+        assert_eq!(outbox.push_snapshot("s", &snapshot), Push::Queued);
+        for offset in 1..=4 {
+            push_tagged(&outbox, tagged("a", Priority::High, offset));
+        }
+        assert_eq!(outbox.push_snapshot("s", &snapshot), Push::Degraded);
+        assert!(!outbox.is_closing());
+        // The channel's events wait behind its snapshot.
+        assert_eq!(
+            push_tagged(&outbox, tagged("s", Priority::High, 5)),
+            Push::Degraded
+        );
+        assert_eq!(drained(&outbox).len(), 6);
+        let held = outbox.take_book().unwrap().into_held();
+        assert_eq!((&*held[0].channel, held[0].missed), ("s", 1));
+        // Under `close`, a snapshot asked for while behind still closes.
+        let outbox = Outbox::new(1, SlowConsumerPolicy::Close);
+        outbox.push(frame(1));
+        assert_eq!(outbox.push_snapshot("s", &snapshot), Push::Overflowed);
+    }
+
+    #[test]
+    fn degrade_closes_a_client_that_cannot_take_critical_events() {
+        let outbox = Outbox::new(4, SlowConsumerPolicy::Degrade);
+        for offset in 1..=8 {
+            assert_eq!(
+                push_tagged(&outbox, tagged("a", Priority::Critical, offset)),
+                Push::Queued
+            );
+        }
+        assert_eq!(
+            push_tagged(&outbox, tagged("a", Priority::Critical, 9)),
+            Push::Overflowed
+        );
+        assert_eq!(
+            outbox.closing(),
+            Some(Closing::Now(CloseCode::SLOW_CONSUMER))
+        );
+        // Replies (untagged) are held to the same hard bound.
+        let outbox = Outbox::new(2, SlowConsumerPolicy::Degrade);
+        let pushed: Vec<Push> = (0..5).map(|i| outbox.push(frame(i))).collect();
+        assert_eq!(pushed[..4], [Push::Queued; 4]);
+        assert_eq!(pushed[4], Push::Overflowed);
+    }
+
     #[test]
     fn overflow_drops_and_counts_under_the_drop_policy() {
         let outbox = Outbox::new(1, SlowConsumerPolicy::Drop);
@@ -658,7 +988,7 @@ mod tests {
         // Five frames of 600 bytes against bounds of 3 frames and 1,000 bytes: all taken.
         let outbox = Outbox::bounded(3, 1000, SlowConsumerPolicy::Close);
         for _ in 0..5 {
-            assert_eq!(outbox.push_in_batch(big(), None, 7).0, Push::Queued);
+            assert_eq!(outbox.push_in_batch(big(), None, 7, None).0, Push::Queued);
         }
         assert_eq!(outbox.queued_bytes(), 3000);
         // The bounds are widened by what was taken whole, no more: 1,000 bytes (plus the
@@ -670,7 +1000,7 @@ mod tests {
         // Once drained, the bounds are the configured ones again.
         let outbox = Outbox::bounded(3, 1000, SlowConsumerPolicy::Drop);
         for _ in 0..5 {
-            assert_eq!(outbox.push_in_batch(big(), None, 9).0, Push::Queued);
+            assert_eq!(outbox.push_in_batch(big(), None, 9, None).0, Push::Queued);
         }
         outbox.drain_into(&mut Vec::new(), usize::MAX);
         assert_eq!(outbox.room(), 3);
@@ -683,13 +1013,13 @@ mod tests {
         let outbox = Outbox::bounded(10, 1000, SlowConsumerPolicy::Drop);
         outbox.push(big());
         outbox.push(big());
-        assert_eq!(outbox.push_in_batch(big(), None, 10).0, Push::Dropped);
+        assert_eq!(outbox.push_in_batch(big(), None, 10, None).0, Push::Dropped);
 
         // One that finds it keeping up is taken whole even if the queue is not empty.
         let outbox = Outbox::bounded(10, 1000, SlowConsumerPolicy::Drop);
         outbox.push(big());
         for _ in 0..5 {
-            assert_eq!(outbox.push_in_batch(big(), None, 11).0, Push::Queued);
+            assert_eq!(outbox.push_in_batch(big(), None, 11, None).0, Push::Queued);
         }
 
         // A client that never reads cannot collect batch after batch.
@@ -697,7 +1027,7 @@ mod tests {
         let mut taken = 0;
         for batch in 20..100 {
             for _ in 0..3 {
-                if outbox.push_in_batch(big(), None, batch).0 == Push::Queued {
+                if outbox.push_in_batch(big(), None, batch, None).0 == Push::Queued {
                     taken += 1;
                 }
             }

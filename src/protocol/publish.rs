@@ -1,4 +1,6 @@
 //! `POST /api/v1/publish` bodies: one event `{"type", "data"}` or a JSON array of them.
+//! An event may also carry `priority` (`critical`, `high`, `normal`, `low`) and a
+//! `conflate` key (1 to 128 bytes); see [`crate::event::Priority`].
 //!
 //! The whole body is validated before anything is published: a request with one bad event
 //! publishes nothing and names the bad event's index. `data` is kept as raw JSON (never
@@ -11,7 +13,7 @@
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::event::Event;
+use crate::event::{ConflateKey, Event, Priority};
 use crate::protocol::channel::Channel;
 use crate::protocol::code::ErrorCode;
 
@@ -33,6 +35,10 @@ struct Incoming<'a> {
     kind: std::borrow::Cow<'a, str>,
     #[serde(default, borrow)]
     data: Option<&'a RawValue>,
+    #[serde(default)]
+    priority: Option<Priority>,
+    #[serde(default, borrow)]
+    conflate: Option<std::borrow::Cow<'a, str>>,
 }
 
 /// Parses and validates a publish body into events, in order.
@@ -79,7 +85,13 @@ fn event(json: &[u8], index: Option<usize>) -> Result<Event, PublishError> {
         Some(raw) if raw.get() != "null" => raw.to_owned(),
         _ => RawValue::from_string("{}".into()).expect("valid JSON"),
     };
-    Ok(Event::from_raw(channel, data))
+    let conflate = match incoming.conflate {
+        Some(key) => Some(ConflateKey::new(&key).map_err(|e| bad(format!("`conflate`: {e}")))?),
+        None => None,
+    };
+    Ok(Event::from_raw(channel, data)
+        .with_priority(incoming.priority.unwrap_or_default())
+        .with_conflate(conflate))
 }
 
 /// Deserializes any JSON value, keeping nothing, and fails on numbers outside a double's
@@ -149,6 +161,28 @@ fn invalid_json(e: serde_json::Error) -> PublishError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn priority_and_conflation_key_are_read_and_checked() {
+        let events = parse(
+            br#"[{"type":"a","data":{},"priority":"critical"},{"type":"b","conflate":"agent-7","priority":"low"},{"type":"c"}]"#,
+        )
+        .unwrap();
+        assert_eq!(events[0].priority(), Priority::Critical);
+        assert_eq!(events[0].conflate(), None);
+        assert_eq!(events[1].priority(), Priority::Low);
+        assert_eq!(events[1].conflate().unwrap().as_str(), "agent-7");
+        assert_eq!(events[2].priority(), Priority::Normal);
+
+        let e = parse(br#"{"type":"a","priority":"urgent"}"#).unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidEvent);
+        assert!(e.message.contains("urgent"), "{}", e.message);
+        let long = format!(r#"{{"type":"a","conflate":"{}"}}"#, "k".repeat(129));
+        let e = parse(long.as_bytes()).unwrap_err();
+        assert!(e.message.contains("`conflate`"), "{}", e.message);
+        assert!(parse(br#"{"type":"a","conflate":""}"#).is_err());
+        assert!(parse(br#"{"type":"a","conflate":7}"#).is_err());
+    }
 
     #[test]
     fn one_event_or_an_array() {

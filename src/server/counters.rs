@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::compression::InflateError;
 use crate::engine::counter::ShardedCounter;
+use crate::engine::degrade::Missed;
 use crate::engine::latency::LatencyHistogram;
 use crate::protocol::close::CloseCode;
 use crate::protocol::code::RejectReason;
@@ -121,6 +122,9 @@ pub(crate) struct Counters {
     pub(crate) publish_to_write: LatencyHistogram,
     /// Frames dropped for slow consumers under the `drop` policy.
     pub(crate) frames_dropped: ShardedCounter,
+    /// Under the `degrade` policy: events held back from clients that caught up again,
+    /// by reason (`Missed`), and the `gap` markers and catch-ups that told them.
+    pub(crate) degraded: DegradeCounters,
     /// Text messages received from clients.
     pub(crate) messages_received: ShardedCounter,
     /// Channels refused in subscribe requests, for any reason.
@@ -145,6 +149,7 @@ impl Counters {
             frames_sent: ShardedCounter::default(),
             publish_to_write: LatencyHistogram::default(),
             frames_dropped: ShardedCounter::default(),
+            degraded: DegradeCounters::default(),
             messages_received: ShardedCounter::default(),
             subscriptions_failed: AtomicU64::new(0),
             auth_refused: AtomicU64::new(0),
@@ -224,5 +229,35 @@ mod tests {
         c.closed(CloseCode::TOKEN_EXPIRED);
         assert_eq!(c.closes_by_code()[&4004], 1);
         assert_eq!(c.limits_by_name()["forbidden_publish"], 5);
+    }
+}
+
+/// What the `degrade` policy did, counted when a client catches up and is told (its book:
+/// [`crate::engine::degrade`]).
+#[derive(Debug, Default)]
+pub(crate) struct DegradeCounters {
+    /// Events held back and missed for good, by priority: low, normal, high.
+    pub(crate) shed: [AtomicU64; 3],
+    /// Events made obsolete by a newer event with the same conflation key.
+    pub(crate) conflated: AtomicU64,
+    /// Parked events (the newest of their key) sent at a catch-up.
+    pub(crate) parked_sent: AtomicU64,
+    /// `gap` markers sent.
+    pub(crate) gaps: AtomicU64,
+    /// Times a client caught up after events were held back from it.
+    pub(crate) catch_ups: AtomicU64,
+}
+
+impl DegradeCounters {
+    /// Counts one catch-up: what its book held back, the gaps and parked events sent.
+    pub(crate) fn caught_up(&self, missed: Missed, gaps: u64, parked: u64) {
+        for (counter, n) in self.shed.iter().zip(missed.shed) {
+            counter.fetch_add(n, Ordering::Relaxed);
+        }
+        self.conflated
+            .fetch_add(missed.conflated, Ordering::Relaxed);
+        self.gaps.fetch_add(gaps, Ordering::Relaxed);
+        self.parked_sent.fetch_add(parked, Ordering::Relaxed);
+        self.catch_ups.fetch_add(1, Ordering::Relaxed);
     }
 }

@@ -277,6 +277,42 @@ impl Collector for Scrape {
             Counter,
             counters.frames_dropped.get(),
         )?;
+        let degraded = &counters.degraded;
+        let count = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        let reasons = ["shed_low", "shed_normal", "shed_high"]
+            .into_iter()
+            .zip(&degraded.shed)
+            .map(|(reason, c)| (reason, count(c)))
+            .chain([("conflated", count(&degraded.conflated))]);
+        family(
+            &mut e,
+            "sigmahub_degraded_events",
+            "Events held back from slow clients under the degrade policy, by reason (counted when the client catches up)",
+            Counter,
+            "reason",
+            reasons.map(|(reason, n)| (reason.to_string(), n as f64)),
+        )?;
+        single(
+            &mut e,
+            "sigmahub_degraded_parked_sent",
+            "Events parked as the newest of their conflation key and sent when the client caught up",
+            Counter,
+            count(&degraded.parked_sent),
+        )?;
+        single(
+            &mut e,
+            "sigmahub_gap_markers",
+            "gap markers sent to clients that caught up after events were held back",
+            Counter,
+            count(&degraded.gaps),
+        )?;
+        single(
+            &mut e,
+            "sigmahub_degrade_catch_ups",
+            "Times a slow client caught up after events were held back from it",
+            Counter,
+            count(&degraded.catch_ups),
+        )?;
 
         let latency = counters.publish_to_write.snapshot();
         encoder_histogram(

@@ -14,11 +14,15 @@ use bytes::{Buf, Bytes};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use super::counters::Counters;
-use crate::dialect::{Dialect, ServerMessage};
+use super::session::snapshot_frames;
+use crate::dialect::{Dialect, Encoding, ServerMessage};
+use crate::engine::degrade::{Book, Held};
+use crate::engine::hub::Hub;
 use crate::engine::outbox::{Closing, Outbox};
 use crate::frame;
 use crate::protocol::close::CloseCode;
 use crate::protocol::code::ErrorCode;
+use crate::snapshot::SnapshotCache;
 
 /// Frames per vectored write (well under every platform's `IOV_MAX`).
 pub(crate) const MAX_IOVECS: usize = 64;
@@ -49,16 +53,19 @@ pub(crate) struct WriteFailed {
 /// could not be sent, so it is still counted as closed for that reason.
 /// Notices of its own (frames lost under the `drop` policy) are written in the outbox's
 /// dialect.
+/// A client that was degraded (`slow_consumer = "degrade"`) is sent, once it has caught up,
+/// what it is owed, from `catch_up` (see [`CatchUp`]).
 pub(crate) async fn run<W: AsyncWrite + Unpin>(
     outbox: &Outbox,
     socket: &mut W,
     counters: &Counters,
+    catch_up: CatchUp<'_>,
 ) -> Result<CloseCode, WriteFailed> {
     let code_of = |outbox: &Outbox| match outbox.closing() {
         Some(Closing::Now(code) | Closing::AfterFlush(code)) => Some(code),
         None => None,
     };
-    drive(outbox, socket, counters)
+    drive(outbox, socket, counters, catch_up)
         .await
         .map_err(|error| WriteFailed {
             closing: code_of(outbox),
@@ -70,6 +77,7 @@ async fn drive<W: AsyncWrite + Unpin>(
     outbox: &Outbox,
     socket: &mut W,
     counters: &Counters,
+    catch_up: CatchUp<'_>,
 ) -> io::Result<CloseCode> {
     let mut batch: Vec<Bytes> = Vec::new();
     loop {
@@ -85,6 +93,10 @@ async fn drive<W: AsyncWrite + Unpin>(
         }
         outbox.drain_into(&mut batch, MAX_BATCH);
         let since = outbox.take_since();
+        if let Some(book) = outbox.take_book() {
+            // Everything queued is in this batch: what the client is owed follows it.
+            catch_up.frames(*book, outbox.encoding(), counters, &mut batch);
+        }
         if batch.is_empty() {
             if let Some(Closing::AfterFlush(code)) = outbox.closing() {
                 return Box::pin(finish(socket, Vec::new(), code)).await;
@@ -135,6 +147,55 @@ async fn finish<W: AsyncWrite + Unpin>(
         Ok(result) => result.map(|()| code),
         Err(_) => Err(io::ErrorKind::TimedOut.into()),
     }
+}
+
+/// Where the writer finds what a degraded client is owed once it has caught up, beside its
+/// book (see [`crate::engine::degrade`]): the current snapshots, and the hub that
+/// compresses them for a client with permessage-deflate.
+#[derive(Clone, Copy)]
+pub(crate) struct CatchUp<'a> {
+    /// The status types' current values.
+    pub(crate) snapshots: &'a SnapshotCache,
+    /// The hub, for [`Hub::encode_as`].
+    pub(crate) hub: &'a Hub,
+}
+
+impl CatchUp<'_> {
+    /// Appends to `out`, per channel in `book`: a `gap` marker when events were missed,
+    /// the parked events (the newest of each conflation key), and the channel's current
+    /// snapshot if it has one. Counts it all.
+    fn frames(&self, book: Book, encoding: Encoding, counters: &Counters, out: &mut Vec<Bytes>) {
+        let missed = book.counts();
+        let (mut gaps, mut parked) = (0, 0);
+        let now = SystemTime::now();
+        for held in book.into_held() {
+            if held.missed > 0 {
+                out.push(gap_notice(encoding.dialect, &held, now));
+                gaps += 1;
+            }
+            parked += held.parked.len() as u64;
+            out.extend(held.parked);
+            if let Some(snapshot) = self.snapshots.get(&held.channel) {
+                let encode = |f: &Bytes| self.hub.encode_as(encoding, f);
+                out.extend(snapshot_frames(&snapshot, encoding, encode).iter().cloned());
+            }
+        }
+        counters.degraded.caught_up(missed, gaps, parked);
+    }
+}
+
+/// The `gap` message: what a degraded client missed on one channel.
+fn gap_notice(dialect: Dialect, held: &Held, now: SystemTime) -> Bytes {
+    let mut data = serde_json::json!({
+        "channel": &*held.channel,
+        "missed": held.missed,
+        "conflated": held.conflated,
+    });
+    if held.through != 0 {
+        data["after"] = held.after.into();
+        data["through"] = held.through.into();
+    }
+    dialect.message(ServerMessage::Gap, None, now, &data)
 }
 
 /// The `error` message that tells a client under the `drop` policy how many frames it lost.
@@ -217,6 +278,25 @@ pub(crate) async fn write_frames<W: AsyncWrite + Unpin>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What a writer needs for a catch-up: an empty snapshot cache and a hub.
+    struct Parts(SnapshotCache, Hub);
+
+    impl Parts {
+        fn new() -> Self {
+            Self(
+                SnapshotCache::default(),
+                Hub::new(&crate::Config::default()),
+            )
+        }
+
+        fn catch_up(&self) -> CatchUp<'_> {
+            CatchUp {
+                snapshots: &self.0,
+                hub: &self.1,
+            }
+        }
+    }
     use crate::engine::outbox::SlowConsumerPolicy;
     use std::task::Context;
 
@@ -305,6 +385,7 @@ mod tests {
 
     #[tokio::test]
     async fn flushes_then_closes() {
+        let parts = Parts::new();
         let outbox = Outbox::new(16, SlowConsumerPolicy::Close);
         for f in frames(3) {
             outbox.push(f);
@@ -316,7 +397,9 @@ mod tests {
             calls: 0,
         };
         assert_eq!(
-            run(&outbox, &mut sock, &Counters::default()).await.unwrap(),
+            run(&outbox, &mut sock, &Counters::default(), parts.catch_up())
+                .await
+                .unwrap(),
             CloseCode::GOING_AWAY
         );
         let mut expected: Vec<u8> = frames(3).iter().flat_map(|f| f.to_vec()).collect();
@@ -326,6 +409,7 @@ mod tests {
 
     #[tokio::test]
     async fn close_now_discards_the_queue() {
+        let parts = Parts::new();
         let outbox = Outbox::new(16, SlowConsumerPolicy::Close);
         for f in frames(3) {
             outbox.push(f);
@@ -336,7 +420,9 @@ mod tests {
             chunk: 1 << 20,
             calls: 0,
         };
-        run(&outbox, &mut sock, &Counters::default()).await.unwrap();
+        run(&outbox, &mut sock, &Counters::default(), parts.catch_up())
+            .await
+            .unwrap();
         assert_eq!(sock.out, frame::close(CloseCode::SLOW_CONSUMER).to_vec());
     }
 
@@ -394,6 +480,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_client_that_reads_nothing_is_dropped_after_the_linger() {
+        let parts = Parts::new();
         let outbox = Outbox::new(16, SlowConsumerPolicy::Close);
         for f in frames(3) {
             outbox.push(f);
@@ -403,7 +490,7 @@ mod tests {
             budget: 5,
         };
         let counters = Counters::default();
-        let run = run(&outbox, &mut sock, &counters);
+        let run = run(&outbox, &mut sock, &counters, parts.catch_up());
         tokio::pin!(run);
         tokio::select! {
             _ = &mut run => panic!("finished while the socket is stuck"),

@@ -583,6 +583,18 @@ export class Client<Events extends object = SigmaVaultEvents & Record<string, un
         if (pending?.kind === "publish") pending.resolve(data as PublishAck);
         return;
       }
+      case "gap":
+        // Events held back while this client was behind (the server's `degrade` policy).
+        if (typeof data.channel === "string" && typeof data.missed === "number") {
+          return this.reportGap({
+            channel: data.channel,
+            reason: "slow_consumer",
+            after: data.after,
+            through: data.through,
+            missed: data.missed,
+          });
+        }
+        return this.deliver(message);
       case "error": {
         const pending = id ? this.pending.get(id) : undefined;
         if (id) this.pending.delete(id);

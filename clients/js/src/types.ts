@@ -22,6 +22,7 @@ export type GapReason =
   | "no_history"
   | "not_resumed"
   | "slow_handler"
+  | "slow_consumer"
   | (string & {});
 
 /** Events on a channel this client will never deliver, reported where they would have been. */
@@ -32,6 +33,10 @@ export interface Gap {
   after?: number;
   /** The offset of the first event delivered after it, when the server replayed some. */
   before?: number;
+  /** `slow_consumer`: the offset of the last event missed (docs/protocol.md, "Slow consumers"). */
+  through?: number;
+  /** `slow_consumer`: how many events of the channel were missed. */
+  missed?: number;
 }
 
 /** Where the connection stands. */

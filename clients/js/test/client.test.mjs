@@ -125,6 +125,50 @@ test("a gap beyond the history is reported with its range, then what the history
   proxy.close();
 });
 
+test("a server that degrades a slow client: a slow_consumer gap, and nothing else lost", async () => {
+  const s = await server(["--slow-consumer", "degrade", "--client-queue-capacity", "16"]);
+  const proxy = await startProxy(s.port);
+  const client = new Client(proxy.url, churn);
+  const got = collector();
+  await client.subscribe("feed", got.handler, { onGap: got.onGap }).ready;
+  // The client stops reading: the socket buffers fill, then its queue on the server.
+  proxy.freeze();
+  const BATCHES = 20;
+  const PER_BATCH = 100;
+  const pad = "x".repeat(4096);
+  for (let b = 0; b < BATCHES; b++) {
+    const events = Array.from({ length: PER_BATCH }, (_, i) => ({ type: "feed", data: { n: b * PER_BATCH + i + 1, pad } }));
+    await publishAt(s.addr, events);
+  }
+  // The last one is critical: never held back, so it marks the end.
+  const total = BATCHES * PER_BATCH + 1;
+  await publishAt(s.addr, { type: "feed", data: { n: total }, priority: "critical" });
+  proxy.thaw();
+  let received = 0;
+  let missed = 0;
+  let last = 0;
+  let gap;
+  // The gap comes once the client has read everything queued: after the critical event.
+  while (last < total || gap === undefined) {
+    const item = await got.next();
+    if (item.gap) {
+      gap = item.gap;
+      missed += gap.missed;
+      continue;
+    }
+    assert.ok(item.n > last, `out of order: ${item.n} after ${last}`);
+    last = item.n;
+    received++;
+  }
+  assert.ok(gap, "no gap was reported");
+  assert.equal(gap.reason, "slow_consumer");
+  assert.ok(gap.after < gap.through, JSON.stringify(gap));
+  assert.equal(received + missed, total, `received ${received}, missed ${missed}`);
+  assert.equal(client.state.kind, "connected", "the client stayed connected");
+  client.close();
+  proxy.close();
+});
+
 test("a server killed and restarted: epoch_changed, then the new server's events", async () => {
   const s = await server([]);
   const client = new Client(s.url, churn);

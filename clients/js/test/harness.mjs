@@ -82,7 +82,8 @@ export async function publishAt(addr, body) {
 /**
  * A TCP proxy to `port`: `cut()` closes every connection and refuses new ones until
  * `restore()`; `freeze()` keeps the connections open but lets nothing through (a dead
- * link, as a client behind a broken NAT sees it).
+ * link, as a client behind a broken NAT sees it, or a client too slow to read), and
+ * `thaw()` lets them flow again.
  */
 export async function startProxy(port) {
   let open = true;
@@ -120,6 +121,16 @@ export async function startProxy(port) {
     restore() {
       open = true;
       frozen = false;
+    },
+    /** Lets a frozen link flow again, on the same connections. */
+    thaw() {
+      frozen = false;
+      for (const [a, b] of pairs) {
+        a.pipe(b);
+        b.pipe(a);
+        a.resume();
+        b.resume();
+      }
     },
     freeze() {
       frozen = true;

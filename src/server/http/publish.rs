@@ -106,6 +106,7 @@ where
             "delivered": total.queued,
             "slow_consumers": total.overflowed,
             "dropped": total.dropped,
+            "degraded": total.degraded,
         }),
     };
     json(StatusCode::OK, &body)

@@ -1,6 +1,7 @@
 //! Subscribing and unsubscribing, with recovery of what a resuming client missed.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use bytes::Bytes;
@@ -16,7 +17,7 @@ use crate::protocol::code::RejectReason;
 use crate::protocol::message::{ChannelList, MessageError, Resume};
 use crate::protocol::recovery::{Incomplete, Recovery};
 use crate::server::counters::Limit;
-use crate::snapshot::SnapshotCache;
+use crate::snapshot::{Snapshot, SnapshotCache};
 
 impl Session<'_> {
     /// Decides, with their logs locked, what each channel of `resume` that `change`
@@ -194,23 +195,30 @@ pub(super) fn send_snapshots(
             continue;
         };
         // Whole: hundreds of agents are more than the queue's frame bound.
-        let encoding = client.encoding();
-        if encoding == Encoding::plain(Dialect::CANONICAL) {
-            client.outbox().push_whole(&snapshot.frames);
-        } else if encoding.dialect == Dialect::CANONICAL {
-            // Compressed once per snapshot, for every subscriber that takes it compressed.
-            client
-                .outbox()
-                .push_whole(&snapshot.deflated(|f| client.encode(f)));
-        } else {
-            // Another dialect: transcoded (and compressed) for this client.
-            let frames: Vec<Bytes> = snapshot
-                .frames
-                .iter()
-                .map(|f| client.encode(&encoding.dialect.transcode(f)))
-                .collect();
-            client.outbox().push_whole(&frames);
-        }
+        let frames = snapshot_frames(&snapshot, client.encoding(), |f| client.encode(f));
+        client.outbox().push_snapshot(channel, &frames);
+    }
+}
+
+/// `snapshot`'s frames in `encoding`; `encode` compresses a frame of the encoding's
+/// dialect when the encoding says so (see `Client::encode`).
+pub(crate) fn snapshot_frames(
+    snapshot: &Snapshot,
+    encoding: Encoding,
+    encode: impl Fn(&Bytes) -> Bytes,
+) -> Arc<[Bytes]> {
+    if encoding == Encoding::plain(Dialect::CANONICAL) {
+        snapshot.frames.clone()
+    } else if encoding.dialect == Dialect::CANONICAL {
+        // Compressed once per snapshot, for every subscriber that takes it compressed.
+        snapshot.deflated(encode)
+    } else {
+        // Another dialect: transcoded (and compressed) for this client.
+        snapshot
+            .frames
+            .iter()
+            .map(|f| encode(&encoding.dialect.transcode(f)))
+            .collect()
     }
 }
 
