@@ -54,7 +54,9 @@ pub struct Config {
     /// were theirs alone (a broadcast frame is one allocation shared by every subscriber).
     pub client_queue_bytes: usize,
 
-    /// What happens when a client's queue is full (in frames or in bytes). Default `close`.
+    /// What happens when a client's queue is full (in frames or in bytes): `close`
+    /// (default), `drop`, or `degrade` (hold events back by priority and conflation key
+    /// from half the bounds, then send `gap` markers; docs/protocol.md, "Slow consumers").
     pub slow_consumer: SlowConsumerPolicy,
 
     /// Most channels one connection may be subscribed to at once, the 8 defaults included.

@@ -100,6 +100,19 @@ pub(crate) struct Shared {
     pub(crate) tasks: TaskTracker,
 }
 
+impl writer::WriterEnv for Shared {
+    fn counters(&self) -> &counters::Counters {
+        &self.counters
+    }
+
+    fn catch_up(&self) -> writer::CatchUp<'_> {
+        writer::CatchUp {
+            snapshots: &self.snapshots,
+            hub: &self.hub,
+        }
+    }
+}
+
 impl Shared {
     /// The state of a server with this (validated) configuration.
     pub(crate) fn new(config: Config) -> Result<Self, ConfigError> {

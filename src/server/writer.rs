@@ -54,18 +54,17 @@ pub(crate) struct WriteFailed {
 /// Notices of its own (frames lost under the `drop` policy) are written in the outbox's
 /// dialect.
 /// A client that was degraded (`slow_consumer = "degrade"`) is sent, once it has caught up,
-/// what it is owed, from `catch_up` (see [`CatchUp`]).
-pub(crate) async fn run<W: AsyncWrite + Unpin>(
+/// what it is owed (see [`CatchUp`]).
+pub(crate) async fn run<W: AsyncWrite + Unpin, E: WriterEnv>(
     outbox: &Outbox,
     socket: &mut W,
-    counters: &Counters,
-    catch_up: CatchUp<'_>,
+    env: &E,
 ) -> Result<CloseCode, WriteFailed> {
     let code_of = |outbox: &Outbox| match outbox.closing() {
         Some(Closing::Now(code) | Closing::AfterFlush(code)) => Some(code),
         None => None,
     };
-    drive(outbox, socket, counters, catch_up)
+    drive(outbox, socket, env)
         .await
         .map_err(|error| WriteFailed {
             closing: code_of(outbox),
@@ -73,12 +72,12 @@ pub(crate) async fn run<W: AsyncWrite + Unpin>(
         })
 }
 
-async fn drive<W: AsyncWrite + Unpin>(
+async fn drive<W: AsyncWrite + Unpin, E: WriterEnv>(
     outbox: &Outbox,
     socket: &mut W,
-    counters: &Counters,
-    catch_up: CatchUp<'_>,
+    env: &E,
 ) -> io::Result<CloseCode> {
+    // Only `env` (one pointer) lives in the future: every byte here is paid per connection.
     let mut batch: Vec<Bytes> = Vec::new();
     loop {
         outbox.ready().await;
@@ -88,14 +87,15 @@ async fn drive<W: AsyncWrite + Unpin>(
         }
         let dropped = outbox.take_dropped();
         if dropped > 0 {
-            counters.frames_dropped.add(dropped);
+            env.counters().frames_dropped.add(dropped);
             batch.push(dropped_notice(outbox.dialect(), dropped));
         }
         outbox.drain_into(&mut batch, MAX_BATCH);
         let since = outbox.take_since();
         if let Some(book) = outbox.take_book() {
             // Everything queued is in this batch: what the client is owed follows it.
-            catch_up.frames(*book, outbox.encoding(), counters, &mut batch);
+            env.catch_up()
+                .frames(*book, outbox.encoding(), env.counters(), &mut batch);
         }
         if batch.is_empty() {
             if let Some(Closing::AfterFlush(code)) = outbox.closing() {
@@ -116,10 +116,10 @@ async fn drive<W: AsyncWrite + Unpin>(
             };
             return Box::pin(finish(socket, partial.into_iter().collect(), code)).await;
         }
-        if counters.per_frame {
-            counters.frames_sent.add(batch.len() as u64);
+        if env.counters().per_frame {
+            env.counters().frames_sent.add(batch.len() as u64);
             if let Some(since) = since {
-                counters.publish_to_write.record(since.elapsed());
+                env.counters().publish_to_write.record(since.elapsed());
             }
         }
         if outbox.is_empty() {
@@ -147,6 +147,16 @@ async fn finish<W: AsyncWrite + Unpin>(
         Ok(result) => result.map(|()| code),
         Err(_) => Err(io::ErrorKind::TimedOut.into()),
     }
+}
+
+/// What the writer needs beside its outbox and socket: the counters, and where to find what
+/// a degraded client is owed. The server's shared state is one; the writer holds a
+/// reference to it, one pointer in every connection's future.
+pub(crate) trait WriterEnv {
+    /// The server's counters.
+    fn counters(&self) -> &Counters;
+    /// Where the current snapshots are, for a client that caught up.
+    fn catch_up(&self) -> CatchUp<'_>;
 }
 
 /// Where the writer finds what a degraded client is owed once it has caught up, beside its
@@ -227,6 +237,12 @@ pub(crate) enum Written {
 
 /// Writes every frame in `frames`, consuming them, with as few syscalls as the socket allows.
 /// With `interrupt`, a blocked write gives up when that outbox asks for an immediate close.
+///
+/// A write that found the socket full and then went through proves that the client is
+/// reading (its kernel acknowledged bytes): that outbox's client is marked alive. A slow
+/// reader whose ping waits behind megabytes of events is then not closed as silent (4001),
+/// while a dead peer, whose socket never drains, still is; an idle one never fills its
+/// socket, so it must still answer its pings.
 pub(crate) async fn write_frames<W: AsyncWrite + Unpin>(
     socket: &mut W,
     frames: &mut [Bytes],
@@ -234,6 +250,7 @@ pub(crate) async fn write_frames<W: AsyncWrite + Unpin>(
 ) -> io::Result<Written> {
     let mut first = 0;
     let mut in_frame = false;
+    let mut waited = false;
     while first < frames.len() {
         let pending = &frames[first..];
         let written = std::future::poll_fn(|cx| {
@@ -244,10 +261,15 @@ pub(crate) async fn write_frames<W: AsyncWrite + Unpin>(
             }
             match Pin::new(&mut *socket).poll_write_vectored(cx, &slices[..n]) {
                 Poll::Ready(result) => Poll::Ready(result.map(Some)),
-                Poll::Pending => match interrupt {
-                    Some(outbox) if outbox.poll_close_now(cx).is_ready() => Poll::Ready(Ok(None)),
-                    _ => Poll::Pending,
-                },
+                Poll::Pending => {
+                    waited = true;
+                    match interrupt {
+                        Some(outbox) if outbox.poll_close_now(cx).is_ready() => {
+                            Poll::Ready(Ok(None))
+                        }
+                        _ => Poll::Pending,
+                    }
+                }
             }
         })
         .await?;
@@ -257,6 +279,9 @@ pub(crate) async fn write_frames<W: AsyncWrite + Unpin>(
         };
         if written == 0 {
             return Err(io::ErrorKind::WriteZero.into());
+        }
+        if let (true, Some(outbox)) = (std::mem::take(&mut waited), interrupt) {
+            outbox.mark_alive();
         }
         while written > 0 {
             let frame = &mut frames[first];
@@ -279,21 +304,28 @@ pub(crate) async fn write_frames<W: AsyncWrite + Unpin>(
 mod tests {
     use super::*;
 
-    /// What a writer needs for a catch-up: an empty snapshot cache and a hub.
-    struct Parts(SnapshotCache, Hub);
+    /// What a writer needs: counters, an empty snapshot cache and a hub.
+    struct Parts(Counters, SnapshotCache, Hub);
 
     impl Parts {
         fn new() -> Self {
             Self(
+                Counters::default(),
                 SnapshotCache::default(),
                 Hub::new(&crate::Config::default()),
             )
         }
+    }
+
+    impl WriterEnv for Parts {
+        fn counters(&self) -> &Counters {
+            &self.0
+        }
 
         fn catch_up(&self) -> CatchUp<'_> {
             CatchUp {
-                snapshots: &self.0,
-                hub: &self.1,
+                snapshots: &self.1,
+                hub: &self.2,
             }
         }
     }
@@ -397,9 +429,7 @@ mod tests {
             calls: 0,
         };
         assert_eq!(
-            run(&outbox, &mut sock, &Counters::default(), parts.catch_up())
-                .await
-                .unwrap(),
+            run(&outbox, &mut sock, &parts).await.unwrap(),
             CloseCode::GOING_AWAY
         );
         let mut expected: Vec<u8> = frames(3).iter().flat_map(|f| f.to_vec()).collect();
@@ -420,9 +450,7 @@ mod tests {
             chunk: 1 << 20,
             calls: 0,
         };
-        run(&outbox, &mut sock, &Counters::default(), parts.catch_up())
-            .await
-            .unwrap();
+        run(&outbox, &mut sock, &parts).await.unwrap();
         assert_eq!(sock.out, frame::close(CloseCode::SLOW_CONSUMER).to_vec());
     }
 
@@ -478,6 +506,62 @@ mod tests {
         Pin::new(f).poll(&mut Context::from_waker(waker))
     }
 
+    /// A socket that is full on the first write (and wakes at once), then takes everything.
+    struct FullOnce {
+        out: Vec<u8>,
+        full: bool,
+    }
+
+    impl AsyncWrite for FullOnce {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            if std::mem::take(&mut self.full) {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            self.out.extend_from_slice(buf);
+            Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_socket_that_drains_marks_a_slow_reader_alive() {
+        // Its ping is unanswered, but the socket took bytes after being full: alive.
+        let outbox = Outbox::new(16, SlowConsumerPolicy::Degrade);
+        outbox.ping(frame::ping(b""));
+        let mut sock = FullOnce {
+            out: vec![],
+            full: true,
+        };
+        let mut batch = frames(3);
+        write_frames(&mut sock, &mut batch, Some(&outbox))
+            .await
+            .unwrap();
+        assert!(
+            !outbox.expire_if_silent(),
+            "a slow reader was closed as silent"
+        );
+        // A socket that never filled proves nothing: the ping must still be answered.
+        outbox.ping(frame::ping(b""));
+        let mut sock = FullOnce {
+            out: vec![],
+            full: false,
+        };
+        write_frames(&mut sock, &mut frames(3), Some(&outbox))
+            .await
+            .unwrap();
+        assert!(outbox.expire_if_silent());
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_client_that_reads_nothing_is_dropped_after_the_linger() {
         let parts = Parts::new();
@@ -489,8 +573,7 @@ mod tests {
             out: vec![],
             budget: 5,
         };
-        let counters = Counters::default();
-        let run = run(&outbox, &mut sock, &counters, parts.catch_up());
+        let run = run(&outbox, &mut sock, &parts);
         tokio::pin!(run);
         tokio::select! {
             _ = &mut run => panic!("finished while the socket is stuck"),

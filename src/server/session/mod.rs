@@ -167,11 +167,7 @@ async fn serve<R, W>(
         let deflate = session.client.encoding().deflate;
         let mut reader = MessageReader::new(read, config.max_message_size, deflate);
         let read_half = session.read_loop(&mut reader);
-        let catch_up = writer::CatchUp {
-            snapshots: &shared.snapshots,
-            hub: &shared.hub,
-        };
-        let write_half = writer::run(&outbox, &mut write, &shared.counters, catch_up);
+        let write_half = writer::run(&outbox, &mut write, shared);
         tokio::pin!(read_half, write_half);
         tokio::select! {
             written = &mut write_half => {
