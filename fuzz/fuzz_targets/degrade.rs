@@ -1,9 +1,11 @@
 //! Publishes of every priority, with and without conflation keys, against a client that
 //! drains its queue at arbitrary moments, under `slow_consumer = "degrade"`. Checked:
 //! what the client receives of a channel is in publish order; what it receives plus what
-//! its gap books say it missed is exactly what was published; every `critical` event and
-//! the newest event of every key arrive (two keys per channel, within the parking room); the queue stays within twice its bound (plus the
-//! parked events a `critical` event sends ahead of itself).
+//! its gap books say it missed is exactly what was published; only a `critical` event that
+//! finds the queue at twice its bound closes the client; every `critical` event and the
+//! newest event of every key arrive (two keys per channel, within the parking room); the
+//! queue stays within twice its bound (plus the parked events a `critical` event sends
+//! ahead of itself).
 #![no_main]
 
 use std::collections::BTreeMap;
@@ -67,7 +69,13 @@ fuzz_target!(|ops: Vec<Op>| {
                     .with_priority(priority)
                     .with_conflate(key.map(|k| ConflateKey::new(&format!("k{k}")).unwrap()));
                 let delivery = hub.publish(&event);
-                assert_eq!(delivery.overflowed, 0, "closed below twice the bound");
+                if delivery.overflowed > 0 {
+                    // Only a critical event that finds the queue at twice its bound closes
+                    // the client; the run ends there.
+                    assert_eq!(priority, Priority::Critical, "closed for a {priority:?} event");
+                    assert!(client.outbox().len() >= 2 * QUEUE, "closed below twice the bound");
+                    return;
+                }
                 model.get_mut(name).unwrap().published.push((seq, priority, key));
                 seq += 1;
                 assert!(client.outbox().len() <= 2 * QUEUE + QUEUE);
