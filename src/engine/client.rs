@@ -62,10 +62,7 @@ impl Client {
     /// encoding: compressed if it negotiated permessage-deflate and compressing pays, as
     /// a publish compresses it.
     pub fn encode(&self, frame: &Bytes) -> Bytes {
-        match self.encoding().deflate {
-            true => self.state.deflater.frame(frame),
-            false => frame.clone(),
-        }
+        self.state.encode(self.encoding(), frame)
     }
 
     /// Queues a frame for this client alone (a reply, a welcome).

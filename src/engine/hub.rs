@@ -359,10 +359,7 @@ impl Hub {
                             .1
                     }
                 };
-                let frame = match encoding.deflate {
-                    true => inner.deflater.frame(plain),
-                    false => plain.clone(),
-                };
+                let frame = inner.encode(encoding, plain);
                 set.for_each(|slot| {
                     let Some(outbox) = inner.slots.get(slot, &guard) else {
                         return;
@@ -415,10 +412,7 @@ impl Hub {
     /// A broadcast frame of `encoding`'s dialect as a client taking `encoding` is sent it:
     /// compressed if the encoding says so and compressing pays, as a publish compresses it.
     pub(crate) fn encode_as(&self, encoding: Encoding, frame: &Bytes) -> Bytes {
-        match encoding.deflate {
-            true => self.inner.deflater.frame(frame),
-            false => frame.clone(),
-        }
+        self.inner.encode(encoding, frame)
     }
 
     /// What compression did: broadcasts compressed once for the subscribers that

@@ -305,15 +305,20 @@ impl Outbox {
             }
             return (self.refuse(1), false);
         }
+        (Push::Queued, self.place(frame, since, before))
+    }
+
+    /// Puts a frame already counted in `load` (which held `before`) in the queue, keeping
+    /// `since` if it found the queue empty; returns whether it did.
+    #[inline(always)]
+    fn place(&self, frame: Bytes, since: Option<Stamp>, before: Load) -> bool {
         let was_empty = before.frames() == 0;
-        if was_empty {
-            if let Some(since) = since {
-                // Before the frame is visible: a writer that pops it also sees the stamp.
-                self.since.store(since.to_raw(), Ordering::Relaxed);
-            }
+        if let (true, Some(since)) = (was_empty, since) {
+            // Before the frame is visible: a writer that pops it also sees the stamp.
+            self.since.store(since.to_raw(), Ordering::Relaxed);
         }
         self.queue.push(frame);
-        (Push::Queued, was_empty)
+        was_empty
     }
 
     /// Whether a queue holding `load` is at or over its bounds, widened by `allowance`
@@ -366,12 +371,7 @@ impl Outbox {
         }
         book.get_or_insert_default()
             .hold(tag, frame, self.capacity, self.byte_capacity);
-        // Wake the writer on the way in, so that it takes the book once it has caught up.
-        let entered = self
-            .state
-            .compare_exchange(OPEN, LOSSY, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok();
-        (Push::Degraded, entered)
+        (Push::Degraded, self.enter_degraded())
     }
 
     /// The book's lock, allocated on first use.
@@ -394,12 +394,16 @@ impl Outbox {
     fn admit(&self, frame: Bytes, since: Option<Stamp>) -> bool {
         let add = Load::of(1, frame.len().min(MAX_BYTE_CAPACITY));
         let before = Load(self.load.fetch_add(add.0, Ordering::AcqRel));
-        let was_empty = before.frames() == 0;
-        if let (true, Some(since)) = (was_empty, since) {
-            self.since.store(since.to_raw(), Ordering::Relaxed);
-        }
-        self.queue.push(frame);
-        was_empty
+        self.place(frame, since, before)
+    }
+
+    /// Marks the outbox degraded (events wait in its book); returns whether it was not
+    /// already, so that the caller wakes the writer, which takes the book once the client
+    /// has caught up. Does nothing to an outbox that is closing.
+    fn enter_degraded(&self) -> bool {
+        self.state
+            .compare_exchange(OPEN, LOSSY, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
     }
 
     /// The book of a degrading client that has read everything queued, which leaves the
@@ -505,10 +509,7 @@ impl Outbox {
             let mut book = self.book_lock().lock();
             if behind() && !self.is_closing() {
                 book.get_or_insert_default().owe(channel);
-                let entered = self
-                    .state
-                    .compare_exchange(OPEN, LOSSY, Ordering::AcqRel, Ordering::Acquire)
-                    .is_ok();
+                let entered = self.enter_degraded();
                 drop(book);
                 if entered {
                     self.wake();

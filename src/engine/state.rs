@@ -4,12 +4,14 @@
 
 use std::sync::atomic::{AtomicU64, AtomicUsize};
 
+use bytes::Bytes;
+
 use super::history::History;
 use super::slots::Slots;
 use super::topics::Topics;
 use crate::compression::Deflater;
 use crate::config::SlowConsumerPolicy;
-use crate::dialect::Dialect;
+use crate::dialect::{Dialect, Encoding};
 
 /// The state every clone of a `Hub`, and every `Client`, shares.
 pub(super) struct HubState {
@@ -37,4 +39,16 @@ pub(super) struct HubState {
     pub(super) peak_clients: AtomicUsize,
     pub(super) published: AtomicU64,
     pub(super) delivered: AtomicU64,
+}
+
+impl HubState {
+    /// A broadcast frame of `encoding`'s dialect as a client taking `encoding` is sent it:
+    /// compressed if the encoding says so and compressing pays.
+    #[inline]
+    pub(super) fn encode(&self, encoding: Encoding, frame: &Bytes) -> Bytes {
+        match encoding.deflate {
+            true => self.deflater.frame(frame),
+            false => frame.clone(),
+        }
+    }
 }
