@@ -54,6 +54,14 @@ pub struct Config {
     /// were theirs alone (a broadcast frame is one allocation shared by every subscriber).
     pub client_queue_bytes: usize,
 
+    /// Most bytes the kernel may hold unsent for one client, beyond its queue
+    /// (`TCP_NOTSENT_LOWAT`, Linux; elsewhere ignored). Default 128 KiB. Without a limit
+    /// (0) the kernel buffers megabytes for a client that reads slowly: its ping then waits
+    /// behind them and it is closed as silent (4001), and it fills its queue, where the
+    /// `slow_consumer` policy acts, only after those megabytes. Bytes in flight to a client
+    /// that is reading are not limited, so throughput over long links is not either.
+    pub socket_unsent_limit: u32,
+
     /// What happens when a client's queue is full (in frames or in bytes): `close`
     /// (default), `drop`, or `degrade` (hold events back by priority and conflation key
     /// from half the bounds, then send `gap` markers; docs/protocol.md, "Slow consumers").
@@ -507,6 +515,7 @@ impl Default for Config {
             max_message_size: 64 * 1024,
             client_queue_capacity: 256,
             client_queue_bytes: 256 * 1024,
+            socket_unsent_limit: 128 * 1024,
             slow_consumer: SlowConsumerPolicy::Close,
             max_subscriptions_per_connection: 50,
             ping_interval: Duration::from_secs(30),
@@ -541,6 +550,9 @@ impl Default for Config {
 
 /// The longest duration any setting takes: ten years.
 pub const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+/// The largest `socket_unsent_limit`: 64 MiB, past any kernel's send buffer.
+pub const MAX_SOCKET_UNSENT_LIMIT: u32 = 64 * 1024 * 1024;
 
 /// A configuration value that cannot work.
 #[derive(Debug, thiserror::Error)]
@@ -647,6 +659,14 @@ impl Config {
             return Err(invalid(
                 "client_queue_bytes",
                 format!("must be 1024 to {}", outbox::MAX_BYTE_CAPACITY),
+            ));
+        }
+        if self.socket_unsent_limit != 0
+            && !(1024..=MAX_SOCKET_UNSENT_LIMIT).contains(&self.socket_unsent_limit)
+        {
+            return Err(invalid(
+                "socket_unsent_limit",
+                format!("must be 0 (the kernel's) or 1024 to {MAX_SOCKET_UNSENT_LIMIT}"),
             ));
         }
         if self.max_subscriptions_per_connection == 0 {
@@ -967,6 +987,25 @@ mod tests {
             .contains("engine.breaker_reset"));
         c.engine.breaker_reset = MAX_DURATION;
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn the_unsent_limit_is_zero_or_a_sane_size() {
+        for ok in [0, 1024, 128 * 1024, MAX_SOCKET_UNSENT_LIMIT] {
+            let c = Config {
+                socket_unsent_limit: ok,
+                ..Config::default()
+            };
+            c.validate().unwrap();
+        }
+        for bad in [1, 1023, MAX_SOCKET_UNSENT_LIMIT + 1] {
+            let c = Config {
+                socket_unsent_limit: bad,
+                ..Config::default()
+            };
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains("socket_unsent_limit"), "{e}");
+        }
     }
 
     #[test]

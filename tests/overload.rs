@@ -2,7 +2,10 @@
 //! of the publish rate) on the same channels for 30 s. The fast client gets everything in
 //! order; the slow one stays connected, gets every `critical` event, the latest value of
 //! every conflation key, and `gap` markers that add up exactly to what it missed; the
-//! server's queues stay bounded.
+//! server's queues stay bounded. The keep-alive pings every 2 s and gives 2 s to answer, so
+//! the slow client, whose pings wait behind what it has not read, stays only if the server
+//! bounds what the kernel holds for it (`socket_unsent_limit`) and counts its draining
+//! socket as alive.
 
 mod common;
 
@@ -67,18 +70,22 @@ impl Received {
 /// until `fast_after`.
 async fn read_all(mut client: common::Client, pause: Duration, fast_after: Instant) -> Received {
     let mut received = Received::default();
-    let mut ended = false;
+    // Once the end is read: until 3 s pass without a message (pings do not count).
+    let mut quiet_until: Option<Instant> = None;
     loop {
-        let next = match ended {
-            false => client.read().await,
-            true => match tokio::time::timeout(Duration::from_secs(3), client.read()).await {
+        let next = match quiet_until {
+            None => client.read().await,
+            Some(deadline) => match tokio::time::timeout_at(deadline, client.read()).await {
                 Ok(read) => read,
                 Err(_) => return received,
             },
         };
         match next {
             Read::Json(message) => {
-                ended |= message["type"] == "alerts" && message["data"]["end"] == true;
+                let end = message["type"] == "alerts" && message["data"]["end"] == true;
+                if end || quiet_until.is_some() {
+                    quiet_until = Some(Instant::now() + Duration::from_secs(3));
+                }
                 received.take(message);
             }
             Read::Ping | Read::Pong => {}
@@ -105,6 +112,8 @@ async fn slow_clients_degrade_and_stay_while_fast_clients_get_everything() {
         c.client_queue_bytes = 256 * 1024;
         c.default_subscriptions = CHANNELS.iter().map(|c| c.to_string()).collect();
         c.history.size = 100_000;
+        c.ping_interval = Duration::from_secs(2);
+        c.pong_timeout = Duration::from_secs(2);
     })
     .await;
     // Past their welcomes.

@@ -27,6 +27,7 @@ mod memory;
 mod metrics;
 pub(crate) mod reader;
 mod session;
+mod socket;
 mod stats;
 mod writer;
 
@@ -285,7 +286,7 @@ impl Server {
                     }
                 },
             };
-            let _ = tcp.set_nodelay(true);
+            socket::tune(&tcp, shared.config.socket_unsent_limit);
             // Every client connection takes a place from the start (a trusted proxy's
             // carry many clients: their upgrades are admitted by forwarded address).
             let place = if shared.admission.is_trusted_proxy(peer.ip()) {

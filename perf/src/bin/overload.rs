@@ -55,6 +55,9 @@ struct Args {
     /// How long to publish.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
     duration: Duration,
+    /// A further argument for the server, repeatable (`--server-arg=--socket-unsent-limit=0`).
+    #[arg(long = "server-arg", allow_hyphen_values = true)]
+    server_args: Vec<String>,
 }
 
 /// What the fast clients saw.
@@ -233,6 +236,7 @@ async fn main() -> Result<(), Error> {
             "0",
         ])
         .args(["--default-subscriptions", "load"])
+        .args(&args.server_args)
         .stdout(Stdio::null())
         .kill_on_drop(true)
         .spawn()?;
