@@ -147,6 +147,10 @@ impl Key {
         let defaults = toml::Table::try_from(Config::default()).expect("the defaults are TOML");
         let mut keys = Vec::new();
         for (name, property) in properties(schema.as_value()) {
+            // Settings a flag cannot say (tables of rules) are for the file only.
+            if property.get("x-file-only").and_then(Value::as_bool) == Some(true) {
+                continue;
+            }
             match properties_of(property) {
                 Some(section) => {
                     let section_defaults = defaults.get(name).and_then(toml::Value::as_table);
@@ -407,7 +411,7 @@ mod tests {
     }
 
     /// Every config key has a flag of the same name (`_` -> `-`, `section.key` ->
-    /// `section-key`) and a SIGMAHUB_ variable.
+    /// `section-key`) and a SIGMAHUB_ variable, except the file-only `[[channels]]`.
     #[test]
     fn every_config_key_has_a_flag_and_an_env_var() {
         let mut config = Config::default();
@@ -429,6 +433,10 @@ mod tests {
             }
         }
         assert!(keys.contains(&"engine_url".to_string()));
+        keys.retain(|key| key != "channels");
+        assert!(Cli::command()
+            .get_arguments()
+            .all(|a| a.get_long() != Some("channels")));
         for key in &keys {
             let arg = arg(&key.replace('_', "-"));
             let env = format!("SIGMAHUB_{}", key.to_uppercase());

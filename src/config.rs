@@ -170,6 +170,12 @@ pub struct Config {
     /// Each channel's recent events, for clients that reconnect (TOML section `[history]`).
     pub history: HistoryConfig,
 
+    /// Options for the channels that match a pattern (TOML array `[[channels]]`), in
+    /// order: each option comes from the first rule that matches and sets it. Default none.
+    /// In the TOML file only (no flag).
+    #[schemars(extend("x-file-only" = true))]
+    pub channels: Vec<ChannelRule>,
+
     /// Socket.IO clients on `/socket.io/` (TOML section `[socketio]`).
     pub socketio: SocketIoConfig,
 
@@ -331,6 +337,43 @@ impl Default for HistoryConfig {
             size: 100,
             max_age: Duration::from_secs(300),
             max_channels: 10_000,
+        }
+    }
+}
+
+/// Options for the channels matching `pattern` (one `[[channels]]` entry).
+///
+/// ```toml
+/// [[channels]]
+/// pattern = "metrics.*"
+/// priority = "low"
+/// history = 500
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ChannelRule {
+    /// A channel name (`orders`), a prefix ending in `*` (`metrics.*`), or `*` (every
+    /// channel).
+    pub pattern: String,
+    /// The priority of events published on these channels without one (docs/protocol.md,
+    /// "Priorities and conflation"). Default: the next matching rule's, else `normal`.
+    #[serde(default)]
+    pub priority: Option<crate::event::Priority>,
+    /// Events kept in these channels' history, instead of `history.size` (0 keeps none,
+    /// though events are still numbered). Default: the next matching rule's, else
+    /// `history.size`.
+    #[serde(default)]
+    pub history: Option<usize>,
+}
+
+impl ChannelRule {
+    /// A rule for `pattern` that sets nothing yet.
+    pub fn new(pattern: impl Into<String>) -> Self {
+        Self {
+            pattern: pattern.into(),
+            priority: None,
+            history: None,
         }
     }
 }
@@ -539,6 +582,7 @@ impl Default for Config {
             idle_timeout: Duration::ZERO,
             auth: AuthConfig::default(),
             history: HistoryConfig::default(),
+            channels: Vec::new(),
             socketio: SocketIoConfig::default(),
             compression: CompressionConfig::default(),
             cluster: ClusterConfig::default(),
@@ -550,6 +594,9 @@ impl Default for Config {
 
 /// The longest duration any setting takes: ten years.
 pub const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+/// The most events a `[[channels]]` rule may keep in a channel's history.
+pub const MAX_HISTORY_SIZE: usize = 10_000_000;
 
 /// The largest `socket_unsent_limit`: 64 MiB, past any kernel's send buffer.
 pub const MAX_SOCKET_UNSENT_LIMIT: u32 = 64 * 1024 * 1024;
@@ -668,6 +715,26 @@ impl Config {
                 "socket_unsent_limit",
                 format!("must be 0 (the kernel's) or 1024 to {MAX_SOCKET_UNSENT_LIMIT}"),
             ));
+        }
+        for (i, rule) in self.channels.iter().enumerate() {
+            if let Some(reason) = crate::engine::rules::pattern_error(&rule.pattern) {
+                return Err(invalid(
+                    "channels.pattern",
+                    format!("rule {}: {reason}", i + 1),
+                ));
+            }
+            if rule.history.is_some() && self.history.size == 0 {
+                return Err(invalid(
+                    "channels.history",
+                    format!("rule {}: history is off (history.size = 0)", i + 1),
+                ));
+            }
+            if rule.history.is_some_and(|size| size > MAX_HISTORY_SIZE) {
+                return Err(invalid(
+                    "channels.history",
+                    format!("rule {}: must be at most {MAX_HISTORY_SIZE}", i + 1),
+                ));
+            }
         }
         if self.max_subscriptions_per_connection == 0 {
             return Err(invalid(

@@ -26,7 +26,7 @@ const RFC3339_MILLIS: &[FormatItem<'static>] =
 pub struct Event {
     channel: Channel,
     data: Box<RawValue>,
-    priority: Priority,
+    priority: Option<Priority>,
     conflate: Option<ConflateKey>,
 }
 
@@ -133,13 +133,13 @@ impl Event {
         ))
     }
 
-    /// An event from an already validated channel and raw JSON data, of `normal` priority
-    /// and without a conflation key.
+    /// An event from an already validated channel and raw JSON data, without a priority
+    /// (its channel's default applies) or a conflation key.
     pub fn from_raw(channel: Channel, data: Box<RawValue>) -> Self {
         Self {
             channel,
             data,
-            priority: Priority::Normal,
+            priority: None,
             conflate: None,
         }
     }
@@ -152,11 +152,11 @@ impl Event {
     ///     .unwrap()
     ///     .with_priority(Priority::Low)
     ///     .with_conflate(Some(ConflateKey::new("agent-7").unwrap()));
-    /// assert_eq!(event.priority(), Priority::Low);
+    /// assert_eq!(event.priority(), Some(Priority::Low));
     /// assert_eq!(event.conflate().map(ConflateKey::as_str), Some("agent-7"));
     /// ```
     pub fn with_priority(mut self, priority: Priority) -> Self {
-        self.priority = priority;
+        self.priority = Some(priority);
         self
     }
 
@@ -166,8 +166,9 @@ impl Event {
         self
     }
 
-    /// How much the event matters to a client that cannot keep up.
-    pub fn priority(&self) -> Priority {
+    /// How much the event matters to a client that cannot keep up, as its publisher said;
+    /// `None`: its channel's default (a `[[channels]]` rule's `priority`, else `normal`).
+    pub fn priority(&self) -> Option<Priority> {
         self.priority
     }
 

@@ -42,8 +42,8 @@ pub mod fuzzing;
 pub use broker::{Broker, Completion, MemoryBroker, Published};
 pub use cluster::{ClusterError, NatsBroker};
 pub use config::{
-    AuthConfig, ClusterConfig, CompressionConfig, Config, ConfigError, SlowConsumerPolicy,
-    SocketIoConfig,
+    AuthConfig, ChannelRule, ClusterConfig, CompressionConfig, Config, ConfigError,
+    SlowConsumerPolicy, SocketIoConfig,
 };
 pub use dialect::Dialect;
 pub use engine::client::Client;

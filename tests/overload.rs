@@ -2,10 +2,10 @@
 //! of the publish rate) on the same channels for 30 s. The fast client gets everything in
 //! order; the slow one stays connected, gets every `critical` event, the latest value of
 //! every conflation key, and `gap` markers that add up exactly to what it missed; the
-//! server's queues stay bounded. The keep-alive pings every 2 s and gives 2 s to answer, so
-//! the slow client, whose pings wait behind what it has not read, stays only if the server
-//! bounds what the kernel holds for it (`socket_unsent_limit`) and counts its draining
-//! socket as alive.
+//! server's queues stay bounded. `chatter` is `low` by a `[[channels]]` rule. The
+//! keep-alive pings every 2 s and gives 2 s to answer, so the slow client, whose pings wait
+//! behind what it has not read, stays only if the server bounds what the kernel holds for
+//! it (`socket_unsent_limit`) and counts its draining socket as alive.
 
 mod common;
 
@@ -15,7 +15,8 @@ use std::time::Duration;
 use common::scrape::{scrape, value};
 use common::{Read, TestServer};
 use serde_json::{json, Value};
-use sigmahub::SlowConsumerPolicy;
+use sigmahub::event::Priority;
+use sigmahub::{ChannelRule, SlowConsumerPolicy};
 use tokio::time::Instant;
 
 const RUN: Duration = Duration::from_secs(30);
@@ -112,6 +113,9 @@ async fn slow_clients_degrade_and_stay_while_fast_clients_get_everything() {
         c.client_queue_bytes = 256 * 1024;
         c.default_subscriptions = CHANNELS.iter().map(|c| c.to_string()).collect();
         c.history.size = 100_000;
+        let mut chatter = ChannelRule::new("chat*");
+        chatter.priority = Some(Priority::Low);
+        c.channels = vec![chatter];
         c.ping_interval = Duration::from_secs(2);
         c.pong_timeout = Duration::from_secs(2);
     })
@@ -164,7 +168,8 @@ async fn slow_clients_degrade_and_stay_while_fast_clients_get_everything() {
             );
         }
         for _ in 0..3 {
-            add("chatter", json!({"data": {"pad": pad}, "priority": "low"}));
+            // `low` by the channel's rule, not by the event.
+            add("chatter", json!({"data": {"pad": pad}}));
         }
         if batch_no % 20 == 0 {
             add("alerts", json!({"data": {}, "priority": "critical"}));

@@ -33,7 +33,8 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use parking_lot::{ArcMutexGuard, Mutex, RawMutex, RwLock};
 
-use crate::config::HistoryConfig;
+use super::rules::ChannelRules;
+use crate::config::{ChannelRule, HistoryConfig};
 use crate::protocol::channel::Channel;
 use crate::protocol::recovery::{Incomplete, Recovery};
 
@@ -59,6 +60,8 @@ struct Entry {
 pub struct Log {
     /// The offset of the channel's latest event (0: none since the log was created).
     last: u64,
+    /// Most entries it keeps: `history.size`, or its channel's `[[channels]]` rule's.
+    size: usize,
     /// `prev` of the log's first event: 0 if the channel had no event before the log was
     /// created, [`UNKNOWN`] if it may have (logs were dropped since the hub started).
     start_prev: u64,
@@ -69,6 +72,7 @@ pub struct Log {
 #[derive(Debug)]
 pub struct History {
     size: usize,
+    rules: ChannelRules,
     max_age: Duration,
     max_channels: usize,
     epoch: ArcSwap<String>,
@@ -83,11 +87,13 @@ pub struct History {
 }
 
 impl History {
-    /// Logs as `config` says, numbered in a fresh random epoch.
-    pub fn new(config: &HistoryConfig) -> Self {
+    /// Logs as `config` says, and as `channels` say for the channels they match, numbered
+    /// in a fresh random epoch.
+    pub fn new(config: &HistoryConfig, channels: &[ChannelRule]) -> Self {
         let hasher = std::collections::hash_map::RandomState::new();
         Self {
             size: config.size,
+            rules: ChannelRules::new(channels),
             max_age: config.max_age,
             max_channels: config.max_channels,
             epoch: ArcSwap::from_pointee(random_epoch(&hasher)),
@@ -133,11 +139,13 @@ impl History {
         } else {
             0
         };
+        let size = self.rules.history(channel).unwrap_or(self.size);
         let mut map = shard.write();
         map.entry(channel.clone())
             .or_insert_with(|| {
                 Arc::new(Mutex::new(Log {
                     last: 0,
+                    size,
                     start_prev,
                     entries: VecDeque::new(),
                 }))
@@ -281,7 +289,7 @@ impl History {
     }
 
     fn trim(&self, log: &mut Log, now: SystemTime) {
-        while log.entries.len() > self.size {
+        while log.entries.len() > log.size {
             log.entries.pop_front();
         }
         while log
@@ -408,11 +416,14 @@ mod tests {
     use super::*;
 
     fn history(size: usize) -> History {
-        History::new(&HistoryConfig {
-            size,
-            max_age: Duration::from_secs(60),
-            max_channels: 100,
-        })
+        History::new(
+            &HistoryConfig {
+                size,
+                max_age: Duration::from_secs(60),
+                max_channels: 100,
+            },
+            &[],
+        )
     }
 
     fn ch(name: &str) -> Channel {
@@ -445,6 +456,29 @@ mod tests {
             .map(|f| std::str::from_utf8(f).unwrap().parse().unwrap())
             .collect();
         (recovery, offsets)
+    }
+
+    #[test]
+    fn a_channel_rule_sets_its_channels_log_size() {
+        let mut big = ChannelRule::new("big.*");
+        big.history = Some(5);
+        let mut none = ChannelRule::new("none");
+        none.history = Some(0);
+        let config = HistoryConfig {
+            size: 2,
+            max_age: Duration::from_secs(60),
+            max_channels: 100,
+        };
+        let h = History::new(&config, &[big, none]);
+        let now = SystemTime::now();
+        for channel in ["big.one", "small", "none"] {
+            publish(&h, channel, 10, now);
+        }
+        assert_eq!(missed(&h, "big.one", 0).1.len(), 5);
+        assert_eq!(missed(&h, "small", 0).1.len(), 2);
+        let (recovery, kept) = missed(&h, "none", 0);
+        assert!(kept.is_empty());
+        assert!(!recovery.recovered, "{recovery:?}");
     }
 
     #[test]
@@ -517,11 +551,14 @@ mod tests {
 
     #[test]
     fn old_entries_expire_and_idle_logs_are_dropped_past_the_limit() {
-        let h = History::new(&HistoryConfig {
-            size: 10,
-            max_age: Duration::from_secs(5),
-            max_channels: 2,
-        });
+        let h = History::new(
+            &HistoryConfig {
+                size: 10,
+                max_age: Duration::from_secs(5),
+                max_channels: 2,
+            },
+            &[],
+        );
         let t0 = SystemTime::now();
         publish(&h, "a", 2, t0);
         publish(&h, "b", 1, t0);

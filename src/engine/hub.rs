@@ -16,6 +16,7 @@
 //!   reach each subscriber in that order.
 //! - A full client queue never slows the publisher: the slow-consumer policy applies.
 
+use super::rules::ChannelRules;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -110,7 +111,9 @@ impl Hub {
                 max_subscribers: config.max_subscribers_per_channel,
                 timing: config.metrics,
                 deflater: Deflater::new(&config.compression),
-                history: (config.history.size > 0).then(|| History::new(&config.history)),
+                history: (config.history.size > 0)
+                    .then(|| History::new(&config.history, &config.channels)),
+                rules: ChannelRules::new(&config.channels),
                 next_client_id: AtomicU64::new(1),
                 next_batch: AtomicU64::new(0),
                 clients: AtomicUsize::new(0),
@@ -196,7 +199,9 @@ impl Hub {
         let channel = event.channel();
         let tag = |offset, prev| Tag {
             channel: channel.as_str(),
-            priority: event.priority(),
+            priority: event
+                .priority()
+                .unwrap_or_else(|| self.inner.rules.priority(channel)),
             conflate: event.conflate(),
             offset,
             prev,
@@ -237,7 +242,7 @@ impl Hub {
     pub(crate) fn publish_sequenced(
         &self,
         channel: &Channel,
-        (priority, conflate): (Priority, Option<&ConflateKey>),
+        (priority, conflate): (Option<Priority>, Option<&ConflateKey>),
         offset: u64,
         prev: u64,
         now: SystemTime,
@@ -245,7 +250,7 @@ impl Hub {
     ) -> Option<Delivery> {
         let tag = Tag {
             channel: channel.as_str(),
-            priority,
+            priority: priority.unwrap_or_else(|| self.inner.rules.priority(channel)),
             conflate,
             offset,
             prev,
@@ -516,7 +521,7 @@ mod tests {
     use crate::engine::client::MAX_ECHOED_NAME;
     use crate::frame;
 
-    const NORMAL: (Priority, Option<&ConflateKey>) = (Priority::Normal, None);
+    const NORMAL: (Option<Priority>, Option<&ConflateKey>) = (None, None);
 
     fn hub() -> Hub {
         Hub::new(&Config::default())

@@ -18,6 +18,7 @@
 //! - [`degrade`]: what a client that cannot keep up missed and is owed (`slow_consumer =
 //!   "degrade"`).
 //! - [`history`]: each channel's recent events and offsets, for recovery.
+//! - `rules`: channel options by pattern (`[[channels]]`), resolved per channel (private).
 //! - `latency`: publish timestamps and a thread-sharded latency histogram (private).
 
 pub(crate) mod bitset;
@@ -28,6 +29,7 @@ pub mod history;
 pub mod hub;
 pub(crate) mod latency;
 pub mod outbox;
+pub(crate) mod rules;
 pub(crate) mod slots;
 mod state;
 pub(crate) mod topics;

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize};
 use bytes::Bytes;
 
 use super::history::History;
+use super::rules::ChannelRules;
 use super::slots::Slots;
 use super::topics::Topics;
 use crate::compression::Deflater;
@@ -28,6 +29,8 @@ pub(super) struct HubState {
     pub(super) deflater: Deflater,
     /// Each channel's recent events, when `history.size > 0`.
     pub(super) history: Option<History>,
+    /// Channel options by pattern (`[[channels]]`): the default priority.
+    pub(super) rules: ChannelRules,
     pub(super) next_client_id: AtomicU64,
     /// Ids of publish batches, for the outboxes' byte bound (`Outbox::push_in_batch`).
     pub(super) next_batch: AtomicU64,

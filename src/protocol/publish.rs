@@ -89,9 +89,11 @@ fn event(json: &[u8], index: Option<usize>) -> Result<Event, PublishError> {
         Some(key) => Some(ConflateKey::new(&key).map_err(|e| bad(format!("`conflate`: {e}")))?),
         None => None,
     };
-    Ok(Event::from_raw(channel, data)
-        .with_priority(incoming.priority.unwrap_or_default())
-        .with_conflate(conflate))
+    let event = Event::from_raw(channel, data).with_conflate(conflate);
+    Ok(match incoming.priority {
+        Some(priority) => event.with_priority(priority),
+        None => event,
+    })
 }
 
 /// Deserializes any JSON value, keeping nothing, and fails on numbers outside a double's
@@ -168,11 +170,11 @@ mod tests {
             br#"[{"type":"a","data":{},"priority":"critical"},{"type":"b","conflate":"agent-7","priority":"low"},{"type":"c"}]"#,
         )
         .unwrap();
-        assert_eq!(events[0].priority(), Priority::Critical);
+        assert_eq!(events[0].priority(), Some(Priority::Critical));
         assert_eq!(events[0].conflate(), None);
-        assert_eq!(events[1].priority(), Priority::Low);
+        assert_eq!(events[1].priority(), Some(Priority::Low));
         assert_eq!(events[1].conflate().unwrap().as_str(), "agent-7");
-        assert_eq!(events[2].priority(), Priority::Normal);
+        assert_eq!(events[2].priority(), None, "the channel's default");
 
         let e = parse(br#"{"type":"a","priority":"urgent"}"#).unwrap_err();
         assert_eq!(e.code, ErrorCode::InvalidEvent);
