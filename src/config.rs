@@ -348,6 +348,7 @@ impl Default for HistoryConfig {
 /// pattern = "metrics.*"
 /// priority = "low"
 /// history = 500
+/// throttle = "1s"
 /// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -365,6 +366,13 @@ pub struct ChannelRule {
     /// `history.size`.
     #[serde(default)]
     pub history: Option<usize>,
+    /// At most one event per conflation key (or per channel, for events without one) per
+    /// this interval reaches subscribers; the latest of a window follows when it ends, the
+    /// ones it replaced are never published. 1 ms to 1 h. Default: the next matching
+    /// rule's, else none.
+    #[serde(default, with = "humantime_serde::option")]
+    #[schemars(schema_with = "duration_schema")]
+    pub throttle: Option<Duration>,
 }
 
 impl ChannelRule {
@@ -374,6 +382,7 @@ impl ChannelRule {
             pattern: pattern.into(),
             priority: None,
             history: None,
+            throttle: None,
         }
     }
 }
@@ -595,6 +604,10 @@ impl Default for Config {
 /// The longest duration any setting takes: ten years.
 pub const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
+/// The shortest and longest `[[channels]]` `throttle`.
+const MIN_THROTTLE: Duration = Duration::from_millis(1);
+const MAX_THROTTLE: Duration = Duration::from_secs(3600);
+
 /// The most events a `[[channels]]` rule may keep in a channel's history.
 pub const MAX_HISTORY_SIZE: usize = 10_000_000;
 
@@ -727,6 +740,15 @@ impl Config {
                 return Err(invalid(
                     "channels.history",
                     format!("rule {}: history is off (history.size = 0)", i + 1),
+                ));
+            }
+            if rule
+                .throttle
+                .is_some_and(|t| !(MIN_THROTTLE..=MAX_THROTTLE).contains(&t))
+            {
+                return Err(invalid(
+                    "channels.throttle",
+                    format!("rule {}: must be 1ms to 1h", i + 1),
                 ));
             }
             if rule.history.is_some_and(|size| size > MAX_HISTORY_SIZE) {

@@ -627,3 +627,47 @@ async fn a_node_cut_off_silently_still_stops_in_time() {
         "took {took:?} with a 2 s shutdown timeout"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_throttle_applies_where_published_and_every_node_sees_the_same_events() {
+    let nats = NatsServer::start();
+    let throttled = |name: &str| {
+        let (url, name) = (nats.url(), name.to_owned());
+        TestServer::with(move |c| {
+            c.cluster.nats_url = Some(url);
+            c.cluster.node_name = Some(name);
+            let mut rule = sigmahub::ChannelRule::new("metrics.*");
+            rule.throttle = Some(std::time::Duration::from_millis(300));
+            c.channels = vec![rule];
+        })
+    };
+    let a = throttled("a").await;
+    let b = throttled("b").await;
+    let mut on_a = a.client().await;
+    let mut on_b = b.client().await;
+    on_a.subscribe(&["metrics.cpu", "orders"]).await;
+    on_b.subscribe(&["metrics.cpu", "orders"]).await;
+
+    let batch: Vec<Value> = (1..=5)
+        .map(|n| json!({"type": "metrics.cpu", "data": {"n": n}}))
+        .collect();
+    let (status, reply) = a.publish(&Value::Array(batch)).await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(reply["throttled"], 4, "{reply}");
+    assert_eq!(reply["offsets"].as_array().unwrap().len(), 1, "{reply}");
+    for client in [&mut on_a, &mut on_b] {
+        assert_eq!(client.recv_type("metrics.cpu").await["data"]["n"], 1);
+        assert_eq!(client.recv_type("metrics.cpu").await["data"]["n"], 5);
+    }
+    // Nothing else of the window: the next event either sees is a fresh one.
+    b.publish(&json!({"type": "orders", "data": {"n": "last"}}))
+        .await;
+    for client in [&mut on_a, &mut on_b] {
+        let next = client
+            .recv_until("an event", |m| {
+                m["type"] == "orders" || m["type"] == "metrics.cpu"
+            })
+            .await;
+        assert_eq!(next["type"], "orders", "{next}");
+    }
+}

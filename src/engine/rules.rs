@@ -1,5 +1,5 @@
 //! Channel options by pattern (`[[channels]]` in the config): a channel's default
-//! priority and its history size.
+//! priority, its history size and its throttle.
 //!
 //! A rule's pattern is a channel name (`orders`), a prefix ending in `*` (`metrics.*`
 //! matches `metrics.cpu` and `metrics.` itself), or `*` alone (every channel). Each option
@@ -75,6 +75,11 @@ impl ChannelRules {
     pub(crate) fn history(&self, channel: &str) -> Option<usize> {
         self.first(channel, |rule| rule.history)
     }
+
+    /// `channel`'s throttle interval, if a rule sets one.
+    pub(crate) fn throttle(&self, channel: &str) -> Option<std::time::Duration> {
+        self.first(channel, |rule| rule.throttle)
+    }
 }
 
 /// Why a pattern cannot be used: `None` if it can.
@@ -97,11 +102,10 @@ mod tests {
     use super::*;
 
     fn rule(pattern: &str, priority: Option<Priority>, history: Option<usize>) -> ChannelRule {
-        ChannelRule {
-            pattern: pattern.into(),
-            priority,
-            history,
-        }
+        let mut rule = ChannelRule::new(pattern);
+        rule.priority = priority;
+        rule.history = history;
+        rule
     }
 
     #[test]

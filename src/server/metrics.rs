@@ -314,6 +314,22 @@ impl Collector for Scrape {
             count(&degraded.catch_ups),
         )?;
 
+        let (throttled, superseded) = shared.throttle.counts();
+        single(
+            &mut e,
+            "sigmahub_throttled_events",
+            "Events held by a [[channels]] throttle until their key's window ended",
+            Counter,
+            throttled,
+        )?;
+        single(
+            &mut e,
+            "sigmahub_throttle_superseded_events",
+            "Throttled events replaced by a newer one of their key and never published",
+            Counter,
+            superseded,
+        )?;
+
         let latency = counters.publish_to_write.snapshot();
         encoder_histogram(
             &mut e,

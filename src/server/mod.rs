@@ -29,6 +29,7 @@ pub(crate) mod reader;
 mod session;
 mod socket;
 mod stats;
+mod throttle;
 mod writer;
 
 use std::future::Future;
@@ -95,6 +96,8 @@ pub(crate) struct Shared {
     pub(crate) config: Arc<Config>,
     /// Where publishes, snapshots and interest go: memory alone, NATS in a cluster.
     pub(crate) broker: Arc<dyn Broker>,
+    /// `[[channels]]` throttles, applied before the broker.
+    pub(crate) throttle: throttle::Throttle,
     /// Socket.IO's long-polling sessions.
     pub(crate) polling: http::engineio::Sessions,
     pub(crate) shutdown: CancellationToken,
@@ -121,6 +124,7 @@ impl Shared {
         let snapshots = Arc::<SnapshotCache>::default();
         Ok(Self {
             broker: Arc::new(MemoryBroker::new(hub.clone(), snapshots.clone())),
+            throttle: throttle::Throttle::new(&config.channels),
             hub,
             auth: Authenticator::new(&config.auth, &config.default_subscriptions)?,
             hosts: HostPolicy::new(&config.auth.allowed_hosts, config.listen).map_err(|e| {
@@ -388,7 +392,30 @@ async fn refuse(tcp: tokio::net::TcpStream, refusal: admission::Refusal, handsha
 
 /// Heartbeat events, keep-alive pings and the analytics sampler until shutdown.
 async fn run_timers(shared: Arc<Shared>) {
-    tokio::join!(heartbeat(&shared), keepalive(&shared), sample(&shared));
+    tokio::join!(
+        heartbeat(&shared),
+        keepalive(&shared),
+        sample(&shared),
+        release_throttled(&shared)
+    );
+}
+
+/// Publishes the throttled events whose window ended, if any rule throttles.
+async fn release_throttled(shared: &Shared) {
+    let Some(tick) = shared.throttle.tick() else {
+        return;
+    };
+    let mut ticks = tokio::time::interval(tick);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let due = shared.throttle.due(std::time::Instant::now());
+        if !due.is_empty() {
+            // Awaited: a cluster's publish is a future that does nothing until polled, and
+            // one release after the other keeps each key's events in order.
+            shared.broker.publish(due, SystemTime::now()).await;
+        }
+    }
 }
 
 /// Every second: adds a second of traffic to the analytics history, and drops expired

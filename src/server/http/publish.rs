@@ -94,7 +94,8 @@ where
     };
     let now = SystemTime::now();
     let accepted = events.len();
-    let body = match shared.broker.publish(events, now).await {
+    let admitted = shared.throttle.admit(events, std::time::Instant::now());
+    let mut body = match shared.broker.publish(admitted.events, now).await {
         Published::Stored(offsets) => serde_json::json!({
             "accepted": accepted,
             "offsets": offsets,
@@ -109,5 +110,10 @@ where
             "degraded": total.degraded,
         }),
     };
+    if admitted.throttled > 0 {
+        // Held by a `[[channels]]` throttle: published when its window ends, unless a
+        // newer event of its key replaces it; `offsets` has none for them.
+        body["throttled"] = admitted.throttled.into();
+    }
     json(StatusCode::OK, &body)
 }

@@ -52,9 +52,14 @@ impl Session<'_> {
         // reply follows them, or, when the broker must wait (a cluster's stream), follows
         // once the events are stored.
         let accepted = events.len();
-        match self.shared.broker.publish(events, now) {
+        let admitted = self
+            .shared
+            .throttle
+            .admit(events, std::time::Instant::now());
+        let throttled = admitted.throttled;
+        match self.shared.broker.publish(admitted.events, now) {
             Completion::Ready(published) => {
-                let reply = publish_reply(accepted, &published);
+                let reply = publish_reply(accepted, throttled, &published);
                 self.say(ServerMessage::PublishResponse, correlation_id, now, &reply);
             }
             Completion::Pending(publishing) => {
@@ -62,7 +67,7 @@ impl Session<'_> {
                 let dialect = self.client.dialect();
                 let correlation_id = correlation_id.cloned();
                 tokio::spawn(async move {
-                    let reply = publish_reply(accepted, &publishing.await);
+                    let reply = publish_reply(accepted, throttled, &publishing.await);
                     let kind = ServerMessage::PublishResponse;
                     outbox.push(dialect.message(kind, correlation_id.as_ref(), now, &reply));
                 });
@@ -72,9 +77,14 @@ impl Session<'_> {
 }
 
 /// The `publish_response` data: with the offsets when the cluster's stream stored the
-/// events (every node delivers them), else how many client queues they went to here.
-pub(super) fn publish_reply(accepted: usize, published: &Published) -> serde_json::Value {
-    match published {
+/// events (every node delivers them), else how many client queues they went to here; and
+/// how many a `[[channels]]` throttle held, if any.
+pub(super) fn publish_reply(
+    accepted: usize,
+    throttled: usize,
+    published: &Published,
+) -> serde_json::Value {
+    let mut reply = match published {
         Published::Stored(offsets) => serde_json::json!({
             "success": true,
             "accepted": accepted,
@@ -86,5 +96,9 @@ pub(super) fn publish_reply(accepted: usize, published: &Published) -> serde_jso
             "accepted": accepted,
             "delivered": delivery.queued,
         }),
+    };
+    if throttled > 0 {
+        reply["throttled"] = throttled.into();
     }
+    reply
 }
