@@ -105,3 +105,27 @@ async fn a_throttled_channel_delivers_the_first_and_the_latest_of_each_window() 
         4.0
     );
 }
+
+#[tokio::test]
+async fn what_a_throttle_holds_is_published_at_shutdown() {
+    let server = TestServer::with(|c| {
+        let mut hourly = ChannelRule::new("metrics.*");
+        hourly.throttle = Some(Duration::from_secs(3600));
+        c.channels = vec![hourly];
+    })
+    .await;
+    let mut client = server.client().await;
+    client.subscribe(&["metrics.cpu"]).await;
+    let batch = (1..=3)
+        .map(|v| event("metrics.cpu", &v.to_string(), None))
+        .collect();
+    let (status, reply) = server.publish(&Value::Array(batch)).await;
+    assert_eq!(status, 200);
+    assert_eq!(reply["throttled"], 2, "{reply}");
+    assert_eq!(next_events(&mut client, 1).await, ["metrics.cpu=\"1\""]);
+
+    let stopping = tokio::spawn(server.shutdown());
+    assert_eq!(next_events(&mut client, 1).await, ["metrics.cpu=\"3\""]);
+    assert_eq!(client.closed().await, Some(1001));
+    stopping.await.unwrap();
+}

@@ -32,7 +32,7 @@ mod stats;
 mod throttle;
 mod writer;
 
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -355,6 +355,14 @@ impl Server {
         timers.abort();
         // Pollers loop forever and hold no client state: aborting the task drops them.
         pollers.abort();
+        // What a throttle holds is published, not lost: clients get it before their 1001.
+        let held = shared.throttle.take_all();
+        if !held.is_empty() {
+            let publish = shared.broker.publish(held, SystemTime::now()).into_future();
+            if tokio::time::timeout_at(deadline, publish).await.is_err() {
+                tracing::warn!("shutdown deadline passed while publishing throttled events");
+            }
+        }
         shared.hub.close_all(CloseCode::GOING_AWAY);
         shared.tasks.close();
         let leave_cluster = shared.broker.close(deadline);

@@ -7,7 +7,8 @@
 //! never published). When the window ends, the held event is published (by the server's
 //! throttle ticker, [`Throttle::due`]) and opens the next window; a window that ends with
 //! nothing held is forgotten, so the table holds only keys published within the last
-//! interval.
+//! interval. A `critical` event (by its own priority or its channel's) is never throttled:
+//! it passes at once and leaves the key's window as it was.
 //!
 //! Throttling happens before the broker, where events enter the server (HTTP publish and a
 //! socket's `publish`): a held or superseded event never gets an offset, and in a cluster
@@ -22,7 +23,7 @@ use parking_lot::Mutex;
 
 use crate::config::ChannelRule;
 use crate::engine::rules::ChannelRules;
-use crate::event::{ConflateKey, Event};
+use crate::event::{ConflateKey, Event, Priority};
 use crate::protocol::channel::Channel;
 
 /// Shortest and longest ticker period.
@@ -101,7 +102,15 @@ impl Throttle {
             throttled: 0,
         };
         for event in events {
-            let Some(interval) = self.rules.throttle(event.channel()) else {
+            let channel = event.channel();
+            let interval = self.rules.throttle(channel).filter(|_| {
+                // A `critical` event is never held or replaced, nor does it open a window.
+                event
+                    .priority()
+                    .unwrap_or_else(|| self.rules.priority(channel))
+                    != Priority::Critical
+            });
+            let Some(interval) = interval else {
                 admitted.events.push(event);
                 continue;
             };
@@ -150,6 +159,21 @@ impl Throttle {
         });
         due.sort_unstable_by_key(|(seq, _)| *seq);
         due.into_iter().map(|(_, event)| event).collect()
+    }
+}
+
+impl Throttle {
+    /// Every held event, due or not, in the order they were held, and no window left: at
+    /// shutdown, so that nothing a throttle holds is lost.
+    pub(crate) fn take_all(&self) -> Vec<Event> {
+        let mut windows = self.windows.lock();
+        let mut held: Vec<_> = windows
+            .by_key
+            .drain()
+            .filter_map(|(_, window)| window.held)
+            .collect();
+        held.sort_unstable_by_key(|(seq, _)| *seq);
+        held.into_iter().map(|(_, event)| event).collect()
     }
 }
 
@@ -223,6 +247,45 @@ mod tests {
             data(&t.due(t0 + Duration::from_secs(1))),
             ["agents=4", "agents=5"]
         );
+    }
+
+    #[test]
+    fn critical_events_are_never_held() {
+        let t = throttle("alerts", Duration::from_secs(1));
+        let t0 = Instant::now();
+        let critical = |n| event("alerts", n, None).with_priority(Priority::Critical);
+        let a = t.admit(
+            vec![
+                event("alerts", 1, None),
+                critical(2),
+                event("alerts", 3, None),
+                critical(4),
+            ],
+            t0,
+        );
+        assert_eq!(data(&a.events), ["alerts=1", "alerts=2", "alerts=4"]);
+        assert_eq!(a.throttled, 1);
+
+        let mut rules = [ChannelRule::new("alerts"), ChannelRule::new("alerts")];
+        rules[0].priority = Some(Priority::Critical);
+        rules[1].throttle = Some(Duration::from_secs(1));
+        let by_channel = Throttle::new(&rules);
+        let a = by_channel.admit(vec![event("alerts", 1, None), event("alerts", 2, None)], t0);
+        assert_eq!(a.events.len(), 2, "critical by the channel's default");
+    }
+
+    #[test]
+    fn at_shutdown_everything_held_comes_out_in_order() {
+        let t = throttle("*", Duration::from_secs(3600));
+        let t0 = Instant::now();
+        let events = [("b", 1), ("a", 2), ("b", 3), ("a", 4), ("c", 5)]
+            .iter()
+            .map(|(channel, n)| event(channel, *n, None))
+            .collect();
+        assert_eq!(t.admit(events, t0).throttled, 2);
+        assert_eq!(data(&t.take_all()), ["b=3", "a=4"]);
+        assert!(t.take_all().is_empty());
+        assert_eq!(t.admit(vec![event("b", 6, None)], t0).throttled, 0);
     }
 
     #[test]
