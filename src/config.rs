@@ -67,6 +67,15 @@ pub struct Config {
     /// from half the bounds, then send `gap` markers; docs/protocol.md, "Slow consumers").
     pub slow_consumer: SlowConsumerPolicy,
 
+    /// How long a `low` priority event may wait to be written together with the events
+    /// after it: a `low` event that finds a client's queue empty does not wake its writer,
+    /// the next event of another priority (or a reply) does, or a ticker every
+    /// `low_priority_delay`. Fewer, larger writes for `low` traffic, at a latency of up to
+    /// this. 0, the default, writes `low` events at once; otherwise 1ms to 10s.
+    #[serde(with = "humantime_serde")]
+    #[schemars(schema_with = "duration_schema")]
+    pub low_priority_delay: Duration,
+
     /// Most channels one connection may be subscribed to at once, the 8 defaults included.
     /// Default 50 (Skreaver's figure).
     pub max_subscriptions_per_connection: usize,
@@ -569,6 +578,7 @@ impl Default for Config {
             client_queue_bytes: 256 * 1024,
             socket_unsent_limit: 128 * 1024,
             slow_consumer: SlowConsumerPolicy::Close,
+            low_priority_delay: Duration::ZERO,
             max_subscriptions_per_connection: 50,
             ping_interval: Duration::from_secs(30),
             pong_timeout: Duration::from_secs(10),
@@ -607,6 +617,9 @@ pub const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 /// The shortest and longest `[[channels]]` `throttle`.
 const MIN_THROTTLE: Duration = Duration::from_millis(1);
 const MAX_THROTTLE: Duration = Duration::from_secs(3600);
+
+/// The longest `low_priority_delay`.
+const MAX_LOW_PRIORITY_DELAY: Duration = Duration::from_secs(10);
 
 /// The most events a `[[channels]]` rule may keep in a channel's history.
 pub const MAX_HISTORY_SIZE: usize = 10_000_000;
@@ -727,6 +740,14 @@ impl Config {
             return Err(invalid(
                 "socket_unsent_limit",
                 format!("must be 0 (the kernel's) or 1024 to {MAX_SOCKET_UNSENT_LIMIT}"),
+            ));
+        }
+        let delay = self.low_priority_delay;
+        if !delay.is_zero() && !(Duration::from_millis(1)..=MAX_LOW_PRIORITY_DELAY).contains(&delay)
+        {
+            return Err(invalid(
+                "low_priority_delay",
+                "must be 0 (write at once) or 1ms to 10s",
             ));
         }
         for (i, rule) in self.channels.iter().enumerate() {
@@ -1076,6 +1097,25 @@ mod tests {
             .contains("engine.breaker_reset"));
         c.engine.breaker_reset = MAX_DURATION;
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn the_low_priority_delay_is_zero_or_1ms_to_10s() {
+        for ms in [0, 1, 50, 10_000] {
+            let c = Config {
+                low_priority_delay: Duration::from_millis(ms),
+                ..Config::default()
+            };
+            c.validate().unwrap();
+        }
+        for bad in [Duration::from_micros(500), Duration::from_millis(10_001)] {
+            let c = Config {
+                low_priority_delay: bad,
+                ..Config::default()
+            };
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains("low_priority_delay"), "{e}");
+        }
     }
 
     #[test]

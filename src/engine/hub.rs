@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use bytes::Bytes;
+use crossbeam_queue::SegQueue;
 
 use super::client::Client;
 use super::degrade::Tag;
@@ -85,6 +86,9 @@ pub struct HubStats {
     pub published: u64,
     /// Frames put in client queues by publishes.
     pub delivered: u64,
+    /// Writers woken by [`Hub::wake_deferred`]: their queue held only `low` events, which
+    /// waited up to `low_priority_delay` to be written together.
+    pub deferred_wakes: u64,
 }
 
 /// What the clients' queues hold together ([`Hub::queued`]).
@@ -114,6 +118,9 @@ impl Hub {
                 history: (config.history.size > 0)
                     .then(|| History::new(&config.history, &config.channels)),
                 rules: ChannelRules::new(&config.channels),
+                defer_low: !config.low_priority_delay.is_zero(),
+                deferred: SegQueue::new(),
+                deferred_wakes: AtomicU64::new(0),
                 next_client_id: AtomicU64::new(1),
                 next_batch: AtomicU64::new(0),
                 clients: AtomicUsize::new(0),
@@ -165,7 +172,9 @@ impl Hub {
     /// Publishes `event` stamped with `now`. The event is encoded only for the dialects
     /// that have subscribers on its channel.
     pub fn publish_at(&self, event: &Event, now: SystemTime) -> Delivery {
-        self.publish_event(event, now, push_and_wake)
+        self.publish_event(event, now, |o, f, s, t| {
+            self.inner.push_and_wake(o, f, s, t)
+        })
     }
 
     /// Publishes `events` in order, all stamped with `now`.
@@ -262,11 +271,17 @@ impl Hub {
                 let frame = |d: Dialect| {
                     d.transcode(kept.get_or_init(|| encode.take().expect("called once")(offset)))
                 };
-                Some(self.fan_out(&tag, frame, push_and_wake))
+                Some(self.fan_out(&tag, frame, |o, f, s, t| {
+                    self.inner.push_and_wake(o, f, s, t)
+                }))
             }
             Some(history) => {
                 history.append_sequenced(channel, offset, prev, now, encode, |_, _, kept| {
-                    self.fan_out(&tag, |d| d.transcode(kept), push_and_wake)
+                    self.fan_out(
+                        &tag,
+                        |d| d.transcode(kept),
+                        |o, f, s, t| self.inner.push_and_wake(o, f, s, t),
+                    )
                 })
             }
         }
@@ -290,7 +305,11 @@ impl Hub {
     #[inline]
     pub fn publish_frame(&self, channel: &str, frame: &Bytes) -> Delivery {
         let tag = Tag::plain(channel);
-        self.fan_out(&tag, |d| d.transcode(frame), push_and_wake)
+        self.fan_out(
+            &tag,
+            |d| d.transcode(frame),
+            |o, f, s, t| self.inner.push_and_wake(o, f, s, t),
+        )
     }
 
     /// Fans already encoded frames out to the subscribers of `channel`, in order, as one
@@ -322,6 +341,7 @@ impl Hub {
         let id = self.inner.next_batch.fetch_add(1, Ordering::Relaxed) + 1;
         OWED.with(|owed| {
             let mut batch = Batch {
+                state: &self.inner,
                 id,
                 owed: owed.borrow_mut(),
             };
@@ -411,6 +431,7 @@ impl Hub {
             peak_clients: self.inner.peak_clients.load(Ordering::Relaxed),
             published: self.inner.published.load(Ordering::Relaxed),
             delivered: self.inner.delivered.load(Ordering::Relaxed),
+            deferred_wakes: self.inner.deferred_wakes.load(Ordering::Relaxed),
         }
     }
 
@@ -465,6 +486,27 @@ impl Hub {
         expired
     }
 
+    /// Wakes every writer whose wake-up a `low` event put off (`low_priority_delay`), so
+    /// that what its queue holds is written now. The server calls it every
+    /// `low_priority_delay`; a program that embeds the hub with that option set must too,
+    /// or `low` events wait for the next event of another priority. Returns the number of
+    /// writers woken.
+    pub fn wake_deferred(&self) -> usize {
+        let inner = &*self.inner;
+        // Only those listed now: an outbox listed again meanwhile waits for the next call.
+        let mut woken = 0;
+        for _ in 0..inner.deferred.len() {
+            let Some(outbox) = inner.deferred.pop() else {
+                break;
+            };
+            woken += usize::from(outbox.wake_if_deferred());
+        }
+        inner
+            .deferred_wakes
+            .fetch_add(woken as u64, Ordering::Relaxed);
+        woken
+    }
+
     fn for_each_outbox(&self, mut f: impl FnMut(&Outbox)) {
         let guard = crossbeam_epoch::pin();
         for slot in 0..self.inner.slots.high_water() {
@@ -477,6 +519,7 @@ impl Hub {
 
 /// One publish batch in progress: its id, and the writers it owes a wake-up.
 struct Batch<'a> {
+    state: &'a HubState,
     id: u64,
     owed: std::cell::RefMut<'a, Vec<Arc<Outbox>>>,
 }
@@ -491,22 +534,31 @@ impl Batch<'_> {
         since: Option<Stamp>,
         tag: &Tag<'_>,
     ) -> Push {
-        let (push, wake) = outbox.push_in_batch(frame, since, self.id, Some(tag));
-        if wake {
+        let pushed = outbox.push_in_batch(frame, since, self.id, Some(tag));
+        if self.state.owes_wake(outbox, pushed, tag.priority) {
             self.owed.push(Arc::clone(outbox));
         }
-        push
+        pushed.0
     }
 }
 
-/// Queues an event and wakes the writer if the queue was empty.
-#[inline(always)]
-fn push_and_wake(outbox: &Arc<Outbox>, frame: Bytes, since: Option<Stamp>, tag: &Tag<'_>) -> Push {
-    let (push, wake) = outbox.push_event(frame, since, Some(tag));
-    if wake {
-        outbox.wake();
+impl HubState {
+    /// Queues an event and wakes the writer if the queue was empty (or its wake-up was
+    /// put off, see [`HubState::owes_wake`]).
+    #[inline(always)]
+    fn push_and_wake(
+        &self,
+        outbox: &Arc<Outbox>,
+        frame: Bytes,
+        since: Option<Stamp>,
+        tag: &Tag<'_>,
+    ) -> Push {
+        let pushed = outbox.push_event(frame, since, Some(tag));
+        if self.owes_wake(outbox, pushed, tag.priority) {
+            outbox.wake();
+        }
+        pushed.0
     }
-    push
 }
 
 impl std::fmt::Debug for Hub {
@@ -533,6 +585,61 @@ mod tests {
         out
     }
 
+    /// A waker that counts its wake-ups.
+    struct Wakes(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for Wakes {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_low_event_leaves_the_writer_asleep_until_another_event_or_the_ticker() {
+        let hub = Hub::new(&Config {
+            low_priority_delay: std::time::Duration::from_millis(50),
+            ..Config::default()
+        });
+        let mut client = hub.connect().unwrap();
+        client.subscribe(["metrics", "orders"]);
+        let wakes = Arc::new(Wakes(Default::default()));
+        let waker = std::task::Waker::from(Arc::clone(&wakes));
+        let woken = || wakes.0.load(Ordering::SeqCst);
+        let sleep = || {
+            let mut cx = std::task::Context::from_waker(&waker);
+            assert!(client.outbox().poll_ready(&mut cx).is_pending());
+        };
+        let low = |v: u32| {
+            Event::new("metrics", &v)
+                .unwrap()
+                .with_priority(Priority::Low)
+        };
+        let now = SystemTime::now();
+
+        sleep();
+        hub.publish_at(&low(1), now);
+        hub.publish_batch(&[low(2), low(3)], now);
+        assert_eq!(woken(), 0, "low events wait");
+        hub.publish_at(&Event::new("orders", &1).unwrap(), now);
+        assert_eq!(woken(), 1, "a normal event wakes the writer");
+        assert_eq!(drain(&client).len(), 4);
+        assert_eq!(hub.wake_deferred(), 0, "nothing was owed any more");
+
+        sleep();
+        hub.publish_batch(&[low(4), Event::new("orders", &2).unwrap()], now);
+        assert_eq!(woken(), 2, "a batch with a normal event wakes the writer");
+        assert_eq!(drain(&client).len(), 2);
+        hub.wake_deferred();
+
+        sleep();
+        hub.publish_at(&low(5), now);
+        assert_eq!(woken(), 2);
+        assert_eq!(hub.wake_deferred(), 1);
+        assert_eq!(woken(), 3, "the ticker wakes it");
+        assert_eq!(hub.stats().deferred_wakes, 1);
+        assert_eq!(drain(&client).len(), 1);
+    }
+
     #[test]
     fn a_broadcast_is_encoded_once_per_dialect_with_subscribers() {
         let hub = hub();
@@ -545,9 +652,13 @@ mod tests {
             encoded.push(dialect);
             Bytes::from_static(b"x")
         };
-        let delivery = hub.fan_out(&Tag::plain("orders"), &mut encode, push_and_wake);
+        let delivery = hub.fan_out(&Tag::plain("orders"), &mut encode, |o, f, s, t| {
+            hub.inner.push_and_wake(o, f, s, t)
+        });
         assert_eq!(delivery.queued, 3);
-        hub.fan_out(&Tag::plain("nobody-listens"), &mut encode, push_and_wake);
+        hub.fan_out(&Tag::plain("nobody-listens"), &mut encode, |o, f, s, t| {
+            hub.inner.push_and_wake(o, f, s, t)
+        });
         assert_eq!(
             encoded,
             [Dialect::SigmaVault],
@@ -580,7 +691,9 @@ mod tests {
             dialect.event(&event, SystemTime::UNIX_EPOCH, None)
         };
         assert_eq!(
-            hub.fan_out(&Tag::plain("orders"), frame, push_and_wake)
+            hub.fan_out(&Tag::plain("orders"), frame, |o, f, s, t| hub
+                .inner
+                .push_and_wake(o, f, s, t))
                 .queued,
             4
         );

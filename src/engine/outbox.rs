@@ -120,6 +120,11 @@ const LOSSY: u8 = 1;
 const CLOSE_AFTER_FLUSH: u8 = 2;
 const CLOSE_NOW: u8 = 3;
 
+/// The writer is owed a wake-up that was put off (`low_priority_delay`).
+const WAKE_DEFERRED: u8 = 1;
+/// The outbox is on its hub's list of outboxes with a deferred wake-up.
+const WAKE_LISTED: u8 = 2;
+
 /// Under the `degrade` policy, the queue's fill (frames or bytes, whichever is fuller, in
 /// quarters of the bounds) from which events are held back: `low` ones and those with a
 /// conflation key from half, `normal` ones from three quarters, `high` ones at the
@@ -177,6 +182,10 @@ pub struct Outbox {
     close_code: OnceLock<CloseCode>,
     dropped: AtomicU64,
     awaiting_pong: AtomicBool,
+    /// Whether the writer's wake-up is put off for `low` frames ([`WAKE_DEFERRED`]) and
+    /// whether the outbox is on its hub's list of such ([`WAKE_LISTED`]); see
+    /// [`defer_wake`](Self::defer_wake).
+    wake: AtomicU8,
     /// The publish stamp of the event that found the queue empty (0: none); see
     /// [`super::latency`].
     since: AtomicU64,
@@ -212,6 +221,7 @@ impl Outbox {
             close_code: OnceLock::new(),
             dropped: AtomicU64::new(0),
             awaiting_pong: AtomicBool::new(false),
+            wake: AtomicU8::new(0),
             since: AtomicU64::new(0),
             batch: AtomicU64::new(0),
             allowance: AtomicU64::new(0),
@@ -223,7 +233,7 @@ impl Outbox {
     #[inline]
     pub fn push(&self, frame: Bytes) -> Push {
         let (push, wake) = self.push_deferred(frame);
-        if wake {
+        if wake || self.take_deferred_wake() {
             self.wake();
         }
         push
@@ -489,7 +499,7 @@ impl Outbox {
         for frame in frames {
             self.queue.push(frame.clone());
         }
-        if before.frames() == 0 {
+        if before.frames() == 0 || self.take_deferred_wake() {
             self.wake();
         }
         Push::Queued
@@ -524,6 +534,39 @@ impl Outbox {
     #[inline]
     pub fn wake(&self) {
         self.waker.wake();
+    }
+
+    /// Puts off the wake-up a `low` frame that found the queue empty owes the writer
+    /// (`low_priority_delay`): the writer sleeps on until a frame of another priority, a
+    /// reply, or the hub's ticker ([`wake_if_deferred`](Self::wake_if_deferred)) wakes it,
+    /// and then writes what waited in one go. Returns whether the caller must put the
+    /// outbox on the ticker's list (it was not on it).
+    ///
+    /// A frame pushed concurrently with the `low` one that deferred (between its count and
+    /// this call) may miss the deferral and wait with it, no longer than the delay.
+    pub(crate) fn defer_wake(&self) -> bool {
+        self.wake
+            .fetch_or(WAKE_DEFERRED | WAKE_LISTED, Ordering::AcqRel)
+            & WAKE_LISTED
+            == 0
+    }
+
+    /// For a push that found the queue holding frames: whether the writer's wake-up was put
+    /// off, and is now owed to this push (which must wake it). Clears it.
+    #[inline]
+    pub(crate) fn take_deferred_wake(&self) -> bool {
+        self.wake.load(Ordering::Relaxed) & WAKE_DEFERRED != 0
+            && self.wake.fetch_and(!WAKE_DEFERRED, Ordering::AcqRel) & WAKE_DEFERRED != 0
+    }
+
+    /// The hub's ticker: takes the outbox off its list, and wakes the writer if its wake-up
+    /// is still owed. Returns whether it woke it.
+    pub(crate) fn wake_if_deferred(&self) -> bool {
+        let owed = self.wake.swap(0, Ordering::AcqRel) & WAKE_DEFERRED != 0;
+        if owed {
+            self.wake();
+        }
+        owed
     }
 
     /// This outbox, for a client that takes `encoding` (uncompressed SigmaVault unless
@@ -793,6 +836,38 @@ mod tests {
         assert_eq!(counter.0.load(Ordering::SeqCst), 0);
         outbox.wake();
         assert_eq!(counter.0.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn a_deferred_wake_is_owed_to_the_next_push_or_the_ticker() {
+        let outbox = Outbox::new(8, SlowConsumerPolicy::Close);
+        let counter = Arc::new(Counter(AtomicUsize::new(0)));
+        let waker = std::task::Waker::from(counter.clone());
+        let woken = || counter.0.load(Ordering::SeqCst);
+        assert!(outbox
+            .poll_ready(&mut Context::from_waker(&waker))
+            .is_pending());
+        // A low frame finds the queue empty: its wake-up is put off, and listed once.
+        assert_eq!(outbox.push_deferred(frame(1)), (Push::Queued, true));
+        assert!(outbox.defer_wake());
+        assert!(!outbox.defer_wake(), "listed once");
+        assert_eq!(woken(), 0);
+        // A reply finds frames queued: it owes the writer the deferred wake-up.
+        outbox.push(frame(2));
+        assert_eq!(woken(), 1);
+        assert!(!outbox.take_deferred_wake(), "taken by the reply");
+        let mut out = Vec::new();
+        assert_eq!(outbox.drain_into(&mut out, 10), 2);
+        assert_eq!(out, vec![frame(1), frame(2)]);
+        assert!(outbox
+            .poll_ready(&mut Context::from_waker(&waker))
+            .is_pending());
+        // The ticker finds nothing owed, and takes the outbox off its list.
+        assert!(!outbox.wake_if_deferred());
+        assert_eq!(outbox.push_deferred(frame(3)), (Push::Queued, true));
+        assert!(outbox.defer_wake(), "off the list: listed again");
+        assert!(outbox.wake_if_deferred());
+        assert_eq!(woken(), 2);
     }
 
     #[test]

@@ -3,16 +3,20 @@
 //! `Client` holds it to subscribe, unsubscribe and leave.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::sync::Arc;
 
 use bytes::Bytes;
+use crossbeam_queue::SegQueue;
 
 use super::history::History;
+use super::outbox::{Outbox, Push};
 use super::rules::ChannelRules;
 use super::slots::Slots;
 use super::topics::Topics;
 use crate::compression::Deflater;
 use crate::config::SlowConsumerPolicy;
 use crate::dialect::{Dialect, Encoding};
+use crate::event::Priority;
 
 /// The state every clone of a `Hub`, and every `Client`, shares.
 pub(super) struct HubState {
@@ -31,6 +35,13 @@ pub(super) struct HubState {
     pub(super) history: Option<History>,
     /// Channel options by pattern (`[[channels]]`): the default priority.
     pub(super) rules: ChannelRules,
+    /// Put off the writer's wake-up for `low` events (`low_priority_delay` is set): see
+    /// [`Outbox::defer_wake`].
+    pub(super) defer_low: bool,
+    /// The outboxes whose writer's wake-up was put off, for [`crate::Hub::wake_deferred`].
+    pub(super) deferred: SegQueue<Arc<Outbox>>,
+    /// Writers woken by [`crate::Hub::wake_deferred`].
+    pub(super) deferred_wakes: AtomicU64,
     pub(super) next_client_id: AtomicU64,
     /// Ids of publish batches, for the outboxes' byte bound (`Outbox::push_in_batch`).
     pub(super) next_batch: AtomicU64,
@@ -45,6 +56,33 @@ pub(super) struct HubState {
 }
 
 impl HubState {
+    /// Whether a push (`push`, which found the queue empty if `wake`) of an event of
+    /// `priority` must wake `outbox`'s writer now. With `low_priority_delay`, a `low` event
+    /// that finds the queue empty leaves its writer asleep until the next event of another
+    /// priority, a reply, or [`crate::Hub::wake_deferred`]; whatever comes first wakes it.
+    #[inline(always)]
+    pub(super) fn owes_wake(
+        &self,
+        outbox: &Arc<Outbox>,
+        (push, wake): (Push, bool),
+        priority: Priority,
+    ) -> bool {
+        if !self.defer_low {
+            return wake;
+        }
+        match (wake, priority) {
+            (true, Priority::Low) if push == Push::Queued => {
+                if outbox.defer_wake() {
+                    self.deferred.push(Arc::clone(outbox));
+                }
+                false
+            }
+            (true, _) => true,
+            (false, Priority::Low) => false,
+            (false, _) => outbox.take_deferred_wake(),
+        }
+    }
+
     /// A broadcast frame of `encoding`'s dialect as a client taking `encoding` is sent it:
     /// compressed if the encoding says so and compressing pays.
     #[inline]

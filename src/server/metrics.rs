@@ -243,6 +243,13 @@ impl Collector for Scrape {
             Counter,
             hub.published,
         )?;
+        single(
+            &mut e,
+            "sigmahub_low_priority_wakes",
+            "Writers woken by the low_priority_delay ticker: their queue held only low events, written together",
+            Counter,
+            hub.deferred_wakes,
+        )?;
         family(
             &mut e,
             "sigmahub_connections_refused",

@@ -404,8 +404,24 @@ async fn run_timers(shared: Arc<Shared>) {
         heartbeat(&shared),
         keepalive(&shared),
         sample(&shared),
-        release_throttled(&shared)
+        release_throttled(&shared),
+        wake_deferred(&shared)
     );
+}
+
+/// Every `low_priority_delay`, if set: wakes the writers whose queue holds only `low`
+/// events that have waited for company.
+async fn wake_deferred(shared: &Shared) {
+    let delay = shared.config.low_priority_delay;
+    if delay.is_zero() {
+        return;
+    }
+    let mut ticks = tokio::time::interval(delay);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        shared.hub.wake_deferred();
+    }
 }
 
 /// Publishes the throttled events whose window ended, if any rule throttles.
