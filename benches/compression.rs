@@ -85,9 +85,9 @@ fn fanout(c: &mut Criterion) {
         let event = Event::new(kind, &data).unwrap();
         for deflate in [false, true] {
             let hub = Hub::new(&Config::default());
-            let encoding = Encoding {
-                dialect: Dialect::SigmaVault,
-                deflate,
+            let encoding = match deflate {
+                true => Encoding::deflated(Dialect::SigmaVault),
+                false => Encoding::plain(Dialect::SigmaVault),
             };
             let clients: Vec<_> = (0..SUBSCRIBERS)
                 .map(|_| {

@@ -244,11 +244,101 @@ async fn bad_compressed_input_gets_its_documented_close_and_is_counted() {
     ok.subscribe(&["orders"]).await;
 }
 
+/// Inflates `payload` (a compressed message) as a client with a `bits`-bit window that
+/// streams its output does: C zlib (Python's), 16 bytes at a time, so that it can look back
+/// through its window only. `None` if the message reaches further back than that.
+fn inflate_within(payload: &[u8], bits: u8) -> Option<Vec<u8>> {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    const SCRIPT: &str = "import sys, zlib
+d = zlib.decompressobj(-int(sys.argv[1]))
+buf = sys.stdin.buffer.read() + b'\\x00\\x00\\xff\\xff'
+out = b''
+while True:
+    chunk = d.decompress(buf, 16)
+    out += chunk
+    buf = d.unconsumed_tail
+    if not buf and not chunk:
+        break
+sys.stdout.buffer.write(out)
+";
+    let mut child = Command::new("python3")
+        .args(["-c", SCRIPT, &bits.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("python3");
+    child.stdin.take().unwrap().write_all(payload).unwrap();
+    let output = child.wait_with_output().unwrap();
+    output.status.success().then_some(output.stdout)
+}
+
+/// Text that repeats itself only 1,500 bytes back: out of reach of a small window.
+fn far_repeat() -> String {
+    let mut seed = 7u32;
+    let mut noise = |n: usize| -> String {
+        (0..n)
+            .map(|_| {
+                seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+                char::from(b'a' + (seed >> 16) as u8 % 26)
+            })
+            .collect()
+    };
+    let chunk = noise(700);
+    format!("{chunk}{}{chunk}", noise(800))
+}
+
+#[tokio::test]
+async fn a_client_asking_for_a_smaller_window_gets_frames_made_within_it() {
+    let server = TestServer::start().await;
+    let small = "Sec-WebSocket-Extensions: permessage-deflate; server_max_window_bits=10\r\n";
+    let mut sockets = Vec::new();
+    for (offer, answer) in [
+        (OFFER, ANSWER.to_owned()),
+        (small, format!("{ANSWER}; server_max_window_bits=9")),
+    ] {
+        let (mut tcp, head) = raw_ws_with(server.addr, "/ws", offer).await;
+        assert!(
+            head.contains(&format!("sec-websocket-extensions: {answer}\r\n")),
+            "{head}"
+        );
+        read_frame(&mut tcp).await;
+        let subscribe = json!({"type": "subscribe", "data": {"events": ["orders"]}});
+        tcp.write_all(&frame(0x81, subscribe.to_string().as_bytes(), true))
+            .await
+            .unwrap();
+        let (_, reply) = read_frame(&mut tcp).await;
+        assert!(String::from_utf8_lossy(&reply).contains("subscribe_response"));
+        sockets.push(tcp);
+    }
+    let before = server.hub.compression();
+    let data = json!({"text": far_repeat()});
+    let (status, _) = server
+        .publish(&json!({"type": "orders", "data": data}))
+        .await;
+    assert_eq!(status, 200);
+    let after = server.hub.compression();
+    assert_eq!(after.compressed - before.compressed, 2, "once per window");
+
+    let (first, full) = read_frame(&mut sockets[0]).await;
+    let (_, nine) = read_frame(&mut sockets[1]).await;
+    assert_eq!(first, 0xc1);
+    let event = |text: Vec<u8>| serde_json::from_slice::<Value>(&text).unwrap()["data"].clone();
+    assert_eq!(event(inflate_within(&full, 15).unwrap()), data);
+    assert_eq!(
+        inflate_within(&full, 10),
+        None,
+        "the full window reaches the repeat"
+    );
+    assert_eq!(event(inflate_within(&nine, 10).unwrap()), data);
+    assert_eq!(event(inflate_within(&nine, 9).unwrap()), data);
+}
+
 #[tokio::test]
 async fn offers_the_server_cannot_honour_or_a_server_with_it_off_decline_it() {
     let server = TestServer::start().await;
-    let small_window =
-        "Sec-WebSocket-Extensions: permessage-deflate; server_max_window_bits=10\r\n";
+    let small_window = "Sec-WebSocket-Extensions: permessage-deflate; server_max_window_bits=8\r\n";
     let (mut tcp, head) = raw_ws_with(server.addr, "/ws", small_window).await;
     assert!(
         !head

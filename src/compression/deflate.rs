@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::Bytes;
 use flate2::{Compress, Compression, FlushCompress};
 
+use super::negotiate::Window;
 use super::CompressionConfig;
 use crate::frame::{payload_of, place_header, OpCode, MAX_HEADER_LEN};
 
@@ -60,15 +61,16 @@ impl Deflater {
     /// The frame to send a client with permessage-deflate in place of `frame`, a complete
     /// unfragmented text frame as [`crate::frame`] builds them: the same message
     /// compressed, with RSV1 set; or `frame` itself when its payload is under the threshold
-    /// or does not get smaller. Any other frame is returned as it is.
-    pub(crate) fn frame(&self, frame: &Bytes) -> Bytes {
+    /// or does not get smaller. Any other frame is returned as it is. Compressed with
+    /// `window`: a client that inflates with a window that large or larger reads it.
+    pub(crate) fn frame(&self, frame: &Bytes, window: Window) -> Bytes {
         if frame.first() != Some(&(0x80 | OpCode::Text as u8)) {
             return frame.clone();
         }
         let payload = payload_of(frame);
         let compressed = match payload.len() < self.threshold {
             true => None,
-            false => compress_frame(&payload, self.level),
+            false => compress_frame(&payload, self.level, window),
         };
         self.messages.fetch_add(1, Ordering::Relaxed);
         self.bytes_in
@@ -99,43 +101,45 @@ impl Deflater {
 /// `None` if that is not shorter than `payload`.
 pub fn compress(payload: &[u8], level: u32) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(payload.len() + SYNC_TAIL.len());
-    deflate_into(payload, level, &mut out)?;
+    deflate_into(payload, level, Window::Bits15, &mut out)?;
     Some(out)
 }
 
 /// A complete compressed text frame (RSV1 set) carrying `payload`, and its payload's
 /// length; `None` if compressing does not make the payload shorter.
-fn compress_frame(payload: &[u8], level: u32) -> Option<(Bytes, usize)> {
+fn compress_frame(payload: &[u8], level: u32, window: Window) -> Option<(Bytes, usize)> {
     // One allocation: room for the largest header, then the compressed payload. It may be
     // no longer than the payload plus the tail that is stripped off.
     let mut out = Vec::with_capacity(MAX_HEADER_LEN + payload.len() + SYNC_TAIL.len());
     out.resize(MAX_HEADER_LEN, 0);
-    deflate_into(payload, level, &mut out)?;
+    deflate_into(payload, level, window, &mut out)?;
     let len = out.len() - MAX_HEADER_LEN;
     let start = place_header(&mut out, OpCode::Text, RSV1);
     Some((Bytes::from(out).slice(start..), len))
 }
 
-/// Appends `payload` compressed to `out`, within `out`'s capacity: `None` (and `out` in
-/// an unspecified state) if the compressed form, tail stripped, would not be shorter than
-/// `payload`.
-fn deflate_into(payload: &[u8], level: u32, out: &mut Vec<u8>) -> Option<()> {
+/// Appends `payload` compressed with `window` to `out`, within `out`'s capacity: `None`
+/// (and `out` in an unspecified state) if the compressed form, tail stripped, would not be
+/// shorter than `payload`.
+fn deflate_into(payload: &[u8], level: u32, window: Window, out: &mut Vec<u8>) -> Option<()> {
     thread_local! {
-        /// The compressor of this thread, with its level: zlib-rs's state is about 300 KB,
-        /// allocated once per thread, not per message.
-        static COMPRESS: RefCell<Option<(u32, Compress)>> = const { RefCell::new(None) };
+        /// This thread's compressor for each window, with its level: zlib-rs's state is
+        /// about 300 KB, allocated once per thread and window used, not per message.
+        static COMPRESS: [RefCell<Option<(u32, Compress)>>; Window::ALL.len()] =
+            const { [const { RefCell::new(None) }; Window::ALL.len()] };
     }
     let start = out.len();
     let limit = start + payload.len() + SYNC_TAIL.len();
-    COMPRESS.with(|cell| {
-        let mut cell = cell.borrow_mut();
+    COMPRESS.with(|cells| {
+        let mut cell = cells[window.index()].borrow_mut();
         let compress = match &mut *cell {
             Some((at, compress)) if *at == level => {
                 compress.reset();
                 compress
             }
             slot => {
-                let compress = Compress::new(Compression::new(level), false);
+                let compress =
+                    Compress::new_with_window_bits(Compression::new(level), false, window.bits());
                 &mut slot.insert((level, compress)).1
             }
         };

@@ -7,7 +7,9 @@
 //! compressed frame is then as shareable as the plain one, and every subscriber that
 //! negotiated the extension gets a refcounted clone of it (see [`crate::dialect::Encoding`]).
 //! It also asks for `client_no_context_takeover`, so that no connection keeps a 32 KiB
-//! inflate window between the client's messages.
+//! inflate window between the client's messages. A client that asks for a smaller window
+//! shares the frame compressed with one of a few windows ([`negotiate::Window`]) with the
+//! other clients of that window.
 //!
 //! - [`negotiate`]: the `Sec-WebSocket-Extensions` offer and answer.
 //! - `deflate`: one message compressed into a complete frame (private).

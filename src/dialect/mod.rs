@@ -27,6 +27,7 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use serde::Serialize;
 
+use crate::compression::negotiate::Window;
 use crate::event::Event;
 use crate::protocol::message::{self, ClientMessage, CorrelationId, MessageError};
 
@@ -171,30 +172,37 @@ impl Dialect {
 }
 
 /// The form of the frames one connection is sent: its dialect's, compressed
-/// (permessage-deflate, when the client negotiated it) or not.
+/// (permessage-deflate, when the client negotiated it) with a given window, or not.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct Encoding {
     /// The dialect the client speaks.
     pub dialect: Dialect,
-    /// Whether broadcast frames are sent compressed.
-    pub deflate: bool,
+    /// Whether broadcast frames are sent compressed, and with which window.
+    pub deflate: Option<Window>,
 }
 
 impl Encoding {
+    /// Forms per dialect: uncompressed, then compressed with each [`Window`].
+    const PER_DIALECT: usize = 1 + Window::ALL.len();
+
     /// How many encodings there are.
-    pub const COUNT: usize = Dialect::COUNT * 2;
+    pub const COUNT: usize = Dialect::COUNT * Self::PER_DIALECT;
 
     /// Every encoding, in [`index`](Self::index) order: each dialect's uncompressed, then
-    /// its compressed.
+    /// its compressed ones, in [`Window::ALL`] order.
     pub const ALL: [Encoding; Self::COUNT] = {
         let mut all = [Encoding::plain(Dialect::SigmaVault); Self::COUNT];
         let mut i = 0;
         while i < Dialect::COUNT {
-            all[2 * i] = Encoding::plain(Dialect::ALL[i]);
-            all[2 * i + 1] = Encoding {
-                dialect: Dialect::ALL[i],
-                deflate: true,
-            };
+            all[Self::PER_DIALECT * i] = Encoding::plain(Dialect::ALL[i]);
+            let mut w = 0;
+            while w < Window::ALL.len() {
+                all[Self::PER_DIALECT * i + 1 + w] = Encoding {
+                    dialect: Dialect::ALL[i],
+                    deflate: Some(Window::ALL[w]),
+                };
+                w += 1;
+            }
             i += 1;
         }
         all
@@ -204,14 +212,33 @@ impl Encoding {
     pub const fn plain(dialect: Dialect) -> Self {
         Self {
             dialect,
-            deflate: false,
+            deflate: None,
+        }
+    }
+
+    /// `dialect`, compressed with the full window: what a client that negotiated
+    /// permessage-deflate without asking for a smaller window takes.
+    pub const fn deflated(dialect: Dialect) -> Self {
+        Self {
+            dialect,
+            deflate: Some(Window::Bits15),
         }
     }
 
     /// The encoding's place in [`ALL`](Self::ALL): an index into per-encoding tables.
     #[inline]
     pub const fn index(self) -> usize {
-        self.dialect.index() * 2 + self.deflate as usize
+        let form = match self.deflate {
+            None => 0,
+            Some(window) => 1 + window.index(),
+        };
+        self.dialect.index() * Self::PER_DIALECT + form
+    }
+
+    /// Whether broadcast frames are sent compressed.
+    #[inline]
+    pub const fn is_deflated(self) -> bool {
+        self.deflate.is_some()
     }
 }
 

@@ -193,7 +193,7 @@ impl Drop for Client {
         state.slots.release(self.slot);
         state.clients.fetch_sub(1, Ordering::Relaxed);
         state.clients_by_dialect[encoding.dialect.index()].fetch_sub(1, Ordering::Relaxed);
-        if encoding.deflate {
+        if encoding.is_deflated() {
             state.deflate_clients.fetch_sub(1, Ordering::Relaxed);
         }
     }

@@ -156,7 +156,7 @@ impl Hub {
         let slot = inner.slots.insert(outbox.clone())?;
         let now = inner.clients.fetch_add(1, Ordering::Relaxed) + 1;
         inner.clients_by_dialect[encoding.dialect.index()].fetch_add(1, Ordering::Relaxed);
-        if encoding.deflate {
+        if encoding.is_deflated() {
             inner.deflate_clients.fetch_add(1, Ordering::Relaxed);
         }
         inner.peak_clients.fetch_max(now, Ordering::Relaxed);
@@ -673,10 +673,7 @@ mod tests {
     fn a_broadcast_is_compressed_once_for_every_subscriber_that_takes_it_compressed() {
         let hub = hub();
         let sv = Dialect::SigmaVault;
-        let deflate = Encoding {
-            dialect: sv,
-            deflate: true,
-        };
+        let deflate = Encoding::deflated(sv);
         let mut plain = hub.connect_as(sv).unwrap();
         let mut squeezed: Vec<Client> =
             (0..3).map(|_| hub.connect_with(deflate).unwrap()).collect();
@@ -717,6 +714,75 @@ mod tests {
         assert_eq!(hub.stats().deflate_clients, 3);
         drop(squeezed);
         assert_eq!(hub.stats().deflate_clients, 0);
+    }
+
+    #[test]
+    fn each_window_gets_one_frame_of_its_own_that_its_clients_can_inflate() {
+        use crate::compression::negotiate::Window;
+        use flate2::{Decompress, FlushDecompress};
+        let hub = hub();
+        let sv = Dialect::SigmaVault;
+        let with = |window| Encoding {
+            dialect: sv,
+            deflate: Some(window),
+        };
+        let mut clients: Vec<Client> =
+            [Window::Bits15, Window::Bits15, Window::Bits9, Window::Bits9]
+                .into_iter()
+                .map(|w| hub.connect_with(with(w)).unwrap())
+                .collect();
+        for client in &mut clients {
+            client.subscribe(["orders"]);
+        }
+        // Text that repeats only 1,500 bytes back: out of a 9-bit window's reach.
+        let mut seed = 7u32;
+        let mut noise = |n: usize| -> String {
+            (0..n)
+                .map(|_| {
+                    seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+                    char::from(b'a' + (seed >> 16) as u8 % 26)
+                })
+                .collect()
+        };
+        let chunk = noise(700);
+        let text = format!("{chunk}{}{chunk}", noise(800));
+        let event = Event::new("orders", &serde_json::json!({ "text": text })).unwrap();
+        let plain = sv.event(&event, SystemTime::UNIX_EPOCH, None);
+        let frame = |dialect: Dialect| dialect.event(&event, SystemTime::UNIX_EPOCH, None);
+        let push = |o: &Arc<Outbox>, f, s, t: &Tag<'_>| hub.inner.push_and_wake(o, f, s, t);
+        assert_eq!(hub.fan_out(&Tag::plain("orders"), frame, push).queued, 4);
+        assert_eq!(hub.compression().compressed, 2, "once per window");
+        let frames: Vec<Bytes> = clients.iter().map(|c| drain(c).remove(0)).collect();
+        assert_eq!(
+            frames[0].as_ptr(),
+            frames[1].as_ptr(),
+            "shared within a window"
+        );
+        assert_eq!(
+            frames[2].as_ptr(),
+            frames[3].as_ptr(),
+            "shared within a window"
+        );
+        let inflate = |frame: &Bytes, bits: u8| {
+            let mut input = frame::payload_of(frame).to_vec();
+            input.extend_from_slice(&[0, 0, 0xff, 0xff]);
+            let mut out = Vec::with_capacity(1 << 16);
+            Decompress::new_with_window_bits(false, bits)
+                .decompress_vec(&input, &mut out, FlushDecompress::Sync)
+                .ok()
+                .map(|_| out)
+        };
+        let expected = frame::payload_of(&plain).to_vec();
+        assert_eq!(inflate(&frames[0], 15), Some(expected.clone()));
+        assert_eq!(inflate(&frames[2], 9), Some(expected));
+        // Only the full window reaches the repeat (tests/compression.rs checks the small
+        // window's frame against a streaming C zlib inflater, which enforces the window).
+        assert!(
+            frames[0].len() + 300 < frames[2].len(),
+            "{} and {} bytes",
+            frames[0].len(),
+            frames[2].len()
+        );
     }
 
     #[test]

@@ -88,8 +88,8 @@ impl HubState {
     #[inline]
     pub(super) fn encode(&self, encoding: Encoding, frame: &Bytes) -> Bytes {
         match encoding.deflate {
-            true => self.deflater.frame(frame),
-            false => frame.clone(),
+            Some(window) => self.deflater.frame(frame, window),
+            None => frame.clone(),
         }
     }
 }

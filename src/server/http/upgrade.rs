@@ -89,22 +89,26 @@ pub(super) fn websocket<B>(
     if let Some(barred) = barred(&shared, address) {
         return barred;
     }
+    // What permessage-deflate agreed on, answered once the upgrade is accepted.
+    let mut agreed = None;
     let then = match then {
         Then::Session { dialect, greeting } => {
             let resume = match upgrade_resume(&req) {
                 Ok(resume) => resume,
                 Err(message) => return error(ErrorCode::InvalidSince, &message),
             };
-            let deflate = shared.config.compression.mode == CompressionMode::On
-                && negotiate::accepts(
+            agreed = match shared.config.compression.mode {
+                CompressionMode::On => negotiate::negotiate(
                     req.headers()
                         .get_all(SEC_WEBSOCKET_EXTENSIONS)
                         .iter()
                         .map(HeaderValue::as_bytes),
-                );
+                ),
+                CompressionMode::Off => None,
+            };
             let handshake = session::Handshake {
                 dialect,
-                deflate,
+                deflate: agreed.map(|agreed| agreed.window),
                 token: upgrade_token(&req),
                 resume,
                 greeting,
@@ -127,10 +131,10 @@ pub(super) fn websocket<B>(
     };
     // A handed-over socket (Engine.IO's upgrade from polling) keeps its session's plain
     // frames: the extension is declined.
-    if matches!(&then, Accepted::Session(handshake, _) if handshake.deflate) {
+    if let (Accepted::Session(..), Some(agreed)) = (&then, agreed) {
         response.headers_mut().insert(
             SEC_WEBSOCKET_EXTENSIONS,
-            HeaderValue::from_static(negotiate::ANSWER),
+            HeaderValue::from_static(agreed.answer()),
         );
     }
     let tasks = shared.tasks.clone();

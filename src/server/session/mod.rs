@@ -37,6 +37,7 @@ use super::writer::{self, WriteFailed, CLOSE_LINGER};
 use super::Shared;
 use crate::auth::permissions::Identity;
 use crate::broker::Completion;
+use crate::compression::negotiate::Window;
 use crate::dialect::{Dialect, Encoding, ServerMessage};
 use crate::engine::client::Client;
 use crate::engine::outbox::Closing;
@@ -60,9 +61,9 @@ pub const WELCOME_MESSAGE: &str = "Welcome to SigmaVault WebSocket";
 pub(crate) struct Handshake {
     /// The wire protocol it speaks, from the path it upgraded on.
     pub(crate) dialect: Dialect,
-    /// Whether it negotiated permessage-deflate: its broadcast frames are sent compressed,
-    /// and its compressed messages are inflated.
-    pub(crate) deflate: bool,
+    /// Whether it negotiated permessage-deflate, and with which window: its broadcast
+    /// frames are sent compressed, and its compressed messages are inflated.
+    pub(crate) deflate: Option<Window>,
     /// Its credential (`?token=` or `Authorization: Bearer`), if any.
     pub(crate) token: Option<Box<str>>,
     /// Where it left off on the channels it gets on connect (`?since=…&epoch=…`).
@@ -164,7 +165,7 @@ async fn serve<R, W>(
     }
 
     let (code, reason) = {
-        let deflate = session.client.encoding().deflate;
+        let deflate = session.client.encoding().is_deflated();
         let mut reader = MessageReader::new(read, config.max_message_size, deflate);
         let read_half = session.read_loop(&mut reader);
         let write_half = writer::run(&outbox, &mut write, shared);

@@ -244,7 +244,7 @@ async fn handshake<B>(
     let handshake = session::Handshake {
         dialect: Dialect::SocketIo,
         // Long-polling: plain frames, read as bytes (and kept so after an upgrade).
-        deflate: false,
+        deflate: None,
         token: upgrade_token(&req),
         resume: None,
         greeting: Some(open_packet(shared, &sid, true)),
