@@ -140,10 +140,13 @@ impl Client {
                 .topics
                 .subscribe_within(channel, self.slot, self.encoding(), limit)
             {
-                Ok(_) => self.subscriptions.push(channel.clone()),
+                // The topic's own name: a subscription costs the client no allocation.
+                Ok((_, name)) => self.subscriptions.push(name),
                 Err(_) => late.push(channel_full(channel)),
             }
         }
+        // Held for the connection's life: no room for subscriptions that may never come.
+        self.subscriptions.shrink_to_fit();
         late
     }
 

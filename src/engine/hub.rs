@@ -820,6 +820,20 @@ mod tests {
     }
 
     #[test]
+    fn subscribers_share_the_topic_s_name() {
+        let hub = hub();
+        let mut a = hub.connect().unwrap();
+        let mut b = hub.connect().unwrap();
+        a.subscribe(["orders", "trades"]);
+        b.subscribe(["trades"]);
+        b.subscribe(["orders"]);
+        let name = |c: &Client, i: usize| c.subscriptions()[i].as_str().as_ptr();
+        assert_eq!(name(&a, 0), name(&b, 1), "one allocation per channel");
+        assert_eq!(name(&a, 1), name(&b, 0));
+        assert_eq!(b.subscriptions().len(), 2);
+    }
+
+    #[test]
     fn unsubscribe_and_drop_stop_delivery() {
         let hub = hub();
         let mut a = hub.connect().unwrap();

@@ -147,19 +147,21 @@ impl Topics {
     /// Adds `slot` to `channel`'s subscribers; false if it was already there.
     #[cfg(test)]
     pub(crate) fn subscribe(&self, channel: &Channel, slot: u32) -> bool {
-        self.subscribe_within(channel, slot, Encoding::default(), 0) == Ok(true)
+        self.subscribe_within(channel, slot, Encoding::default(), 0)
+            .is_ok_and(|(added, _)| added)
     }
 
     /// Adds `slot`, a client taking `encoding`, to `channel`'s subscribers unless the
     /// channel already has `limit` (0: no limit). Checked under the shard's writer lock, so
-    /// the limit is exact. `Ok(false)` if `slot` was already there.
+    /// the limit is exact. Returns whether `slot` was added (false if it was there), and the
+    /// topic's name: a clone of it is one shared allocation for every subscriber.
     pub(crate) fn subscribe_within(
         &self,
         channel: &Channel,
         slot: u32,
         encoding: Encoding,
         limit: usize,
-    ) -> Result<bool, ChannelFull> {
+    ) -> Result<(bool, Channel), ChannelFull> {
         let shard = self.shard(channel);
         let _writer = shard.writer.lock().unwrap_or_else(|e| e.into_inner());
         let map = shard.map.load();
@@ -182,13 +184,14 @@ impl Topics {
                 topic
             }
         };
-        match topic.subscribers.load().with(slot, encoding) {
+        let added = match topic.subscribers.load().with(slot, encoding) {
             Some(next) => {
                 Self::replace(&topic.subscribers, next);
-                Ok(true)
+                true
             }
-            None => Ok(false),
-        }
+            None => false,
+        };
+        Ok((added, topic.name.clone()))
     }
 
     /// Removes `slot`, a client taking `encoding`, from `channel`'s subscribers; false if
