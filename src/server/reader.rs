@@ -150,7 +150,10 @@ impl<S: AsyncRead + Unpin> MessageReader<S> {
         let max_message_size = self.max_message_size;
         let mut partial = self.partial.take();
         let result = loop {
-            let frame = match self.frame().await {
+            // Boxed: an idle connection waits at a frame boundary (`wait` above), and the
+            // reading state (fastwebsockets' reader, ~230 B) would otherwise be part of
+            // every connection's future. One allocation per frame a client sends.
+            let frame = match Box::pin(self.frame()).await {
                 Ok(frame) => frame,
                 Err(e) => break Err(read_end(e)),
             };

@@ -106,13 +106,13 @@ pub(super) fn websocket<B>(
                 ),
                 CompressionMode::Off => None,
             };
-            let handshake = session::Handshake {
+            let handshake = Box::new(session::Handshake {
                 dialect,
                 deflate: agreed.map(|agreed| agreed.window),
                 token: upgrade_token(&req),
                 resume,
                 greeting,
-            };
+            });
             match admit(&shared, conn, address) {
                 Ok(ticket) => Accepted::Session(handshake, ticket),
                 Err(refusal) => return refused(refusal),
@@ -174,7 +174,7 @@ pub(super) fn websocket<B>(
 
 /// An accepted upgrade, on its way to being served.
 enum Accepted {
-    Session(session::Handshake, Ticket),
+    Session(Box<session::Handshake>, Ticket),
     Handover(Handover),
 }
 

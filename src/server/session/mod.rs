@@ -80,7 +80,7 @@ pub(crate) async fn run<R, W>(
     read: R,
     mut write: W,
     address: IpAddr,
-    handshake: Handshake,
+    handshake: Box<Handshake>,
 ) where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -92,11 +92,12 @@ pub(crate) async fn run<R, W>(
     let Ok(client) = shared.hub.connect_with(encoding) else {
         tracing::warn!(%address, "no free client slot; closing");
         shared.counters.closed(CloseCode::INTERNAL_ERROR);
-        let _ = writer::write_frames(
+        // Boxed: this rare path's state would otherwise be part of every connection's.
+        let _ = Box::pin(writer::write_frames(
             &mut write,
             &mut [frame::close(CloseCode::INTERNAL_ERROR)],
             None,
-        )
+        ))
         .await;
         return;
     };
@@ -119,7 +120,7 @@ async fn serve<R, W>(
     read: R,
     mut write: W,
     address: IpAddr,
-    handshake: Handshake,
+    mut handshake: Box<Handshake>,
 ) where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -138,10 +139,10 @@ async fn serve<R, W>(
             crate::clock::now(),
         ),
         deadlines: Deadlines::new(config.idle_timeout),
-        resume: handshake.resume,
+        resume: handshake.resume.take(),
         token: None,
     };
-    if let Some(greeting) = handshake.greeting {
+    if let Some(greeting) = handshake.greeting.take() {
         session.client.send(greeting);
     }
     if let Some(resume) = &session.resume {
@@ -155,10 +156,12 @@ async fn serve<R, W>(
             listening.await;
         }
     }
-    if let Some(code) = session.start(handshake.token) {
+    if let Some(code) = session.start(handshake.token.take()) {
         // A refused token: the writer sends the `auth_response`, then closes.
         outbox.close(Closing::AfterFlush(code));
     }
+    // Not held while the connection is open.
+    drop(handshake);
     if shared.shutdown.is_cancelled() {
         // Upgraded while the server was shutting down, possibly after `close_all` ran.
         outbox.close(Closing::AfterFlush(CloseCode::GOING_AWAY));

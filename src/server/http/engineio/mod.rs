@@ -241,14 +241,14 @@ async fn handshake<B>(
     };
     let sid = new_sid();
     let polling = Arc::new(Polling::new(&sid, shared.config.client_queue_bytes));
-    let handshake = session::Handshake {
+    let handshake = Box::new(session::Handshake {
         dialect: Dialect::SocketIo,
         // Long-polling: plain frames, read as bytes (and kept so after an upgrade).
         deflate: None,
         token: upgrade_token(&req),
         resume: None,
         greeting: Some(open_packet(shared, &sid, true)),
-    };
+    });
     shared.polling.insert(polling.clone());
     let (read, write) = polling.transport();
     let task_shared = shared.clone();
