@@ -32,8 +32,10 @@ use crate::snapshot::Snapshot;
 /// Carries publishes, snapshots and interest between this node and every other.
 ///
 /// Operations that may wait on the network return a [`Completion`]: `Ready` when the work
-/// is already done (always so in memory), `Pending` with a future otherwise. A publish is
-/// started when the method is called, whether or not the completion is awaited.
+/// is already done (always so in memory), `Pending` with a future otherwise. A pending
+/// completion does its work when polled, like any future: await it, or spawn it when the
+/// result does not matter; dropped unpolled, it does nothing (a cluster publish is then
+/// not sent).
 pub trait Broker: Send + Sync + fmt::Debug + 'static {
     /// Publishes `events`, in order, to the subscribers of every node (this one included),
     /// stamped with `now`. Never lost to an outage: a cluster node that cannot reach its
