@@ -110,6 +110,14 @@ pub(crate) struct Ticket {
     address: IpAddr,
 }
 
+impl std::fmt::Debug for Ticket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ticket")
+            .field("address", &self.address)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Admission {
     pub(crate) fn new(config: &Config) -> Self {
         Self {

@@ -106,15 +106,19 @@ pub(super) fn websocket<B>(
                 ),
                 CompressionMode::Off => None,
             };
-            let handshake = Box::new(session::Handshake {
+            let mut handshake = Box::new(session::Handshake {
                 dialect,
                 deflate: agreed.map(|agreed| agreed.window),
                 token: upgrade_token(&req),
                 resume,
                 greeting,
+                place: None,
             });
             match admit(&shared, conn, address) {
-                Ok(ticket) => Accepted::Session(handshake, ticket),
+                Ok(ticket) => {
+                    handshake.place = Some(ticket);
+                    Accepted::Session(handshake)
+                }
                 Err(refusal) => return refused(refusal),
             }
         }
@@ -146,26 +150,30 @@ pub(super) fn websocket<B>(
                 return;
             }
         };
-        let (handshake, _ticket) = match then {
-            Accepted::Session(handshake, ticket) => (handshake, ticket),
+        let handshake = match then {
+            Accepted::Session(handshake) => handshake,
             Accepted::Handover(handover) => {
                 let (read, write) = tokio::io::split(TokioIo::new(upgraded));
                 let read = Prefixed::new(Bytes::new(), read);
                 return handover(Box::new(read), Box::new(write)).await;
             }
         };
+        // The session gets a task of its own, which holds nothing of the upgrade (its
+        // future, the captures above): what that task holds, every connection pays for as
+        // long as it is open.
         // On our own listener the socket is a TcpStream: split it into owned halves (no lock
         // between reader and writer). Embedded in another server, fall back to a generic split.
+        let tasks = shared.tasks.clone();
         match upgraded.downcast::<TokioIo<TcpStream>>() {
             Ok(parts) => {
                 let (read, write) = parts.io.into_inner().into_split();
                 let read = Prefixed::new(parts.read_buf, read);
-                session::run(shared, read, write, address, handshake).await
+                tasks.spawn(session::run(shared, read, write, address, handshake));
             }
             Err(upgraded) => {
                 let (read, write) = tokio::io::split(TokioIo::new(upgraded));
                 let read = Prefixed::new(Bytes::new(), read);
-                session::run(shared, read, write, address, handshake).await
+                tasks.spawn(session::run(shared, read, write, address, handshake));
             }
         }
     });
@@ -174,7 +182,8 @@ pub(super) fn websocket<B>(
 
 /// An accepted upgrade, on its way to being served.
 enum Accepted {
-    Session(Box<session::Handshake>, Ticket),
+    /// A session, with its place among the admitted connections.
+    Session(Box<session::Handshake>),
     Handover(Handover),
 }
 

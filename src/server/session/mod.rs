@@ -29,6 +29,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::Instrument;
 
 use self::reply::{rate_limited, subscription_reply, Resumed};
+use super::admission::Ticket;
 use super::analytics::ClientKey;
 use super::counters::Limit;
 use super::deadline::Deadlines;
@@ -71,6 +72,9 @@ pub(crate) struct Handshake {
     /// What the server says first, before anything else (Socket.IO's Engine.IO open
     /// packet), if the dialect says anything first.
     pub(crate) greeting: Option<bytes::Bytes>,
+    /// Its place among the admitted connections, held until it ends, if the caller does
+    /// not hold it.
+    pub(crate) place: Option<Ticket>,
 }
 
 /// Serves one upgraded connection from `address` (the client's, behind trusted proxies)
@@ -160,6 +164,7 @@ async fn serve<R, W>(
         // A refused token: the writer sends the `auth_response`, then closes.
         outbox.close(Closing::AfterFlush(code));
     }
+    let _place = handshake.place.take();
     // Not held while the connection is open.
     drop(handshake);
     if shared.shutdown.is_cancelled() {

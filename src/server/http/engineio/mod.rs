@@ -248,6 +248,7 @@ async fn handshake<B>(
         token: upgrade_token(&req),
         resume: None,
         greeting: Some(open_packet(shared, &sid, true)),
+        place: None,
     });
     shared.polling.insert(polling.clone());
     let (read, write) = polling.transport();
