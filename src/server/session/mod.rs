@@ -20,11 +20,12 @@ pub(crate) use subscribe::snapshot_frames;
 #[cfg(test)]
 mod tests;
 
+use std::future::Future;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use futures_util::future::BoxFuture;
+use futures_util::future::{BoxFuture, Either};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::Instrument;
 
@@ -79,13 +80,18 @@ pub(crate) struct Handshake {
 
 /// Serves one upgraded connection from `address` (the client's, behind trusted proxies)
 /// until it closes.
-pub(crate) async fn run<R, W>(
+///
+/// Not an `async fn`: the client's slot is taken here, at once, and the future returned is
+/// [`serve`]'s alone. An `async fn` would keep its own arguments beside `serve`'s for the
+/// connection's life, and every byte of this future is paid per connection.
+pub(crate) fn run<R, W>(
     shared: Arc<Shared>,
     read: R,
     mut write: W,
     address: IpAddr,
     handshake: Box<Handshake>,
-) where
+) -> impl Future<Output = ()>
+where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
@@ -97,13 +103,14 @@ pub(crate) async fn run<R, W>(
         tracing::warn!(%address, "no free client slot; closing");
         shared.counters.closed(CloseCode::INTERNAL_ERROR);
         // Boxed: this rare path's state would otherwise be part of every connection's.
-        let _ = Box::pin(writer::write_frames(
-            &mut write,
-            &mut [frame::close(CloseCode::INTERNAL_ERROR)],
-            None,
-        ))
-        .await;
-        return;
+        return Either::Left(Box::pin(async move {
+            let _ = writer::write_frames(
+                &mut write,
+                &mut [frame::close(CloseCode::INTERNAL_ERROR)],
+                None,
+            )
+            .await;
+        }));
     };
     // A span over the connection's life: every line logged for it carries its id and peer.
     // It is a DEBUG span (target `sigmahub::conn`): an open span costs ~1.2 KB per
@@ -112,14 +119,12 @@ pub(crate) async fn run<R, W>(
     // disconnect lines carry the id and peer themselves.
     let span =
         tracing::debug_span!(target: "sigmahub::conn", "conn", id = client.id(), peer = %address);
-    serve(&shared, client, read, write, address, handshake)
-        .instrument(span)
-        .await;
+    Either::Right(serve(shared, client, read, write, address, handshake).instrument(span))
 }
 
 /// [`run`] once the client has its slot.
 async fn serve<R, W>(
-    shared: &Shared,
+    shared: Arc<Shared>,
     client: Client,
     read: R,
     mut write: W,
@@ -129,6 +134,7 @@ async fn serve<R, W>(
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
+    let shared = &*shared;
     let config = &shared.config;
     let started = crate::clock::now();
     let outbox = client.outbox().clone();
