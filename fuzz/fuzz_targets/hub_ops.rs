@@ -1,10 +1,11 @@
-//! Sequences of hub operations against a model: after every publish, exactly the clients
-//! subscribed to the channel received the frame, once; subscriber counts match and never
-//! pass the per-channel limit, which refuses only a full channel; nothing is left behind
-//! when every client has gone.
+//! Sequences of hub operations against a model: exactly the clients subscribed to a channel
+//! receive its frames, once each and in order, whenever their queues are drained (in
+//! part, in whole, or given back with `Outbox::shrink`, which only a dry queue allows);
+//! subscriber counts match and never pass the per-channel limit, which refuses only a full
+//! channel; nothing is left behind when every client has gone.
 #![no_main]
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use arbitrary::Arbitrary;
 use bytes::Bytes;
@@ -20,7 +21,30 @@ enum Op {
     Subscribe { client: u8, channels: Vec<u8> },
     Unsubscribe { client: u8, channels: Vec<u8> },
     Publish { channel: u8 },
+    /// The client's writer takes up to `max` frames (0: all).
+    Drain { client: u8, max: u8 },
+    /// The client's writer gives its queue back, if the queue is dry.
+    Shrink { client: u8 },
     Disconnect { client: u8 },
+}
+
+/// A client, its subscriptions, and the frames it has been sent and not yet drained.
+struct Modelled<'a> {
+    client: Client,
+    channels: BTreeSet<&'a str>,
+    pending: VecDeque<Bytes>,
+}
+
+impl Modelled<'_> {
+    /// Drains up to `max` frames and checks them against the model.
+    fn drain(&mut self, max: usize) {
+        let mut got = Vec::new();
+        let n = self.client.outbox().drain_into(&mut got, max);
+        assert_eq!(n, got.len());
+        assert_eq!(n, max.min(self.pending.len()), "a frame missing or extra");
+        let expected: Vec<Bytes> = self.pending.drain(..n).collect();
+        assert_eq!(got, expected, "frames out of order or wrong");
+    }
 }
 
 fuzz_target!(|ops: Vec<Op>| {
@@ -29,23 +53,27 @@ fuzz_target!(|ops: Vec<Op>| {
     config.max_subscribers_per_channel = MAX_PER_CHANNEL;
     config.client_queue_capacity = 1 << 16;
     let hub = Hub::new(&config);
-    let mut clients: Vec<(Client, BTreeSet<&str>)> = Vec::new();
+    let mut clients: Vec<Modelled> = Vec::new();
     let mut seq = 0u64;
     for op in ops.into_iter().take(200) {
         let pick = |i: u8, n: usize| (n > 0).then(|| i as usize % n);
         match op {
-            Op::Connect => clients.push((hub.connect().unwrap(), BTreeSet::new())),
+            Op::Connect => clients.push(Modelled {
+                client: hub.connect().unwrap(),
+                channels: BTreeSet::new(),
+                pending: VecDeque::new(),
+            }),
             Op::Subscribe { client, channels } => {
                 let Some(i) = pick(client, clients.len()) else {
                     continue;
                 };
                 let names: Vec<&str> = channels.iter().map(|c| CHANNELS[*c as usize % 4]).collect();
-                let holders = |name: &str| clients.iter().filter(|(_, m)| m.contains(name)).count();
+                let holders = |name: &str| clients.iter().filter(|m| m.channels.contains(name)).count();
                 let full: Vec<bool> = CHANNELS
                     .iter()
                     .map(|n| holders(n) >= MAX_PER_CHANNEL)
                     .collect();
-                let (c, model) = &mut clients[i];
+                let Modelled { client: c, channels: model, .. } = &mut clients[i];
                 let change = c.subscribe(names.iter().copied());
                 for r in &change.rejected {
                     if r.code == "channel_full" {
@@ -66,7 +94,7 @@ fuzz_target!(|ops: Vec<Op>| {
                     continue;
                 };
                 let names: Vec<&str> = channels.iter().map(|c| CHANNELS[*c as usize % 4]).collect();
-                let (c, model) = &mut clients[i];
+                let Modelled { client: c, channels: model, .. } = &mut clients[i];
                 let change = c.unsubscribe(names.iter().copied());
                 for ch in &change.changed {
                     assert!(model.remove(ch.as_str()));
@@ -77,16 +105,30 @@ fuzz_target!(|ops: Vec<Op>| {
                 seq += 1;
                 let frame = Bytes::from(seq.to_be_bytes().to_vec());
                 let delivery = hub.publish_frame(name, &frame);
-                let expected = clients.iter().filter(|(_, m)| m.contains(name)).count();
+                let mut expected = 0;
+                for m in clients.iter_mut().filter(|m| m.channels.contains(name)) {
+                    m.pending.push_back(frame.clone());
+                    expected += 1;
+                }
                 assert_eq!(delivery.queued, expected);
-                for (c, model) in &clients {
-                    let mut got = Vec::new();
-                    c.outbox().drain_into(&mut got, usize::MAX);
-                    if model.contains(name) {
-                        assert_eq!(got, vec![frame.clone()], "subscriber missed or duplicated");
-                    } else {
-                        assert!(got.is_empty(), "a non-subscriber received a frame");
-                    }
+                for m in &clients {
+                    assert_eq!(m.client.outbox().len(), m.pending.len());
+                }
+            }
+            Op::Drain { client, max } => {
+                let Some(i) = pick(client, clients.len()) else {
+                    continue;
+                };
+                let max = if max == 0 { usize::MAX } else { max as usize };
+                clients[i].drain(max);
+            }
+            Op::Shrink { client } => {
+                let Some(i) = pick(client, clients.len()) else {
+                    continue;
+                };
+                let m = &clients[i];
+                if m.client.outbox().shrink() {
+                    assert!(m.pending.is_empty(), "a queue holding frames was given back");
                 }
             }
             Op::Disconnect { client } => {
@@ -97,8 +139,8 @@ fuzz_target!(|ops: Vec<Op>| {
             }
         }
         let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
-        for (_, model) in &clients {
-            for ch in model {
+        for m in &clients {
+            for ch in &m.channels {
                 *counts.entry(ch).or_default() += 1;
             }
         }
@@ -109,6 +151,11 @@ fuzz_target!(|ops: Vec<Op>| {
             );
             assert!(hub.subscriber_count(ch) <= MAX_PER_CHANNEL);
         }
+    }
+    for m in &mut clients {
+        m.drain(usize::MAX);
+        m.client.outbox().shrink();
+        assert!(m.client.outbox().is_empty());
     }
     clients.clear();
     assert!(hub.channels().is_empty());

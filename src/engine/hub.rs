@@ -507,6 +507,16 @@ impl Hub {
         woken
     }
 
+    /// Gives back the queue memory of every client whose queue is empty and was sent
+    /// nothing since the last call (see [`Outbox::shrink_if_idle`]); returns how many gave
+    /// some back. Call it about once a second (the server does): a client idle for that
+    /// long then holds no block of its queue.
+    pub fn shrink_queues(&self) -> usize {
+        let mut shrunk = 0;
+        self.for_each_outbox(|outbox| shrunk += usize::from(outbox.shrink_if_idle()));
+        shrunk
+    }
+
     fn for_each_outbox(&self, mut f: impl FnMut(&Outbox)) {
         let guard = crossbeam_epoch::pin();
         for slot in 0..self.inner.slots.high_water() {
@@ -910,6 +920,32 @@ mod tests {
         assert_eq!(drain(&a).len(), 3);
         assert_eq!(drain(&b).len(), 1);
         assert_eq!(hub.stats().published, 4);
+    }
+
+    #[test]
+    fn the_queue_sweep_gives_back_only_empty_queues_that_hold_memory() {
+        let hub = hub();
+        let mut idle = hub.connect().unwrap();
+        let mut behind = hub.connect().unwrap();
+        let never = hub.connect().unwrap();
+        idle.subscribe(["x"]);
+        behind.subscribe(["x"]);
+        hub.publish_frame("x", &Bytes::from_static(b"1"));
+        assert_eq!(drain(&idle).len(), 1);
+        // `idle` was drained since the last sweep: it keeps its queue for now. `behind`
+        // still holds its frame, `never` was never sent one.
+        assert_eq!(hub.shrink_queues(), 0);
+        assert_eq!(hub.shrink_queues(), 1);
+        assert_eq!(hub.shrink_queues(), 0);
+        hub.publish_frame("x", &Bytes::from_static(b"2"));
+        assert_eq!(drain(&idle), [Bytes::from_static(b"2")]);
+        assert_eq!(
+            drain(&behind),
+            [Bytes::from_static(b"1"), Bytes::from_static(b"2")]
+        );
+        assert!(never.outbox().is_empty());
+        assert_eq!(hub.shrink_queues(), 0);
+        assert_eq!(hub.shrink_queues(), 2);
     }
 
     #[test]

@@ -14,6 +14,8 @@
 //! - `slots`: slot ids to outboxes, with epoch-protected reuse (private).
 //! - `state`: what a hub's clones and its clients share (private).
 //! - [`outbox`]: a client's bounded queue of ready frames.
+//! - `queue`: the outbox's lock-free frame queue, which gives its memory back when empty
+//!   (private).
 //! - `counter`: a thread-sharded counter for hot paths (private).
 //! - [`degrade`]: what a client that cannot keep up missed and is owed (`slow_consumer =
 //!   "degrade"`).
@@ -29,6 +31,7 @@ pub mod history;
 pub mod hub;
 pub(crate) mod latency;
 pub mod outbox;
+mod queue;
 pub(crate) mod rules;
 pub(crate) mod slots;
 mod state;

@@ -34,8 +34,11 @@
 //! bounds.
 //!
 //! # Memory
-//! The queue is a `SegQueue`, which allocates its blocks on first use and frees them as they
-//! drain: an idle client's outbox holds no frame buffer.
+//! The queue (`super::queue`) allocates its blocks on first use and frees them as they
+//! drain, and once a second the hub gives back the last one of every queue that has been
+//! empty since the second before ([`Outbox::shrink_if_idle`],
+//! [`Hub::shrink_queues`](super::hub::Hub::shrink_queues)): a client idle for a second or
+//! two holds no more than this struct.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::OnceLock;
@@ -43,7 +46,6 @@ use std::task::{Context, Poll};
 
 use atomic_waker::AtomicWaker;
 use bytes::Bytes;
-use crossbeam_queue::SegQueue;
 use crossbeam_utils::Backoff;
 use serde::{Deserialize, Serialize};
 
@@ -52,6 +54,7 @@ use parking_lot::Mutex;
 
 use super::degrade::{Book, Tag};
 use super::latency::Stamp;
+use super::queue::{Generation, Queue};
 use crate::dialect::{Dialect, Encoding};
 use crate::event::Priority;
 use crate::protocol::close::CloseCode;
@@ -78,14 +81,17 @@ pub enum SlowConsumerPolicy {
     Degrade,
 }
 
-/// Frames and bytes queued, packed into one `u64`: frames in the high 24 bits, bytes in the
-/// low 40. [`crate::Config::validate`] keeps both bounds well inside their fields.
+/// Frames and bytes queued, packed into one `u64`: bytes in the low 40 bits, frames in the
+/// next 23, and in the top bit the queue's current [`Generation`]. [`crate::Config::validate`]
+/// keeps both bounds well inside their fields (frames counted stay under 7 × 2^20 of 2^23:
+/// the bound, four times it taken whole, one more snapshot, refused pushes in flight).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Load(u64);
 
 impl Load {
     const FRAME_SHIFT: u32 = 40;
     const BYTES: u64 = (1 << Self::FRAME_SHIFT) - 1;
+    const GENERATION: u64 = 1 << 63;
 
     /// The load of `frames` frames of `bytes` bytes in all.
     #[inline]
@@ -95,7 +101,25 @@ impl Load {
 
     #[inline]
     fn frames(self) -> usize {
-        (self.0 >> Self::FRAME_SHIFT) as usize
+        ((self.0 & !Self::GENERATION) >> Self::FRAME_SHIFT) as usize
+    }
+
+    /// Whether nothing is counted (whatever the generation).
+    #[inline]
+    fn is_empty(self) -> bool {
+        self.0 & !Self::GENERATION == 0
+    }
+
+    /// The generation of the queue that frames counted here go to.
+    #[inline]
+    fn generation(self) -> Generation {
+        (self.0 >> 63) as Generation
+    }
+
+    /// The same count in the other generation.
+    #[inline]
+    fn next_generation(self) -> Self {
+        Self(self.0 ^ Self::GENERATION)
     }
 
     #[inline]
@@ -119,6 +143,11 @@ const OPEN: u8 = 0;
 const LOSSY: u8 = 1;
 const CLOSE_AFTER_FLUSH: u8 = 2;
 const CLOSE_NOW: u8 = 3;
+
+/// The drain lock is held ([`Outbox::drain_into`], [`Outbox::shrink`]).
+const DRAIN_LOCKED: u8 = 1;
+/// A drain took frames since the last [`Outbox::shrink_if_idle`].
+const DRAINED_LATELY: u8 = 2;
 
 /// The writer is owed a wake-up that was put off (`low_priority_delay`).
 const WAKE_DEFERRED: u8 = 1;
@@ -162,9 +191,15 @@ pub enum Closing {
 
 /// A client's bounded frame queue. See the [module docs](self).
 pub struct Outbox {
-    queue: SegQueue<Bytes>,
-    /// The frames and bytes in the queue ([`Load`]).
+    queue: Queue<Bytes>,
+    /// The frames and bytes in the queue, and the queue's generation ([`Load`]).
     load: AtomicU64,
+    /// [`DRAIN_LOCKED`]: held by the one drain (or [`shrink`](Self::shrink)) running, so
+    /// that a second concurrent one returns at once and a generation is never freed under
+    /// a pop. [`DRAINED_LATELY`]: a drain took frames since the last
+    /// [`shrink_if_idle`](Self::shrink_if_idle). One byte for both: the outbox and its
+    /// `Arc` fill a 160-byte allocation to the byte.
+    drain: AtomicU8,
     capacity: usize,
     byte_capacity: usize,
     policy: SlowConsumerPolicy,
@@ -172,8 +207,7 @@ pub struct Outbox {
     soft: u8,
     /// What a degrading client missed and is owed ([`super::degrade`]); `None` while it
     /// keeps up. The lock is allocated the first time the client falls behind: a pointer
-    /// is all a client that keeps up pays (the outbox's size is a multiple of its 128-byte
-    /// alignment, and 8 more bytes would cost 128 per connection).
+    /// is all a client that keeps up pays.
     book: OnceBox<Mutex<Option<Box<Book>>>>,
     /// The form its frames are in: dialect, compressed or not.
     encoding: Encoding,
@@ -208,8 +242,9 @@ impl Outbox {
     /// [`MAX_BYTE_CAPACITY`]).
     pub fn bounded(capacity: usize, byte_capacity: usize, policy: SlowConsumerPolicy) -> Self {
         Self {
-            queue: SegQueue::new(),
+            queue: Queue::new(),
             load: AtomicU64::new(0),
+            drain: AtomicU8::new(0),
             capacity: capacity.clamp(1, MAX_CAPACITY),
             byte_capacity: byte_capacity.clamp(1, MAX_BYTE_CAPACITY),
             policy,
@@ -327,7 +362,7 @@ impl Outbox {
             // Before the frame is visible: a writer that pops it also sees the stamp.
             self.since.store(since.to_raw(), Ordering::Relaxed);
         }
-        self.queue.push(frame);
+        self.queue.push(before.generation(), frame);
         was_empty
     }
 
@@ -497,7 +532,7 @@ impl Outbox {
         self.allowance.fetch_add(add.0, Ordering::Relaxed);
         let before = Load(self.load.fetch_add(add.0, Ordering::AcqRel));
         for frame in frames {
-            self.queue.push(frame.clone());
+            self.queue.push(before.generation(), frame.clone());
         }
         if before.frames() == 0 || self.take_deferred_wake() {
             self.wake();
@@ -706,25 +741,32 @@ impl Outbox {
     }
 
     fn has_work(&self) -> bool {
-        self.load.load(Ordering::Acquire) != 0
+        !Load(self.load.load(Ordering::Acquire)).is_empty()
             || self.state.load(Ordering::Acquire) != OPEN
             || self.dropped.load(Ordering::Relaxed) > 0
     }
 
     /// Moves up to `max` queued frames into `out`, in order, and returns how many.
     ///
-    /// Only the writer task calls this. A push counts itself before it enqueues, so for a
-    /// few nanoseconds a counted frame may not be in the queue yet; the drain waits briefly
-    /// for it. It never waits long: a push refused by a full queue is counted too until it
-    /// takes its count back, and may never arrive. A counted frame the drain leaves behind
-    /// keeps the outbox ready ([`poll_ready`](Self::poll_ready)), so the next drain takes it,
-    /// in order.
+    /// Meant for the writer task alone; a drain that starts while another runs returns 0
+    /// at once. A push counts itself before it enqueues, so for a few nanoseconds a counted
+    /// frame may not be in the queue yet; the drain waits briefly for it. It never waits
+    /// long: a push refused by a full queue is counted too until it takes its count back,
+    /// and may never arrive. A counted frame the drain leaves behind keeps the outbox ready
+    /// ([`poll_ready`](Self::poll_ready)), so the next drain takes it, in order.
     pub fn drain_into(&self, out: &mut Vec<Bytes>, max: usize) -> usize {
-        let want = self.len().min(max);
+        let Some(mut lock) = self.drain_lock() else {
+            return 0;
+        };
+        let load = Load(self.load.load(Ordering::Acquire));
+        // Only a drain changes the generation, and this one holds the lock.
+        let generation = load.generation();
+        let want = load.frames().min(max);
         let backoff = Backoff::new();
         let (mut got, mut bytes) = (0, 0);
+        let mut queue = self.queue.popper(generation);
         while got < want {
-            match self.queue.pop() {
+            match queue.pop() {
                 Some(frame) => {
                     bytes += frame.len().min(MAX_BYTE_CAPACITY);
                     out.push(frame);
@@ -735,6 +777,7 @@ impl Outbox {
             }
         }
         if got > 0 {
+            lock.took_frames = true;
             let drained = Load::of(got, bytes);
             self.load.fetch_sub(drained.0, Ordering::AcqRel);
             if self.allowance.load(Ordering::Relaxed) != 0 {
@@ -752,6 +795,91 @@ impl Outbox {
         got
     }
 
+    /// Gives the queue's memory back if it is empty, and returns whether it did; the next
+    /// push allocates again (a block and the queue's indices, about 1.5 KB, in two
+    /// allocations: 70 ns a time, `benches/outbox.rs`). The hub's sweep calls it, once a
+    /// second, for every client that received nothing since the last sweep
+    /// ([`shrink_if_idle`](Self::shrink_if_idle)): an idle client holds no block of its
+    /// queue, and a busy one is not made to allocate it again.
+    ///
+    /// Any thread may call it. Like [`drain_into`](Self::drain_into), it does nothing while
+    /// a drain runs; a drain that starts meanwhile returns nothing, and the writer retries.
+    // The one `unsafe` of the outbox: the release rests on the counted word's invariant,
+    // stated at the block.
+    #[allow(unsafe_code)]
+    pub fn shrink(&self) -> bool {
+        // The count, if the queue is empty and holds memory.
+        let to_give = || {
+            let load = Load(self.load.load(Ordering::Acquire));
+            (load.is_empty() && self.queue.is_allocated(load.generation())).then_some(load)
+        };
+        // Looked at before the lock too, so that sweeping an idle or busy client writes
+        // nothing.
+        if to_give().is_none() {
+            return false;
+        }
+        let Some(_drain) = self.drain_lock() else {
+            return false;
+        };
+        let Some(load) = to_give() else {
+            return false;
+        };
+        let generation = load.generation();
+        // Fails if a push counted itself since the load: it may be about to push into this
+        // generation. Once it succeeds, every push counts itself, and so pushes, into the
+        // other one.
+        if self
+            .load
+            .compare_exchange(
+                load.0,
+                load.next_generation().0,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            )
+            .is_err()
+        {
+            return false;
+        }
+        // SAFETY: no push of `generation` is running: every push counts itself (in the word
+        // that named `generation`) before pushing, the exchange found nothing counted, and
+        // a counted frame stays counted until drained, so each push of `generation` has
+        // finished and its frame has been popped; pushes from now on name the other
+        // generation. No pop is running: pops happen only under the drain lock, held here.
+        // Until the next exchange, which only a holder of the lock makes once this
+        // generation is current again, nothing pushes into it.
+        unsafe { self.queue.release(generation) };
+        true
+    }
+
+    /// For a sweep that runs about once a second ([`Hub::shrink_queues`]): gives the queue's
+    /// memory back ([`shrink`](Self::shrink)) unless a drain took frames since the last
+    /// call. A client that keeps receiving keeps its queue, so the sweep costs it no
+    /// allocation; one idle for a sweep's interval gives it back.
+    ///
+    /// [`Hub::shrink_queues`]: super::hub::Hub::shrink_queues
+    pub fn shrink_if_idle(&self) -> bool {
+        if self.drain.load(Ordering::Relaxed) & DRAINED_LATELY != 0 {
+            self.drain.fetch_and(!DRAINED_LATELY, Ordering::Relaxed);
+            return false;
+        }
+        self.shrink()
+    }
+
+    /// The drain lock, if no drain holds it.
+    fn drain_lock(&self) -> Option<DrainLock<'_>> {
+        let before = self.drain.fetch_or(DRAIN_LOCKED, Ordering::Acquire);
+        if before & DRAIN_LOCKED != 0 {
+            // Not `then_some`: a guard built for nothing would unlock the holder's lock
+            // when dropped (the stress test below lost frames that way).
+            return None;
+        }
+        Some(DrainLock {
+            flags: &self.drain,
+            drained_lately: before & DRAINED_LATELY,
+            took_frames: false,
+        })
+    }
+
     /// The publish stamp of the oldest event drained since the last call, if an event found
     /// the queue empty; resets it. The writer calls it after [`drain_into`](Self::drain_into).
     pub(crate) fn take_since(&self) -> Option<Stamp> {
@@ -764,6 +892,28 @@ impl Outbox {
         while self.drain_into(&mut sink, usize::MAX) > 0 {
             sink.clear();
         }
+    }
+}
+
+/// Held by the running drain; released when dropped.
+struct DrainLock<'a> {
+    flags: &'a AtomicU8,
+    /// [`DRAINED_LATELY`] as the lock found it.
+    drained_lately: u8,
+    /// Whether the drain took frames: [`DRAINED_LATELY`] is then set.
+    took_frames: bool,
+}
+
+impl Drop for DrainLock<'_> {
+    fn drop(&mut self) {
+        // One store, no read-modify-write: while the lock is held only a sweep's clearing
+        // of `DRAINED_LATELY` may have changed the byte, and overwriting that costs at most
+        // a second's delay before the queue is given back.
+        let flags = match self.took_frames {
+            true => DRAINED_LATELY,
+            false => self.drained_lately,
+        };
+        self.flags.store(flags, Ordering::Release);
     }
 }
 
@@ -798,10 +948,150 @@ mod tests {
     }
 
     #[test]
-    fn an_outbox_is_three_128_byte_blocks() {
-        // Its size is a multiple of its 128-byte alignment: a field that crosses 384 costs
-        // every connection 128 bytes (perf/README.md, memory per idle connection).
-        assert_eq!(std::mem::size_of::<Outbox>(), 384);
+    fn an_outbox_and_its_arc_fill_a_160_byte_allocation() {
+        // 160 bytes is one of mimalloc's size classes (128, 160, 192, ...): a field that
+        // takes the outbox past 144 costs every connection 32 bytes (perf/README.md, "Idle
+        // memory, allocation by allocation").
+        assert_eq!(std::mem::size_of::<Outbox>(), 144);
+        assert_eq!(std::mem::align_of::<Outbox>(), 8);
+    }
+
+    #[test]
+    fn a_dry_queue_gives_its_memory_back_and_takes_frames_again() {
+        let outbox = Outbox::new(8, SlowConsumerPolicy::Close);
+        assert!(!outbox.shrink(), "nothing allocated yet");
+        let counter = Arc::new(Counter(AtomicUsize::new(0)));
+        let waker = std::task::Waker::from(counter.clone());
+        let mut cx = Context::from_waker(&waker);
+        for round in 0..3u8 {
+            assert!(outbox.poll_ready(&mut cx).is_pending());
+            outbox.push(frame(round));
+            outbox.push(frame(round + 10));
+            assert_eq!(counter.0.load(Ordering::SeqCst), usize::from(round) + 1);
+            assert!(!outbox.shrink(), "frames are queued");
+            let mut out = Vec::new();
+            assert_eq!(outbox.drain_into(&mut out, 1), 1);
+            assert!(!outbox.shrink(), "a frame is still queued");
+            outbox.drain_into(&mut out, usize::MAX);
+            assert_eq!(out, [frame(round), frame(round + 10)]);
+            assert!(outbox.shrink(), "round {round}");
+            assert!(!outbox.queue.is_allocated(0) && !outbox.queue.is_allocated(1));
+            assert!(!outbox.shrink(), "already given back");
+        }
+    }
+
+    #[test]
+    fn a_drain_or_shrink_started_during_a_drain_does_nothing() {
+        let outbox = Outbox::new(8, SlowConsumerPolicy::Close);
+        outbox.push(frame(1));
+        outbox.drain_into(&mut Vec::new(), usize::MAX);
+        outbox.push(frame(2));
+        let held = outbox.drain_lock().expect("free");
+        // Each refused attempt leaves the lock with its holder.
+        for _ in 0..2 {
+            assert_eq!(outbox.drain_into(&mut Vec::new(), usize::MAX), 0);
+            assert!(outbox.drain_lock().is_none());
+        }
+        assert_eq!(
+            outbox.drain.load(Ordering::Relaxed) & DRAIN_LOCKED,
+            DRAIN_LOCKED
+        );
+        drop(held);
+        assert_eq!(outbox.drain_into(&mut Vec::new(), usize::MAX), 1);
+        // Empty, its memory still held: the holder's lock refuses the give-back too.
+        let held = outbox.drain_lock().expect("free");
+        assert!(!outbox.shrink());
+        assert!(!outbox.shrink());
+        drop(held);
+        assert!(outbox.shrink());
+    }
+
+    /// Pushers on several threads, a writer on another that sleeps until woken, drains, and
+    /// gives the queue back every time it runs dry, and a sweeper on another still that
+    /// gives it back whenever it can (as the hub's sweep does, from its own thread): every
+    /// frame arrives, each thread's in order, and no wake-up is lost across a generation
+    /// change (a lost one stalls the writer, which then fails the test instead of hanging).
+    #[test]
+    fn pushes_racing_with_shrinks_lose_no_frame_and_no_wake_up() {
+        struct Unpark(std::thread::Thread);
+        impl Wake for Unpark {
+            fn wake(self: Arc<Self>) {
+                self.0.unpark();
+            }
+        }
+        const THREADS: u8 = 3;
+        // Under Miri (`cargo +nightly miri test`), a few hundred: it checks every access.
+        const FRAMES: u32 = if cfg!(miri) { 200 } else { 200_000 };
+        let outbox = Arc::new(Outbox::new(1 << 20, SlowConsumerPolicy::Close));
+        let pushers: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let outbox = outbox.clone();
+                std::thread::spawn(move || {
+                    for i in 0..FRAMES {
+                        let mut b = vec![t];
+                        b.extend_from_slice(&i.to_be_bytes());
+                        outbox.push(Bytes::from(b));
+                        if i % 64 == 0 {
+                            std::thread::yield_now();
+                        }
+                    }
+                })
+            })
+            .collect();
+        let stop = Arc::new(AtomicBool::new(false));
+        let sweeper = {
+            let (outbox, stop) = (outbox.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut shrinks = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    shrinks += u64::from(outbox.shrink());
+                    std::thread::yield_now();
+                }
+                shrinks
+            })
+        };
+        let waker = std::task::Waker::from(Arc::new(Unpark(std::thread::current())));
+        let mut cx = Context::from_waker(&waker);
+        let (mut seen, mut total, mut shrinks) = ([None::<u32>; THREADS as usize], 0, 0);
+        let mut out = Vec::new();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while total < u32::from(THREADS) * FRAMES {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{total} frames after 60 s"
+            );
+            if outbox.poll_ready(&mut cx).is_pending() {
+                let parked = std::time::Instant::now();
+                std::thread::park_timeout(std::time::Duration::from_secs(10));
+                assert!(
+                    parked.elapsed() < std::time::Duration::from_secs(10) || outbox.is_empty(),
+                    "frames queued but the writer was never woken"
+                );
+                continue;
+            }
+            out.clear();
+            outbox.drain_into(&mut out, 256);
+            for f in &out {
+                let i = u32::from_be_bytes(f[1..5].try_into().unwrap());
+                let last = &mut seen[usize::from(f[0])];
+                assert!(
+                    last.is_none_or(|l| l + 1 == i) && (last.is_some() || i == 0),
+                    "thread {}: {i} after {last:?}",
+                    f[0]
+                );
+                *last = Some(i);
+                total += 1;
+            }
+            if outbox.is_empty() && outbox.shrink() {
+                shrinks += 1;
+            }
+        }
+        pushers.into_iter().for_each(|p| p.join().unwrap());
+        stop.store(true, Ordering::Relaxed);
+        let swept = sweeper.join().unwrap();
+        assert!(outbox.is_empty());
+        assert!(shrinks + swept > 0, "the queue never ran dry");
+        eprintln!("generations given back: {shrinks} by the writer, {swept} by the sweeper");
     }
 
     #[test]

@@ -442,8 +442,8 @@ async fn release_throttled(shared: &Shared) {
     }
 }
 
-/// Every second: adds a second of traffic to the analytics history, and drops expired
-/// channel history.
+/// Every second: adds a second of traffic to the analytics history, drops expired channel
+/// history, and gives back the queue memory of clients with nothing queued.
 async fn sample(shared: &Shared) {
     let mut ticks = tokio::time::interval(Duration::from_secs(1));
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -460,6 +460,7 @@ async fn sample(shared: &Shared) {
         let now = SystemTime::now();
         shared.analytics.sample(totals, now);
         shared.hub.sweep_history(now);
+        shared.hub.shrink_queues();
         shared.broker.sweep();
     }
 }
