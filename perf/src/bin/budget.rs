@@ -6,7 +6,9 @@
 //! `sigmahub-perf --idle` generator (another process, so that the clients' allocations are
 //! not counted) connect `--clients` clients that subscribe to the default channels, takes
 //! a second census once they are all in, and prints the difference per connection, size by
-//! size, beside the RSS it grew by.
+//! size, beside the RSS it grew by; then what was allocated and freed again meanwhile
+//! (connecting, the handshake, the welcome), which RSS may keep as the allocator's free
+//! space.
 //!
 //! ```sh
 //! target/release/budget --generator target/release/sigmahub-perf --clients 5000
@@ -35,6 +37,9 @@ const BUCKETS: usize = LARGEST / STEP + 1;
 
 static LIVE: [AtomicI64; BUCKETS] = [const { AtomicI64::new(0) }; BUCKETS];
 static LIVE_BYTES: [AtomicI64; BUCKETS] = [const { AtomicI64::new(0) }; BUCKETS];
+/// Allocations made, live or not.
+static MADE: [AtomicI64; BUCKETS] = [const { AtomicI64::new(0) }; BUCKETS];
+static MADE_BYTES: [AtomicI64; BUCKETS] = [const { AtomicI64::new(0) }; BUCKETS];
 /// The size whose allocations are traced (`--trace`), while [`TRACING`].
 static TRACE_SIZE: AtomicI64 = AtomicI64::new(0);
 static TRACING: AtomicBool = AtomicBool::new(false);
@@ -60,6 +65,10 @@ fn count(size: usize, sign: i64) {
     let b = bucket(size);
     LIVE[b].fetch_add(sign, Ordering::Relaxed);
     LIVE_BYTES[b].fetch_add(sign * size as i64, Ordering::Relaxed);
+    if sign > 0 {
+        MADE[b].fetch_add(1, Ordering::Relaxed);
+        MADE_BYTES[b].fetch_add(size as i64, Ordering::Relaxed);
+    }
 }
 
 /// Whether an allocation of `size` is traced now (and this thread is not tracing already).
@@ -160,11 +169,24 @@ unsafe impl GlobalAlloc for Counting {
     }
 }
 
-/// Live allocations by size bucket: (count, bytes) for each.
-fn census() -> Vec<(i64, i64)> {
-    LIVE.iter()
-        .zip(&LIVE_BYTES)
-        .map(|(n, b)| (n.load(Ordering::Relaxed), b.load(Ordering::Relaxed)))
+/// Per size bucket: the allocations live (count, bytes) and made so far (count, bytes).
+#[derive(Clone, Copy)]
+struct Bucket {
+    live: i64,
+    live_bytes: i64,
+    made: i64,
+    made_bytes: i64,
+}
+
+fn census() -> Vec<Bucket> {
+    let load = |a: &AtomicI64| a.load(Ordering::Relaxed);
+    (0..BUCKETS)
+        .map(|b| Bucket {
+            live: load(&LIVE[b]),
+            live_bytes: load(&LIVE_BYTES[b]),
+            made: load(&MADE[b]),
+            made_bytes: load(&MADE_BYTES[b]),
+        })
         .collect()
 }
 
@@ -283,23 +305,39 @@ async fn wait_for_clients(hub: &sigmahub::Hub, clients: usize) {
     );
 }
 
-fn report(args: &Args, before: &[(i64, i64)], after: &[(i64, i64)], rss_grown: f64) {
+fn report(args: &Args, before: &[Bucket], after: &[Bucket], rss_grown: f64) {
     let n = args.clients as f64;
-    let mut rows: Vec<(usize, f64, f64)> = before
-        .iter()
-        .zip(after)
-        .enumerate()
-        .map(|(b, (x, y))| (b, (y.0 - x.0) as f64 / n, (y.1 - x.1) as f64 / n))
-        .filter(|(_, count, bytes)| *count != 0.0 || *bytes != 0.0)
-        .collect();
-    rows.sort_by(|a, b| b.2.total_cmp(&a.2));
+    let per_connection = |count: fn(&Bucket) -> (i64, i64)| {
+        let mut rows: Vec<(usize, f64, f64)> = before
+            .iter()
+            .zip(after)
+            .enumerate()
+            .map(|(b, (x, y))| {
+                let ((xc, xb), (yc, yb)) = (count(x), count(y));
+                (b, (yc - xc) as f64 / n, (yb - xb) as f64 / n)
+            })
+            .filter(|(_, count, bytes)| *count != 0.0 || *bytes != 0.0)
+            .collect();
+        rows.sort_by(|a, b| b.2.total_cmp(&a.2));
+        rows
+    };
     println!(
         "{} idle clients, subscribed to the default channels; live allocations per connection:",
         args.clients
     );
+    let live = per_connection(|b| (b.live, b.live_bytes));
+    table(args, &live);
+    println!("{:>12} {:>12} {:>12.0}", "RSS grown", "", rss_grown / n);
+    println!("allocated and freed again per connection meanwhile:");
+    let freed = per_connection(|b| (b.made - b.live, b.made_bytes - b.live_bytes));
+    table(args, &freed);
+}
+
+/// Prints `rows` (size bucket, count and bytes per connection) and their total.
+fn table(args: &Args, rows: &[(usize, f64, f64)]) {
     println!("{:>12} {:>12} {:>12}", "size (B)", "count", "bytes");
     let (mut other_count, mut other_bytes) = (0.0, 0.0);
-    for (b, count, bytes) in &rows {
+    for (b, count, bytes) in rows {
         if count.abs() < args.threshold {
             other_count += count;
             other_bytes += bytes;
@@ -314,7 +352,6 @@ fn report(args: &Args, before: &[(i64, i64)], after: &[(i64, i64)], rss_grown: f
     println!("{:>12} {other_count:>12.2} {other_bytes:>12.0}", "other");
     let total: f64 = rows.iter().map(|r| r.2).sum();
     println!("{:>12} {:>12} {total:>12.0}", "total", "");
-    println!("{:>12} {:>12} {:>12.0}", "RSS grown", "", rss_grown / n);
 }
 
 /// The call stacks of the traced allocations still live, most common first.
