@@ -947,6 +947,13 @@ mod tests {
         Bytes::copy_from_slice(&[i])
     }
 
+    /// Frame `i` of pusher thread `thread`: the thread's byte, then `i` big-endian.
+    fn numbered(thread: u8, i: u32) -> Bytes {
+        let mut b = vec![thread];
+        b.extend_from_slice(&i.to_be_bytes());
+        Bytes::from(b)
+    }
+
     #[test]
     fn an_outbox_and_its_arc_fill_a_160_byte_allocation() {
         // 160 bytes is one of mimalloc's size classes (128, 160, 192, ...): a field that
@@ -1028,9 +1035,7 @@ mod tests {
                 let outbox = outbox.clone();
                 std::thread::spawn(move || {
                     for i in 0..FRAMES {
-                        let mut b = vec![t];
-                        b.extend_from_slice(&i.to_be_bytes());
-                        outbox.push(Bytes::from(b));
+                        outbox.push(numbered(t, i));
                         if i % 64 == 0 {
                             std::thread::yield_now();
                         }
@@ -1507,9 +1512,7 @@ mod tests {
                 let outbox = outbox.clone();
                 std::thread::spawn(move || {
                     for i in 0..10_000u32 {
-                        let mut b = vec![t];
-                        b.extend_from_slice(&i.to_be_bytes());
-                        outbox.push(Bytes::from(b));
+                        outbox.push(numbered(t, i));
                     }
                 })
             })
