@@ -23,9 +23,10 @@ pub struct Read {
 pub fn read_client_frames(wire: &[u8], max_message_size: usize, deflate: bool) -> Read {
     let mut reader = MessageReader::new(std::io::Cursor::new(wire), max_message_size, deflate);
     let mut out = Read::default();
+    let at_rest = std::sync::atomic::AtomicBool::new(false);
     loop {
         // An in-memory stream is always ready: poll without a runtime.
-        let mut next = std::pin::pin!(reader.next());
+        let mut next = std::pin::pin!(reader.next(&at_rest));
         let result = match next.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
             Poll::Ready(result) => result,
             Poll::Pending => unreachable!("an in-memory stream never blocks"),

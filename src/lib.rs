@@ -47,7 +47,7 @@ pub use config::{
 };
 pub use dialect::Dialect;
 pub use engine::client::Client;
-pub use engine::hub::{Delivery, Hub, HubStats};
+pub use engine::hub::{Delivery, Hub, HubStats, Swept};
 pub use event::{ConflateKey, Event, EventError, Priority};
 pub use protocol::channel::Channel;
 pub use protocol::close::CloseCode;

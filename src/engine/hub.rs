@@ -507,14 +507,20 @@ impl Hub {
         woken
     }
 
-    /// Gives back the queue memory of every client whose queue is empty and was sent
-    /// nothing since the last call (see [`Outbox::shrink_if_idle`]); returns how many gave
-    /// some back. Call it about once a second (the server does): a client idle for that
-    /// long then holds no block of its queue.
-    pub fn shrink_queues(&self) -> usize {
-        let mut shrunk = 0;
-        self.for_each_outbox(|outbox| shrunk += usize::from(outbox.shrink_if_idle()));
-        shrunk
+    /// For every client that was sent nothing since the last call ([`Outbox::take_idle`]):
+    /// gives back its queue's memory ([`Outbox::shrink`]) and asks its connection to go
+    /// dormant ([`Outbox::ask_to_rest`]). Call it about once a second (the server does): a
+    /// client idle for that long then holds no block of its queue and, once dormant, no
+    /// task.
+    pub fn sweep_idle(&self) -> Swept {
+        let mut swept = Swept::default();
+        self.for_each_outbox(|outbox| {
+            if outbox.take_idle() {
+                swept.shrunk += usize::from(outbox.shrink());
+                swept.asked_to_rest += usize::from(outbox.ask_to_rest());
+            }
+        });
+        swept
     }
 
     fn for_each_outbox(&self, mut f: impl FnMut(&Outbox)) {
@@ -525,6 +531,15 @@ impl Hub {
             }
         }
     }
+}
+
+/// What one [`Hub::sweep_idle`] did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Swept {
+    /// Idle clients whose queue gave its memory back.
+    pub shrunk: usize,
+    /// Idle clients whose connection was asked to go dormant.
+    pub asked_to_rest: usize,
 }
 
 /// One publish batch in progress: its id, and the writers it owes a wake-up.
@@ -923,7 +938,7 @@ mod tests {
     }
 
     #[test]
-    fn the_queue_sweep_gives_back_only_empty_queues_that_hold_memory() {
+    fn the_idle_sweep_gives_back_only_empty_queues_and_asks_each_idle_client_once() {
         let hub = hub();
         let mut idle = hub.connect().unwrap();
         let mut behind = hub.connect().unwrap();
@@ -932,11 +947,21 @@ mod tests {
         behind.subscribe(["x"]);
         hub.publish_frame("x", &Bytes::from_static(b"1"));
         assert_eq!(drain(&idle).len(), 1);
-        // `idle` was drained since the last sweep: it keeps its queue for now. `behind`
-        // still holds its frame, `never` was never sent one.
-        assert_eq!(hub.shrink_queues(), 0);
-        assert_eq!(hub.shrink_queues(), 1);
-        assert_eq!(hub.shrink_queues(), 0);
+        let swept = |shrunk, asked_to_rest| Swept {
+            shrunk,
+            asked_to_rest,
+        };
+        // `idle` was drained since the last sweep: it keeps its queue and is not asked to
+        // go dormant. `behind` still holds its frame, `never` was never sent one: both are idle.
+        assert_eq!(hub.sweep_idle(), swept(0, 2));
+        // Asked already: not asked again until the connection has heard.
+        assert_eq!(hub.sweep_idle(), swept(1, 1));
+        assert_eq!(hub.sweep_idle(), swept(0, 0));
+        assert!([&idle, &behind, &never]
+            .iter()
+            .all(|c| c.outbox().take_rest_ask()));
+        // A dormant connection is not asked.
+        never.outbox().set_dormant(true);
         hub.publish_frame("x", &Bytes::from_static(b"2"));
         assert_eq!(drain(&idle), [Bytes::from_static(b"2")]);
         assert_eq!(
@@ -944,8 +969,9 @@ mod tests {
             [Bytes::from_static(b"1"), Bytes::from_static(b"2")]
         );
         assert!(never.outbox().is_empty());
-        assert_eq!(hub.shrink_queues(), 0);
-        assert_eq!(hub.shrink_queues(), 2);
+        assert_eq!(hub.sweep_idle(), swept(0, 0));
+        assert_eq!(hub.sweep_idle(), swept(2, 2));
+        assert!(!never.outbox().take_rest_ask());
     }
 
     #[test]

@@ -36,9 +36,10 @@
 //! # Memory
 //! The queue (`super::queue`) allocates its blocks on first use and frees them as they
 //! drain, and once a second the hub gives back the last one of every queue that has been
-//! empty since the second before ([`Outbox::shrink_if_idle`],
-//! [`Hub::shrink_queues`](super::hub::Hub::shrink_queues)): a client idle for a second or
-//! two holds no more than this struct.
+//! empty since the second before ([`Outbox::take_idle`],
+//! [`Hub::sweep_idle`](super::hub::Hub::sweep_idle)): a client idle for a second or two
+//! holds no more than this struct. Its connection then rests ([`Outbox::ask_to_rest`]),
+//! and gives the block back at once after each write while it rests.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::OnceLock;
@@ -146,13 +147,18 @@ const CLOSE_NOW: u8 = 3;
 
 /// The drain lock is held ([`Outbox::drain_into`], [`Outbox::shrink`]).
 const DRAIN_LOCKED: u8 = 1;
-/// A drain took frames since the last [`Outbox::shrink_if_idle`].
+/// A drain took frames since the last [`Outbox::take_idle`].
 const DRAINED_LATELY: u8 = 2;
 
 /// The writer is owed a wake-up that was put off (`low_priority_delay`).
 const WAKE_DEFERRED: u8 = 1;
 /// The outbox is on its hub's list of outboxes with a deferred wake-up.
 const WAKE_LISTED: u8 = 2;
+/// The hub's sweep found the client idle and asked its connection to go dormant
+/// ([`Outbox::ask_to_rest`]).
+const REST_ASKED: u8 = 4;
+/// The connection is dormant: it holds no task, and its writer's waker wakes it.
+const DORMANT: u8 = 8;
 
 /// Under the `degrade` policy, the queue's fill (frames or bytes, whichever is fuller, in
 /// quarters of the bounds) from which events are held back: `low` ones and those with a
@@ -197,7 +203,7 @@ pub struct Outbox {
     /// [`DRAIN_LOCKED`]: held by the one drain (or [`shrink`](Self::shrink)) running, so
     /// that a second concurrent one returns at once and a generation is never freed under
     /// a pop. [`DRAINED_LATELY`]: a drain took frames since the last
-    /// [`shrink_if_idle`](Self::shrink_if_idle). One byte for both: the outbox and its
+    /// [`take_idle`](Self::take_idle). One byte for both: the outbox and its
     /// `Arc` fill a 160-byte allocation to the byte.
     drain: AtomicU8,
     capacity: usize,
@@ -217,8 +223,10 @@ pub struct Outbox {
     dropped: AtomicU64,
     awaiting_pong: AtomicBool,
     /// Whether the writer's wake-up is put off for `low` frames ([`WAKE_DEFERRED`]) and
-    /// whether the outbox is on its hub's list of such ([`WAKE_LISTED`]); see
-    /// [`defer_wake`](Self::defer_wake).
+    /// whether the outbox is on its hub's list of such ([`WAKE_LISTED`]), see
+    /// [`defer_wake`](Self::defer_wake); whether the connection was asked to go dormant
+    /// ([`REST_ASKED`]) and whether it is ([`DORMANT`]), see
+    /// [`ask_to_rest`](Self::ask_to_rest).
     wake: AtomicU8,
     /// The publish stamp of the event that found the queue empty (0: none); see
     /// [`super::latency`].
@@ -597,11 +605,53 @@ impl Outbox {
     /// The hub's ticker: takes the outbox off its list, and wakes the writer if its wake-up
     /// is still owed. Returns whether it woke it.
     pub(crate) fn wake_if_deferred(&self) -> bool {
-        let owed = self.wake.swap(0, Ordering::AcqRel) & WAKE_DEFERRED != 0;
+        let owed = self
+            .wake
+            .fetch_and(!(WAKE_DEFERRED | WAKE_LISTED), Ordering::AcqRel)
+            & WAKE_DEFERRED
+            != 0;
         if owed {
             self.wake();
         }
         owed
+    }
+
+    /// For the hub's sweep: asks the connection to go dormant, unless it is or was asked
+    /// already, and wakes its writer so that it hears. Returns whether it asked.
+    ///
+    /// A dormant connection holds no task while it has nothing to read or write; its
+    /// writer's waker (the one [`poll_ready`](Self::poll_ready) registered) wakes it. The
+    /// connection goes dormant only if both its halves are between frames when it hears;
+    /// if not, it ignores the ask, and the next sweep asks again.
+    pub fn ask_to_rest(&self) -> bool {
+        if self.wake.load(Ordering::Relaxed) & (REST_ASKED | DORMANT) != 0 {
+            return false;
+        }
+        self.wake.fetch_or(REST_ASKED, Ordering::AcqRel);
+        self.wake();
+        true
+    }
+
+    /// Whether the connection was asked to go dormant since the last call; resets it.
+    #[inline]
+    pub fn take_rest_ask(&self) -> bool {
+        self.wake.load(Ordering::Relaxed) & REST_ASKED != 0
+            && self.wake.fetch_and(!REST_ASKED, Ordering::AcqRel) & REST_ASKED != 0
+    }
+
+    /// Records that the connection goes dormant (`true`, before it registers its waker) or
+    /// woke (`false`): the sweep does not ask a dormant connection, whose wake-up would
+    /// wake it for nothing.
+    pub fn set_dormant(&self, dormant: bool) {
+        match dormant {
+            true => self.wake.fetch_or(DORMANT, Ordering::AcqRel),
+            false => self.wake.fetch_and(!DORMANT, Ordering::AcqRel),
+        };
+    }
+
+    /// Whether the connection is dormant ([`set_dormant`](Self::set_dormant)).
+    pub fn is_dormant(&self) -> bool {
+        self.wake.load(Ordering::Acquire) & DORMANT != 0
     }
 
     /// This outbox, for a client that takes `encoding` (uncompressed SigmaVault unless
@@ -697,6 +747,12 @@ impl Outbox {
     /// Whether no frame is queued.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Whether frames were dropped by the `drop` policy since the last
+    /// [`take_dropped`](Self::take_dropped).
+    pub fn has_dropped(&self) -> bool {
+        self.dropped.load(Ordering::Relaxed) > 0
     }
 
     /// Frames dropped by the `drop` policy since the last call; resets the count.
@@ -799,8 +855,9 @@ impl Outbox {
     /// push allocates again (a block and the queue's indices, about 1.5 KB, in two
     /// allocations: 70 ns a time, `benches/outbox.rs`). The hub's sweep calls it, once a
     /// second, for every client that received nothing since the last sweep
-    /// ([`shrink_if_idle`](Self::shrink_if_idle)): an idle client holds no block of its
-    /// queue, and a busy one is not made to allocate it again.
+    /// ([`take_idle`](Self::take_idle)), and a resting connection after each write: an
+    /// idle client holds no block of its queue, and a busy one is not made to allocate it
+    /// again.
     ///
     /// Any thread may call it. Like [`drain_into`](Self::drain_into), it does nothing while
     /// a drain runs; a drain that starts meanwhile returns nothing, and the writer retries.
@@ -851,18 +908,14 @@ impl Outbox {
         true
     }
 
-    /// For a sweep that runs about once a second ([`Hub::shrink_queues`]): gives the queue's
-    /// memory back ([`shrink`](Self::shrink)) unless a drain took frames since the last
-    /// call. A client that keeps receiving keeps its queue, so the sweep costs it no
-    /// allocation; one idle for a sweep's interval gives it back.
-    ///
-    /// [`Hub::shrink_queues`]: super::hub::Hub::shrink_queues
-    pub fn shrink_if_idle(&self) -> bool {
+    /// Whether no drain took frames since the last call (the client received nothing, or
+    /// nothing was queued for it); resets it.
+    pub fn take_idle(&self) -> bool {
         if self.drain.load(Ordering::Relaxed) & DRAINED_LATELY != 0 {
             self.drain.fetch_and(!DRAINED_LATELY, Ordering::Relaxed);
             return false;
         }
-        self.shrink()
+        true
     }
 
     /// The drain lock, if no drain holds it.

@@ -131,6 +131,10 @@ pub(crate) struct Counters {
     pub(crate) subscriptions_failed: AtomicU64,
     /// Credentials refused (invalid or expired), at connect or in an `auth` message.
     pub(crate) auth_refused: AtomicU64,
+    /// Times an idle connection went dormant (gave its task up).
+    pub(crate) dormant: ShardedCounter,
+    /// Times a dormant connection woke (was given a task again).
+    pub(crate) awoken: ShardedCounter,
 }
 
 impl Default for Counters {
@@ -153,7 +157,16 @@ impl Counters {
             messages_received: ShardedCounter::default(),
             subscriptions_failed: AtomicU64::new(0),
             auth_refused: AtomicU64::new(0),
+            dormant: ShardedCounter::default(),
+            awoken: ShardedCounter::default(),
         }
+    }
+
+    /// Connections dormant now.
+    pub(crate) fn dormant_now(&self) -> u64 {
+        // Read in this order, a connection that woke in between is not counted twice.
+        let awoken = self.awoken.get();
+        self.dormant.get().saturating_sub(awoken)
     }
 
     /// Counts one hit of `limit`.

@@ -97,6 +97,15 @@ impl Deadlines {
         )
     }
 
+    /// Whether the timer of a deadline that [`poll_passed`](Self::poll_passed) waited on
+    /// has fired, without polling it: a wake-up from outside the connection's task may
+    /// come while the runtime shuts down, when polling a timer panics.
+    pub(crate) fn has_fired(&self) -> bool {
+        self.0
+            .as_ref()
+            .is_some_and(|inner| inner.timer.is_elapsed())
+    }
+
     /// [`poll_passed`](Self::poll_passed) as a future.
     pub(crate) fn passed(&mut self) -> impl Future<Output = CloseCode> + '_ {
         std::future::poll_fn(|cx| self.poll_passed(cx))

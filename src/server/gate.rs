@@ -36,6 +36,10 @@ pub(crate) enum BadHeader {
     /// RSV1 on a control frame or a continuation (RFC 7692 §6.1).
     #[error("RSV1 set on a control frame or a continuation")]
     MisplacedRsv1,
+    /// The stream was read past the gate and no longer stands where the gate thinks
+    /// ([`FrameGate::poison`]).
+    #[error("the stream was read past its frame structure")]
+    Lost,
 }
 
 /// RSV1: the message is compressed.
@@ -59,6 +63,8 @@ enum Position {
     Header { have: u8, need: u8 },
     /// `left` payload bytes of the current frame still to come.
     Payload { left: u64 },
+    /// Lost: every read fails ([`FrameGate::poison`]).
+    Lost,
 }
 
 const START: Position = Position::Header { have: 0, need: 2 };
@@ -94,6 +100,17 @@ impl<R: AsyncRead + Unpin> FrameGate<R> {
         self.compressed
     }
 
+    /// The stream it reads.
+    pub(crate) fn inner_mut(&mut self) -> &mut R {
+        &mut self.inner
+    }
+
+    /// Makes the next read fail as a protocol error: the stream was read past the gate and
+    /// no longer stands where the gate thinks.
+    pub(crate) fn poison(&mut self) {
+        self.position = Position::Lost;
+    }
+
     /// Whether the stream stands between two frames with nothing buffered.
     pub(crate) fn at_boundary(&self) -> bool {
         self.position == START && self.stash.is_none()
@@ -119,6 +136,7 @@ impl<R: AsyncRead + Unpin> FrameGate<R> {
         match self.position {
             Position::Header { have, need } => usize::from(need - have),
             Position::Payload { left } => usize::try_from(left).unwrap_or(usize::MAX),
+            Position::Lost => 0,
         }
     }
 
@@ -160,6 +178,7 @@ impl<R: AsyncRead + Unpin> FrameGate<R> {
                         }
                     }
                 }
+                Position::Lost => return Err(refused(BadHeader::Lost)),
                 Position::Payload { left } => {
                     let take = (bytes.len() as u64).min(left);
                     bytes = &mut bytes[take as usize..];
@@ -214,6 +233,9 @@ impl<R: AsyncRead + Unpin> AsyncRead for FrameGate<R> {
         if let Some(byte) = self.stash.take() {
             buf.put_slice(&[byte]);
             return Poll::Ready(Ok(()));
+        }
+        if self.position == Position::Lost {
+            return Poll::Ready(Err(refused(BadHeader::Lost)));
         }
         let allowance = self.allowance().min(buf.remaining());
         let start = buf.filled().len();

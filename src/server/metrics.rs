@@ -245,6 +245,20 @@ impl Collector for Scrape {
         )?;
         single(
             &mut e,
+            "sigmahub_connections_dormant",
+            "Idle connections dormant now: they hold no task until their client sends or is sent something",
+            Gauge,
+            counters.dormant_now(),
+        )?;
+        single(
+            &mut e,
+            "sigmahub_connections_awoken",
+            "Times a dormant connection woke to read or write",
+            Counter,
+            counters.awoken.get(),
+        )?;
+        single(
+            &mut e,
             "sigmahub_low_priority_wakes",
             "Writers woken by the low_priority_delay ticker: their queue held only low events, written together",
             Counter,

@@ -102,6 +102,9 @@ pub(crate) struct Shared {
     pub(crate) polling: http::engineio::Sessions,
     pub(crate) shutdown: CancellationToken,
     pub(crate) tasks: TaskTracker,
+    /// The runtime a dormant connection wakes on (its waker may run on any thread);
+    /// `None` outside a runtime, where connections never go dormant.
+    pub(crate) runtime: Option<tokio::runtime::Handle>,
 }
 
 impl writer::WriterEnv for Shared {
@@ -144,6 +147,7 @@ impl Shared {
             polling: http::engineio::Sessions::default(),
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
+            runtime: tokio::runtime::Handle::try_current().ok(),
         })
     }
 }
@@ -443,7 +447,8 @@ async fn release_throttled(shared: &Shared) {
 }
 
 /// Every second: adds a second of traffic to the analytics history, drops expired channel
-/// history, and gives back the queue memory of clients with nothing queued.
+/// history, gives back the queue memory of idle clients and asks their connections to
+/// go dormant.
 async fn sample(shared: &Shared) {
     let mut ticks = tokio::time::interval(Duration::from_secs(1));
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -460,7 +465,7 @@ async fn sample(shared: &Shared) {
         let now = SystemTime::now();
         shared.analytics.sample(totals, now);
         shared.hub.sweep_history(now);
-        shared.hub.shrink_queues();
+        shared.hub.sweep_idle();
         shared.broker.sweep();
     }
 }

@@ -19,6 +19,7 @@
 //! the gate guarantees that dropping the reader after a frame loses no bytes.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes};
@@ -138,10 +139,17 @@ impl<S: AsyncRead + Unpin> MessageReader<S> {
     }
 
     /// Reads until a whole message or a control frame is available. Not cancel-safe: keep
-    /// the future alive until it completes.
-    pub(crate) async fn next(&mut self) -> Result<Incoming, ReadEnd> {
+    /// the future alive until it completes, except while `at_rest` is set.
+    ///
+    /// `at_rest` is set while the reader waits for a frame's first byte with nothing read
+    /// of it and no fragmented message in progress: dropping the future then loses
+    /// nothing, and the connection may go dormant ([`Readiness`]).
+    pub(crate) async fn next(&mut self, at_rest: &AtomicBool) -> Result<Incoming, ReadEnd> {
         if self.gate.at_boundary() {
-            match self.gate.wait().await {
+            at_rest.store(self.partial.is_none(), Ordering::Relaxed);
+            let waited = self.gate.wait().await;
+            at_rest.store(false, Ordering::Relaxed);
+            match waited {
                 Ok(true) => {}
                 Ok(false) => return Err(ReadEnd::Gone),
                 Err(e) => return Err(read_end(WebSocketError::IoError(e))),
@@ -247,6 +255,107 @@ fn read_end(e: WebSocketError) -> ReadEnd {
     }
 }
 
+/// A byte stream that can be looked into without reading from it, as a connection needs
+/// to go dormant: a dormant connection holds no task, and wakes when its client sends.
+pub(crate) trait Readiness {
+    /// Copies the bytes available now into `buf` without consuming them, or registers
+    /// `cx`'s waker to be woken once bytes, or the end of the stream, can be read. `None`
+    /// if this stream cannot (the connection then never goes dormant).
+    fn poll_peek(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Option<Poll<()>> {
+        let _ = (cx, buf);
+        None
+    }
+
+    /// Reads what is available now into `buf`, without waiting.
+    fn try_read(&mut self, buf: &mut [u8]) -> Option<std::io::Result<usize>> {
+        let _ = buf;
+        None
+    }
+}
+
+impl Readiness for tokio::net::tcp::OwnedReadHalf {
+    fn poll_peek(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Option<Poll<()>> {
+        // An error or the end of the stream is ready too: the reader proper finds it.
+        Some(tokio::net::tcp::OwnedReadHalf::poll_peek(self, cx, buf).map(|_| ()))
+    }
+
+    fn try_read(&mut self, buf: &mut [u8]) -> Option<std::io::Result<usize>> {
+        Some(tokio::net::tcp::OwnedReadHalf::try_read(self, buf))
+    }
+}
+
+/// A generic split (a socket embedded in another server): it cannot.
+impl<T> Readiness for tokio::io::ReadHalf<T> {}
+
+impl<R: Readiness> Readiness for Prefixed<R> {
+    fn poll_peek(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Option<Poll<()>> {
+        if self.prefix.has_remaining() {
+            // Bytes the HTTP layer read ahead: the reader proper takes them.
+            return Some(Poll::Ready(()));
+        }
+        self.inner.poll_peek(cx, buf)
+    }
+
+    fn try_read(&mut self, buf: &mut [u8]) -> Option<std::io::Result<usize>> {
+        match self.prefix.has_remaining() {
+            true => None,
+            false => self.inner.try_read(buf),
+        }
+    }
+}
+
+/// What a client sent, as [`MessageReader::poll_pong`] saw it without waiting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Peeked {
+    /// Nothing yet: the waker is registered.
+    Nothing,
+    /// One whole pong frame, now read: the reader stays between frames.
+    Pong,
+    /// Anything else (a message, a part of a frame, the end, an error), left for the
+    /// reader proper; or a stream that cannot be looked into.
+    Other,
+}
+
+/// The longest client pong frame: 2 header bytes, the 4-byte mask and 125 bytes at most.
+const MAX_PONG_FRAME: usize = 2 + 4 + 125;
+
+impl<S: AsyncRead + Unpin + Readiness> MessageReader<S> {
+    /// Looks at what the client sent without waiting, for a connection without a task. A
+    /// whole pong frame (a keep-alive's answer) is read at once if `take_pong`; anything
+    /// else is left for [`next`](Self::next). Registers `cx`'s waker while nothing came.
+    pub(crate) fn poll_pong(&mut self, cx: &mut Context<'_>, take_pong: bool) -> Peeked {
+        if !self.gate.at_boundary() || self.partial.is_some() {
+            return Peeked::Other;
+        }
+        let mut frame = [0u8; MAX_PONG_FRAME];
+        let mut peeked = ReadBuf::new(&mut frame);
+        match self.gate.inner_mut().poll_peek(cx, &mut peeked) {
+            Some(Poll::Pending) => return Peeked::Nothing,
+            Some(Poll::Ready(())) => {}
+            None => return Peeked::Other,
+        }
+        let len = match *peeked.filled() {
+            // FIN and the pong opcode; masked, as every client frame is; no extended length.
+            [0x8A, second, ..] if second & 0x80 != 0 && second & 0x7F <= 125 => {
+                2 + 4 + usize::from(second & 0x7F)
+            }
+            _ => return Peeked::Other,
+        };
+        if !take_pong || peeked.filled().len() < len {
+            return Peeked::Other;
+        }
+        // The bytes are there (just peeked) and this is their only reader: all of them
+        // come. Were it ever fewer, the stream would stand mid-frame: refuse it.
+        match self.gate.inner_mut().try_read(&mut frame[..len]) {
+            Some(Ok(read)) if read == len => Peeked::Pong,
+            _ => {
+                self.gate.poison();
+                Peeked::Other
+            }
+        }
+    }
+}
+
 /// A read half that first yields bytes the HTTP layer had already read past the handshake.
 pub(crate) struct Prefixed<R> {
     prefix: Bytes,
@@ -322,7 +431,7 @@ mod tests {
         let mut reader = MessageReader::new(stream, max, deflate);
         let mut out = Vec::new();
         loop {
-            match reader.next().await {
+            match reader.next(&AtomicBool::new(false)).await {
                 Ok(Incoming::Text(t)) => out.push(Ok(String::from_utf8(t).unwrap())),
                 Ok(other) => out.push(Ok(format!("{other:?}"))),
                 Err(e) => {

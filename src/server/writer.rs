@@ -7,6 +7,7 @@
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::Poll;
 use std::time::{Duration, SystemTime};
 
@@ -28,7 +29,7 @@ use crate::snapshot::SnapshotCache;
 pub(crate) const MAX_IOVECS: usize = 64;
 
 /// Frames taken from the queue per round.
-const MAX_BATCH: usize = 256;
+pub(crate) const MAX_BATCH: usize = 256;
 
 /// How long a closing connection may take to write its last frames.
 pub(crate) const CLOSE_LINGER: Duration = Duration::from_secs(2);
@@ -55,16 +56,23 @@ pub(crate) struct WriteFailed {
 /// dialect.
 /// A client that was degraded (`slow_consumer = "degrade"`) is sent, once it has caught up,
 /// what it is owed (see [`CatchUp`]).
+///
+/// `batch` is where the writer keeps the frames it writes: what it holds at the start (the
+/// rest of a write a dormant connection began) is written first. `at_rest` is set while
+/// the writer waits for frames with nothing in hand: dropping the future then loses
+/// nothing, and the connection may go dormant.
 pub(crate) async fn run<W: AsyncWrite + Unpin, E: WriterEnv>(
     outbox: &Outbox,
     socket: &mut W,
     env: &E,
+    batch: &mut Vec<Bytes>,
+    at_rest: &AtomicBool,
 ) -> Result<CloseCode, WriteFailed> {
     let code_of = |outbox: &Outbox| match outbox.closing() {
         Some(Closing::Now(code) | Closing::AfterFlush(code)) => Some(code),
         None => None,
     };
-    drive(outbox, socket, env)
+    drive(outbox, socket, env, batch, at_rest)
         .await
         .map_err(|error| WriteFailed {
             closing: code_of(outbox),
@@ -76,26 +84,33 @@ async fn drive<W: AsyncWrite + Unpin, E: WriterEnv>(
     outbox: &Outbox,
     socket: &mut W,
     env: &E,
+    batch: &mut Vec<Bytes>,
+    at_rest: &AtomicBool,
 ) -> io::Result<CloseCode> {
-    // Only `env` (one pointer) lives in the future: every byte here is paid per connection.
-    let mut batch: Vec<Bytes> = Vec::new();
     loop {
-        outbox.ready().await;
+        if batch.is_empty() {
+            at_rest.store(true, Ordering::Relaxed);
+            outbox.ready().await;
+            at_rest.store(false, Ordering::Relaxed);
+        }
         if let Some(Closing::Now(code)) = outbox.closing() {
             outbox.clear();
-            return Box::pin(finish(socket, Vec::new(), code)).await;
+            // What a dormant connection left unsent may begin with the rest of a frame:
+            // the stream stays well-formed with it.
+            let tail = batch.drain(..).take(1).collect();
+            return Box::pin(finish(socket, tail, code)).await;
         }
         let dropped = outbox.take_dropped();
         if dropped > 0 {
             env.counters().frames_dropped.add(dropped);
             batch.push(dropped_notice(outbox.dialect(), dropped));
         }
-        outbox.drain_into(&mut batch, MAX_BATCH);
+        outbox.drain_into(batch, MAX_BATCH);
         let since = outbox.take_since();
         if let Some(book) = outbox.take_book() {
             // Everything queued is in this batch: what the client is owed follows it.
             env.catch_up()
-                .frames(*book, outbox.encoding(), env.counters(), &mut batch);
+                .frames(*book, outbox.encoding(), env.counters(), batch);
         }
         if batch.is_empty() {
             if let Some(Closing::AfterFlush(code)) = outbox.closing() {
@@ -106,9 +121,7 @@ async fn drive<W: AsyncWrite + Unpin, E: WriterEnv>(
             tokio::task::yield_now().await;
             continue;
         }
-        if let Written::Interrupted { partial } =
-            write_frames(socket, &mut batch, Some(outbox)).await?
-        {
+        if let Written::Interrupted { partial } = write_frames(socket, batch, Some(outbox)).await? {
             outbox.clear();
             let code = match outbox.closing() {
                 Some(Closing::Now(code) | Closing::AfterFlush(code)) => code,
@@ -123,7 +136,7 @@ async fn drive<W: AsyncWrite + Unpin, E: WriterEnv>(
             }
         }
         if outbox.is_empty() {
-            batch = Vec::new();
+            *batch = Vec::new();
         } else {
             batch.clear();
         }
@@ -228,9 +241,11 @@ pub(crate) enum Written {
     /// Every frame was written.
     All,
     /// An immediate close was requested while the socket was full; `partial` is the unsent
-    /// rest of a frame that was already partly written.
+    /// rest of a frame that may have been partly written.
     Interrupted {
-        /// The remainder of the frame cut in the middle, if any.
+        /// The remainder of the frame cut in the middle, if any: the frame this call cut,
+        /// or the first one, which an earlier write may have cut (a dormant connection's,
+        /// see `session::dormant`), whole if it was not.
         partial: Option<Bytes>,
     },
 }
@@ -274,7 +289,7 @@ pub(crate) async fn write_frames<W: AsyncWrite + Unpin>(
         })
         .await?;
         let Some(mut written) = written else {
-            let partial = in_frame.then(|| std::mem::take(&mut frames[first]));
+            let partial = (in_frame || first == 0).then(|| std::mem::take(&mut frames[first]));
             return Ok(Written::Interrupted { partial });
         };
         if written == 0 {
@@ -429,7 +444,15 @@ mod tests {
             calls: 0,
         };
         assert_eq!(
-            run(&outbox, &mut sock, &parts).await.unwrap(),
+            run(
+                &outbox,
+                &mut sock,
+                &parts,
+                &mut Vec::new(),
+                &AtomicBool::new(false)
+            )
+            .await
+            .unwrap(),
             CloseCode::GOING_AWAY
         );
         let mut expected: Vec<u8> = frames(3).iter().flat_map(|f| f.to_vec()).collect();
@@ -450,7 +473,15 @@ mod tests {
             chunk: 1 << 20,
             calls: 0,
         };
-        run(&outbox, &mut sock, &parts).await.unwrap();
+        run(
+            &outbox,
+            &mut sock,
+            &parts,
+            &mut Vec::new(),
+            &AtomicBool::new(false),
+        )
+        .await
+        .unwrap();
         assert_eq!(sock.out, frame::close(CloseCode::SLOW_CONSUMER).to_vec());
     }
 
@@ -499,6 +530,29 @@ mod tests {
             panic!("not interrupted");
         };
         assert_eq!(partial.unwrap(), first.slice(5..));
+    }
+
+    #[tokio::test]
+    async fn close_now_before_a_write_keeps_the_first_frame_an_earlier_write_may_have_cut() {
+        // A dormant connection's write left the rest of a frame first in the batch; the
+        // socket takes nothing more before the close: the rest still goes out first, or
+        // the close frame would land inside that frame.
+        let outbox = Outbox::new(16, SlowConsumerPolicy::Close);
+        let mut sock = Stuck {
+            out: vec![],
+            budget: 0,
+        };
+        let mut batch = frames(3);
+        let rest = batch[0].slice(5..);
+        batch[0] = rest.clone();
+        let write = write_frames(&mut sock, &mut batch, Some(&outbox));
+        tokio::pin!(write);
+        assert!(futures_poll(&mut write).is_pending());
+        outbox.close(Closing::Now(CloseCode::SLOW_CONSUMER));
+        let Poll::Ready(Ok(Written::Interrupted { partial })) = futures_poll(&mut write) else {
+            panic!("not interrupted");
+        };
+        assert_eq!(partial.unwrap(), rest);
     }
 
     fn futures_poll<F: std::future::Future + Unpin>(f: &mut F) -> Poll<F::Output> {
@@ -573,7 +627,9 @@ mod tests {
             out: vec![],
             budget: 5,
         };
-        let run = run(&outbox, &mut sock, &parts);
+        let at_rest = AtomicBool::new(false);
+        let mut batch = Vec::new();
+        let run = run(&outbox, &mut sock, &parts, &mut batch, &at_rest);
         tokio::pin!(run);
         tokio::select! {
             _ = &mut run => panic!("finished while the socket is stuck"),

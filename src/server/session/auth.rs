@@ -18,7 +18,7 @@ use crate::protocol::message::{CorrelationId, MessageError};
 use crate::protocol::recovery::Recovery;
 use crate::server::analytics::ClientKey;
 
-impl Session<'_> {
+impl Session {
     /// Authenticates with the upgrade's token, or starts waiting for an `auth` message (or,
     /// in a dialect that connects in band, the connect), and welcomes the client once it is
     /// known. Returns the close code of a refused token.

@@ -13,6 +13,7 @@
 //! close frame, the reader waits for the client's) before the socket is dropped.
 
 mod auth;
+mod dormant;
 mod publish;
 mod reply;
 mod subscribe;
@@ -22,7 +23,9 @@ mod tests;
 
 use std::future::Future;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::SystemTime;
 
 use futures_util::future::{BoxFuture, Either};
@@ -34,7 +37,7 @@ use super::admission::Ticket;
 use super::analytics::ClientKey;
 use super::counters::Limit;
 use super::deadline::Deadlines;
-use super::reader::{Incoming, MessageReader, ReadEnd};
+use super::reader::{Incoming, MessageReader, ReadEnd, Readiness};
 use super::writer::{self, WriteFailed, CLOSE_LINGER};
 use super::Shared;
 use crate::auth::permissions::Identity;
@@ -89,11 +92,11 @@ pub(crate) fn run<R, W>(
     read: R,
     mut write: W,
     address: IpAddr,
-    handshake: Box<Handshake>,
+    mut handshake: Box<Handshake>,
 ) -> impl Future<Output = ()>
 where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
+    R: AsyncRead + Readiness + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
 {
     let encoding = Encoding {
         dialect: handshake.dialect,
@@ -112,37 +115,9 @@ where
             .await;
         }));
     };
-    // A span over the connection's life: every line logged for it carries its id and peer.
-    // It is a DEBUG span (target `sigmahub::conn`): an open span costs ~1.2 KB per
-    // connection in the subscriber's registry (measured at 19,000 idle connections), so it
-    // is kept only when asked for (`--log info,sigmahub::conn=debug`). The INFO connect and
-    // disconnect lines carry the id and peer themselves.
-    let span =
-        tracing::debug_span!(target: "sigmahub::conn", "conn", id = client.id(), peer = %address);
-    Either::Right(serve(shared, client, read, write, address, handshake).instrument(span))
-}
-
-/// [`run`] once the client has its slot.
-async fn serve<R, W>(
-    shared: Arc<Shared>,
-    client: Client,
-    read: R,
-    mut write: W,
-    address: IpAddr,
-    mut handshake: Box<Handshake>,
-) where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let shared = &*shared;
+    let span = conn_span(client.id(), address);
     let config = &shared.config;
-    let started = crate::clock::now();
-    let outbox = client.outbox().clone();
-    let mut session = Session {
-        shared,
-        address,
-        client,
-        identity: None,
+    let session = Session {
         limit: TokenBucket::new(
             config.max_inbound_per_minute,
             config.inbound_burst,
@@ -150,8 +125,43 @@ async fn serve<R, W>(
         ),
         deadlines: Deadlines::new(config.idle_timeout),
         resume: handshake.resume.take(),
+        shared: shared.clone(),
+        address,
+        client,
+        identity: None,
         token: None,
     };
+    let reader = MessageReader::new(read, config.max_message_size, encoding.is_deflated());
+    let conn = Conn {
+        session,
+        reader,
+        write,
+        unsent: Vec::new(),
+        started: crate::clock::now(),
+        dormant_writes: (0, 0),
+        _place: handshake.place.take(),
+    };
+    Either::Right(serve(conn, handshake).instrument(span))
+}
+
+/// A span over the connection's life: every line logged for it carries its id and peer.
+/// It is a DEBUG span (target `sigmahub::conn`): an open span costs ~1.2 KB per
+/// connection in the subscriber's registry (measured at 19,000 idle connections), so it
+/// is kept only when asked for (`--log info,sigmahub::conn=debug`). The INFO connect and
+/// disconnect lines carry the id and peer themselves.
+fn conn_span(client: u64, address: IpAddr) -> tracing::Span {
+    tracing::debug_span!(target: "sigmahub::conn", "conn", id = client, peer = %address)
+}
+
+/// [`run`] once the client has its slot: greets and authenticates it, then [`drive`]s it.
+async fn serve<R, W>(mut conn: Conn<R, W>, mut handshake: Box<Handshake>)
+where
+    R: AsyncRead + Readiness + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let session = &mut conn.session;
+    let shared = &*session.shared.clone();
+    let outbox = session.client.outbox().clone();
     if let Some(greeting) = handshake.greeting.take() {
         session.client.send(greeting);
     }
@@ -160,7 +170,7 @@ async fn serve<R, W>(
         let mut resumed = resume
             .since
             .iter()
-            .filter(|(name, _)| config.default_subscriptions.contains(name))
+            .filter(|(name, _)| shared.config.default_subscriptions.contains(name))
             .filter_map(|(name, _)| Channel::new(name).ok());
         if let Completion::Pending(listening) = shared.broker.listen(&mut resumed, Some(resume)) {
             listening.await;
@@ -170,80 +180,177 @@ async fn serve<R, W>(
         // A refused token: the writer sends the `auth_response`, then closes.
         outbox.close(Closing::AfterFlush(code));
     }
-    let _place = handshake.place.take();
     // Not held while the connection is open.
     drop(handshake);
     if shared.shutdown.is_cancelled() {
         // Upgraded while the server was shutting down, possibly after `close_all` ran.
         outbox.close(Closing::AfterFlush(CloseCode::GOING_AWAY));
     }
+    // Most clients say nothing more after the welcome: let it rest once that is written,
+    // rather than after the sweep's second of silence.
+    outbox.ask_to_rest();
+    drop(outbox);
+    drive(conn).await;
+}
 
-    let (code, reason) = {
-        let deflate = session.client.encoding().is_deflated();
-        let mut reader = MessageReader::new(read, config.max_message_size, deflate);
-        let read_half = session.read_loop(&mut reader);
-        let write_half = writer::run(&outbox, &mut write, shared);
+/// Serves a connection until it ends or goes dormant.
+async fn drive<R, W>(mut conn: Conn<R, W>)
+where
+    R: AsyncRead + Readiness + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    loop {
+        match conn.active().await {
+            Activity::AtRest => match dormant::rest(conn) {
+                Ok(()) => return,
+                // It cannot go dormant, or something came in meanwhile: serve on.
+                Err(back) => conn = back,
+            },
+            Activity::Ended(code, reason) => return conn.ended(code, reason),
+        }
+    }
+}
+
+/// What a connection holds from its first task to its end, dormant or not.
+pub(crate) struct Conn<R, W> {
+    session: Session,
+    reader: MessageReader<R>,
+    write: W,
+    /// What the writer writes: empty between writes, except for what a dormant
+    /// connection's write left when the socket was full, which the writer sends first.
+    unsent: Vec<bytes::Bytes>,
+    /// When it was accepted.
+    started: std::time::Instant,
+    /// Writes made while dormant in the current second, and when that second began (in
+    /// milliseconds since `started`); see [`dormant`].
+    dormant_writes: (u32, u8),
+    /// Its place among the admitted connections, if the caller does not hold it.
+    _place: Option<Ticket>,
+}
+
+/// How [`Conn::active`] ended.
+enum Activity {
+    /// Asked to go dormant, both halves were between frames: dropped, they lose nothing.
+    AtRest,
+    /// The connection ended: with the close code sent or received, for this reason.
+    Ended(Option<CloseCode>, Disconnect),
+}
+
+impl<R, W> Conn<R, W>
+where
+    R: AsyncRead + Readiness + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    /// Runs the reader and the writer until the connection ends, or until it is asked to
+    /// go dormant while both are between frames.
+    async fn active(&mut self) -> Activity {
+        let shared = &*self.session.shared.clone();
+        let outbox = self.session.client.outbox().clone();
+        let (reader_at_rest, writer_at_rest) = (AtomicBool::new(false), AtomicBool::new(false));
+        let read_half = self.session.read_loop(&mut self.reader, &reader_at_rest);
+        let write_half = writer::run(
+            &outbox,
+            &mut self.write,
+            shared,
+            &mut self.unsent,
+            &writer_at_rest,
+        );
         tokio::pin!(read_half, write_half);
-        tokio::select! {
-            written = &mut write_half => {
+        let first = std::future::poll_fn(|cx| {
+            if let Poll::Ready(written) = write_half.as_mut().poll(cx) {
+                return Poll::Ready(Some(Either::Left(written)));
+            }
+            if let Poll::Ready(end) = read_half.as_mut().poll(cx) {
+                return Poll::Ready(Some(Either::Right(end)));
+            }
+            // Both just returned pending: their flags say where they wait. The ask came
+            // with a wake-up of the writer, which is this task.
+            let at_rest =
+                || reader_at_rest.load(Ordering::Relaxed) && writer_at_rest.load(Ordering::Relaxed);
+            if outbox.take_rest_ask() && at_rest() {
+                return Poll::Ready(None);
+            }
+            Poll::Pending
+        })
+        .await;
+        match first {
+            None => Activity::AtRest,
+            Some(Either::Left(written)) => {
                 // Our close frame is out (or the socket failed): give the client a moment
                 // to answer it, so the socket is not reset under the close frame.
                 let _ = Box::pin(tokio::time::timeout(CLOSE_LINGER, &mut read_half)).await;
                 match written {
-                    Ok(code) => (Some(code), Disconnect::ClosedByServer),
+                    Ok(code) => Activity::Ended(Some(code), Disconnect::ClosedByServer),
                     // Closed for a reason the client could not be told (it reads nothing):
                     // still a close for that reason, counted as such.
-                    Err(WriteFailed { closing: Some(code), error }) => {
-                        (Some(code), Disconnect::CloseUnsent(error.kind()))
-                    }
-                    Err(WriteFailed { closing: None, error }) => {
-                        (None, Disconnect::WriteFailed(error.kind()))
-                    }
+                    Err(WriteFailed {
+                        closing: Some(code),
+                        error,
+                    }) => Activity::Ended(Some(code), Disconnect::CloseUnsent(error.kind())),
+                    Err(WriteFailed {
+                        closing: None,
+                        error,
+                    }) => Activity::Ended(None, Disconnect::WriteFailed(error.kind())),
                 }
             }
-            end = &mut read_half => {
+            Some(Either::Right(end)) => {
                 outbox.close(match end {
-                    Ending::Read(end) => Closing::Now(end.close_code().unwrap_or(CloseCode::NORMAL)),
+                    Ending::Read(end) => {
+                        Closing::Now(end.close_code().unwrap_or(CloseCode::NORMAL))
+                    }
                     Ending::Refused(code) => Closing::AfterFlush(code),
                 });
                 // Only `end` lives across this wait: every byte here is paid per connection.
                 let _ = Box::pin(tokio::time::timeout(CLOSE_LINGER, &mut write_half)).await;
                 match end {
-                    Ending::Read(ReadEnd::Gone) => (None, Disconnect::ConnectionLost),
-                    Ending::Read(ReadEnd::Violation(code)) if code.code == CloseCode::NORMAL.code => {
-                        (Some(code), Disconnect::ClientClosed)
+                    Ending::Read(ReadEnd::Gone) => {
+                        Activity::Ended(None, Disconnect::ConnectionLost)
+                    }
+                    Ending::Read(ReadEnd::Violation(code))
+                        if code.code == CloseCode::NORMAL.code =>
+                    {
+                        Activity::Ended(Some(code), Disconnect::ClientClosed)
                     }
                     Ending::Read(end @ (ReadEnd::Violation(_) | ReadEnd::Inflate(_))) => {
-                        (end.close_code(), Disconnect::Violation)
+                        Activity::Ended(end.close_code(), Disconnect::Violation)
                     }
-                    Ending::Refused(code) => (Some(code), Disconnect::Refused),
+                    Ending::Refused(code) => Activity::Ended(Some(code), Disconnect::Refused),
                 }
             }
         }
-    };
-    if let Some(code) = code {
-        shared.counters.closed(code);
     }
-    let duration = crate::clock::now().saturating_duration_since(started);
-    let key = session
-        .identity
-        .as_deref()
-        .map(|identity| ClientKey::of(identity, address));
-    shared.analytics.left(key, duration, crate::clock::now());
-    tracing::info!(
-        conn = session.client.id(),
-        peer = %address,
-        reason = reason.as_str(),
-        code = code.map(|c| c.code),
-        error = match reason {
-            Disconnect::WriteFailed(kind) | Disconnect::CloseUnsent(kind) => {
-                Some(tracing::field::display(kind))
-            }
-            _ => None,
-        },
-        duration_ms = duration.as_millis() as u64,
-        "client disconnected"
-    );
+
+    /// Counts and logs the end of the connection, which closed with `code`.
+    fn ended(self, code: Option<CloseCode>, reason: Disconnect) {
+        let Self {
+            session, started, ..
+        } = self;
+        let shared = &*session.shared;
+        if let Some(code) = code {
+            shared.counters.closed(code);
+        }
+        let duration = crate::clock::now().saturating_duration_since(started);
+        let address = session.address;
+        let key = session
+            .identity
+            .as_deref()
+            .map(|identity| ClientKey::of(identity, address));
+        shared.analytics.left(key, duration, crate::clock::now());
+        tracing::info!(
+            conn = session.client.id(),
+            peer = %address,
+            reason = reason.as_str(),
+            code = code.map(|c| c.code),
+            error = match reason {
+                Disconnect::WriteFailed(kind) | Disconnect::CloseUnsent(kind) => {
+                    Some(tracing::field::display(kind))
+                }
+                _ => None,
+            },
+            duration_ms = duration.as_millis() as u64,
+            "client disconnected"
+        );
+    }
 }
 
 /// Why a connection ended, for the disconnect log line.
@@ -303,8 +410,8 @@ enum Ending {
 }
 
 /// One connection's state on the reading side.
-struct Session<'a> {
-    shared: &'a Shared,
+struct Session {
+    shared: Arc<Shared>,
     /// The client's address, for the failed-credentials backoff.
     address: IpAddr,
     client: Client,
@@ -318,12 +425,17 @@ struct Session<'a> {
     token: Option<Box<str>>,
 }
 
-impl Session<'_> {
-    /// Reads and answers client messages until the connection should end.
-    async fn read_loop<S: AsyncRead + Unpin>(&mut self, reader: &mut MessageReader<S>) -> Ending {
+impl Session {
+    /// Reads and answers client messages until the connection should end. `at_rest` as
+    /// [`MessageReader::next`] sets it.
+    async fn read_loop<S: AsyncRead + Unpin>(
+        &mut self,
+        reader: &mut MessageReader<S>,
+        at_rest: &AtomicBool,
+    ) -> Ending {
         loop {
             let incoming = tokio::select! {
-                next = reader.next() => match next {
+                next = reader.next(at_rest) => match next {
                     Ok(incoming) => incoming,
                     Err(end) => {
                         if let ReadEnd::Inflate(e) = end {

@@ -11,7 +11,7 @@ use crate::protocol::message::{CorrelationId, MessageError};
 use crate::protocol::publish;
 use crate::server::counters::Limit;
 
-impl Session<'_> {
+impl Session {
     /// Publishes the client's events if its grant allows every one of them (all or none).
     pub(super) fn publish(
         &mut self,

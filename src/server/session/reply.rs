@@ -81,7 +81,7 @@ pub(super) fn subscription_reply(
     )
 }
 
-impl Session<'_> {
+impl Session {
     /// The position of each channel `change` subscribes: the offset of its latest event,
     /// from which a client that sees nothing more on it resumes after a reconnect. `None`
     /// without history. Read before a resuming subscribe locks its channels' logs.

@@ -19,7 +19,7 @@ use crate::protocol::recovery::{Incomplete, Recovery};
 use crate::server::counters::Limit;
 use crate::snapshot::{Snapshot, SnapshotCache};
 
-impl Session<'_> {
+impl Session {
     /// Decides, with their logs locked, what each channel of `resume` that `change`
     /// subscribes gets replayed. The locks are held until [`Self::complete_subscribe`]
     /// has subscribed the client, so no event published meanwhile is missed or doubled.

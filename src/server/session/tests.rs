@@ -20,9 +20,9 @@ fn replies(client: &Client) -> Vec<serde_json::Value> {
     out.iter().map(json).collect()
 }
 
-fn session(shared: &Shared) -> Session<'_> {
+fn session(shared: &Arc<Shared>) -> Session {
     Session {
-        shared,
+        shared: shared.clone(),
         address: [127, 0, 0, 1].into(),
         client: shared.hub.connect().unwrap(),
         identity: None,
@@ -33,7 +33,7 @@ fn session(shared: &Shared) -> Session<'_> {
     }
 }
 
-fn send(session: &mut Session<'_>, message: &str) -> Option<CloseCode> {
+fn send(session: &mut Session, message: &str) -> Option<CloseCode> {
     match session.handle_message(&mut message.as_bytes().to_vec()) {
         Step::Done => None,
         Step::Close(code) => Some(code),
@@ -51,15 +51,15 @@ fn in_an_hour() -> u64 {
     unix_seconds(SystemTime::now()) + 3600
 }
 
-fn with_jwt() -> Shared {
+fn with_jwt() -> Arc<Shared> {
     let mut config = Config::default();
     config.auth.jwt_secret = Some(SECRET.to_owned());
-    Shared::new(config).unwrap()
+    Arc::new(Shared::new(config).unwrap())
 }
 
 #[tokio::test]
 async fn welcome_comes_first_and_lists_the_defaults() {
-    let shared = Shared::new(Config::default()).unwrap();
+    let shared = Arc::new(Shared::new(Config::default()).unwrap());
     let mut s = session(&shared);
     assert_eq!(s.start(None), None);
     let got = replies(&s.client);
@@ -71,7 +71,7 @@ async fn welcome_comes_first_and_lists_the_defaults() {
 
 #[tokio::test]
 async fn subscribe_reply_lists_changes_rejections_and_the_id() {
-    let shared = Shared::new(Config::default()).unwrap();
+    let shared = Arc::new(Shared::new(Config::default()).unwrap());
     let mut s = session(&shared);
     s.identity = Some(Identity::anonymous());
     send(
@@ -92,11 +92,13 @@ async fn subscribe_reply_lists_changes_rejections_and_the_id() {
 async fn a_huge_refused_subscribe_gets_a_small_summarised_reply() {
     // An operator's generous limit, so that the request is read rather than refused
     // whole (`too_many_channels`, below the default limit).
-    let shared = Shared::new(Config {
-        max_subscriptions_per_connection: 100_000,
-        ..Config::default()
-    })
-    .unwrap();
+    let shared = Arc::new(
+        Shared::new(Config {
+            max_subscriptions_per_connection: 100_000,
+            ..Config::default()
+        })
+        .unwrap(),
+    );
     let mut s = session(&shared);
     s.identity = Some(Identity::anonymous());
     // 16,000 invalid names, and one as long as a whole message.
@@ -137,7 +139,7 @@ async fn a_huge_refused_subscribe_gets_a_small_summarised_reply() {
 
 #[tokio::test]
 async fn a_list_longer_than_the_allowance_is_refused_in_a_small_error() {
-    let shared = Shared::new(Config::default()).unwrap();
+    let shared = Arc::new(Shared::new(Config::default()).unwrap());
     let mut s = session(&shared);
     s.identity = Some(Identity::anonymous());
     let request =

@@ -400,6 +400,9 @@ pub(crate) enum PollRead {
     Socket(BoxRead),
 }
 
+/// A long-polling session never goes dormant: its posts arrive through its own task.
+impl crate::server::reader::Readiness for PollRead {}
+
 impl AsyncRead for PollRead {
     fn poll_read(
         self: Pin<&mut Self>,
