@@ -1,14 +1,12 @@
 //! The `sigmahub` binary: a thin shell over the library.
 
+mod allocator;
 mod cli;
 
 use std::process::ExitCode;
 
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
-
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
@@ -63,6 +61,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    runtime.spawn(allocator::collect_periodically());
     let result = runtime.block_on(async {
         let server = sigmahub::Server::bind(config).await?;
         server.run(shutdown_signal()).await
