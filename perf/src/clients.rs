@@ -81,6 +81,8 @@ pub struct Plan {
     pub dialect: Dialect,
     /// Offer permessage-deflate and inflate what comes compressed ([`crate::inflating`]).
     pub deflate: bool,
+    /// Connect with a JWT of each client's own, signed with this (HS256).
+    pub jwt_secret: Option<String>,
 }
 
 /// The protocol the clients speak.
@@ -180,7 +182,11 @@ async fn run(
     socket.bind(SocketAddr::new(source, 0))?;
     let stream = socket.connect(plan.server).await?;
     let dialect = plan.dialect.of_client(i);
-    let url = format!("ws://{}{}", plan.server, dialect.path());
+    let mut url = format!("ws://{}{}", plan.server, dialect.path());
+    if let Some(secret) = &plan.jwt_secret {
+        let separator = if url.contains('?') { '&' } else { '?' };
+        url = format!("{url}{separator}token={}", token(secret, i)?);
+    }
     if !plan.deflate {
         let (ws, _) = tokio_tungstenite::client_async(url, stream).await?;
         return session(i, plan, dialect, ws, tally, permit, stop).await;
@@ -195,6 +201,20 @@ async fn run(
         return Err("the server declined permessage-deflate".into());
     }
     session(i, plan, dialect, ws, tally, permit, stop).await
+}
+
+/// Client `i`'s JWT: `sub` perf-`i`, an hour to live, HS256 with `secret`.
+fn token(secret: &str, i: usize) -> Result<String, jsonwebtoken::errors::Error> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    let claims = serde_json::json!({ "sub": format!("perf-{i}"), "exp": now + 3600 });
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
 }
 
 /// One connected client: subscribes, then counts its events until `stop`.

@@ -77,6 +77,11 @@ struct Args {
     /// Clients offer permessage-deflate and inflate what comes compressed.
     #[arg(long)]
     deflate: bool,
+    /// Each client connects with a JWT of its own (`?token=`): HS256 signed with this
+    /// secret, `sub` perf-N, an hour to live. The server needs the same secret
+    /// (`--server-arg=--auth-jwt-secret=…`).
+    #[arg(long, env = "SIGMAHUB_PERF_JWT_SECRET", hide_env_values = true)]
+    jwt_secret: Option<String>,
     /// Name for this run in the report.
     #[arg(long, default_value = "run")]
     label: String,
@@ -99,6 +104,7 @@ async fn main() -> Result<(), Error> {
             clients: args.clients,
             dialect: args.dialect,
             deflate: args.deflate,
+            jwt_secret: args.jwt_secret,
         })
         .await;
     }
@@ -143,6 +149,7 @@ async fn coordinate(args: Args) -> Result<(), Error> {
                 &args.channel,
                 args.dialect,
                 args.deflate,
+                args.jwt_secret.as_deref(),
             )
         })
         .collect::<Result<Vec<_>, _>>()?;

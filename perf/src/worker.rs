@@ -158,6 +158,7 @@ impl Worker {
         channel: &str,
         dialect: clients::Dialect,
         deflate: bool,
+        jwt_secret: Option<&str>,
     ) -> Result<Self, Error> {
         let sources: Vec<String> = sources.iter().map(IpAddr::to_string).collect();
         let mut child = Command::new(std::env::current_exe()?)
@@ -168,6 +169,7 @@ impl Worker {
             .args(["--channel", channel])
             .args(["--dialect", dialect.as_str()])
             .args(deflate.then_some("--deflate"))
+            .args(jwt_secret.map(|secret| format!("--jwt-secret={secret}")))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

@@ -206,6 +206,10 @@ struct Args {
     /// end come from: their call stacks, each with its count (slow: use few clients).
     #[arg(long, value_name = "BYTES")]
     trace: Option<usize>,
+    /// Seconds the connections idle, once all are welcomed, before the census: past 5, the
+    /// census comes after the host's status was published to them.
+    #[arg(long, default_value_t = 2)]
+    settle: u64,
     /// Sizes whose count per connection is below this are summed as "other".
     #[arg(long, default_value_t = 0.05)]
     threshold: f64,
@@ -255,10 +259,11 @@ async fn measure(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         TRACING.store(true, Ordering::Relaxed);
     }
 
-    let idle = generate(&args, addr, args.clients, "15s")?;
+    let hold = format!("{}s", args.settle + 15);
+    let idle = generate(&args, addr, args.clients, &hold)?;
     wait_for_clients(&hub, 50 + args.clients).await;
     // Subscribed and welcomed: let the connections settle as perf/ does.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::time::sleep(Duration::from_secs(args.settle)).await;
     TRACING.store(false, Ordering::Relaxed);
     let after = census();
     let rss_after = rss_bytes();
