@@ -252,7 +252,12 @@ where
             return AtOnce::NeedsTask;
         }
         *batch = Vec::new();
-        outbox.shrink();
+        // A client written to now and then gives its queue's block back at once, so that
+        // an update to thousands of resting clients reuses one block; one written to
+        // again within the second keeps it, as a busy client does, until the sweep.
+        if self.dormant_writes.1 <= 1 {
+            outbox.shrink();
+        }
         AtOnce::Written
     }
 }
