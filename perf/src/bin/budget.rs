@@ -210,6 +210,10 @@ struct Args {
     /// census comes after the host's status was published to them.
     #[arg(long, default_value_t = 2)]
     settle: u64,
+    /// The server checks JWTs signed with this secret, and each client connects with one
+    /// of its own (the generator's `--jwt-secret`).
+    #[arg(long)]
+    jwt_secret: Option<String>,
     /// Sizes whose count per connection is below this are summed as "other".
     #[arg(long, default_value_t = 0.05)]
     threshold: f64,
@@ -239,6 +243,7 @@ async fn measure(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     // As sigmahub-perf --spawn runs the server: thousands of clients from a few addresses.
     config.max_connections_per_ip = 0;
     config.connection_rate_per_ip = 0;
+    config.auth.jwt_secret = args.jwt_secret.clone();
     let server = sigmahub::Server::bind(config).await?;
     let addr = server.local_addr();
     let hub = server.hub();
@@ -291,6 +296,7 @@ fn generate(
         .args(["--clients", &clients.to_string()])
         .args(["--sources", &args.sources.to_string()])
         .args(["--idle", "--duration", hold])
+        .args(args.jwt_secret.iter().map(|s| format!("--jwt-secret={s}")))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .kill_on_drop(true)
