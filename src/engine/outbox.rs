@@ -649,11 +649,6 @@ impl Outbox {
         };
     }
 
-    /// Whether the connection is dormant ([`set_dormant`](Self::set_dormant)).
-    pub fn is_dormant(&self) -> bool {
-        self.wake.load(Ordering::Acquire) & DORMANT != 0
-    }
-
     /// This outbox, for a client that takes `encoding` (uncompressed SigmaVault unless
     /// said).
     pub(crate) fn encoded(mut self, encoding: Encoding) -> Self {

@@ -162,6 +162,17 @@ impl Counters {
         }
     }
 
+    /// Counts a write of `frames` to a client socket and, if given, the publish stamp of
+    /// the oldest event in it (`publish_to_write`); nothing without the per-frame figures.
+    pub(crate) fn wrote(&self, frames: usize, since: Option<crate::engine::latency::Stamp>) {
+        if self.per_frame {
+            self.frames_sent.add(frames as u64);
+            if let Some(since) = since {
+                self.publish_to_write.record(since.elapsed());
+            }
+        }
+    }
+
     /// Connections dormant now.
     pub(crate) fn dormant_now(&self) -> u64 {
         // Read in this order, a connection that woke in between is not counted twice.

@@ -129,12 +129,7 @@ async fn drive<W: AsyncWrite + Unpin, E: WriterEnv>(
             };
             return Box::pin(finish(socket, partial.into_iter().collect(), code)).await;
         }
-        if env.counters().per_frame {
-            env.counters().frames_sent.add(batch.len() as u64);
-            if let Some(since) = since {
-                env.counters().publish_to_write.record(since.elapsed());
-            }
-        }
+        env.counters().wrote(batch.len(), since);
         if outbox.is_empty() {
             *batch = Vec::new();
         } else {
@@ -513,15 +508,14 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn close_now_interrupts_a_blocked_write_mid_frame() {
+    /// What a write of `batch` to a socket that takes `budget` bytes hands back when an
+    /// immediate close interrupts it.
+    fn interrupted(budget: usize, mut batch: Vec<Bytes>) -> Option<Bytes> {
         let outbox = Outbox::new(16, SlowConsumerPolicy::Close);
         let mut sock = Stuck {
             out: vec![],
-            budget: 5,
+            budget,
         };
-        let mut batch = frames(3);
-        let first = batch[0].clone();
         let write = write_frames(&mut sock, &mut batch, Some(&outbox));
         tokio::pin!(write);
         assert!(futures_poll(&mut write).is_pending());
@@ -529,7 +523,14 @@ mod tests {
         let Poll::Ready(Ok(Written::Interrupted { partial })) = futures_poll(&mut write) else {
             panic!("not interrupted");
         };
-        assert_eq!(partial.unwrap(), first.slice(5..));
+        partial
+    }
+
+    #[tokio::test]
+    async fn close_now_interrupts_a_blocked_write_mid_frame() {
+        let batch = frames(3);
+        let first = batch[0].clone();
+        assert_eq!(interrupted(5, batch).unwrap(), first.slice(5..));
     }
 
     #[tokio::test]
@@ -537,22 +538,10 @@ mod tests {
         // A dormant connection's write left the rest of a frame first in the batch; the
         // socket takes nothing more before the close: the rest still goes out first, or
         // the close frame would land inside that frame.
-        let outbox = Outbox::new(16, SlowConsumerPolicy::Close);
-        let mut sock = Stuck {
-            out: vec![],
-            budget: 0,
-        };
         let mut batch = frames(3);
         let rest = batch[0].slice(5..);
         batch[0] = rest.clone();
-        let write = write_frames(&mut sock, &mut batch, Some(&outbox));
-        tokio::pin!(write);
-        assert!(futures_poll(&mut write).is_pending());
-        outbox.close(Closing::Now(CloseCode::SLOW_CONSUMER));
-        let Poll::Ready(Ok(Written::Interrupted { partial })) = futures_poll(&mut write) else {
-            panic!("not interrupted");
-        };
-        assert_eq!(partial.unwrap(), rest);
+        assert_eq!(interrupted(0, batch).unwrap(), rest);
     }
 
     fn futures_poll<F: std::future::Future + Unpin>(f: &mut F) -> Poll<F::Output> {

@@ -240,13 +240,11 @@ where
         // The write consumed what it wrote (emptied frames, the rest of a frame cut
         // short): what is left is the writer's to send first.
         batch.retain(|frame| !frame.is_empty());
-        let counters = &self.session.shared.counters;
-        if counters.per_frame {
-            counters.frames_sent.add((queued - batch.len()) as u64);
-            if let Some(since) = since.filter(|_| batch.is_empty()) {
-                counters.publish_to_write.record(since.elapsed());
-            }
-        }
+        let since = since.filter(|_| batch.is_empty());
+        self.session
+            .shared
+            .counters
+            .wrote(queued - batch.len(), since);
         if !write || !batch.is_empty() {
             // The socket is full (or failed: the writer finds out again and says so).
             return AtOnce::NeedsTask;
