@@ -9,6 +9,7 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
+    allocator::small_pages();
     let cli = cli::Cli::parse();
     let filter = EnvFilter::try_new(&cli.log).unwrap_or_else(|e| {
         eprintln!(
