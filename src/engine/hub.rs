@@ -60,6 +60,20 @@ pub struct Delivery {
     pub degraded: usize,
 }
 
+impl Delivery {
+    /// Counts one push.
+    #[inline(always)]
+    fn count(&mut self, push: Push) {
+        match push {
+            Push::Queued => self.queued += 1,
+            Push::Overflowed => self.overflowed += 1,
+            Push::Dropped => self.dropped += 1,
+            Push::Degraded => self.degraded += 1,
+            Push::Closed => {}
+        }
+    }
+}
+
 impl std::ops::AddAssign for Delivery {
     fn add_assign(&mut self, other: Self) {
         self.queued += other.queued;
@@ -122,7 +136,7 @@ impl Hub {
                 deferred: SegQueue::new(),
                 deferred_wakes: AtomicU64::new(0),
                 next_client_id: AtomicU64::new(1),
-                next_batch: AtomicU64::new(0),
+                batches: AtomicU64::new(0),
                 clients: AtomicUsize::new(0),
                 clients_by_dialect: Default::default(),
                 deflate_clients: AtomicUsize::new(0),
@@ -316,19 +330,33 @@ impl Hub {
     /// batch that a client keeping up takes whole (see `Outbox::push_in_batch`). For
     /// multi-frame snapshots (one frame per agent, per job), which a client that keeps up
     /// must never be closed for.
+    ///
+    /// Subscriber by subscriber: each gets every frame and then its wake-up, so that a
+    /// resting connection, which its wake-up writes to at once, gives its queue's block
+    /// back before the next one takes one (instead of every subscriber holding a block
+    /// until the last frame is queued for the last of them).
     pub(crate) fn publish_frames(&self, channel: &str, frames: &[Bytes]) -> Delivery {
         if let [frame] = frames {
             return self.publish_frame(channel, frame);
         }
         let tag = Tag::plain(channel);
-        self.in_batch(|batch| {
-            let mut delivery = Delivery::default();
+        let batch = self.inner.next_batch();
+        let transcoded = |d: Dialect| frames.iter().map(|f| d.transcode(f)).collect::<Vec<_>>();
+        let delivery = self.deliver(&tag, transcoded, |outbox, frames, since, tag, delivery| {
+            let mut owed = false;
             for frame in frames {
-                let push = |o: &Arc<Outbox>, f, s, t: &Tag<'_>| batch.push(o, f, s, t);
-                delivery += self.fan_out(&tag, |d| d.transcode(frame), push);
+                let pushed = outbox.push_in_batch(frame.clone(), since, batch, Some(tag));
+                owed |= self.inner.owes_wake(outbox, pushed, tag.priority);
+                delivery.count(pushed.0);
             }
-            delivery
-        })
+            if owed {
+                outbox.wake();
+            }
+        });
+        // `fan_out` counted one publish; each frame is one.
+        let more = frames.len().saturating_sub(1) as u64;
+        self.inner.published.fetch_add(more, Ordering::Relaxed);
+        delivery
     }
 
     /// Runs `publish` with one publish batch ([`Outbox::push_in_batch`]), then wakes each
@@ -337,8 +365,7 @@ impl Hub {
         thread_local! {
             static OWED: std::cell::RefCell<Vec<Arc<Outbox>>> = const { std::cell::RefCell::new(Vec::new()) };
         }
-        // Ids start at 1: 0 means "no batch" to the outbox.
-        let id = self.inner.next_batch.fetch_add(1, Ordering::Relaxed) + 1;
+        let id = self.inner.next_batch();
         OWED.with(|owed| {
             let mut batch = Batch {
                 state: &self.inner,
@@ -361,8 +388,23 @@ impl Hub {
     fn fan_out(
         &self,
         tag: &Tag<'_>,
-        mut frame: impl FnMut(Dialect) -> Bytes,
+        frame: impl FnMut(Dialect) -> Bytes,
         mut push: impl FnMut(&Arc<Outbox>, Bytes, Option<Stamp>, &Tag<'_>) -> Push,
+    ) -> Delivery {
+        self.deliver(tag, frame, |outbox, frame, since, tag, delivery| {
+            delivery.count(push(outbox, frame.clone(), since, tag));
+        })
+    }
+
+    /// What [`fan_out`](Self::fan_out) does, for a frame or a batch of frames (`F`):
+    /// `push` gives its subscriber what `frame` made for its dialect, as its encoding
+    /// takes it, and counts what it did in the delivery.
+    #[inline]
+    fn deliver<F: Fanned>(
+        &self,
+        tag: &Tag<'_>,
+        mut frame: impl FnMut(Dialect) -> F,
+        mut push: impl FnMut(&Arc<Outbox>, &F, Option<Stamp>, &Tag<'_>, &mut Delivery),
     ) -> Delivery {
         let inner = &*self.inner;
         let mut delivery = Delivery::default();
@@ -374,7 +416,7 @@ impl Hub {
             let since = inner.timing.then(Stamp::now);
             // A dialect's compressed set comes right after its plain one: the frame of the
             // last dialect encoded serves both.
-            let mut encoded: Option<(Dialect, Bytes)> = None;
+            let mut encoded: Option<(Dialect, F)> = None;
             for (encoding, set) in subscribers.encodings() {
                 let plain = match &encoded {
                     Some((dialect, plain)) if *dialect == encoding.dialect => plain,
@@ -384,17 +426,10 @@ impl Hub {
                             .1
                     }
                 };
-                let frame = inner.encode(encoding, plain);
+                let frame = plain.encoded(inner, encoding);
                 set.for_each(|slot| {
-                    let Some(outbox) = inner.slots.get(slot, &guard) else {
-                        return;
-                    };
-                    match push(&outbox, frame.clone(), since, tag) {
-                        Push::Queued => delivery.queued += 1,
-                        Push::Overflowed => delivery.overflowed += 1,
-                        Push::Dropped => delivery.dropped += 1,
-                        Push::Degraded => delivery.degraded += 1,
-                        Push::Closed => {}
+                    if let Some(outbox) = inner.slots.get(slot, &guard) {
+                        push(&outbox, &frame, since, tag, &mut delivery);
                     }
                 })
             }
@@ -542,6 +577,27 @@ pub struct Swept {
     pub asked_to_rest: usize,
 }
 
+/// What a fan-out gives each subscriber: one frame, or a batch's frames in order.
+trait Fanned {
+    /// This, as a client taking `encoding` is sent it (see [`HubState::encode`]).
+    fn encoded(&self, state: &HubState, encoding: Encoding) -> Self;
+}
+
+impl Fanned for Bytes {
+    #[inline(always)]
+    fn encoded(&self, state: &HubState, encoding: Encoding) -> Self {
+        state.encode(encoding, self)
+    }
+}
+
+impl Fanned for Vec<Bytes> {
+    fn encoded(&self, state: &HubState, encoding: Encoding) -> Self {
+        self.iter()
+            .map(|frame| state.encode(encoding, frame))
+            .collect()
+    }
+}
+
 /// One publish batch in progress: its id, and the writers it owes a wake-up.
 struct Batch<'a> {
     state: &'a HubState,
@@ -663,6 +719,66 @@ mod tests {
         assert_eq!(woken(), 3, "the ticker wakes it");
         assert_eq!(hub.stats().deferred_wakes, 1);
         assert_eq!(drain(&client).len(), 1);
+    }
+
+    /// A writer that, like a resting connection's, writes what it is woken for at once:
+    /// it drains its outbox, and notes what it found and what every outbox held.
+    struct WritesAtOnce {
+        mine: Arc<Outbox>,
+        all: Vec<Arc<Outbox>>,
+        /// Per wake-up: frames it drained, frames queued in all outboxes before, and
+        /// whether its queue then gave a block back.
+        seen: std::sync::Mutex<Vec<(usize, usize, bool)>>,
+    }
+
+    impl std::task::Wake for WritesAtOnce {
+        fn wake(self: Arc<Self>) {
+            let queued = self.all.iter().map(|o| o.len()).sum();
+            let mut out = Vec::new();
+            self.mine.drain_into(&mut out, usize::MAX);
+            let shrunk = self.mine.shrink();
+            self.seen.lock().unwrap().push((out.len(), queued, shrunk));
+        }
+    }
+
+    #[test]
+    fn a_multi_frame_publish_wakes_each_subscriber_once_with_all_its_frames() {
+        let hub = hub();
+        let mut clients: Vec<Client> = (0..4).map(|_| hub.connect().unwrap()).collect();
+        for client in &mut clients {
+            client.subscribe(["status"]);
+        }
+        let all: Vec<Arc<Outbox>> = clients.iter().map(|c| Arc::clone(c.outbox())).collect();
+        let writers: Vec<Arc<WritesAtOnce>> = all
+            .iter()
+            .map(|mine| {
+                let writer = Arc::new(WritesAtOnce {
+                    mine: Arc::clone(mine),
+                    all: all.clone(),
+                    seen: Default::default(),
+                });
+                let waker = std::task::Waker::from(Arc::clone(&writer));
+                let mut cx = std::task::Context::from_waker(&waker);
+                assert!(mine.poll_ready(&mut cx).is_pending());
+                writer
+            })
+            .collect();
+        let frames = [b"1", b"2", b"3"].map(|f| Bytes::from_static(f));
+        let published = hub.stats().published;
+
+        let delivery = hub.publish_frames("status", &frames);
+
+        assert_eq!(delivery.queued, 12);
+        assert_eq!(
+            hub.stats().published - published,
+            3,
+            "each frame is a publish"
+        );
+        for writer in &writers {
+            // Subscriber by subscriber: when one is woken, it holds the whole batch and no
+            // other holds anything, so writers that write at once never hold a block each.
+            assert_eq!(*writer.seen.lock().unwrap(), [(3, 3, true)]);
+        }
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! limits, the compressor, history, and the counters. `Hub` publishes through it; each
 //! `Client` holds it to subscribe, unsubscribe and leave.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -43,8 +43,8 @@ pub(super) struct HubState {
     /// Writers woken by [`crate::Hub::wake_deferred`].
     pub(super) deferred_wakes: AtomicU64,
     pub(super) next_client_id: AtomicU64,
-    /// Ids of publish batches, for the outboxes' byte bound (`Outbox::push_in_batch`).
-    pub(super) next_batch: AtomicU64,
+    /// Publish batches begun, whose count is the last batch's id (see [`Self::next_batch`]).
+    pub(super) batches: AtomicU64,
     pub(super) clients: AtomicUsize,
     /// `clients`, by dialect ([`Dialect::index`]).
     pub(super) clients_by_dialect: [AtomicUsize; Dialect::COUNT],
@@ -56,6 +56,12 @@ pub(super) struct HubState {
 }
 
 impl HubState {
+    /// The id of a new publish batch, for the outboxes' byte bound
+    /// (`Outbox::push_in_batch`). Ids start at 1: 0 means "no batch" to the outbox.
+    pub(super) fn next_batch(&self) -> u64 {
+        self.batches.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
     /// Whether a push (`push`, which found the queue empty if `wake`) of an event of
     /// `priority` must wake `outbox`'s writer now. With `low_priority_delay`, a `low` event
     /// that finds the queue empty leaves its writer asleep until the next event of another
