@@ -129,8 +129,13 @@ pub(super) fn websocket<B>(
             Accepted::Handover(handover)
         }
     };
-    let (mut response, upgrade) = match fastwebsockets::upgrade::upgrade(&mut req) {
-        Ok(pair) => pair,
+    // The socket comes from hyper itself: fastwebsockets' upgrade future would wrap it in a
+    // `WebSocket` with an 8 KiB read buffer, allocated only to be thrown away (we read and
+    // write frames ourselves). fastwebsockets still checks the handshake and answers it;
+    // the future it returns, left without the upgrade, is dropped.
+    let upgrade = hyper::upgrade::on(&mut req);
+    let mut response = match fastwebsockets::upgrade::upgrade(&mut req) {
+        Ok((response, _)) => response,
         Err(e) => return error(ErrorCode::BadHandshake, &e.to_string()),
     };
     // A handed-over socket (Engine.IO's upgrade from polling) keeps its session's plain
@@ -144,7 +149,7 @@ pub(super) fn websocket<B>(
     let tasks = shared.tasks.clone();
     tasks.spawn(async move {
         let upgraded = match upgrade.await {
-            Ok(ws) => ws.into_inner().into_inner(),
+            Ok(upgraded) => upgraded,
             Err(e) => {
                 tracing::debug!(%peer, error = %e, "upgrade failed");
                 return;
