@@ -222,10 +222,19 @@ mod tests {
     #[test]
     fn missing_channel_claims_fall_back_to_the_defaults() {
         let t = token(serde_json::json!({"sub": "a", "exp": now() + 60, "iss": "sigmahub-tests"}));
-        let id = verifier().verify(&t).unwrap();
+        let v = verifier();
+        let id = v.verify(&t).unwrap();
         assert!(id.may_subscribe("notification"));
         assert!(!id.may_subscribe("agent.status"));
         assert!(!id.may_publish("notification"));
+        // Every such connection shares the compiled defaults instead of a copy each.
+        let other = v.verify(&t).unwrap();
+        match (&id.subscribe, &other.subscribe, &id.publish, &other.publish) {
+            (Patterns::Some(a), Patterns::Some(b), Patterns::Some(c), Patterns::Some(d)) => {
+                assert!(std::sync::Arc::ptr_eq(a, b) && std::sync::Arc::ptr_eq(c, d));
+            }
+            patterns => panic!("expected pattern lists, got {patterns:?}"),
+        }
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! What a connection may do: the channels it may subscribe to and publish on, as glob
 //! patterns (`*` any run of characters, `?` one character), and who it is.
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::SystemTime;
 
 use wildmatch::WildMatch;
@@ -12,14 +12,18 @@ pub const MAX_PATTERNS: usize = 256;
 /// Longest pattern accepted, in bytes.
 pub const MAX_PATTERN_LEN: usize = 256;
 
-/// A set of channel-name glob patterns.
+/// A set of channel-name glob patterns. Cheap to clone: clones share the compiled
+/// patterns (every connection whose token names no channels shares the defaults).
 #[derive(Debug, Clone)]
 pub enum Patterns {
     /// Every channel.
     All,
     /// The channels matching at least one pattern (none when empty).
-    Some(Vec<WildMatch>),
+    Some(Arc<[WildMatch]>),
 }
+
+/// The empty set, shared: most tokens may publish nowhere.
+static NONE: LazyLock<Arc<[WildMatch]>> = LazyLock::new(|| Arc::from([]));
 
 /// Why a list of patterns was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -35,13 +39,16 @@ pub enum PatternError {
 impl Patterns {
     /// No channel at all.
     pub fn none() -> Self {
-        Self::Some(Vec::new())
+        Self::Some(Arc::clone(&NONE))
     }
 
     /// Compiles `patterns`; a lone `*` becomes [`Patterns::All`].
     pub fn new<S: AsRef<str>>(patterns: &[S]) -> Result<Self, PatternError> {
         if patterns.len() > MAX_PATTERNS {
             return Err(PatternError::TooMany);
+        }
+        if patterns.is_empty() {
+            return Ok(Self::none());
         }
         let mut compiled = Vec::with_capacity(patterns.len());
         for pattern in patterns {
@@ -54,7 +61,7 @@ impl Patterns {
             }
             compiled.push(WildMatch::new(pattern));
         }
-        Ok(Self::Some(compiled))
+        Ok(Self::Some(compiled.into()))
     }
 
     /// Whether `channel` matches.
