@@ -74,6 +74,10 @@ struct Args {
     /// Hold idle connections instead of publishing: measures memory per connection.
     #[arg(long)]
     idle: bool,
+    /// How long to wait, once every client is ready, before reading the servers' memory:
+    /// the allocator gives back what connecting used a second or two after it was freed.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
+    settle: Duration,
     /// Clients offer permessage-deflate and inflate what comes compressed.
     #[arg(long)]
     deflate: bool,
@@ -160,7 +164,7 @@ async fn coordinate(args: Args) -> Result<(), Error> {
     let ready: usize = ready_each.iter().sum();
     let connect_seconds = connect_start.elapsed().as_secs_f64();
     // Let allocator and kernel settle before reading memory.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::time::sleep(args.settle).await;
     let (connected, connected_each) = fleet.usage();
     let nats_connected = nats.as_ref().map(server::Server::usage);
     eprintln!("{ready} clients ready in {connect_seconds:.1}s");
@@ -207,6 +211,9 @@ async fn coordinate(args: Args) -> Result<(), Error> {
         "server_rss_connected_bytes": connected.rss_bytes,
         "server_rss_per_connection_bytes": per_connection(connected - before, ready),
         "server_rss_end_bytes": after.rss_bytes,
+        // With --idle, what the connections hold at the end (the figure above is read
+        // `--settle` after the last welcome).
+        "server_rss_per_connection_end_bytes": per_connection(after - before, ready),
         "server_cpu_seconds": round(cpu),
         "closed": tally.closed,
     });
