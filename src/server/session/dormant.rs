@@ -252,8 +252,8 @@ where
         *batch = Vec::new();
         // A client written to now and then gives its queue's block back at once, so that
         // an update to thousands of resting clients reuses one block; one written to
-        // again within the second keeps it, as a busy client does, until the sweep.
-        if self.dormant_writes.1 <= 1 {
+        // second after second keeps it, as a busy client does, until the sweep.
+        if !self.dormant_writes.steady() {
             outbox.shrink();
         }
         AtOnce::Written
@@ -286,13 +286,40 @@ impl<R, W> Conn<R, W> {
     /// Counts a write made while dormant; false past [`MAX_WRITES_DORMANT`] in a second.
     fn may_write_dormant(&mut self) -> bool {
         let now = crate::clock::now().saturating_duration_since(self.started);
-        let now = now.as_millis() as u32;
-        let (since, writes) = &mut self.dormant_writes;
-        if now.wrapping_sub(*since) >= 1000 {
-            (*since, *writes) = (now, 0);
+        self.dormant_writes.count(now.as_millis() as u32) <= MAX_WRITES_DORMANT
+    }
+}
+
+/// The writes a dormant connection made, in windows of a second: the current one and the
+/// one just before it.
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct Writes {
+    /// When the current window began, in milliseconds since the connection started.
+    since: u32,
+    /// Writes in the current window.
+    now: u8,
+    /// Writes in the window before, if it ended where the current one began; else 0.
+    before: u8,
+}
+
+impl Writes {
+    /// Counts a write at `at` (milliseconds since the connection started); returns the
+    /// writes in the current window, this one included.
+    fn count(&mut self, at: u32) -> u8 {
+        let elapsed = at.wrapping_sub(self.since);
+        if elapsed >= 1000 {
+            self.before = if elapsed < 2000 { self.now } else { 0 };
+            (self.since, self.now) = (at, 0);
         }
-        *writes = writes.saturating_add(1);
-        *writes <= MAX_WRITES_DORMANT
+        self.now = self.now.saturating_add(1);
+        self.now
+    }
+
+    /// Whether the client is written to steadily: more than once in this second and in
+    /// the one before. A burst of a moment (a status update, the heartbeat and a ping in
+    /// the same second, to every resting client at once) is not.
+    fn steady(&self) -> bool {
+        self.now >= 2 && self.before >= 2
     }
 }
 
@@ -310,4 +337,50 @@ where
         unreachable!("a connection rests only where the runtime is known");
     };
     shared.tasks.spawn_on(drive(conn).instrument(span), runtime);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Writes;
+
+    /// Counts writes at `times` (ms); returns whether the client looked steady after each.
+    fn steady_after(times: &[u32]) -> Vec<bool> {
+        let mut writes = Writes::default();
+        times
+            .iter()
+            .map(|&at| {
+                writes.count(at);
+                writes.steady()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_client_written_to_second_after_second_is_steady() {
+        // Five writes a second: the second window on keeps its block from its second write.
+        let every_200ms: Vec<u32> = (0..10).map(|i| 1_000 + i * 200).collect();
+        let steady = steady_after(&every_200ms);
+        assert_eq!(
+            steady[..5],
+            [false; 5],
+            "the first second gives the block back"
+        );
+        assert_eq!(steady[5..], [false, true, true, true, true]);
+    }
+
+    #[test]
+    fn a_burst_of_a_moment_is_not_steady() {
+        // Four writes in one second every 30 s (a status update, storage, the heartbeat
+        // and a ping), a status update alone every 5 s in between.
+        let times = [
+            30_000, 30_010, 30_020, 30_030, 35_000, 40_000, 60_000, 60_010, 60_020,
+        ];
+        assert!(steady_after(&times).iter().all(|steady| !steady));
+        // Two busy seconds in a row are steady, a gap of a second in between is not.
+        assert_eq!(
+            steady_after(&[0, 10, 1_000, 1_010]),
+            [false, false, false, true]
+        );
+        assert_eq!(steady_after(&[0, 10, 2_000, 2_010]), [false; 4]);
+    }
 }

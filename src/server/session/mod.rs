@@ -138,7 +138,7 @@ where
         write,
         unsent: Vec::new(),
         started: crate::clock::now(),
-        dormant_writes: (0, 0),
+        dormant_writes: dormant::Writes::default(),
         _place: handshake.place.take(),
     };
     Either::Right(serve(conn, handshake).instrument(span))
@@ -221,9 +221,8 @@ pub(crate) struct Conn<R, W> {
     unsent: Vec<bytes::Bytes>,
     /// When it was accepted.
     started: std::time::Instant,
-    /// Writes made while dormant in the current second, and when that second began (in
-    /// milliseconds since `started`); see [`dormant`].
-    dormant_writes: (u32, u8),
+    /// Writes made while dormant, second by second; see [`dormant`].
+    dormant_writes: dormant::Writes,
     /// Its place among the admitted connections, if the caller does not hold it.
     _place: Option<Ticket>,
 }
