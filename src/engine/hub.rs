@@ -353,9 +353,9 @@ impl Hub {
                 outbox.wake();
             }
         });
-        // `fan_out` counted one publish; each frame is one.
-        let more = frames.len().saturating_sub(1) as u64;
-        self.inner.published.fetch_add(more, Ordering::Relaxed);
+        // Each frame is a publish.
+        let published = frames.len() as u64;
+        self.inner.published.fetch_add(published, Ordering::Relaxed);
         delivery
     }
 
@@ -391,14 +391,16 @@ impl Hub {
         frame: impl FnMut(Dialect) -> Bytes,
         mut push: impl FnMut(&Arc<Outbox>, Bytes, Option<Stamp>, &Tag<'_>) -> Push,
     ) -> Delivery {
-        self.deliver(tag, frame, |outbox, frame, since, tag, delivery| {
+        let delivery = self.deliver(tag, frame, |outbox, frame, since, tag, delivery| {
             delivery.count(push(outbox, frame.clone(), since, tag));
-        })
+        });
+        self.inner.published.fetch_add(1, Ordering::Relaxed);
+        delivery
     }
 
     /// What [`fan_out`](Self::fan_out) does, for a frame or a batch of frames (`F`):
     /// `push` gives its subscriber what `frame` made for its dialect, as its encoding
-    /// takes it, and counts what it did in the delivery.
+    /// takes it, and counts what it did in the delivery. The caller counts the publishes.
     #[inline]
     fn deliver<F: Fanned>(
         &self,
@@ -435,7 +437,6 @@ impl Hub {
             }
         });
         drop(guard);
-        inner.published.fetch_add(1, Ordering::Relaxed);
         inner
             .delivered
             .fetch_add(delivery.queued as u64, Ordering::Relaxed);
