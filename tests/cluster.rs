@@ -671,3 +671,32 @@ async fn a_throttle_applies_where_published_and_every_node_sees_the_same_events(
         assert_eq!(next["type"], "orders", "{next}");
     }
 }
+
+/// A node whose NATS answers but whose JetStream does not yet (nats-server restarted with
+/// JetStream on, as when both start together) waits for it and joins once it answers,
+/// instead of exiting; it says in its logs what it is waiting for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_waits_for_jetstream_and_joins_once_it_answers() {
+    use common::binary::Binary;
+    let mut nats = NatsServer::reserve();
+    nats.jetstream = false;
+    nats.restart();
+    let url = nats.url();
+    let node = tokio::task::spawn_blocking(move || {
+        Binary::spawn(&["--cluster-nats-url", &url, "--cluster-node-name", "early"])
+    });
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    nats.jetstream = true;
+    nats.restart();
+    let node = node
+        .await
+        .expect("the node started once JetStream answered");
+    assert_eq!(stats_of(&node).await["cluster"]["connected"], true);
+    let logs = node.stop();
+    assert!(
+        logs.iter().any(|l| l["fields"]["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("JetStream did not answer the stream set-up"))),
+        "no retry was logged"
+    );
+}

@@ -53,6 +53,12 @@ use crate::snapshot::Snapshot;
 /// client's default, 60 s, would leave publishes waiting on it for three minutes.
 const PING_INTERVAL: Duration = Duration::from_secs(5);
 
+/// How long a starting node keeps asking JetStream for its stream while JetStream does not
+/// answer (NATS still starting, or its JetStream not ready yet: sigmahub and nats-server
+/// started together). A NATS without JetStream is reported after this long; a JetStream
+/// that answers with an error (a stream configured otherwise) at once.
+const STREAM_SET_UP_PATIENCE: Duration = Duration::from_secs(30);
+
 /// What can go wrong talking to NATS.
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
@@ -242,18 +248,12 @@ impl Cluster {
         let js = jetstream::new(client.clone());
         let prefix = cluster.subject_prefix.clone();
         let name = stream_name(&prefix);
-        let stream = js
-            .get_or_create_stream(stream_config(&name, &prefix, config))
-            .await
-            .map_err(|e| ClusterError::Stream {
-                stream: name.clone(),
-                source: e.into(),
-            })?;
-        let mut stream = stream;
-        let info = stream.info().await.map_err(|e| ClusterError::Stream {
-            stream: name.clone(),
-            source: e.into(),
-        })?;
+        let (stream, info) = set_up_stream(
+            &js,
+            stream_config(&name, &prefix, config),
+            STREAM_SET_UP_PATIENCE,
+        )
+        .await?;
         let epoch = format!("{:x}", info.created.unix_timestamp_nanos());
         if let Some(history) = hub.history() {
             history.number_elsewhere(epoch.clone());
@@ -432,6 +432,53 @@ fn announce(
             hub.publish_at(&event, now);
         }
         std::future::ready(())
+    }
+}
+
+/// Creates (or finds) the stream and reads its info, asking again with growing pauses
+/// (0.25 s doubling to 4 s) while JetStream times out or has no responder, for at most
+/// `patience`. Each retry is logged; any other error fails at once.
+async fn set_up_stream(
+    js: &jetstream::Context,
+    config: stream::Config,
+    patience: Duration,
+) -> Result<(stream::Stream, stream::Info), ClusterError> {
+    use jetstream::context::{CreateStreamErrorKind as Create, RequestErrorKind as Request};
+    let name = config.name.clone();
+    let give_up = tokio::time::Instant::now() + patience;
+    let mut pause = Duration::from_millis(250);
+    loop {
+        // Each error with whether it is JetStream's silence (worth asking again).
+        let attempt = async {
+            let mut stream = js.get_or_create_stream(config.clone()).await.map_err(|e| {
+                let silent = matches!(e.kind(), Create::TimedOut | Create::JetStreamUnavailable);
+                (silent, async_nats::Error::from(e))
+            })?;
+            let info = stream.info().await.map_err(|e| {
+                let silent = matches!(e.kind(), Request::TimedOut | Request::NoResponders);
+                (silent, async_nats::Error::from(e))
+            })?;
+            let info = info.clone();
+            Ok::<_, (bool, async_nats::Error)>((stream, info))
+        };
+        let (silent, source) = match attempt.await {
+            Ok(set_up) => return Ok(set_up),
+            Err(error) => error,
+        };
+        if !silent || tokio::time::Instant::now() + pause > give_up {
+            return Err(ClusterError::Stream {
+                stream: name,
+                source,
+            });
+        }
+        tracing::warn!(
+            stream = name,
+            error = %source,
+            retry_in_ms = pause.as_millis() as u64,
+            "JetStream did not answer the stream set-up (is NATS starting, with JetStream on?); asking again"
+        );
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(4));
     }
 }
 

@@ -11,6 +11,9 @@ use std::time::{Duration, Instant};
 
 pub struct NatsServer {
     child: Option<Child>,
+    /// Whether it runs with JetStream (`-js`); on unless a test turns it off before a
+    /// (re)start.
+    pub jetstream: bool,
     pub port: u16,
     pub monitor_port: u16,
     store: PathBuf,
@@ -41,24 +44,32 @@ impl NatsServer {
     /// client connection gets it as its source port): a server that exits at once is
     /// started again on other ports.
     pub fn start() -> Self {
+        let mut server = Self::reserve();
+        for _ in 0..5 {
+            if server.try_spawn() {
+                return server;
+            }
+            (server.port, server.monitor_port) = two_free_ports();
+        }
+        panic!("nats-server did not start on any of 5 pairs of free ports");
+    }
+
+    /// A server whose ports are chosen (free now) but which is not started: start it
+    /// with [`NatsServer::restart`], after whatever is to find no NATS there.
+    pub fn reserve() -> Self {
         let store = std::env::temp_dir().join(format!(
             "sigmahub-nats-{}-{}",
             std::process::id(),
             free_port()
         ));
-        let mut server = Self {
+        let (port, monitor_port) = two_free_ports();
+        Self {
             child: None,
-            port: 0,
-            monitor_port: 0,
+            jetstream: true,
+            port,
+            monitor_port,
             store,
-        };
-        for _ in 0..5 {
-            (server.port, server.monitor_port) = two_free_ports();
-            if server.try_spawn() {
-                return server;
-            }
         }
-        panic!("nats-server did not start on any of 5 pairs of free ports");
     }
 
     fn spawn(&mut self) {
@@ -68,7 +79,8 @@ impl NatsServer {
     /// Starts the server on its ports; false if it exited (a port taken meanwhile).
     fn try_spawn(&mut self) -> bool {
         let mut child = Command::new("nats-server")
-            .args(["-js", "-a", "127.0.0.1"])
+            .args(self.jetstream.then_some("-js"))
+            .args(["-a", "127.0.0.1"])
             .args(["-p", &self.port.to_string()])
             .args(["-m", &self.monitor_port.to_string()])
             .arg("-sd")
