@@ -194,6 +194,8 @@ impl Drop for Client {
             state.topics.unsubscribe(&channel, self.slot, encoding);
         }
         state.slots.release(self.slot);
+        // Commands that came too late go with it.
+        state.mailbox.take(self.id);
         state.clients.fetch_sub(1, Ordering::Relaxed);
         state.clients_by_dialect[encoding.dialect.index()].fetch_sub(1, Ordering::Relaxed);
         if encoding.is_deflated() {

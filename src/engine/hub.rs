@@ -25,6 +25,7 @@ use bytes::Bytes;
 use crossbeam_queue::SegQueue;
 
 use super::client::Client;
+use super::control::Command;
 use super::degrade::Tag;
 use super::history::History;
 use super::latency::Stamp;
@@ -136,6 +137,7 @@ impl Hub {
                 deferred: SegQueue::new(),
                 deferred_wakes: AtomicU64::new(0),
                 next_client_id: AtomicU64::new(1),
+                mailbox: Default::default(),
                 batches: AtomicU64::new(0),
                 clients: AtomicUsize::new(0),
                 clients_by_dialect: Default::default(),
@@ -167,14 +169,14 @@ impl Hub {
             Outbox::bounded(inner.queue_capacity, inner.queue_bytes, inner.policy)
                 .encoded(encoding),
         );
-        let slot = inner.slots.insert(outbox.clone())?;
+        let id = inner.next_client_id.fetch_add(1, Ordering::Relaxed);
+        let slot = inner.slots.insert(outbox.clone(), id)?;
         let now = inner.clients.fetch_add(1, Ordering::Relaxed) + 1;
         inner.clients_by_dialect[encoding.dialect.index()].fetch_add(1, Ordering::Relaxed);
         if encoding.is_deflated() {
             inner.deflate_clients.fetch_add(1, Ordering::Relaxed);
         }
         inner.peak_clients.fetch_max(now, Ordering::Relaxed);
-        let id = inner.next_client_id.fetch_add(1, Ordering::Relaxed);
         Ok(Client::new(Arc::clone(inner), slot, id, outbox))
     }
 
@@ -494,6 +496,26 @@ impl Hub {
         queued
     }
 
+    /// Leaves `command` for the connection of client `id` (the id its welcome gave it) and
+    /// wakes it; the connection carries its commands out in order (see
+    /// [`control`](super::control)). Returns whether the client is connected here.
+    pub fn command(&self, id: u64, command: Command) -> bool {
+        let guard = crossbeam_epoch::pin();
+        let Some(outbox) = self.inner.slots.find(id, &guard) else {
+            return false;
+        };
+        self.inner.mailbox.post(id, command);
+        outbox.commanded();
+        true
+    }
+
+    /// The commands left for client `id` since the last call, oldest first: for its
+    /// connection, once its outbox says some wait
+    /// ([`Outbox::poll_commands`](super::outbox::Outbox::poll_commands)).
+    pub fn take_commands(&self, id: u64) -> Vec<Command> {
+        self.inner.mailbox.take(id)
+    }
+
     /// Asks every connected client's writer to flush its queue and close with `code`.
     pub fn close_all(&self, code: CloseCode) {
         self.for_each_outbox(|outbox| outbox.close(Closing::AfterFlush(code)));
@@ -659,6 +681,27 @@ mod tests {
 
     fn hub() -> Hub {
         Hub::new(&Config::default())
+    }
+
+    #[test]
+    fn a_command_waits_for_its_client_alone_and_leaves_with_it() {
+        use crate::engine::control::{Command, Farewell};
+        let hub = hub();
+        let (a, b) = (hub.connect().unwrap(), hub.connect().unwrap());
+        let bye = Command::Disconnect(Farewell::default());
+        assert!(hub.command(a.id(), bye.clone()));
+        assert!(a.outbox().has_commands());
+        assert!(!b.outbox().has_commands());
+        assert!(!hub.command(b.id() + 1, bye.clone()), "no such client");
+        assert_eq!(hub.take_commands(b.id()), []);
+        assert_eq!(hub.take_commands(a.id()), std::slice::from_ref(&bye));
+        assert_eq!(hub.take_commands(a.id()), []);
+
+        let gone = b.id();
+        assert!(hub.command(gone, bye.clone()));
+        drop(b);
+        assert!(!hub.command(gone, bye), "a client that left is not found");
+        assert_eq!(hub.take_commands(gone), [], "its commands left with it");
     }
 
     fn drain(client: &Client) -> Vec<Bytes> {

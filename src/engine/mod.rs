@@ -14,6 +14,8 @@
 //! - `slots`: slot ids to outboxes, with epoch-protected reuse (private).
 //! - `state`: what a hub's clones and its clients share (private).
 //! - [`outbox`]: a client's bounded queue of ready frames.
+//! - [`control`]: commands to one client from outside its connection (disconnect,
+//!   server-side subscribe), through the hub's mailbox.
 //! - `queue`: the outbox's lock-free frame queue, which gives its memory back when empty
 //!   (private).
 //! - `counter`: a thread-sharded counter for hot paths (private).
@@ -25,6 +27,7 @@
 
 pub(crate) mod bitset;
 pub mod client;
+pub mod control;
 pub(crate) mod counter;
 pub mod degrade;
 pub mod history;

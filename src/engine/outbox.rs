@@ -159,6 +159,8 @@ const WAKE_LISTED: u8 = 2;
 const REST_ASKED: u8 = 4;
 /// The connection is dormant: it holds no task, and its writer's waker wakes it.
 const DORMANT: u8 = 8;
+/// Commands wait for the connection in its hub's mailbox ([`Outbox::commanded`]).
+const COMMANDED: u8 = 16;
 
 /// Under the `degrade` policy, the queue's fill (frames or bytes, whichever is fuller, in
 /// quarters of the bounds) from which events are held back: `low` ones and those with a
@@ -637,6 +639,34 @@ impl Outbox {
     pub fn take_rest_ask(&self) -> bool {
         self.wake.load(Ordering::Relaxed) & REST_ASKED != 0
             && self.wake.fetch_and(!REST_ASKED, Ordering::AcqRel) & REST_ASKED != 0
+    }
+
+    /// Tells the connection that commands wait for it in its hub's mailbox (see
+    /// `engine::control`), and wakes it: a dormant one gets its task back to hear them.
+    pub(crate) fn commanded(&self) {
+        self.wake.fetch_or(COMMANDED, Ordering::AcqRel);
+        self.wake();
+    }
+
+    /// Whether commands wait for the connection in its hub's mailbox.
+    #[inline]
+    pub fn has_commands(&self) -> bool {
+        self.wake.load(Ordering::Acquire) & COMMANDED != 0
+    }
+
+    /// Ready, and reset, once commands wait for the connection; otherwise registers the
+    /// waker (the connection's task is the writer's too).
+    pub fn poll_commands(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let take = || self.wake.fetch_and(!COMMANDED, Ordering::AcqRel) & COMMANDED != 0;
+        if self.has_commands() && take() {
+            return Poll::Ready(());
+        }
+        self.waker.register(cx.waker());
+        if self.has_commands() && take() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
     }
 
     /// Records that the connection goes dormant (`true`, before it registers its waker) or

@@ -25,7 +25,9 @@
 //! at each.
 //!
 //! Storage is a fixed table of lazily allocated segments of [`SEGMENT`] slots, so lookups
-//! never lock and an idle server holds only the segments it has used.
+//! never lock and an idle server holds only the segments it has used. Beside each slot's
+//! outbox, a segment keeps the hub's id of the client in it (8 bytes a slot), so that the
+//! control API can find a client by the id it was told ([`Slots::find`]).
 
 #![allow(unsafe_code)]
 
@@ -33,7 +35,7 @@ use std::marker::PhantomData;
 use std::mem::ManuallyDrop;
 use std::ops::Deref;
 use std::ptr;
-use std::sync::atomic::{AtomicPtr, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use crossbeam_epoch::Guard;
@@ -46,8 +48,23 @@ pub(crate) const SEGMENT: usize = 1024;
 /// Segments in the table: at most `SEGMENT * SEGMENTS` (16.7 million) clients at once.
 const SEGMENTS: usize = 16 * 1024;
 
-/// A slot: null, or a pointer from `Arc::into_raw` that owns one strong reference.
-type Segment = Box<[AtomicPtr<Outbox>]>;
+/// [`SEGMENT`] slots, each null or a pointer from `Arc::into_raw` that owns one strong
+/// reference, and the id of the client in each (0: none).
+struct Segment {
+    outboxes: Box<[AtomicPtr<Outbox>]>,
+    clients: Box<[AtomicU64]>,
+}
+
+impl Segment {
+    fn new() -> Self {
+        Self {
+            outboxes: (0..SEGMENT)
+                .map(|_| AtomicPtr::new(ptr::null_mut()))
+                .collect(),
+            clients: (0..SEGMENT).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+}
 
 pub(crate) struct Slots {
     segments: Box<[OnceLock<Segment>]>,
@@ -88,8 +105,8 @@ impl Slots {
         }
     }
 
-    /// Takes a free slot and puts `outbox` in it.
-    pub(crate) fn insert(&self, outbox: Arc<Outbox>) -> Result<u32, SlotsExhausted> {
+    /// Takes a free slot and puts `outbox`, of the client with id `client` (not 0), in it.
+    pub(crate) fn insert(&self, outbox: Arc<Outbox>, client: u64) -> Result<u32, SlotsExhausted> {
         let id = match self.free.pop() {
             Some(id) => id,
             None => {
@@ -101,14 +118,12 @@ impl Slots {
                 id
             }
         };
-        let segment = self.segments[id as usize / SEGMENT].get_or_init(|| {
-            (0..SEGMENT)
-                .map(|_| AtomicPtr::new(ptr::null_mut()))
-                .collect()
-        });
+        let segment = self.segments[id as usize / SEGMENT].get_or_init(Segment::new);
+        // Before the pointer: whoever loads the pointer sees the client's id.
+        segment.clients[id as usize % SEGMENT].store(client, Ordering::Relaxed);
         // Release: a publisher that loads the pointer sees the outbox it points to.
-        let previous =
-            segment[id as usize % SEGMENT].swap(Arc::into_raw(outbox).cast_mut(), Ordering::AcqRel);
+        let previous = segment.outboxes[id as usize % SEGMENT]
+            .swap(Arc::into_raw(outbox).cast_mut(), Ordering::AcqRel);
         debug_assert!(previous.is_null(), "slot {id} was handed out twice");
         Ok(id)
     }
@@ -117,7 +132,7 @@ impl Slots {
     #[inline]
     pub(crate) fn get<'g>(&self, id: u32, _guard: &'g Guard) -> Option<Entry<'g>> {
         let segment = self.segments.get(id as usize / SEGMENT)?.get()?;
-        let raw = segment[id as usize % SEGMENT].load(Ordering::Acquire);
+        let raw = segment.outboxes[id as usize % SEGMENT].load(Ordering::Acquire);
         if raw.is_null() {
             return None;
         }
@@ -140,7 +155,10 @@ impl Slots {
     /// The caller must already have removed `id` from every subscriber set.
     pub(crate) fn release(&self, id: u32) {
         let raw = match self.segments[id as usize / SEGMENT].get() {
-            Some(segment) => segment[id as usize % SEGMENT].swap(ptr::null_mut(), Ordering::AcqRel),
+            Some(segment) => {
+                segment.clients[id as usize % SEGMENT].store(0, Ordering::Relaxed);
+                segment.outboxes[id as usize % SEGMENT].swap(ptr::null_mut(), Ordering::AcqRel)
+            }
             None => ptr::null_mut(),
         };
         // SAFETY: the swap took the slot's pointer, which came from `Arc::into_raw` and owns
@@ -156,6 +174,33 @@ impl Slots {
         guard.flush();
     }
 
+    /// The outbox of the client with id `client`, if it is connected, valid while `guard`
+    /// stays pinned. A walk over the slots in use: for the control API, not per event.
+    pub(crate) fn find<'g>(&self, client: u64, guard: &'g Guard) -> Option<Entry<'g>> {
+        if client == 0 {
+            return None;
+        }
+        let used = self.high_water() as usize;
+        for (n, segment) in self.segments[..used.div_ceil(SEGMENT)].iter().enumerate() {
+            let Some(segment) = segment.get() else {
+                continue;
+            };
+            let Some(i) = segment
+                .clients
+                .iter()
+                .position(|id| id.load(Ordering::Relaxed) == client)
+            else {
+                continue;
+            };
+            let slot = (n * SEGMENT + i) as u32;
+            let entry = self.get(slot, guard)?;
+            // The id is stored before its outbox's pointer: still the same id after the
+            // pointer was loaded means the outbox is that client's (ids are never reused).
+            return (segment.clients[i].load(Ordering::Acquire) == client).then_some(entry);
+        }
+        None
+    }
+
     /// The number of ids ever handed out (the high-water mark of the table).
     pub(crate) fn high_water(&self) -> u32 {
         self.next.load(Ordering::Relaxed)
@@ -165,7 +210,7 @@ impl Slots {
 impl Drop for Slots {
     fn drop(&mut self) {
         for segment in self.segments.iter().filter_map(OnceLock::get) {
-            for slot in segment.iter() {
+            for slot in segment.outboxes.iter() {
                 let raw = slot.swap(ptr::null_mut(), Ordering::AcqRel);
                 if !raw.is_null() {
                     // SAFETY: as in `release`; `&mut self` proves no reader is left.
@@ -188,25 +233,40 @@ mod tests {
     #[test]
     fn ids_are_not_reused_while_a_publisher_is_pinned() {
         let slots = Slots::new();
-        let a = slots.insert(outbox()).unwrap();
+        let a = slots.insert(outbox(), 1).unwrap();
         let reader = crossbeam_epoch::pin();
         slots.release(a);
         assert!(slots.get(a, &reader).is_none());
         // While `reader` stays pinned, `a` must not come back.
         for _ in 0..100 {
-            let id = slots.insert(outbox()).unwrap();
+            let id = slots.insert(outbox(), 1).unwrap();
             assert_ne!(id, a);
         }
         drop(reader);
         // Once unpinned, the id is reused eventually.
         let reused = (0..10_000).any(|_| {
-            let id = slots.insert(outbox()).unwrap();
+            let id = slots.insert(outbox(), 1).unwrap();
             crossbeam_epoch::pin().flush();
             let hit = id == a;
             slots.release(id);
             hit
         });
         assert!(reused);
+    }
+
+    #[test]
+    fn clients_are_found_by_id_while_connected() {
+        let slots = Slots::new();
+        let (a, b) = (outbox(), outbox());
+        let slot_a = slots.insert(a.clone(), 7).unwrap();
+        slots.insert(b.clone(), 9).unwrap();
+        let g = crossbeam_epoch::pin();
+        assert!(Arc::ptr_eq(&slots.find(9, &g).unwrap(), &b));
+        assert!(Arc::ptr_eq(&slots.find(7, &g).unwrap(), &a));
+        assert!(slots.find(8, &g).is_none());
+        assert!(slots.find(0, &g).is_none(), "0 names no client");
+        slots.release(slot_a);
+        assert!(slots.find(7, &g).is_none());
     }
 
     #[test]
