@@ -137,9 +137,19 @@ pub fn text(payload: &[u8]) -> Bytes {
 
 /// A close frame with `code` and its reason.
 pub fn close(code: CloseCode) -> Bytes {
-    let mut frame = FrameBuf::with_capacity(2 + code.reason.len());
-    frame.extend_from_slice(&code.code.to_be_bytes());
-    frame.extend_from_slice(code.reason.as_bytes());
+    close_with(code.code, code.reason)
+}
+
+/// A close frame with `code` and `reason`, cut to the 123 bytes a close frame holds (at a
+/// character boundary).
+pub fn close_with(code: u16, reason: &str) -> Bytes {
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut frame = FrameBuf::with_capacity(2 + end);
+    frame.extend_from_slice(&code.to_be_bytes());
+    frame.extend_from_slice(&reason.as_bytes()[..end]);
     frame.finish(OpCode::Close)
 }
 
@@ -164,6 +174,17 @@ fn control(opcode: OpCode, payload: &[u8]) -> Bytes {
 mod tests {
     use super::*;
     use fastwebsockets::{Frame, Payload};
+
+    #[test]
+    fn a_close_reason_is_cut_to_fit_at_a_character_boundary() {
+        let reason = "é".repeat(70); // 140 bytes
+        let frame = close_with(4010, &reason);
+        let payload = &frame[2..];
+        assert_eq!(payload.len(), 2 + 122, "61 whole characters");
+        assert_eq!(&payload[..2], &4010u16.to_be_bytes());
+        assert!(std::str::from_utf8(&payload[2..]).is_ok());
+        assert_eq!(&close_with(1000, "bye")[2..], b"\x03\xe8bye");
+    }
 
     /// What fastwebsockets itself writes for the same unmasked frame.
     fn reference(opcode: fastwebsockets::OpCode, payload: &[u8]) -> Vec<u8> {

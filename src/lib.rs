@@ -47,10 +47,12 @@ pub use config::{
 };
 pub use dialect::Dialect;
 pub use engine::client::Client;
+pub use engine::control::Farewell;
 pub use engine::hub::{Delivery, Hub, HubStats, Swept};
 pub use event::{ConflateKey, Event, EventError, Priority};
 pub use protocol::channel::Channel;
 pub use protocol::close::CloseCode;
+pub use server::control::{Control, Target};
 pub use server::{ServeError, Server};
 
 // The shared public types cross threads and tasks: a change that made one of them

@@ -205,6 +205,52 @@ async fn websocket_clients_get_the_welcome_defaults_room_and_events() {
     common::eventually("the client left", || server.hub.stats().clients == 0).await;
 }
 
+/// Seneca's server puts its clients in rooms (`join_room`); here the control API does:
+/// the real socket.io-client, joined to a room server-side by its `sid`, gets the room's
+/// events, and a server-side disconnect ends it as Socket.IO's own does ("io server
+/// disconnect"), after which it does not reconnect.
+#[tokio::test]
+async fn a_client_joined_to_a_room_server_side_gets_its_events_until_disconnected() {
+    let server = TestServer::start().await;
+    let mut client = Driver::node(&server, "", json!({"transports": ["websocket"]}));
+    let connected = client.until("connect", None).await;
+    let sid = connected["id"].as_str().unwrap().to_owned();
+    client.event("connection_established").await;
+
+    let (status, body) = common::http_post_json(
+        server.addr,
+        "/api/v1/subscribe",
+        &json!({"client": sid, "channels": ["room.blue"]}),
+    )
+    .await;
+    assert_eq!((status, &body), (200, &json!({"connections": 1})));
+    let reply = client.event("subscribe_response").await;
+    assert_eq!(reply["subscribed"], json!(["room.blue"]), "{reply}");
+    server
+        .publish(&json!({"type": "room.blue", "data": {"seat": 4}}))
+        .await;
+    assert_event(
+        &client.event("room.blue").await,
+        "room.blue",
+        &json!({"seat": 4}),
+    );
+
+    let (status, _) = common::http_post_json(
+        server.addr,
+        "/api/v1/disconnect",
+        &json!({"client": sid, "reason": "room closed"}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let gone = client.until("disconnect", None).await;
+    assert_eq!(gone["reason"], "io server disconnect", "{gone}");
+    common::eventually("the client to leave", || server.hub.stats().clients == 0).await;
+    // Socket.IO's client does not reconnect after a server disconnect.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(server.hub.stats().connected_total, 1, "it came back");
+    client.exit().await;
+}
+
 #[tokio::test]
 async fn default_options_poll_then_upgrade_without_losing_an_event() {
     let server = TestServer::start().await;

@@ -123,6 +123,18 @@ impl Identity {
         })
     }
 
+    /// The server itself, for what the control API asks of a connection: it may subscribe
+    /// a client to any channel.
+    pub(crate) fn server() -> Self {
+        Self {
+            subject: "server".to_owned(),
+            method: Method::ApiKey,
+            expires_at: None,
+            subscribe: Patterns::All,
+            publish: Patterns::none(),
+        }
+    }
+
     /// Whether it may subscribe to `channel`.
     pub fn may_subscribe(&self, channel: &str) -> bool {
         self.subscribe.allows(channel)

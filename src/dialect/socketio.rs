@@ -144,6 +144,14 @@ pub(crate) fn transcode(canonical: &Bytes) -> Bytes {
     buf.finish(OpCode::Text)
 }
 
+/// The main namespace's DISCONNECT packet (`41`): the server disconnects the client, whose
+/// Socket.IO client then reports "io server disconnect" and does not reconnect by itself.
+pub(crate) fn disconnect() -> Bytes {
+    let mut buf = FrameBuf::with_capacity(2);
+    buf.extend_from_slice(b"41");
+    buf.finish(OpCode::Text)
+}
+
 /// The frame of a message from the server to one client (see the [module docs](self)).
 pub(crate) fn message(
     kind: ServerMessage,

@@ -16,6 +16,7 @@
 //! | 4003 | `AUTH_FAILED`      | the token is invalid: forged, malformed, wrong issuer, …    | get a new token |
 //! | 4004 | `TOKEN_EXPIRED`    | the token expired, at connect or while connected            | refresh, reconnect |
 //! | 4005 | `IDLE_TIMEOUT`     | no message within `idle_timeout` (off by default)           | reconnect     |
+//! | 4010 | `DISCONNECTED`     | an operator disconnected it (control API), unless they gave another code | as the reason says |
 //!
 //! Codes in the 4000 range are sigmahub's own (RFC 6455 §7.4.2 reserves 4000-4999 for
 //! applications). The table is repeated in `docs/protocol.md`.
@@ -58,9 +59,13 @@ impl CloseCode {
     pub const TOKEN_EXPIRED: Self = Self::new(4004, "token expired");
     /// The client sent no message within `idle_timeout`.
     pub const IDLE_TIMEOUT: Self = Self::new(4005, "idle timeout");
+    /// An operator disconnected the client through the control API; they may have given
+    /// another code and reason, which the client is sent instead. Operator disconnects are
+    /// counted under this code whatever code was sent.
+    pub const DISCONNECTED: Self = Self::new(4010, "disconnected by the server");
 
     /// Every code sigmahub sends, in the order of the table above.
-    pub const ALL: [Self; 14] = [
+    pub const ALL: [Self; 15] = [
         Self::NORMAL,
         Self::GOING_AWAY,
         Self::PROTOCOL_ERROR,
@@ -75,6 +80,7 @@ impl CloseCode {
         Self::AUTH_FAILED,
         Self::TOKEN_EXPIRED,
         Self::IDLE_TIMEOUT,
+        Self::DISCONNECTED,
     ];
 
     const fn new(code: u16, reason: &'static str) -> Self {

@@ -66,6 +66,70 @@ pub fn parse(body: &[u8]) -> Result<Vec<Event>, PublishError> {
     }
 }
 
+/// Most channels one broadcast names.
+pub const MAX_BROADCAST_CHANNELS: usize = 1000;
+
+/// Parses and validates a broadcast body (`POST /api/v1/broadcast`): one event with
+/// `"channels": [...]` instead of a `type`, which becomes one event per channel, in the
+/// order named. An error in a channel's name gives that channel's index.
+pub fn parse_broadcast(body: &[u8]) -> Result<Vec<Event>, PublishError> {
+    #[derive(Deserialize)]
+    struct Broadcast<'a> {
+        #[serde(default)]
+        channels: Option<Vec<String>>,
+        #[serde(rename = "type", default, borrow)]
+        kind: Option<&'a RawValue>,
+        #[serde(default, borrow)]
+        data: Option<&'a RawValue>,
+        #[serde(default)]
+        priority: Option<Priority>,
+        #[serde(default, borrow)]
+        conflate: Option<std::borrow::Cow<'a, str>>,
+    }
+    let invalid = |message: String| PublishError {
+        code: ErrorCode::InvalidBody,
+        message,
+        index: None,
+    };
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(invalid("a broadcast body is one JSON object".into()));
+    }
+    let broadcast: Broadcast<'_> =
+        serde_json::from_slice(body).map_err(|e| match e.classify() {
+            serde_json::error::Category::Data => invalid(e.to_string()),
+            _ => invalid_json(e),
+        })?;
+    if broadcast.kind.is_some() {
+        return Err(invalid(
+            "a broadcast names its channels in `channels`, not `type`".into(),
+        ));
+    }
+    let channels = broadcast.channels.unwrap_or_default();
+    if channels.is_empty() || channels.len() > MAX_BROADCAST_CHANNELS {
+        return Err(invalid(format!(
+            "`channels` must name 1 to {MAX_BROADCAST_CHANNELS} channels"
+        )));
+    }
+    for (i, name) in channels.iter().enumerate() {
+        if channels[..i].contains(name) {
+            return Err(invalid(format!("`channels` names {name:?} twice")));
+        }
+    }
+    channels
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let incoming = Incoming {
+                kind: name.into(),
+                data: broadcast.data,
+                priority: broadcast.priority,
+                conflate: broadcast.conflate.clone(),
+            };
+            build(incoming, Some(i))
+        })
+        .collect()
+}
+
 fn event(json: &[u8], index: Option<usize>) -> Result<Event, PublishError> {
     let bad = |message: String| PublishError {
         code: ErrorCode::InvalidEvent,
@@ -76,6 +140,19 @@ fn event(json: &[u8], index: Option<usize>) -> Result<Event, PublishError> {
         index,
     };
     let incoming: Incoming<'_> = serde_json::from_slice(json).map_err(|e| bad(e.to_string()))?;
+    build(incoming, index)
+}
+
+/// The event `incoming` describes, validated; `index` names it in errors.
+fn build(incoming: Incoming<'_>, index: Option<usize>) -> Result<Event, PublishError> {
+    let bad = |message: String| PublishError {
+        code: ErrorCode::InvalidEvent,
+        message: match index {
+            Some(i) => format!("event {i}: {message}"),
+            None => message,
+        },
+        index,
+    };
     let channel = Channel::new(&incoming.kind).map_err(|e| bad(format!("`type`: {e}")))?;
     if let Some(data) = incoming.data {
         serde_json::from_str::<Interoperable>(data.get())
@@ -162,6 +239,43 @@ fn invalid_json(e: serde_json::Error) -> PublishError {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_broadcast_is_one_event_per_channel_with_the_same_data() {
+        let events = super::parse_broadcast(
+            br#"{"channels": ["a", "b.c"], "data": {"z": 1, "a": 2}, "priority": "high"}"#,
+        )
+        .unwrap();
+        let names: Vec<&str> = events.iter().map(|e| e.channel().as_str()).collect();
+        assert_eq!(names, ["a", "b.c"]);
+        for event in &events {
+            assert_eq!(
+                event.data().get(),
+                r#"{"z": 1, "a": 2}"#,
+                "data is kept as sent"
+            );
+            assert_eq!(event.priority(), Some(crate::event::Priority::High));
+        }
+    }
+
+    #[test]
+    fn a_broadcast_without_channels_or_with_bad_ones_is_refused() {
+        for body in [
+            r#"{"data": {}}"#,
+            r#"{"channels": [], "data": {}}"#,
+            r#"{"channels": "a", "data": {}}"#,
+            r#"{"channels": ["a", "a"]}"#,
+            r#"{"type": "a", "channels": ["b"]}"#,
+            r#"[{"channels": ["a"]}]"#,
+        ] {
+            let e = super::parse_broadcast(body.as_bytes()).unwrap_err();
+            assert_eq!(e.code, ErrorCode::InvalidBody, "{body}: {e}");
+        }
+        let e = super::parse_broadcast(br#"{"channels": ["ok", "bad name!"]}"#).unwrap_err();
+        assert_eq!((e.code, e.index), (ErrorCode::InvalidEvent, Some(1)));
+        let e = super::parse_broadcast(b"{nope").unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidJson);
+    }
+
     use super::*;
 
     #[test]

@@ -18,6 +18,7 @@
 mod admission;
 mod analytics;
 mod backoff;
+pub mod control;
 mod counters;
 mod dashboard;
 pub(crate) mod deadline;
@@ -30,6 +31,7 @@ mod session;
 mod socket;
 mod stats;
 mod throttle;
+mod users;
 mod writer;
 
 use std::future::{Future, IntoFuture};
@@ -100,6 +102,8 @@ pub(crate) struct Shared {
     pub(crate) throttle: throttle::Throttle,
     /// Socket.IO's long-polling sessions.
     pub(crate) polling: http::engineio::Sessions,
+    /// The connections of each authenticated user, for the control API.
+    pub(crate) users: users::Users,
     pub(crate) shutdown: CancellationToken,
     pub(crate) tasks: TaskTracker,
     /// The runtime a dormant connection wakes on (its waker may run on any thread);
@@ -145,6 +149,7 @@ impl Shared {
             translation_faults: Arc::default(),
             config: Arc::new(config),
             polling: http::engineio::Sessions::default(),
+            users: users::Users::default(),
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             runtime: tokio::runtime::Handle::try_current().ok(),
@@ -228,6 +233,12 @@ impl Server {
     /// The hub, to publish in-process or inspect subscriptions.
     pub fn hub(&self) -> Hub {
         self.shared.hub.clone()
+    }
+
+    /// The control API: disconnect, subscribe or unsubscribe a client or a user's
+    /// connections, list channels, read history. Valid for as long as the server runs.
+    pub fn control(&self) -> control::Control {
+        control::Control::new(self.shared.clone())
     }
 
     /// The snapshot cache: the latest value of each status type.

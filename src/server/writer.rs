@@ -8,6 +8,7 @@
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
 use std::task::Poll;
 use std::time::{Duration, SystemTime};
 
@@ -61,18 +62,22 @@ pub(crate) struct WriteFailed {
 /// rest of a write a dormant connection began) is written first. `at_rest` is set while
 /// the writer waits for frames with nothing in hand: dropping the future then loses
 /// nothing, and the connection may go dormant.
+///
+/// `farewell`, once set, is the reason the close frame gives instead of its code's own (an
+/// operator's disconnect, see `engine::control`).
 pub(crate) async fn run<W: AsyncWrite + Unpin, E: WriterEnv>(
     outbox: &Outbox,
     socket: &mut W,
     env: &E,
     batch: &mut Vec<Bytes>,
     at_rest: &AtomicBool,
+    farewell: &OnceLock<Box<str>>,
 ) -> Result<CloseCode, WriteFailed> {
     let code_of = |outbox: &Outbox| match outbox.closing() {
         Some(Closing::Now(code) | Closing::AfterFlush(code)) => Some(code),
         None => None,
     };
-    drive(outbox, socket, env, batch, at_rest)
+    drive(outbox, socket, env, batch, at_rest, farewell)
         .await
         .map_err(|error| WriteFailed {
             closing: code_of(outbox),
@@ -86,6 +91,7 @@ async fn drive<W: AsyncWrite + Unpin, E: WriterEnv>(
     env: &E,
     batch: &mut Vec<Bytes>,
     at_rest: &AtomicBool,
+    farewell: &OnceLock<Box<str>>,
 ) -> io::Result<CloseCode> {
     loop {
         if batch.is_empty() {
@@ -98,7 +104,7 @@ async fn drive<W: AsyncWrite + Unpin, E: WriterEnv>(
             // What a dormant connection left unsent may begin with the rest of a frame:
             // the stream stays well-formed with it.
             let tail = batch.drain(..).take(1).collect();
-            return Box::pin(finish(socket, tail, code)).await;
+            return Box::pin(finish(socket, tail, code, farewell.get().map(|r| &**r))).await;
         }
         let dropped = outbox.take_dropped();
         if dropped > 0 {
@@ -114,7 +120,13 @@ async fn drive<W: AsyncWrite + Unpin, E: WriterEnv>(
         }
         if batch.is_empty() {
             if let Some(Closing::AfterFlush(code)) = outbox.closing() {
-                return Box::pin(finish(socket, Vec::new(), code)).await;
+                return Box::pin(finish(
+                    socket,
+                    Vec::new(),
+                    code,
+                    farewell.get().map(|r| &**r),
+                ))
+                .await;
             }
             // A frame counted but not queued yet (its publisher was preempted mid-push):
             // let other tasks run while it lands.
@@ -127,7 +139,13 @@ async fn drive<W: AsyncWrite + Unpin, E: WriterEnv>(
                 Some(Closing::Now(code) | Closing::AfterFlush(code)) => code,
                 None => CloseCode::INTERNAL_ERROR,
             };
-            return Box::pin(finish(socket, partial.into_iter().collect(), code)).await;
+            return Box::pin(finish(
+                socket,
+                partial.into_iter().collect(),
+                code,
+                farewell.get().map(|r| &**r),
+            ))
+            .await;
         }
         env.counters().wrote(batch.len(), since);
         if outbox.is_empty() {
@@ -145,8 +163,12 @@ async fn finish<W: AsyncWrite + Unpin>(
     socket: &mut W,
     mut tail: Vec<Bytes>,
     code: CloseCode,
+    reason: Option<&str>,
 ) -> io::Result<CloseCode> {
-    tail.push(frame::close(code));
+    tail.push(frame::close_with(
+        code.code,
+        reason.map_or(code.reason, |r| r),
+    ));
     let close = async {
         write_frames(socket, &mut tail, None).await?;
         socket.shutdown().await
@@ -444,7 +466,8 @@ mod tests {
                 &mut sock,
                 &parts,
                 &mut Vec::new(),
-                &AtomicBool::new(false)
+                &AtomicBool::new(false),
+                &OnceLock::new(),
             )
             .await
             .unwrap(),
@@ -452,6 +475,30 @@ mod tests {
         );
         let mut expected: Vec<u8> = frames(3).iter().flat_map(|f| f.to_vec()).collect();
         expected.extend_from_slice(&frame::close(CloseCode::GOING_AWAY));
+        assert_eq!(sock.out, expected);
+    }
+
+    #[tokio::test]
+    async fn an_operators_disconnect_closes_with_its_own_reason() {
+        let parts = Parts::new();
+        let outbox = Outbox::new(16, SlowConsumerPolicy::Close);
+        outbox.push(frames(1).remove(0));
+        let code = CloseCode {
+            code: 4403,
+            reason: CloseCode::DISCONNECTED.reason,
+        };
+        outbox.close(Closing::AfterFlush(code));
+        let farewell = OnceLock::from(Box::<str>::from("banned: spam"));
+        let mut sock = Trickle {
+            out: vec![],
+            chunk: 1 << 20,
+            calls: 0,
+        };
+        let (at_rest, mut batch) = (AtomicBool::new(false), Vec::new());
+        let sent = run(&outbox, &mut sock, &parts, &mut batch, &at_rest, &farewell);
+        assert_eq!(sent.await.unwrap().code, 4403);
+        let mut expected = frames(1)[0].to_vec();
+        expected.extend_from_slice(&frame::close_with(4403, "banned: spam"));
         assert_eq!(sock.out, expected);
     }
 
@@ -474,6 +521,7 @@ mod tests {
             &parts,
             &mut Vec::new(),
             &AtomicBool::new(false),
+            &OnceLock::new(),
         )
         .await
         .unwrap();
@@ -618,7 +666,8 @@ mod tests {
         };
         let at_rest = AtomicBool::new(false);
         let mut batch = Vec::new();
-        let run = run(&outbox, &mut sock, &parts, &mut batch, &at_rest);
+        let farewell = OnceLock::new();
+        let run = run(&outbox, &mut sock, &parts, &mut batch, &at_rest, &farewell);
         tokio::pin!(run);
         tokio::select! {
             _ = &mut run => panic!("finished while the socket is stuck"),

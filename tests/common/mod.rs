@@ -29,6 +29,8 @@ pub const DEADLINE: Duration = Duration::from_secs(20);
 pub struct TestServer {
     pub addr: SocketAddr,
     pub hub: Hub,
+    /// The server's control API, as an embedding program gets it.
+    pub control: sigmahub::Control,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<Result<(), sigmahub::ServeError>>>,
 }
@@ -54,6 +56,7 @@ impl TestServer {
         let server = Server::bind(config).await.expect("bind");
         let addr = server.local_addr();
         let hub = server.hub();
+        let control = server.control();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(server.run(async {
             let _ = stopped.await;
@@ -61,6 +64,7 @@ impl TestServer {
         Self {
             addr,
             hub,
+            control,
             stop: Some(stop),
             task: Some(task),
         }

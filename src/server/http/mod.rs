@@ -14,6 +14,9 @@
 //! | GET    | `/api/v1/snapshot/{type}` | one type's snapshot; 404 if none yet, 403 if not allowed |
 //! | GET    | `/api/v1/stats`    | connections, counters, analytics, latency, channels, breakers, snapshot ages (a publish key once any is set) |
 //! | GET    | `/api/v1/stats/history` | per-second samples of the last 5 minutes (a publish key once any is set) |
+//! | GET    | `/api/v1/channels`, `/api/v1/channels/{channel}/history` | the control API: channels and their subscribers, a channel's history (a publish key once any is set; `control`) |
+//! | POST   | `/api/v1/disconnect`, `/subscribe`, `/unsubscribe`, `/broadcast` | the control API: disconnect, subscribe or unsubscribe a client or a user's connections, publish one event to several channels (the same) |
+//! | GET    | `/api/v1/openapi.json` | the OpenAPI description of this HTTP API (`docs/openapi.json`) |
 //!
 //! Every error body is `{"error": {"code": …, "message": …}}`.
 //!
@@ -32,6 +35,7 @@
 //! `auth.allowed_origins` (which then gets `Access-Control-Allow-Origin` and preflight
 //! answers); with no list, only same-origin pages are answered.
 
+mod control;
 mod credentials;
 pub(crate) mod engineio;
 mod ops;
@@ -178,6 +182,33 @@ where
             publish::publish(&shared, req, address).await
         }
         (_, "/api/v1/publish") => method_not_allowed("POST"),
+        (&Method::GET, "/api/v1/openapi.json") => control::openapi(),
+        (method, path) if is_control(path) => {
+            let address = shared.admission.client_address(peer, req.headers());
+            if let Some(refused) = publish_key_refusal(&shared, req.headers(), address) {
+                return refused;
+            }
+            match (method, path) {
+                (&Method::GET, "/api/v1/channels") => control::channels(&shared),
+                (&Method::GET, path) if path.ends_with("/history") => {
+                    let name = &path["/api/v1/channels/".len()..path.len() - "/history".len()];
+                    control::history(&shared, name, req.uri().query())
+                }
+                (&Method::POST, "/api/v1/disconnect") => {
+                    control::command(&shared, req, control::Order::Disconnect).await
+                }
+                (&Method::POST, "/api/v1/subscribe") => {
+                    control::command(&shared, req, control::Order::Subscribe).await
+                }
+                (&Method::POST, "/api/v1/unsubscribe") => {
+                    control::command(&shared, req, control::Order::Unsubscribe).await
+                }
+                (&Method::POST, "/api/v1/broadcast") => control::broadcast(&shared, req).await,
+                (_, "/api/v1/channels") => method_not_allowed("GET"),
+                (_, path) if path.starts_with("/api/v1/channels/") => method_not_allowed("GET"),
+                _ => method_not_allowed("POST"),
+            }
+        }
         (&Method::GET, "/healthz") => json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
         (&Method::GET, "/readyz") => ready(&shared),
         (&Method::GET, "/metrics") if !shared.config.metrics => error(
@@ -203,4 +234,19 @@ where
         }
         _ => error(ErrorCode::NotFound, "no such route"),
     }
+}
+
+/// Whether `path` is a control API route (see `control`).
+fn is_control(path: &str) -> bool {
+    matches!(
+        path,
+        "/api/v1/channels"
+            | "/api/v1/disconnect"
+            | "/api/v1/subscribe"
+            | "/api/v1/unsubscribe"
+            | "/api/v1/broadcast"
+    ) || path
+        .strip_prefix("/api/v1/channels/")
+        .and_then(|rest| rest.strip_suffix("/history"))
+        .is_some_and(|name| !name.is_empty())
 }

@@ -36,6 +36,52 @@ pub(super) fn declares_json(headers: &hyper::HeaderMap) -> bool {
             .is_some_and(|sub| sub.ends_with("+json"))
 }
 
+/// Reads a JSON request body: 415 unless it declares JSON (a browser form or a
+/// `text/plain` fetch needs no CORS preflight; JSON does), 413 past
+/// `max_publish_body_size`, 408 past `body_timeout`.
+pub(super) async fn json_body<B>(
+    shared: &Shared,
+    req: Request<B>,
+) -> Result<Bytes, Response<ResponseBody>>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    if !declares_json(req.headers()) {
+        shared.counters.hit(Limit::NotJson);
+        return Err(error(
+            ErrorCode::UnsupportedMediaType,
+            "request bodies are JSON: send `Content-Type: application/json`",
+        ));
+    }
+    let limit = shared.config.max_publish_body_size;
+    let too_large = || {
+        shared.counters.hit(Limit::PublishBodyTooLarge);
+        closing(error(
+            ErrorCode::BodyTooLarge,
+            &format!("request bodies are limited to {limit} bytes"),
+        ))
+    };
+    // A declared length over the limit is refused before a byte of it is read.
+    if req.body().size_hint().lower() > limit as u64 {
+        return Err(too_large());
+    }
+    let deadline = shared.config.body_timeout;
+    let collect = Limited::new(req.into_body(), limit).collect();
+    match tokio::time::timeout(deadline, collect).await {
+        Ok(Ok(body)) => Ok(body.to_bytes()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Ok(Err(e)) => Err(closing(error(ErrorCode::BadBody, &e.to_string()))),
+        Err(_) => {
+            shared.counters.hit(Limit::BodyTimeout);
+            Err(closing(error(
+                ErrorCode::BodyTimeout,
+                &format!("the request body did not arrive within {deadline:?} (body_timeout)"),
+            )))
+        }
+    }
+}
+
 pub(super) async fn publish<B>(
     shared: &Shared,
     req: Request<B>,
@@ -48,41 +94,20 @@ where
     if let Some(refused) = publish_key_refusal(shared, req.headers(), address) {
         return refused;
     }
-    // A browser form or a `text/plain` fetch needs no CORS preflight; JSON does.
-    if !declares_json(req.headers()) {
-        shared.counters.hit(Limit::NotJson);
-        return error(
-            ErrorCode::UnsupportedMediaType,
-            "publish bodies are JSON: send `Content-Type: application/json`",
-        );
-    }
-    let limit = shared.config.max_publish_body_size;
-    let too_large = || {
-        shared.counters.hit(Limit::PublishBodyTooLarge);
-        closing(error(
-            ErrorCode::BodyTooLarge,
-            &format!("publish bodies are limited to {limit} bytes"),
-        ))
+    let body = match json_body(shared, req).await {
+        Ok(body) => body,
+        Err(refused) => return refused,
     };
-    // A declared length over the limit is refused before a byte of it is read.
-    if req.body().size_hint().lower() > limit as u64 {
-        return too_large();
-    }
-    let deadline = shared.config.body_timeout;
-    let collect = Limited::new(req.into_body(), limit).collect();
-    let body = match tokio::time::timeout(deadline, collect).await {
-        Ok(Ok(body)) => body.to_bytes(),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => return too_large(),
-        Ok(Err(e)) => return closing(error(ErrorCode::BadBody, &e.to_string())),
-        Err(_) => {
-            shared.counters.hit(Limit::BodyTimeout);
-            return closing(error(
-                ErrorCode::BodyTimeout,
-                &format!("the request body did not arrive within {deadline:?} (body_timeout)"),
-            ));
-        }
-    };
-    let events = match publish::parse(&body) {
+    publish_events(shared, publish::parse(&body)).await
+}
+
+/// Publishes what a publish or broadcast body parsed into, through the throttle and the
+/// broker; 400 naming the bad event if it did not parse.
+pub(super) async fn publish_events(
+    shared: &Shared,
+    events: Result<Vec<crate::event::Event>, publish::PublishError>,
+) -> Response<ResponseBody> {
+    let events = match events {
         Ok(events) => events,
         Err(e) => {
             let mut body = serde_json::json!({"error": {"code": e.code, "message": e.message}});

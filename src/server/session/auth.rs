@@ -189,6 +189,11 @@ impl Session {
             .collect();
         let revoked = self.client.unsubscribe(revoked.iter().map(String::as_str));
         self.deadlines.authenticated(identity.expires_at);
+        // Listed under its user from its first named identity (a refreshed token names
+        // the same one).
+        if !self.identity.as_deref().is_some_and(is_named) && is_named(&identity) {
+            self.shared.users.add(&identity.subject, self.client.id());
+        }
         let first = self.identity.replace(identity).is_none();
         (first, revoked.changed)
     }
@@ -278,4 +283,9 @@ impl Session {
     pub(super) fn epoch(&self) -> Option<Arc<String>> {
         self.shared.hub.history().map(|h| h.epoch())
     }
+}
+
+/// Whether a connection with `identity` is listed under its user (not anonymous).
+pub(super) fn is_named(identity: &Identity) -> bool {
+    identity.method != Method::Anonymous
 }

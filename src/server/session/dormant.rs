@@ -17,7 +17,7 @@
 //!   rests again in the same cell. A dormant client that is sent something now and then
 //!   costs no task and no queue block, only the write;
 //! - anything else (the client sent something or left, a deadline passed, a close was
-//!   asked for, the socket was full, frames were dropped or held back) spawns a task that
+//!   asked for, the control API sent a command, the socket was full, frames were dropped or held back) spawns a task that
 //!   serves it as before, until the sweep asks it to rest again. So does a stream of
 //!   frames: past [`MAX_WRITES_DORMANT`] writes in a second, a client is busy, and its
 //!   task's writer takes over, which batches frames into one write and runs on every
@@ -109,6 +109,7 @@ where
         let idle = unbudgeted(&mut cx, |cx| {
             conn.reader.poll_pong(cx, false) == Peeked::Nothing
                 && conn.session.client.outbox().poll_ready(cx).is_pending()
+                && !conn.session.client.outbox().has_commands()
                 && match timer {
                     Timer::Register => conn.session.deadlines.poll_passed(cx).is_pending(),
                     Timer::Registered => !conn.session.deadlines.has_fired(),
@@ -213,6 +214,7 @@ where
         }
         let outbox = self.session.client.outbox();
         let only_frames = outbox.closing().is_none()
+            && !outbox.has_commands()
             && !outbox.is_degraded()
             && !outbox.has_dropped()
             && !self.session.deadlines.has_fired();

@@ -13,6 +13,7 @@
 //! close frame, the reader waits for the client's) before the socket is dropped.
 
 mod auth;
+mod command;
 mod dormant;
 mod publish;
 mod reply;
@@ -24,7 +25,7 @@ mod tests;
 use std::future::Future;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::Poll;
 use std::time::SystemTime;
 
@@ -246,13 +247,18 @@ where
         let shared = &*self.session.shared.clone();
         let outbox = self.session.client.outbox().clone();
         let (reader_at_rest, writer_at_rest) = (AtomicBool::new(false), AtomicBool::new(false));
-        let read_half = self.session.read_loop(&mut self.reader, &reader_at_rest);
+        // The reason of an operator's disconnect, from the reader to the close frame.
+        let farewell = OnceLock::new();
+        let read_half = self
+            .session
+            .read_loop(&mut self.reader, &reader_at_rest, &farewell);
         let write_half = writer::run(
             &outbox,
             &mut self.write,
             shared,
             &mut self.unsent,
             &writer_at_rest,
+            &farewell,
         );
         tokio::pin!(read_half, write_half);
         let first = std::future::poll_fn(|cx| {
@@ -297,7 +303,7 @@ where
                     Ending::Read(end) => {
                         Closing::Now(end.close_code().unwrap_or(CloseCode::NORMAL))
                     }
-                    Ending::Refused(code) => Closing::AfterFlush(code),
+                    Ending::Refused(code) | Ending::Dismissed(code) => Closing::AfterFlush(code),
                 });
                 // Only `end` lives across this wait: every byte here is paid per connection.
                 let _ = Box::pin(tokio::time::timeout(CLOSE_LINGER, &mut write_half)).await;
@@ -314,6 +320,7 @@ where
                         Activity::Ended(end.close_code(), Disconnect::Violation)
                     }
                     Ending::Refused(code) => Activity::Ended(Some(code), Disconnect::Refused),
+                    Ending::Dismissed(code) => Activity::Ended(Some(code), Disconnect::Dismissed),
                 }
             }
         }
@@ -325,8 +332,11 @@ where
             session, started, ..
         } = self;
         let shared = &*session.shared;
-        if let Some(code) = code {
-            shared.counters.closed(code);
+        match (code, reason) {
+            // Whatever code the operator chose.
+            (_, Disconnect::Dismissed) => shared.counters.closed(CloseCode::DISCONNECTED),
+            (Some(code), _) => shared.counters.closed(code),
+            (None, _) => {}
         }
         let duration = crate::clock::now().saturating_duration_since(started);
         let address = session.address;
@@ -370,6 +380,8 @@ enum Disconnect {
     Violation,
     /// The client's credentials were refused: `code`.
     Refused,
+    /// An operator disconnected it (the control API).
+    Dismissed,
 }
 
 impl Disconnect {
@@ -382,6 +394,7 @@ impl Disconnect {
             Self::ConnectionLost => "connection_lost",
             Self::Violation => "violation",
             Self::Refused => "refused",
+            Self::Dismissed => "disconnected_by_operator",
         }
     }
 }
@@ -406,6 +419,9 @@ enum Ending {
     Read(ReadEnd),
     /// Credentials were refused: close with this code once the reply has been sent.
     Refused(CloseCode),
+    /// The control API disconnected it: close with this code (and the reason it gave) once
+    /// what is queued has been sent.
+    Dismissed(CloseCode),
 }
 
 /// One connection's state on the reading side.
@@ -424,16 +440,35 @@ struct Session {
     token: Option<Box<str>>,
 }
 
+impl Drop for Session {
+    fn drop(&mut self) {
+        if let Some(identity) = self.identity.as_deref().filter(|i| auth::is_named(i)) {
+            self.shared
+                .users
+                .remove(&identity.subject, self.client.id());
+        }
+    }
+}
+
 impl Session {
-    /// Reads and answers client messages until the connection should end. `at_rest` as
-    /// [`MessageReader::next`] sets it.
+    /// Reads and answers client messages, and carries out the control API's commands,
+    /// until the connection should end. `at_rest` as [`MessageReader::next`] sets it;
+    /// `farewell` gets the reason of a disconnect command.
     async fn read_loop<S: AsyncRead + Unpin>(
         &mut self,
         reader: &mut MessageReader<S>,
         at_rest: &AtomicBool,
+        farewell: &OnceLock<Box<str>>,
     ) -> Ending {
+        let outbox = self.client.outbox().clone();
         loop {
             let incoming = tokio::select! {
+                () = std::future::poll_fn(|cx| outbox.poll_commands(cx)) => {
+                    match self.obey(farewell).await {
+                        Some(ending) => return ending,
+                        None => continue,
+                    }
+                }
                 next = reader.next(at_rest) => match next {
                     Ok(incoming) => incoming,
                     Err(end) => {
