@@ -700,3 +700,68 @@ async fn a_node_waits_for_jetstream_and_joins_once_it_answers() {
         "no retry was logged"
     );
 }
+
+/// The control API is cluster-wide: a call on one node reaches the connections of every
+/// node, client ids name one connection across the cluster, the answer counts the nodes
+/// that answered, and the channel list sums every node's subscribers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_calls_on_one_node_reach_every_node() {
+    let nats = NatsServer::start();
+    let a = node(&nats, "a").await;
+    let b = node(&nats, "b").await;
+    async fn client_with_id(node: &TestServer) -> (common::Client, String) {
+        let mut client = node.raw_client().await;
+        let welcome = client.recv_type("notification").await;
+        let id = welcome["data"]["client_id"].as_str().unwrap().to_owned();
+        (client, id)
+    }
+    let (mut on_a, id_on_a) = client_with_id(&a).await;
+    let (mut on_b, id_on_b) = client_with_id(&b).await;
+    for id in [&id_on_a, &id_on_b] {
+        assert!(
+            id.parse::<u64>().unwrap() > 1 << 32,
+            "a cluster node numbers its clients from a random base: {id}"
+        );
+    }
+    assert_ne!(id_on_a, id_on_b);
+
+    // A client on b, subscribed through a.
+    let (status, told) = common::http_post_json(
+        a.addr,
+        "/api/v1/subscribe",
+        &json!({"client": id_on_b, "channels": ["orders"]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{told}");
+    assert_eq!(told, json!({"connections": 1, "nodes": 2}));
+    on_b.recv_type("subscribe_response").await;
+    a.publish(&json!({"type": "orders", "data": {"n": 1}}))
+        .await;
+    assert_eq!(on_b.recv_type("orders").await["data"]["n"], 1);
+
+    let (_, list) = common::http_get_json(b.addr, "/api/v1/channels").await;
+    assert_eq!(
+        list,
+        json!({"channels": [
+            {"channel": "notification", "subscribers": 2},
+            {"channel": "orders", "subscribers": 1},
+        ]})
+    );
+
+    // Anonymous connections are nobody's: a user disconnect finds none, on either node.
+    let (_, told) =
+        common::http_post_json(b.addr, "/api/v1/disconnect", &json!({"user": "anonymous"})).await;
+    assert_eq!(told, json!({"connections": 0, "nodes": 2}));
+    // A client on a, disconnected through b; the client on b stays.
+    let (_, told) = common::http_post_json(
+        b.addr,
+        "/api/v1/disconnect",
+        &json!({"client": id_on_a, "code": 4000, "reason": "moved"}),
+    )
+    .await;
+    assert_eq!(told, json!({"connections": 1, "nodes": 2}));
+    assert_eq!(on_a.closed().await, Some(4000));
+    a.publish(&json!({"type": "orders", "data": {"n": 2}}))
+        .await;
+    assert_eq!(on_b.recv_type("orders").await["data"]["n"], 2);
+}

@@ -96,7 +96,10 @@ async fn a_client_subscribed_server_side_gets_the_channel_until_unsubscribed() {
         &json!({"client": id.to_string(), "channels": ["orders", "mine.x"]}),
     )
     .await;
-    assert_eq!((status, &body), (200, &json!({"connections": 1})));
+    assert_eq!(
+        (status, &body),
+        (200, &json!({"connections": 1, "nodes": 1}))
+    );
     let reply = client.recv_type("subscribe_response").await;
     assert_eq!(reply["data"]["subscribed"], json!(["orders", "mine.x"]));
     assert!(reply.get("correlation_id").is_none(), "{reply}");
@@ -118,7 +121,10 @@ async fn a_client_subscribed_server_side_gets_the_channel_until_unsubscribed() {
         &json!({"client": id, "channels": ["orders"]}),
     )
     .await;
-    assert_eq!((status, &body), (200, &json!({"connections": 1})));
+    assert_eq!(
+        (status, &body),
+        (200, &json!({"connections": 1, "nodes": 1}))
+    );
     let reply = client.recv_type("unsubscribe_response").await;
     assert_eq!(reply["data"]["unsubscribed"], json!(["orders"]));
     server
@@ -152,7 +158,10 @@ async fn disconnects_close_a_client_or_every_connection_of_a_user() {
         &json!({"client": first_id, "code": 4403, "reason": "banned: spam"}),
     )
     .await;
-    assert_eq!((status, &body), (200, &json!({"connections": 1})));
+    assert_eq!(
+        (status, &body),
+        (200, &json!({"connections": 1, "nodes": 1}))
+    );
     assert_eq!(
         close_frame(&mut first).await,
         (4403, "banned: spam".to_owned())
@@ -189,7 +198,7 @@ async fn disconnects_close_a_client_or_every_connection_of_a_user() {
     .await;
     assert_eq!(
         body,
-        json!({"connections": 0}),
+        json!({"connections": 0, "nodes": 1}),
         "alice has no connection left"
     );
     server
@@ -219,19 +228,18 @@ async fn an_embedding_program_commands_connections_through_control() {
     let (mut client, id) = client_of(&server, "carol").await;
     let orders = sigmahub::Channel::new("orders").unwrap();
     let target = sigmahub::Target::User("carol".to_owned());
-    assert_eq!(
-        server
-            .control
-            .subscribe(&target, std::slice::from_ref(&orders)),
-        1
-    );
+    let told = server
+        .control
+        .subscribe(&target, std::slice::from_ref(&orders))
+        .await;
+    assert_eq!((told.connections, told.nodes), (1, 1));
     client.recv_type("subscribe_response").await;
     common::eventually("the subscription to apply", || {
         server.hub.subscriber_count("orders") == 1
     })
     .await;
     assert_eq!(
-        server.control.channels(),
+        server.control.channels().await,
         [
             (orders.clone(), 1),
             (sigmahub::Channel::new("notification").unwrap(), 1)
@@ -245,14 +253,18 @@ async fn an_embedding_program_commands_connections_through_control() {
     assert_eq!(
         server
             .control
-            .disconnect(&sigmahub::Target::Client(id + 1000), &farewell),
+            .disconnect(&sigmahub::Target::Client(id + 1000), &farewell)
+            .await
+            .connections,
         0,
         "no such client"
     );
     assert_eq!(
         server
             .control
-            .disconnect(&sigmahub::Target::Client(id), &farewell),
+            .disconnect(&sigmahub::Target::Client(id), &farewell)
+            .await
+            .connections,
         1
     );
     assert_eq!(close_frame(&mut client).await, (4001, "go".to_owned()));

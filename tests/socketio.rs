@@ -223,7 +223,10 @@ async fn a_client_joined_to_a_room_server_side_gets_its_events_until_disconnecte
         &json!({"client": sid, "channels": ["room.blue"]}),
     )
     .await;
-    assert_eq!((status, &body), (200, &json!({"connections": 1})));
+    assert_eq!(
+        (status, &body),
+        (200, &json!({"connections": 1, "nodes": 1}))
+    );
     let reply = client.event("subscribe_response").await;
     assert_eq!(reply["subscribed"], json!(["room.blue"]), "{reply}");
     server

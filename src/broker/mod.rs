@@ -27,6 +27,7 @@ use crate::engine::hub::Delivery;
 use crate::event::Event;
 use crate::protocol::channel::Channel;
 use crate::protocol::message::Resume;
+use crate::server::control::{ControlRequest, NodeAnswer};
 use crate::snapshot::Snapshot;
 
 /// Carries publishes, snapshots and interest between this node and every other.
@@ -65,6 +66,17 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
 
     /// Housekeeping, called about once a second.
     fn sweep(&self) {}
+
+    /// Sends a control request to every node (this one included) and gathers their
+    /// answers (see `cluster::control`). `None` for a broker without other nodes: the
+    /// caller applies the request here.
+    fn gather(
+        &self,
+        request: &ControlRequest,
+    ) -> Option<BoxFuture<'static, Result<Vec<NodeAnswer>, String>>> {
+        let _ = request;
+        None
+    }
 
     /// Leaves by `deadline`, whether the other side answers or not. Called at shutdown.
     fn close(&self, deadline: tokio::time::Instant) -> BoxFuture<'_, ()>;

@@ -19,6 +19,7 @@
 //! `history.max_age`); each node also keeps what it received in its in-memory history.
 //! The stream's creation time is the epoch.
 
+mod control;
 mod headers;
 mod interest;
 mod leader;
@@ -36,6 +37,7 @@ use async_nats::HeaderMap;
 use parking_lot::Mutex;
 use tokio::task::JoinHandle;
 
+pub use self::control::GATHER_WINDOW;
 use self::interest::Interest;
 use self::leader::LEADER_KEY;
 pub use self::leader::LEADER_TTL;
@@ -46,7 +48,9 @@ use crate::engine::hub::Hub;
 use crate::event::Event;
 use crate::protocol::channel::Channel;
 use crate::protocol::message::Resume;
+use crate::server::control::{ControlHandler, ControlRequest, NodeAnswer};
 use crate::snapshot::Snapshot;
+use futures_util::future::BoxFuture;
 
 /// How often an idle link pings NATS. The client gives the link up after three unanswered
 /// pings, so a silent cut (no reset, no FIN) is noticed within about three of these; the
@@ -158,6 +162,13 @@ impl NatsBroker {
     pub fn channels(&self) -> Vec<Channel> {
         self.link.channels()
     }
+
+    /// Applies every control request of the cluster on this node with `handler` (the
+    /// server's [`Control::apply`](crate::server::control::Control::apply)) from now
+    /// on, answering each; see [`Broker::gather`].
+    pub async fn serve_control(&self, handler: ControlHandler) -> Result<(), ClusterError> {
+        self.link.serve_control(handler).await
+    }
 }
 
 impl Broker for NatsBroker {
@@ -198,6 +209,16 @@ impl Broker for NatsBroker {
         self.link.sweep();
     }
 
+    fn gather(
+        &self,
+        request: &ControlRequest,
+    ) -> Option<BoxFuture<'static, Result<Vec<NodeAnswer>, String>>> {
+        let (link, request) = (self.link.clone(), request.clone());
+        Some(Box::pin(async move {
+            link.gather(request).await.map_err(|e| e.to_string())
+        }))
+    }
+
     fn close(&self, deadline: tokio::time::Instant) -> futures_util::future::BoxFuture<'_, ()> {
         Box::pin(self.link.close(deadline))
     }
@@ -214,6 +235,12 @@ impl Cluster {
         let cluster = &config.cluster;
         let url = cluster.nats_url.clone().ok_or(ClusterError::NoUrl)?;
         let hub = local.hub().clone();
+        // Client ids unique across the cluster (the control API names clients by them):
+        // from a random multiple of 2^32 below 2^52, which JavaScript numbers still hold.
+        // Two nodes' ids meet only if they draw the same base (one chance in a million
+        // per pair) or one connects over 4 billion clients.
+        let base = (getrandom::u64().unwrap_or(0) % (1 << 20)).max(1) << 32;
+        hub.number_clients_from(base);
         let node = cluster.node_name.clone().unwrap_or_else(default_node_name);
         let (reconnects, _) = tokio::sync::watch::channel(0u64);
         let mut options = async_nats::ConnectOptions::new()

@@ -35,6 +35,12 @@ pub(crate) fn snapshot_of(prefix: &str, channel: &str) -> Subjects {
     }
 }
 
+/// Where control requests go to every node (core NATS: not stored). No channel's subject
+/// is `{prefix}.control`: theirs all have an `ev` or `live` token first.
+pub(crate) fn control(prefix: &str) -> String {
+    format!("{prefix}.control")
+}
+
 /// Every snapshot's live subject.
 pub(crate) fn snapshots_live(prefix: &str) -> String {
     format!("{prefix}.live.$snap.>")

@@ -38,7 +38,8 @@ pub enum Command {
 }
 
 /// The close frame a disconnected client is sent.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "UncheckedFarewell")]
 pub struct Farewell {
     /// The close code: 1000, 1001, 1008 or an application code (3000-4999).
     pub code: u16,
@@ -75,6 +76,21 @@ impl Farewell {
             code,
             reason: reason.into(),
         })
+    }
+}
+
+/// A farewell as it arrives from elsewhere (another node), checked by [`Farewell::new`].
+#[derive(serde::Deserialize)]
+struct UncheckedFarewell {
+    code: u16,
+    reason: String,
+}
+
+impl TryFrom<UncheckedFarewell> for Farewell {
+    type Error = FarewellError;
+
+    fn try_from(unchecked: UncheckedFarewell) -> Result<Self, FarewellError> {
+        Self::new(unchecked.code, &unchecked.reason)
     }
 }
 

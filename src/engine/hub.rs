@@ -137,6 +137,7 @@ impl Hub {
                 deferred: SegQueue::new(),
                 deferred_wakes: AtomicU64::new(0),
                 next_client_id: AtomicU64::new(1),
+                first_client_id: AtomicU64::new(1),
                 mailbox: Default::default(),
                 batches: AtomicU64::new(0),
                 clients: AtomicUsize::new(0),
@@ -178,6 +179,22 @@ impl Hub {
         }
         inner.peak_clients.fetch_max(now, Ordering::Relaxed);
         Ok(Client::new(Arc::clone(inner), slot, id, outbox))
+    }
+
+    /// Numbers clients from `first` (not 0) instead of 1, if none has connected yet;
+    /// returns whether it did. A cluster node numbers from a random base, so that a client
+    /// id names one connection across the cluster (see `cluster::Cluster::connect`).
+    pub fn number_clients_from(&self, first: u64) -> bool {
+        let inner = &self.inner;
+        let numbered = first != 0
+            && inner
+                .next_client_id
+                .compare_exchange(1, first, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok();
+        if numbered {
+            inner.first_client_id.store(first, Ordering::Relaxed);
+        }
+        numbered
     }
 
     /// Publishes `event` stamped with the current time.
@@ -465,7 +482,8 @@ impl Hub {
                 .each_ref()
                 .map(|n| n.load(Ordering::Relaxed)),
             deflate_clients: self.inner.deflate_clients.load(Ordering::Relaxed),
-            connected_total: self.inner.next_client_id.load(Ordering::Relaxed) - 1,
+            connected_total: self.inner.next_client_id.load(Ordering::Relaxed)
+                - self.inner.first_client_id.load(Ordering::Relaxed),
             peak_clients: self.inner.peak_clients.load(Ordering::Relaxed),
             published: self.inner.published.load(Ordering::Relaxed),
             delivered: self.inner.delivered.load(Ordering::Relaxed),

@@ -43,6 +43,8 @@ pub(super) struct HubState {
     /// Writers woken by [`crate::Hub::wake_deferred`].
     pub(super) deferred_wakes: AtomicU64,
     pub(super) next_client_id: AtomicU64,
+    /// The first client id ([`crate::Hub::number_clients_from`]).
+    pub(super) first_client_id: AtomicU64,
     /// Commands on their way to connections ([`crate::Hub::command`]).
     pub(super) mailbox: super::control::Mailbox,
     /// Publish batches begun, whose count is the last batch's id (see [`Self::next_batch`]).

@@ -132,6 +132,15 @@ impl serde::Serialize for Channel {
     }
 }
 
+/// A channel name from elsewhere (another node's request), validated as [`Channel::new`]
+/// validates it.
+impl<'de> serde::Deserialize<'de> for Channel {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = std::borrow::Cow::<'de, str>::deserialize(d)?;
+        Channel::new(&name).map_err(serde::de::Error::custom)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

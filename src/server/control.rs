@@ -1,13 +1,21 @@
 //! The control API: what an operator, or the program embedding the server, can ask of the
-//! connections and channels of this node. The HTTP routes (`/api/v1/channels`,
+//! connections and channels of the cluster. The HTTP routes (`/api/v1/channels`,
 //! `/api/v1/disconnect`, …, see `http::control`) call it; so can Rust code, through
 //! [`Server::control`](super::Server::control).
 //!
-//! Connections are told through the hub's mailbox (see [`crate::engine::control`]): the
-//! calls return as soon as every connection named has its command, which it carries out
+//! A request goes to every node through the broker ([`Broker::gather`]); each applies it
+//! to its own connections ([`Control::apply`]) and answers what it did, and the caller
+//! gets the sum with the number of nodes that answered. On one node it is applied here.
+//! Client ids are unique across a cluster (each node numbers its clients from a random
+//! base), so a client id names one connection wherever it is.
+//!
+//! Connections are told through the hub's mailbox (see [`crate::engine::control`]): a
+//! call returns as soon as every connection named has its command, which it carries out
 //! within moments (after the message it is reading, if any).
+//!
+//! [`Broker::gather`]: crate::broker::Broker::gather
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -27,6 +35,60 @@ pub enum Target {
     /// name (`api-key#N`). Anonymous connections are nobody's.
     User(String),
 }
+
+/// A request to every node: a command for some connections, or a question.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum ControlRequest {
+    /// Disconnect `target`'s connections.
+    Disconnect {
+        /// Whose.
+        target: Target,
+        /// With what.
+        farewell: Farewell,
+    },
+    /// Subscribe `target`'s connections to `channels`.
+    Subscribe {
+        /// Whose.
+        target: Target,
+        /// To what.
+        channels: Vec<Channel>,
+    },
+    /// Unsubscribe `target`'s connections from `channels`.
+    Unsubscribe {
+        /// Whose.
+        target: Target,
+        /// From what.
+        channels: Vec<Channel>,
+    },
+    /// Which channels have subscribers, and how many.
+    Channels,
+}
+
+/// What one node did with a [`ControlRequest`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+pub struct NodeAnswer {
+    /// Connections told (a command).
+    #[serde(default)]
+    pub connections: usize,
+    /// Channels with subscribers, and how many (a [`ControlRequest::Channels`]).
+    #[serde(default)]
+    pub channels: Vec<(Channel, usize)>,
+}
+
+/// What a command did across the nodes that answered.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Told {
+    /// Connections told, over every node that answered (0: none matched).
+    pub connections: usize,
+    /// Nodes that answered (1 without a cluster). In a cluster, nodes that did not answer
+    /// within the gathering window are not counted, nor are their connections.
+    pub nodes: usize,
+}
+
+/// Applies a request on this node; what a cluster node runs for each request it receives
+/// ([`NatsBroker::serve_control`](crate::cluster::NatsBroker::serve_control)).
+pub type ControlHandler = Arc<dyn Fn(&ControlRequest) -> NodeAnswer + Send + Sync>;
 
 /// The most events one history page holds.
 pub const MAX_HISTORY_PAGE: usize = 1000;
@@ -62,27 +124,103 @@ impl Control {
     }
 
     /// Disconnects `target`'s connections with `farewell` (after what is queued for them
-    /// is written). Returns how many connections were told.
-    pub fn disconnect(&self, target: &Target, farewell: &Farewell) -> usize {
-        self.tell(target, Command::Disconnect(farewell.clone()))
+    /// is written), on every node.
+    pub async fn disconnect(&self, target: &Target, farewell: &Farewell) -> Told {
+        self.command(ControlRequest::Disconnect {
+            target: target.clone(),
+            farewell: farewell.clone(),
+        })
+        .await
     }
 
-    /// Subscribes `target`'s connections to `channels`, whatever their grant allows; each
-    /// is sent a `subscribe_response` (and the snapshots of snapshot channels). Returns
-    /// how many connections were told.
-    pub fn subscribe(&self, target: &Target, channels: &[Channel]) -> usize {
-        self.tell(target, Command::Subscribe(channels.to_vec()))
+    /// Subscribes `target`'s connections to `channels`, on every node, whatever their
+    /// grant allows; each is sent a `subscribe_response` (and the snapshots of snapshot
+    /// channels).
+    pub async fn subscribe(&self, target: &Target, channels: &[Channel]) -> Told {
+        self.command(ControlRequest::Subscribe {
+            target: target.clone(),
+            channels: channels.to_vec(),
+        })
+        .await
     }
 
-    /// Unsubscribes `target`'s connections from `channels`; each is sent an
-    /// `unsubscribe_response`. Returns how many connections were told.
-    pub fn unsubscribe(&self, target: &Target, channels: &[Channel]) -> usize {
-        self.tell(target, Command::Unsubscribe(channels.to_vec()))
+    /// Unsubscribes `target`'s connections from `channels`, on every node; each is sent an
+    /// `unsubscribe_response`.
+    pub async fn unsubscribe(&self, target: &Target, channels: &[Channel]) -> Told {
+        self.command(ControlRequest::Unsubscribe {
+            target: target.clone(),
+            channels: channels.to_vec(),
+        })
+        .await
     }
 
-    /// Every channel with subscribers on this node, with their counts, by name.
-    pub fn channels(&self) -> Vec<(Channel, usize)> {
-        self.shared.hub.channels()
+    /// Every channel with subscribers on any node that answered, with their counts summed,
+    /// by name.
+    pub async fn channels(&self) -> Vec<(Channel, usize)> {
+        let mut sum = std::collections::BTreeMap::new();
+        for answer in self.gather(ControlRequest::Channels).await {
+            for (channel, n) in answer.channels {
+                *sum.entry(channel).or_insert(0) += n;
+            }
+        }
+        sum.into_iter().collect()
+    }
+
+    /// Applies `request` to this node's connections alone.
+    pub fn apply(&self, request: &ControlRequest) -> NodeAnswer {
+        let told = |target, command| NodeAnswer {
+            connections: self.tell(target, command),
+            channels: Vec::new(),
+        };
+        match request {
+            ControlRequest::Disconnect { target, farewell } => {
+                told(target, Command::Disconnect(farewell.clone()))
+            }
+            ControlRequest::Subscribe { target, channels } => {
+                told(target, Command::Subscribe(channels.clone()))
+            }
+            ControlRequest::Unsubscribe { target, channels } => {
+                told(target, Command::Unsubscribe(channels.clone()))
+            }
+            ControlRequest::Channels => NodeAnswer {
+                connections: 0,
+                channels: self.shared.hub.channels(),
+            },
+        }
+    }
+
+    /// What applies requests from other nodes here. It holds the server weakly: a broker
+    /// that outlives the server answers nothing.
+    pub(crate) fn handler(shared: &Arc<Shared>) -> ControlHandler {
+        let shared: Weak<Shared> = Arc::downgrade(shared);
+        Arc::new(move |request| match shared.upgrade() {
+            Some(shared) => Control::new(shared).apply(request),
+            None => NodeAnswer::default(),
+        })
+    }
+
+    async fn command(&self, request: ControlRequest) -> Told {
+        let answers = self.gather(request).await;
+        Told {
+            connections: answers.iter().map(|a| a.connections).sum(),
+            nodes: answers.len(),
+        }
+    }
+
+    /// Every node's answer to `request`: through the broker in a cluster (this node's
+    /// among them), else this node's. A cluster whose broker cannot ask the others now
+    /// (NATS unreachable) gets this node's answer alone.
+    async fn gather(&self, request: ControlRequest) -> Vec<NodeAnswer> {
+        match self.shared.broker.gather(&request) {
+            Some(gathering) => match gathering.await {
+                Ok(answers) => answers,
+                Err(e) => {
+                    tracing::warn!(error = %e, "control request not sent to the cluster; applied on this node only");
+                    vec![self.apply(&request)]
+                }
+            },
+            None => vec![self.apply(&request)],
+        }
     }
 
     /// Up to `limit` (at most [`MAX_HISTORY_PAGE`]) of `channel`'s events after offset

@@ -211,11 +211,18 @@ impl Server {
     pub async fn bind(config: Config) -> Result<Self, ServeError> {
         config.validate()?;
         let mut shared = Shared::new(config)?;
+        let mut cluster = None;
         if shared.config.cluster.enabled() {
             let local = MemoryBroker::new(shared.hub.clone(), shared.snapshots.clone());
-            shared.broker = Arc::new(NatsBroker::connect(&shared.config, local).await?);
+            let nats = NatsBroker::connect(&shared.config, local).await?;
+            shared.broker = Arc::new(nats.clone());
+            cluster = Some(nats);
         }
         let shared = Arc::new(shared);
+        if let Some(nats) = cluster {
+            nats.serve_control(control::Control::handler(&shared))
+                .await?;
+        }
         let addr = shared.config.listen;
         let listener = TcpListener::bind(addr)
             .await

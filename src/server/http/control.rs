@@ -4,14 +4,16 @@
 //! |--------|------|------|--------|
 //! | GET  | `/api/v1/channels` | | `{"channels": [{"channel", "subscribers"}]}` |
 //! | GET  | `/api/v1/channels/{channel}/history?since&limit` | | a [`HistoryPage`](crate::server::control::HistoryPage) |
-//! | POST | `/api/v1/disconnect` | `{"client"` or `"user", "code"?, "reason"?}` | `{"connections": n}` |
-//! | POST | `/api/v1/subscribe` | `{"client"` or `"user", "channels"}` | `{"connections": n}` |
-//! | POST | `/api/v1/unsubscribe` | `{"client"` or `"user", "channels"}` | `{"connections": n}` |
+//! | POST | `/api/v1/disconnect` | `{"client"` or `"user", "code"?, "reason"?}` | `{"connections", "nodes"}` |
+//! | POST | `/api/v1/subscribe` | `{"client"` or `"user", "channels"}` | `{"connections", "nodes"}` |
+//! | POST | `/api/v1/unsubscribe` | `{"client"` or `"user", "channels"}` | `{"connections", "nodes"}` |
 //! | POST | `/api/v1/broadcast` | one event with `"channels"` instead of `"type"` | as `/api/v1/publish` |
 //! | GET  | `/api/v1/openapi.json` | | the OpenAPI description of the HTTP API (no key needed) |
 //!
-//! `connections` counts the connections told on this node; 0 means none matched (the
-//! client is gone, or the user has no connection here).
+//! `connections` counts the connections told on every node that answered (`nodes`; in a
+//! cluster, those that answered within `cluster::GATHER_WINDOW`); 0 means none matched
+//! (the client is gone, or the user has no connection). Channel counts are summed the
+//! same way.
 
 use bytes::Bytes;
 use hyper::body::Body;
@@ -128,7 +130,7 @@ where
                 _ => "",
             });
             match Farewell::new(code, reason) {
-                Ok(farewell) => control.disconnect(&target, &farewell),
+                Ok(farewell) => control.disconnect(&target, &farewell).await,
                 Err(e) => return error(ErrorCode::InvalidBody, &e.to_string()),
             }
         }
@@ -144,12 +146,12 @@ where
                 Err(message) => return error(ErrorCode::InvalidBody, &message),
             };
             match order {
-                Order::Subscribe => control.subscribe(&target, &channels),
-                _ => control.unsubscribe(&target, &channels),
+                Order::Subscribe => control.subscribe(&target, &channels).await,
+                _ => control.unsubscribe(&target, &channels).await,
             }
         }
     };
-    json(StatusCode::OK, &serde_json::json!({ "connections": told }))
+    json(StatusCode::OK, &told)
 }
 
 /// `POST /api/v1/broadcast`: one event to several channels.
@@ -165,9 +167,10 @@ where
 }
 
 /// `GET /api/v1/channels`.
-pub(super) fn channels(shared: &std::sync::Arc<Shared>) -> Response<ResponseBody> {
+pub(super) async fn channels(shared: &std::sync::Arc<Shared>) -> Response<ResponseBody> {
     let channels: Vec<_> = Control::new(shared.clone())
         .channels()
+        .await
         .into_iter()
         .map(|(channel, subscribers)| {
             serde_json::json!({ "channel": channel, "subscribers": subscribers })

@@ -189,7 +189,7 @@ where
                 return refused;
             }
             match (method, path) {
-                (&Method::GET, "/api/v1/channels") => control::channels(&shared),
+                (&Method::GET, "/api/v1/channels") => control::channels(&shared).await,
                 (&Method::GET, path) if path.ends_with("/history") => {
                     let name = &path["/api/v1/channels/".len()..path.len() - "/history".len()];
                     control::history(&shared, name, req.uri().query())

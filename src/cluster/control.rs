@@ -1,0 +1,84 @@
+//! The control API across the cluster (see [`crate::server::control`]).
+//!
+//! A request is published once on `{prefix}.control` (core NATS: not stored, so a node
+//! that is down meanwhile never applies it later) with a reply inbox. Every node, the
+//! asking one included, applies it to its own connections and answers on the inbox with
+//! what it did; the asking node gathers the answers that arrive within [`GATHER_WINDOW`].
+//! How many nodes a cluster has is known nowhere, so the window is the only end: a node
+//! slower than that still applies the request, but its count is missed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+
+use super::{subject, Cluster, ClusterError};
+use crate::server::control::{ControlHandler, ControlRequest, NodeAnswer};
+
+/// How long a control request waits for the nodes' answers. Nodes on a healthy network
+/// answer within milliseconds: each applies a request with a walk over its slots.
+pub const GATHER_WINDOW: Duration = Duration::from_millis(500);
+
+impl Cluster {
+    /// Applies every control request of the cluster here with `handler`, answering each
+    /// on its inbox, until the link closes.
+    pub(super) async fn serve_control(&self, handler: ControlHandler) -> Result<(), ClusterError> {
+        let mut requests = self
+            .client
+            .subscribe(subject::control(&self.prefix))
+            .await
+            .map_err(|e| ClusterError::Subscribe(e.into()))?;
+        let client = self.client.clone();
+        let task = tokio::spawn(async move {
+            while let Some(message) = requests.next().await {
+                let request: ControlRequest = match serde_json::from_slice(&message.payload) {
+                    Ok(request) => request,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "not a sigmahub control request; dropped");
+                        continue;
+                    }
+                };
+                let answer = handler(&request);
+                let Some(inbox) = message.reply else {
+                    continue;
+                };
+                let body = serde_json::to_vec(&answer).expect("serializing to memory cannot fail");
+                if let Err(e) = client.publish(inbox, body.into()).await {
+                    tracing::warn!(error = %e, "control answer not sent");
+                }
+            }
+        });
+        self.tasks.lock().push(task);
+        Ok(())
+    }
+
+    /// Sends `request` to every node and gathers their answers for [`GATHER_WINDOW`].
+    pub(super) async fn gather(
+        self: Arc<Self>,
+        request: ControlRequest,
+    ) -> Result<Vec<NodeAnswer>, ClusterError> {
+        if !self.is_connected() {
+            return Err(ClusterError::Disconnected);
+        }
+        let inbox = self.client.new_inbox();
+        let mut answers = self
+            .client
+            .subscribe(inbox.clone())
+            .await
+            .map_err(|e| ClusterError::Subscribe(e.into()))?;
+        let body = serde_json::to_vec(&request).expect("serializing to memory cannot fail");
+        self.client
+            .publish_with_reply(subject::control(&self.prefix), inbox, body.into())
+            .await
+            .map_err(|e| ClusterError::Publish(e.into()))?;
+        let deadline = tokio::time::Instant::now() + GATHER_WINDOW;
+        let mut gathered = Vec::new();
+        while let Ok(Some(message)) = tokio::time::timeout_at(deadline, answers.next()).await {
+            match serde_json::from_slice(&message.payload) {
+                Ok(answer) => gathered.push(answer),
+                Err(e) => tracing::warn!(error = %e, "not a sigmahub control answer; ignored"),
+            }
+        }
+        Ok(gathered)
+    }
+}
