@@ -382,6 +382,12 @@ pub struct ChannelRule {
     #[serde(default, with = "humantime_serde::option")]
     #[schemars(schema_with = "duration_schema")]
     pub throttle: Option<Duration>,
+    /// Whether the server keeps these channels' presence: who is subscribed (client id,
+    /// user, the token's `info` claim), with `join` and `leave` events on
+    /// `presence:{channel}` and `GET /api/v1/channels/{channel}/presence`. Default: the
+    /// next matching rule's, else off (presence costs nothing where it is off).
+    #[serde(default)]
+    pub presence: Option<bool>,
 }
 
 impl ChannelRule {
@@ -392,6 +398,7 @@ impl ChannelRule {
             priority: None,
             history: None,
             throttle: None,
+            presence: None,
         }
     }
 }

@@ -765,3 +765,82 @@ async fn control_calls_on_one_node_reach_every_node() {
         .await;
     assert_eq!(on_b.recv_type("orders").await["data"]["n"], 2);
 }
+
+/// Presence across nodes: a channel's members are every node's, each node's joins reach
+/// the companion channel's subscribers on every node, and the members of a node that is
+/// killed leave the list at once (a dead node answers nothing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_spans_the_nodes_and_a_killed_nodes_clients_leave() {
+    use common::binary::Binary;
+    let nats = NatsServer::start();
+    let url = nats.url();
+    let spawn = |name: &str| {
+        Binary::spawn(&[
+            "--cluster-nats-url",
+            &url,
+            "--cluster-node-name",
+            name,
+            "--config",
+            &presence_config(),
+        ])
+    };
+    let (a, b) = (spawn("a"), spawn("b"));
+    let connect = |node: &Binary| format!("ws://{}/ws", node.addr);
+    let (ws, _) = tokio_tungstenite::connect_async(connect(&a)).await.unwrap();
+    let mut on_a = common::Client { ws };
+    on_a.recv_type("notification").await;
+    on_a.subscribe(&["presence:room.blue"]).await;
+    let (ws, _) = tokio_tungstenite::connect_async(connect(&b)).await.unwrap();
+    let mut on_b = common::Client { ws };
+    let id_on_b = on_b.recv_type("notification").await["data"]["client_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    on_b.subscribe(&["room.blue"]).await;
+
+    // b's join reaches a's watcher through the cluster.
+    let join = on_a
+        .recv_until("b's join", |m| {
+            m["type"] == "presence:room.blue" && m["data"]["client"] == id_on_b.as_str()
+        })
+        .await;
+    assert_eq!(join["data"]["action"], "join");
+    // A member on a too.
+    let (ws, _) = tokio_tungstenite::connect_async(connect(&a)).await.unwrap();
+    let mut member_on_a = common::Client { ws };
+    member_on_a.recv_type("notification").await;
+    member_on_a.subscribe(&["room.blue"]).await;
+    let presence = |node: &Binary| {
+        let addr = node.addr;
+        async move {
+            common::http_get_json(addr, "/api/v1/channels/room.blue/presence")
+                .await
+                .1
+        }
+    };
+    let list = presence(&a).await;
+    assert_eq!(
+        (list["count"].clone(), list["nodes"].clone()),
+        (json!(2), json!(2)),
+        "{list}"
+    );
+
+    b.kill();
+    let list = presence(&a).await;
+    assert_eq!(
+        (list["count"].clone(), list["nodes"].clone()),
+        (json!(1), json!(1)),
+        "{list}"
+    );
+}
+
+/// A config file with presence on `room.*`, written once per test binary.
+fn presence_config() -> String {
+    let path = std::env::temp_dir().join(format!("sigmahub-presence-{}.toml", std::process::id()));
+    std::fs::write(
+        &path,
+        "[[channels]]\npattern = \"room.*\"\npresence = true\n",
+    )
+    .unwrap();
+    path.to_string_lossy().into_owned()
+}

@@ -609,3 +609,99 @@ async fn the_openapi_document_is_valid_served_and_true_to_the_answers() {
     assert!(output.status.success(), "{said}{stderr}");
     assert!(stderr.contains("checked 12 answers"), "{stderr}");
 }
+
+/// A channel that keeps presence lists its subscribers with their user and the token's
+/// `info`, and its companion channel carries a `join` and a `leave` for each; a channel
+/// without presence has none to list.
+#[tokio::test]
+async fn presence_lists_members_and_announces_joins_and_leaves() {
+    let server = TestServer::with(|c| {
+        c.auth.jwt_secret = Some(SECRET.to_owned());
+        c.auth.publish_keys = vec![KEY.to_owned()];
+        c.default_subscriptions = vec!["notification".to_owned()];
+        let mut rooms = sigmahub::config::ChannelRule::new("room.*");
+        rooms.presence = Some(true);
+        c.channels.push(rooms);
+    })
+    .await;
+    let info_token = |sub: &str, info: Value| {
+        let exp = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 3600;
+        jsonwebtoken::encode(
+            &Header::default(),
+            &json!({"sub": sub, "exp": exp, "subscribe": ["*"], "info": info}),
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap()
+    };
+    let mut watcher = server
+        .connect_with(
+            &format!("?token={}", info_token("watcher", Value::Null)),
+            &[],
+        )
+        .await
+        .unwrap();
+    watcher.recv_type("notification").await;
+    watcher.subscribe(&["presence:room.blue"]).await;
+
+    let mut alice = server
+        .connect_with(
+            &format!("?token={}", info_token("alice", json!({"name": "Alice"}))),
+            &[],
+        )
+        .await
+        .unwrap();
+    let welcome = alice.recv_type("notification").await;
+    let alice_id = welcome["data"]["client_id"].as_str().unwrap().to_owned();
+    alice.subscribe(&["room.blue", "orders"]).await;
+
+    let join = watcher.recv_type("presence:room.blue").await;
+    assert_eq!(
+        join["data"],
+        json!({"action": "join", "channel": "room.blue", "client": alice_id,
+               "user": "alice", "info": {"name": "Alice"}})
+    );
+    let (status, list) = call(
+        &server,
+        "GET",
+        "/api/v1/channels/room.blue/presence",
+        &Value::Null,
+    )
+    .await;
+    assert_eq!(status, 200, "{list}");
+    assert_eq!(
+        list,
+        json!({"channel": "room.blue", "count": 1, "nodes": 1, "members": [
+            {"client": alice_id, "user": "alice", "info": {"name": "Alice"}}
+        ]})
+    );
+    let (status, answer) = call(
+        &server,
+        "GET",
+        "/api/v1/channels/orders/presence",
+        &Value::Null,
+    )
+    .await;
+    assert_eq!(status, 404, "{answer}");
+    assert!(answer["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("presence = true"));
+
+    // Leaving by closing: the session's end takes it off and announces it.
+    alice.close().await;
+    let leave = watcher.recv_type("presence:room.blue").await;
+    assert_eq!(leave["data"]["action"], "leave");
+    assert_eq!(leave["data"]["client"], alice_id.as_str());
+    let (_, list) = call(
+        &server,
+        "GET",
+        "/api/v1/channels/room.blue/presence",
+        &Value::Null,
+    )
+    .await;
+    assert_eq!(list["count"], 0, "{list}");
+}

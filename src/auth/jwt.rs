@@ -13,13 +13,14 @@
 //! | `publish`   | channel globs the client may publish on over the WebSocket     | none      |
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 
-use super::permissions::{Identity, Method, PatternError, Patterns};
+use super::permissions::{Identity, Method, PatternError, Patterns, MAX_INFO};
 use super::AuthError;
 
 /// The latest `exp` accepted: 9999-12-31T23:59:59Z, the end of RFC 3339's range. A larger
@@ -35,6 +36,8 @@ struct Claims {
     subscribe: Option<Vec<String>>,
     #[serde(default)]
     publish: Vec<String>,
+    #[serde(default)]
+    info: Option<Box<serde_json::value::RawValue>>,
 }
 
 /// Verifies tokens against the configured keys.
@@ -141,6 +144,16 @@ impl JwtVerifier {
             None => self.default_subscribe.clone(),
         };
         let publish = patterns(Patterns::new(&claims.publish), "publish")?;
+        let info = match claims.info {
+            Some(info) if info.get().len() > MAX_INFO => {
+                return Err(AuthError::Invalid(format!(
+                    "`info` claim is over {MAX_INFO} bytes"
+                )))
+            }
+            Some(info) if info.get() == "null" => None,
+            Some(info) => Some(Arc::from(info)),
+            None => None,
+        };
         Ok(Identity {
             subject: claims.sub,
             method: Method::Jwt,
@@ -150,6 +163,7 @@ impl JwtVerifier {
                 .checked_add(Duration::from_secs(self.validation.leeway)),
             subscribe,
             publish,
+            info,
         })
     }
 }
@@ -217,6 +231,26 @@ mod tests {
         assert!(!id.may_subscribe("system.status"));
         assert!(id.may_publish("chat.alice"));
         assert!(!id.may_publish("chat.bob"));
+    }
+
+    #[test]
+    fn the_info_claim_is_kept_as_sent_up_to_its_bound() {
+        let claims = |info: serde_json::Value| {
+            token(serde_json::json!({
+                "sub": "a", "exp": now() + 60, "iss": "sigmahub-tests", "info": info,
+            }))
+        };
+        let id = verifier()
+            .verify(&claims(serde_json::json!({"name": "Ann", "seat": 4})))
+            .unwrap();
+        assert_eq!(id.info.as_deref().unwrap().get(), r#"{"name":"Ann","seat":4}"#);
+        let id = verifier().verify(&claims(serde_json::Value::Null)).unwrap();
+        assert!(id.info.is_none());
+        let long = claims(serde_json::json!("x".repeat(MAX_INFO)));
+        assert!(matches!(
+            verifier().verify(&long),
+            Err(AuthError::Invalid(m)) if m.contains("`info`")
+        ));
     }
 
     #[test]

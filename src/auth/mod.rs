@@ -137,6 +137,7 @@ impl Authenticator {
                 expires_at: None,
                 subscribe: Patterns::All,
                 publish: Patterns::All,
+                info: None,
             }),
         })
     }

@@ -108,7 +108,13 @@ pub struct Identity {
     pub subscribe: Patterns,
     /// Channels it may publish on over the WebSocket.
     pub publish: Patterns,
+    /// What the token says about its user for others to see (its `info` claim, any JSON
+    /// up to [`MAX_INFO`] bytes): shown in the presence of channels that keep it.
+    pub info: Option<Arc<serde_json::value::RawValue>>,
 }
+
+/// The most bytes of a token's `info` claim.
+pub const MAX_INFO: usize = 1024;
 
 impl Identity {
     /// A client of a server without token authentication: it may subscribe to anything and
@@ -120,6 +126,7 @@ impl Identity {
             expires_at: None,
             subscribe: Patterns::All,
             publish: Patterns::none(),
+            info: None,
         })
     }
 
@@ -132,6 +139,7 @@ impl Identity {
             expires_at: None,
             subscribe: Patterns::All,
             publish: Patterns::none(),
+            info: None,
         }
     }
 

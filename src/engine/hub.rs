@@ -462,6 +462,11 @@ impl Hub {
         delivery
     }
 
+    /// Whether `channel` keeps its presence (`[[channels]] presence = true`).
+    pub fn keeps_presence(&self, channel: &str) -> bool {
+        self.inner.rules.presence(channel)
+    }
+
     /// The number of clients subscribed to `channel`.
     pub fn subscriber_count(&self, channel: &str) -> usize {
         self.inner.topics.subscriber_count(channel)

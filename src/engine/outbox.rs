@@ -654,15 +654,13 @@ impl Outbox {
         self.wake.load(Ordering::Acquire) & COMMANDED != 0
     }
 
-    /// Ready, and reset, once commands wait for the connection; otherwise registers the
-    /// waker (the connection's task is the writer's too).
-    pub fn poll_commands(&self, cx: &mut Context<'_>) -> Poll<()> {
-        let take = || self.wake.fetch_and(!COMMANDED, Ordering::AcqRel) & COMMANDED != 0;
-        if self.has_commands() && take() {
-            return Poll::Ready(());
-        }
-        self.waker.register(cx.waker());
-        if self.has_commands() && take() {
+    /// Ready, and reset, once commands wait for the connection. Registers no waker: the
+    /// connection's task is its writer's, whose [`poll_ready`](Self::poll_ready) is ready
+    /// while commands wait (and registers the waker otherwise), so the task is polled
+    /// again when they come. Only a task that also runs the writer may wait on this.
+    pub fn poll_commands(&self, _cx: &mut Context<'_>) -> Poll<()> {
+        if self.has_commands() && self.wake.fetch_and(!COMMANDED, Ordering::AcqRel) & COMMANDED != 0
+        {
             Poll::Ready(())
         } else {
             Poll::Pending
@@ -788,7 +786,9 @@ impl Outbox {
         self.dropped.swap(0, Ordering::AcqRel)
     }
 
-    /// Ready when frames are queued or a close was requested; otherwise registers the waker.
+    /// Ready when frames are queued, a close was requested or commands wait (for the
+    /// connection's reader: see [`poll_commands`](Self::poll_commands)); otherwise
+    /// registers the waker.
     pub fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
         if self.has_work() {
             return Poll::Ready(());
@@ -825,6 +825,7 @@ impl Outbox {
         !Load(self.load.load(Ordering::Acquire)).is_empty()
             || self.state.load(Ordering::Acquire) != OPEN
             || self.dropped.load(Ordering::Relaxed) > 0
+            || self.has_commands()
     }
 
     /// Moves up to `max` queued frames into `out`, in order, and returns how many.

@@ -76,6 +76,11 @@ impl ChannelRules {
         self.first(channel, |rule| rule.history)
     }
 
+    /// Whether `channel` keeps its presence (off unless a rule turns it on).
+    pub(crate) fn presence(&self, channel: &str) -> bool {
+        !self.rules.is_empty() && self.first(channel, |rule| rule.presence).unwrap_or(false)
+    }
+
     /// `channel`'s throttle interval, if a rule sets one.
     pub(crate) fn throttle(&self, channel: &str) -> Option<std::time::Duration> {
         self.first(channel, |rule| rule.throttle)
@@ -127,7 +132,17 @@ mod tests {
         assert_eq!(rules.history("metrics"), None);
         assert_eq!(rules.priority("orders"), Priority::High);
 
+        let mut rooms = rule("room.*", None, None);
+        rooms.presence = Some(true);
+        let mut quiet = rule("room.quiet", None, None);
+        quiet.presence = Some(false);
+        let with_presence = ChannelRules::new(&[quiet, rooms]);
+        assert!(with_presence.presence("room.blue"));
+        assert!(!with_presence.presence("room.quiet"));
+        assert!(!with_presence.presence("orders"));
+
         let none = ChannelRules::default();
+        assert!(!none.presence("orders"));
         assert_eq!(none.priority("orders"), Priority::Normal);
         assert_eq!(none.history("orders"), None);
     }

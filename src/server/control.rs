@@ -20,6 +20,7 @@ use std::sync::{Arc, Weak};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use super::presence::Member;
 use super::Shared;
 use crate::engine::control::{Command, Farewell};
 use crate::protocol::channel::Channel;
@@ -63,10 +64,15 @@ pub enum ControlRequest {
     },
     /// Which channels have subscribers, and how many.
     Channels,
+    /// Who is subscribed to a channel that keeps presence.
+    Presence {
+        /// The channel.
+        channel: Channel,
+    },
 }
 
 /// What one node did with a [`ControlRequest`].
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 pub struct NodeAnswer {
     /// Connections told (a command).
     #[serde(default)]
@@ -74,6 +80,9 @@ pub struct NodeAnswer {
     /// Channels with subscribers, and how many (a [`ControlRequest::Channels`]).
     #[serde(default)]
     pub channels: Vec<(Channel, usize)>,
+    /// A channel's members (a [`ControlRequest::Presence`]).
+    #[serde(default)]
+    pub members: Vec<Member>,
 }
 
 /// What a command did across the nodes that answered.
@@ -89,6 +98,19 @@ pub struct Told {
 /// Applies a request on this node; what a cluster node runs for each request it receives
 /// ([`NatsBroker::serve_control`](crate::cluster::NatsBroker::serve_control)).
 pub type ControlHandler = Arc<dyn Fn(&ControlRequest) -> NodeAnswer + Send + Sync>;
+
+/// Who is subscribed to a channel that keeps presence ([`Control::presence`]).
+#[derive(Debug, Clone, Serialize)]
+pub struct PresenceList {
+    /// The channel.
+    pub channel: Channel,
+    /// How many members.
+    pub count: usize,
+    /// Its members.
+    pub members: Vec<Member>,
+    /// Nodes that answered (1 without a cluster).
+    pub nodes: usize,
+}
 
 /// The most events one history page holds.
 pub const MAX_HISTORY_PAGE: usize = 1000;
@@ -166,11 +188,32 @@ impl Control {
         sum.into_iter().collect()
     }
 
+    /// Who is subscribed to `channel`, on every node that answered, by node then client
+    /// id; `None` if the channel does not keep presence (`[[channels]] presence = true`).
+    pub async fn presence(&self, channel: &Channel) -> Option<PresenceList> {
+        if !self.shared.hub.keeps_presence(channel) {
+            return None;
+        }
+        let answers = self
+            .gather(ControlRequest::Presence {
+                channel: channel.clone(),
+            })
+            .await;
+        let nodes = answers.len();
+        let members: Vec<Member> = answers.into_iter().flat_map(|a| a.members).collect();
+        Some(PresenceList {
+            channel: channel.clone(),
+            count: members.len(),
+            members,
+            nodes,
+        })
+    }
+
     /// Applies `request` to this node's connections alone.
     pub fn apply(&self, request: &ControlRequest) -> NodeAnswer {
         let told = |target, command| NodeAnswer {
             connections: self.tell(target, command),
-            channels: Vec::new(),
+            ..NodeAnswer::default()
         };
         match request {
             ControlRequest::Disconnect { target, farewell } => {
@@ -183,8 +226,12 @@ impl Control {
                 told(target, Command::Unsubscribe(channels.clone()))
             }
             ControlRequest::Channels => NodeAnswer {
-                connections: 0,
                 channels: self.shared.hub.channels(),
+                ..NodeAnswer::default()
+            },
+            ControlRequest::Presence { channel } => NodeAnswer {
+                members: self.shared.presence.members(channel),
+                ..NodeAnswer::default()
             },
         }
     }

@@ -26,6 +26,7 @@ mod gate;
 mod http;
 mod memory;
 mod metrics;
+pub mod presence;
 pub(crate) mod reader;
 mod session;
 mod socket;
@@ -104,6 +105,8 @@ pub(crate) struct Shared {
     pub(crate) polling: http::engineio::Sessions,
     /// The connections of each authenticated user, for the control API.
     pub(crate) users: users::Users,
+    /// Who is subscribed to the channels that keep presence, on this node.
+    pub(crate) presence: presence::Presence,
     pub(crate) shutdown: CancellationToken,
     pub(crate) tasks: TaskTracker,
     /// The runtime a dormant connection wakes on (its waker may run on any thread);
@@ -150,6 +153,7 @@ impl Shared {
             config: Arc::new(config),
             polling: http::engineio::Sessions::default(),
             users: users::Users::default(),
+            presence: presence::Presence::default(),
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             runtime: tokio::runtime::Handle::try_current().ok(),

@@ -4,6 +4,7 @@
 //! |--------|------|------|--------|
 //! | GET  | `/api/v1/channels` | | `{"channels": [{"channel", "subscribers"}]}` |
 //! | GET  | `/api/v1/channels/{channel}/history?since&limit` | | a [`HistoryPage`](crate::server::control::HistoryPage) |
+//! | GET  | `/api/v1/channels/{channel}/presence` | | a [`PresenceList`](crate::server::control::PresenceList); 404 if the channel keeps none |
 //! | POST | `/api/v1/disconnect` | `{"client"` or `"user", "code"?, "reason"?}` | `{"connections", "nodes"}` |
 //! | POST | `/api/v1/subscribe` | `{"client"` or `"user", "channels"}` | `{"connections", "nodes"}` |
 //! | POST | `/api/v1/unsubscribe` | `{"client"` or `"user", "channels"}` | `{"connections", "nodes"}` |
@@ -217,6 +218,26 @@ pub(super) fn history(
         None => error(
             ErrorCode::NotFound,
             "this server keeps no history (history.size = 0)",
+        ),
+    }
+}
+
+/// `GET /api/v1/channels/{channel}/presence`; `name` is the path's channel,
+/// percent-encoded.
+pub(super) async fn presence(
+    shared: &std::sync::Arc<Shared>,
+    name: &str,
+) -> Response<ResponseBody> {
+    let name = percent_encoding::percent_decode_str(name).decode_utf8_lossy();
+    let channel = match Channel::new(&name) {
+        Ok(channel) => channel,
+        Err(e) => return error(ErrorCode::InvalidBody, &format!("channel {name:?}: {e}")),
+    };
+    match Control::new(shared.clone()).presence(&channel).await {
+        Some(list) => json(StatusCode::OK, &list),
+        None => error(
+            ErrorCode::NotFound,
+            &format!("{channel} keeps no presence: turn it on with [[channels]] presence = true"),
         ),
     }
 }

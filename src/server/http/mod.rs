@@ -14,7 +14,7 @@
 //! | GET    | `/api/v1/snapshot/{type}` | one type's snapshot; 404 if none yet, 403 if not allowed |
 //! | GET    | `/api/v1/stats`    | connections, counters, analytics, latency, channels, breakers, snapshot ages (a publish key once any is set) |
 //! | GET    | `/api/v1/stats/history` | per-second samples of the last 5 minutes (a publish key once any is set) |
-//! | GET    | `/api/v1/channels`, `/api/v1/channels/{channel}/history` | the control API: channels and their subscribers, a channel's history (a publish key once any is set; `control`) |
+//! | GET    | `/api/v1/channels`, `/api/v1/channels/{channel}/history`, `…/presence` | the control API: channels and their subscribers, a channel's history, its presence (a publish key once any is set; `control`) |
 //! | POST   | `/api/v1/disconnect`, `/subscribe`, `/unsubscribe`, `/broadcast` | the control API: disconnect, subscribe or unsubscribe a client or a user's connections, publish one event to several channels (the same) |
 //! | GET    | `/api/v1/openapi.json` | the OpenAPI description of this HTTP API (`docs/openapi.json`) |
 //!
@@ -190,6 +190,10 @@ where
             }
             match (method, path) {
                 (&Method::GET, "/api/v1/channels") => control::channels(&shared).await,
+                (&Method::GET, path) if path.ends_with("/presence") => {
+                    let name = &path["/api/v1/channels/".len()..path.len() - "/presence".len()];
+                    control::presence(&shared, name).await
+                }
                 (&Method::GET, path) if path.ends_with("/history") => {
                     let name = &path["/api/v1/channels/".len()..path.len() - "/history".len()];
                     control::history(&shared, name, req.uri().query())
@@ -247,6 +251,9 @@ fn is_control(path: &str) -> bool {
             | "/api/v1/broadcast"
     ) || path
         .strip_prefix("/api/v1/channels/")
-        .and_then(|rest| rest.strip_suffix("/history"))
+        .and_then(|rest| {
+            rest.strip_suffix("/history")
+                .or_else(|| rest.strip_suffix("/presence"))
+        })
         .is_some_and(|name| !name.is_empty())
 }

@@ -188,6 +188,7 @@ impl Session {
             .map(|c| c.to_string())
             .collect();
         let revoked = self.client.unsubscribe(revoked.iter().map(String::as_str));
+        self.left(&revoked.changed);
         self.deadlines.authenticated(identity.expires_at);
         // Listed under its user from its first named identity (a refreshed token names
         // the same one).

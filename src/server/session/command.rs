@@ -60,6 +60,7 @@ impl Session {
                 }
                 Command::Unsubscribe(channels) => {
                     let change = self.client.unsubscribe(channels.iter().map(|c| c.as_str()));
+                    self.left(&change.changed);
                     self.client.send(subscription_reply(
                         self.client.dialect(),
                         ServerMessage::UnsubscribeResponse,

@@ -109,7 +109,6 @@ where
         let idle = unbudgeted(&mut cx, |cx| {
             conn.reader.poll_pong(cx, false) == Peeked::Nothing
                 && conn.session.client.outbox().poll_ready(cx).is_pending()
-                && !conn.session.client.outbox().has_commands()
                 && match timer {
                     Timer::Register => conn.session.deadlines.poll_passed(cx).is_pending(),
                     Timer::Registered => !conn.session.deadlines.has_fired(),

@@ -15,6 +15,7 @@
 mod auth;
 mod command;
 mod dormant;
+mod presence;
 mod publish;
 mod reply;
 mod subscribe;
@@ -442,6 +443,7 @@ struct Session {
 
 impl Drop for Session {
     fn drop(&mut self) {
+        self.left(self.client.subscriptions());
         if let Some(identity) = self.identity.as_deref().filter(|i| auth::is_named(i)) {
             self.shared
                 .users
@@ -592,7 +594,8 @@ impl Session {
                     .filter(|c| c.starts_with(&prefix))
                     .map(|c| c.to_string())
                     .collect();
-                self.client.unsubscribe(inside.iter().map(String::as_str));
+                let change = self.client.unsubscribe(inside.iter().map(String::as_str));
+                self.left(&change.changed);
             }
             ClientMessage::Subscribe(list) => {
                 // Before subscribing, this node must receive what is published anywhere.
@@ -612,6 +615,7 @@ impl Session {
                 let change = self
                     .client
                     .unsubscribe(list.channels.iter().map(String::as_str));
+                self.left(&change.changed);
                 self.client.send(subscription_reply(
                     self.client.dialect(),
                     ServerMessage::UnsubscribeResponse,

@@ -153,6 +153,12 @@ impl Session {
         }
         let late = self.client.apply_subscribe(change);
         drop(resumption.locked);
+        self.joined(
+            change
+                .changed
+                .iter()
+                .filter(|c| !late.iter().any(|r| r.channel == c.as_str())),
+        );
         self.report_late(late);
     }
 
