@@ -344,6 +344,18 @@ async fn history_pages_and_the_channel_list() {
     .await;
     assert_eq!(ns(&page), [3, 4, 5]);
     assert_eq!(page["more"], false);
+    let (status, page) = call(
+        &server,
+        "GET",
+        "/api/v1/channels/never.used/history",
+        &Value::Null,
+    )
+    .await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(
+        (page["events"].clone(), page["last"].clone()),
+        (json!([]), json!(0))
+    );
 
     let (_client, _) = client_of(&server, "erin").await;
     let (status, list) = call(&server, "GET", "/api/v1/channels", &Value::Null).await;

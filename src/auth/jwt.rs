@@ -243,7 +243,10 @@ mod tests {
         let id = verifier()
             .verify(&claims(serde_json::json!({"name": "Ann", "seat": 4})))
             .unwrap();
-        assert_eq!(id.info.as_deref().unwrap().get(), r#"{"name":"Ann","seat":4}"#);
+        assert_eq!(
+            id.info.as_deref().unwrap().get(),
+            r#"{"name":"Ann","seat":4}"#
+        );
         let id = verifier().verify(&claims(serde_json::Value::Null)).unwrap();
         assert!(id.info.is_none());
         let long = claims(serde_json::json!("x".repeat(MAX_INFO)));

@@ -24,7 +24,7 @@ use super::presence::Member;
 use super::Shared;
 use crate::engine::control::{Command, Farewell};
 use crate::protocol::channel::Channel;
-use crate::protocol::recovery::Recovery;
+use crate::protocol::recovery::{Incomplete, Recovery};
 
 /// Whose connections a command is for.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
@@ -275,6 +275,21 @@ impl Control {
     /// server keeps no history (`history.size = 0`).
     pub fn history(&self, channel: &Channel, since: u64, limit: usize) -> Option<HistoryPage> {
         let history = self.shared.hub.history()?;
+        if history.position(channel) == 0 {
+            // Nothing kept (and no log made for a name that was only asked about).
+            let recovery = match since {
+                0 => Recovery::complete(0),
+                _ => Recovery::failed(Incomplete::UnknownOffset),
+            };
+            return Some(HistoryPage {
+                channel: channel.clone(),
+                epoch: history.epoch().to_string(),
+                last: 0,
+                events: Vec::new(),
+                recovery,
+                more: false,
+            });
+        }
         let locked = history.lock([channel]);
         let (mut recovery, frames) = locked
             .missed(channel, since)
