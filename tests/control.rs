@@ -690,6 +690,27 @@ async fn presence_lists_members_and_announces_joins_and_leaves() {
             {"client": alice_id, "user": "alice", "info": {"name": "Alice"}}
         ]})
     );
+    // Over the socket too, for a channel the token allows.
+    watcher
+        .send(
+            &json!({"type": "presence", "data": {"channel": "room.blue"}, "correlation_id": "p1"}),
+        )
+        .await;
+    let reply = watcher.recv_type("presence_response").await;
+    assert_eq!(reply["correlation_id"], "p1");
+    assert_eq!(reply["data"]["members"][0]["user"], "alice", "{reply}");
+    watcher
+        .send(&json!({"type": "presence", "data": {"channel": "orders"}, "correlation_id": "p2"}))
+        .await;
+    let refused = watcher.recv_type("error").await;
+    assert_eq!(
+        (
+            refused["data"]["code"].as_str(),
+            refused["correlation_id"].as_str()
+        ),
+        (Some("no_presence"), Some("p2")),
+        "{refused}"
+    );
     let (status, answer) = call(
         &server,
         "GET",

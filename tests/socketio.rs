@@ -211,7 +211,12 @@ async fn websocket_clients_get_the_welcome_defaults_room_and_events() {
 /// disconnect"), after which it does not reconnect.
 #[tokio::test]
 async fn a_client_joined_to_a_room_server_side_gets_its_events_until_disconnected() {
-    let server = TestServer::start().await;
+    let server = TestServer::with(|c| {
+        let mut rooms = sigmahub::config::ChannelRule::new("room.*");
+        rooms.presence = Some(true);
+        c.channels.push(rooms);
+    })
+    .await;
     let mut client = Driver::node(&server, "", json!({"transports": ["websocket"]}));
     let connected = client.until("connect", None).await;
     let sid = connected["id"].as_str().unwrap().to_owned();
@@ -237,6 +242,10 @@ async fn a_client_joined_to_a_room_server_side_gets_its_events_until_disconnecte
         "room.blue",
         &json!({"seat": 4}),
     );
+    // Who is in the room, asked with an ack.
+    let presence = client.emit_ack("presence", json!(["room.blue"])).await;
+    assert_eq!(presence["count"], 1, "{presence}");
+    assert_eq!(presence["members"][0]["client"], sid.as_str(), "{presence}");
 
     let (status, _) = common::http_post_json(
         server.addr,

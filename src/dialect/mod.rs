@@ -262,6 +262,8 @@ pub(crate) enum ServerMessage {
     UnsubscribeResponse,
     /// The answer to a socket publish.
     PublishResponse,
+    /// The answer to a `presence` request.
+    PresenceResponse,
     /// The answer to an application-level ping.
     Pong,
     /// A keep-alive ping the client must answer (Skreaver).
@@ -285,6 +287,7 @@ impl ServerMessage {
             Self::SubscribeResponse => "subscribe_response",
             Self::UnsubscribeResponse => "unsubscribe_response",
             Self::PublishResponse => "publish_response",
+            Self::PresenceResponse => "presence_response",
             Self::Pong => "pong",
             Self::Ping => "ping",
             Self::Error => "error",

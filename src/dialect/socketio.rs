@@ -462,6 +462,20 @@ fn event(
                 _ => ClientMessage::Unsubscribe(list),
             })
         }
+        "presence" => {
+            let channel = argument
+                .and_then(|a| a.as_str().or_else(|| a.get("channel").and_then(|c| c.as_str())))
+                .ok_or_else(|| {
+                    with_address(error(
+                        ErrorCode::InvalidMessage,
+                        "presence takes a channel name, or {\"channel\": name}",
+                    ))
+                })?;
+            Ok(ClientMessage::Presence {
+                channel: message::truncate(channel, 256).to_owned(),
+                correlation_id: address,
+            })
+        }
         "publish" => match argument {
             Some(a) if a.is_object() || a.is_array() => Ok(ClientMessage::Publish {
                 body: a.encode(),
@@ -550,6 +564,26 @@ mod tests {
             _ => None,
         };
         id.map(|id| id.as_raw().get().to_owned())
+    }
+
+    #[test]
+    fn presence_takes_a_name_or_an_object_with_an_ack() {
+        for packet in [
+            r#"427["presence","room.blue"]"#,
+            r#"427["presence",{"channel":"room.blue"}]"#,
+        ] {
+            match decode_str(packet).unwrap() {
+                ClientMessage::Presence {
+                    channel,
+                    correlation_id,
+                } => {
+                    assert_eq!(channel, "room.blue");
+                    assert!(correlation_id.is_some(), "the ack id: {packet}");
+                }
+                other => panic!("{packet}: {other:?}"),
+            }
+        }
+        assert!(decode_str(r#"42["presence",7]"#).is_err());
     }
 
     #[test]

@@ -99,6 +99,8 @@ codes! {
         AuthSubjectChanged => "auth_subject_changed",
         /// The token does not allow this channel.
         Forbidden => "forbidden",
+        /// The channel keeps no presence (`[[channels]] presence = true` is not set for it).
+        NoPresence => "no_presence",
         /// Over the inbound message rate; more closes the connection.
         RateLimited => "rate_limited",
         /// Frames were dropped for a slow consumer (`slow_consumer = "drop"`).
@@ -176,7 +178,9 @@ impl ErrorCode {
                 StatusCode::FORBIDDEN
             }
             Self::SubscriptionLimit | Self::ChannelFull => StatusCode::CONFLICT,
-            Self::NotFound | Self::NoSnapshot | Self::MetricsDisabled => StatusCode::NOT_FOUND,
+            Self::NotFound | Self::NoSnapshot | Self::MetricsDisabled | Self::NoPresence => {
+                StatusCode::NOT_FOUND
+            }
             Self::NotSupported => StatusCode::NOT_IMPLEMENTED,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,

@@ -105,6 +105,14 @@ pub enum ClientMessage {
         /// The namespace left, if not the main one.
         namespace: Option<String>,
     },
+    /// Who is subscribed to a channel that keeps presence; answered with a
+    /// `presence_response` (or an `error`) with the same `correlation_id`.
+    Presence {
+        /// The channel, as sent.
+        channel: String,
+        /// Echoed in the reply.
+        correlation_id: Option<CorrelationId>,
+    },
     /// Events to publish, where the client's permissions allow it.
     Publish {
         /// `data` re-encoded as JSON, in the form of a publish body (see
@@ -271,6 +279,23 @@ pub fn parse_as(
                 correlation_id,
             })
         }
+        "presence" => {
+            // Skreaver's messages name their channel at the top level.
+            let channel = data
+                .and_then(|d| d.get("channel"))
+                .or_else(|| value.get("channel"))
+                .and_then(|c| c.as_str())
+                .ok_or_else(|| {
+                    with_id(error(
+                        ErrorCode::InvalidMessage,
+                        "presence needs `data.channel`: a channel name",
+                    ))
+                })?;
+            Ok(ClientMessage::Presence {
+                channel: truncate(channel, 256).to_owned(),
+                correlation_id,
+            })
+        }
         "request" if grammar == Grammar::Skreaver => Ok(ClientMessage::Request {
             data: data.map(|d| d.encode()),
             correlation_id,
@@ -415,6 +440,22 @@ mod tests {
 
     fn parse_str(s: &str) -> Result<ClientMessage, MessageError> {
         parse(&mut s.as_bytes().to_vec(), 50)
+    }
+
+    #[test]
+    fn presence_names_its_channel() {
+        assert_eq!(
+            parse_str(r#"{"type":"presence","data":{"channel":"room.blue"},"correlation_id":"p"}"#)
+                .unwrap(),
+            ClientMessage::Presence {
+                channel: "room.blue".to_owned(),
+                correlation_id: Some(CorrelationId::from_raw(
+                    RawValue::from_string(r#""p""#.to_owned()).unwrap()
+                )),
+            }
+        );
+        let e = parse_str(r#"{"type":"presence","data":{}}"#).unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidMessage);
     }
 
     #[test]

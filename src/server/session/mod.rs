@@ -411,6 +411,12 @@ enum Step {
     /// A subscribe whose channels the broker is still readying (a cluster listening in
     /// NATS): wait for it, then subscribe.
     Subscribe(Arc<Identity>, ChannelList, BoxFuture<'static, ()>),
+    /// A presence request whose members are being gathered (from every node): wait for
+    /// them, then answer.
+    Presence(
+        Option<CorrelationId>,
+        BoxFuture<'static, super::control::PresenceList>,
+    ),
 }
 
 /// Why the reading side ended.
@@ -514,6 +520,15 @@ impl Session {
                         Step::Subscribe(identity, list, listening) => {
                             listening.await;
                             self.subscribe(&identity, &list, SystemTime::now());
+                        }
+                        Step::Presence(correlation_id, gathering) => {
+                            let list = gathering.await;
+                            self.say(
+                                ServerMessage::PresenceResponse,
+                                correlation_id.as_ref(),
+                                SystemTime::now(),
+                                &list,
+                            );
                         }
                     }
                 }
@@ -639,6 +654,10 @@ impl Session {
                 body,
                 correlation_id,
             } => self.publish(&identity, &body, correlation_id.as_ref(), now),
+            ClientMessage::Presence {
+                channel,
+                correlation_id,
+            } => return self.presence(&identity, &channel, correlation_id, now),
         }
         Step::Done
     }
@@ -651,6 +670,7 @@ impl Session {
                 list.correlation_id
             }
             ClientMessage::Publish { correlation_id, .. }
+            | ClientMessage::Presence { correlation_id, .. }
             | ClientMessage::Request { correlation_id, .. } => correlation_id,
             // Leaving a namespace it never joined: nothing to do.
             _ => return,

@@ -3,9 +3,13 @@
 
 use std::time::SystemTime;
 
-use super::Session;
+use super::{Session, Step};
+use crate::auth::permissions::Identity;
 use crate::broker::Completion;
 use crate::protocol::channel::Channel;
+use crate::protocol::code::ErrorCode;
+use crate::protocol::message::{CorrelationId, MessageError};
+use crate::server::control::Control;
 
 impl Session {
     /// Records the client on those of `channels` that keep presence, just subscribed.
@@ -31,6 +35,48 @@ impl Session {
             .filter_map(|c| self.shared.presence.leave(c, self.client.id()))
             .collect();
         self.announce(events);
+    }
+
+    /// Answers a client's `presence` request for `name`: refused unless its grant allows
+    /// the channel and the channel keeps presence; else the members, gathered from every
+    /// node.
+    pub(super) fn presence(
+        &self,
+        identity: &Identity,
+        name: &str,
+        correlation_id: Option<CorrelationId>,
+        now: SystemTime,
+    ) -> Step {
+        let refusal = match Channel::new(name) {
+            Err(e) => Some((e.code().into(), e.message().to_owned())),
+            Ok(_) if !identity.may_subscribe(name) => Some((
+                ErrorCode::Forbidden,
+                "your token does not allow this channel".to_owned(),
+            )),
+            Ok(channel) if !self.shared.hub.keeps_presence(&channel) => Some((
+                ErrorCode::NoPresence,
+                format!("{channel} keeps no presence"),
+            )),
+            Ok(channel) => {
+                let control = Control::new(self.shared.clone());
+                let gathering = async move {
+                    control
+                        .presence(&channel)
+                        .await
+                        .expect("the channel keeps presence")
+                };
+                return Step::Presence(correlation_id, Box::pin(gathering));
+            }
+        };
+        if let Some((code, message)) = refusal {
+            let e = MessageError {
+                code,
+                message,
+                correlation_id,
+            };
+            self.refuse(&e, now);
+        }
+        Step::Done
     }
 
     /// Publishes presence events to every node, without waiting for them.

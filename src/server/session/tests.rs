@@ -38,6 +38,7 @@ fn send(session: &mut Session, message: &str) -> Option<CloseCode> {
         Step::Done => None,
         Step::Close(code) => Some(code),
         Step::Subscribe(..) => unreachable!("no cluster in these tests"),
+        Step::Presence(..) => unreachable!("these tests ask no presence"),
         Step::Leave => Some(CloseCode::NORMAL),
     }
 }
