@@ -489,6 +489,47 @@ async fn python_socketio_connects_over_both_transports() {
     }
 }
 
+/// python-socketio (Seneca's own client library) is put in a room server-side and then
+/// disconnected, over each transport: a long-polling session takes commands too.
+#[tokio::test]
+async fn python_socketio_is_put_in_a_room_and_disconnected_server_side() {
+    let server = TestServer::start().await;
+    for transports in ["polling", "websocket"] {
+        let mut client = Driver::python(&server, transports, Value::Null);
+        let sid = client.until("connect", None).await["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        client.event("connection_established").await;
+        let (status, told) = common::http_post_json(
+            server.addr,
+            "/api/v1/subscribe",
+            &json!({"client": sid, "channels": ["room.py"]}),
+        )
+        .await;
+        assert_eq!(
+            (status, &told),
+            (200, &json!({"connections": 1, "nodes": 1}))
+        );
+        client.event("subscribe_response").await;
+        server
+            .publish(&json!({"type": "room.py", "data": {"via": transports}}))
+            .await;
+        assert_event(
+            &client.event("room.py").await,
+            "room.py",
+            &json!({"via": transports}),
+        );
+        let (status, _) =
+            common::http_post_json(server.addr, "/api/v1/disconnect", &json!({"client": sid}))
+                .await;
+        assert_eq!(status, 200);
+        client.until("disconnect", None).await;
+        common::eventually("the client to leave", || server.hub.stats().clients == 0).await;
+        client.exit().await;
+    }
+}
+
 #[tokio::test]
 async fn clients_reconnect_after_a_server_restart() {
     for options in [

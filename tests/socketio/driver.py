@@ -22,7 +22,9 @@ sio = socketio.Client(reconnection=False)
 
 @sio.event
 def connect():
-    show({"ev": "connect", "id": sio.sid, "transport": sio.transport()})
+    # `sio.sid` is the Engine.IO session's id; the socket's own (the namespace's, which
+    # the welcome's client_id also gives) is get_sid().
+    show({"ev": "connect", "id": sio.get_sid(), "engine_sid": sio.sid, "transport": sio.transport()})
 
 
 @sio.event
