@@ -28,14 +28,20 @@ async fn server() -> TestServer {
 }
 
 fn token(sub: &str) -> String {
+    token_with(json!({"sub": sub, "subscribe": ["notification", "mine.*"]}))
+}
+
+/// A token with `claims`, valid for an hour.
+fn token_with(mut claims: Value) -> String {
     let exp = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap()
         .as_secs()
         + 3600;
+    claims["exp"] = exp.into();
     jsonwebtoken::encode(
         &Header::default(),
-        &json!({"sub": sub, "exp": exp, "subscribe": ["notification", "mine.*"]}),
+        &claims,
         &EncodingKey::from_secret(SECRET.as_bytes()),
     )
     .unwrap()
@@ -65,6 +71,11 @@ async fn call(server: &TestServer, method: &str, path: &str, body: &Value) -> (u
     server
         .request_with(method, path, body, &[("x-api-key", KEY)])
         .await
+}
+
+/// A control GET with the publish key.
+async fn get(server: &TestServer, path: &str) -> (u16, Value) {
+    call(server, "GET", path, &Value::Null).await
 }
 
 /// The next close frame's code and reason.
@@ -312,13 +323,7 @@ async fn history_pages_and_the_channel_list() {
         .collect();
     server.publish_with_key(KEY, &Value::from(events)).await;
 
-    let (status, page) = call(
-        &server,
-        "GET",
-        "/api/v1/channels/audit.log/history?limit=2",
-        &Value::Null,
-    )
-    .await;
+    let (status, page) = get(&server, "/api/v1/channels/audit.log/history?limit=2").await;
     assert_eq!(status, 200, "{page}");
     let ns = |page: &Value| -> Vec<u64> {
         page["events"]
@@ -335,22 +340,14 @@ async fn history_pages_and_the_channel_list() {
     );
     assert_eq!(page["last"], 5);
     let since = page["events"][1]["offset"].as_u64().unwrap();
-    let (_, page) = call(
+    let (_, page) = get(
         &server,
-        "GET",
         &format!("/api/v1/channels/audit%2Elog/history?since={since}&limit=10"),
-        &Value::Null,
     )
     .await;
     assert_eq!(ns(&page), [3, 4, 5]);
     assert_eq!(page["more"], false);
-    let (status, page) = call(
-        &server,
-        "GET",
-        "/api/v1/channels/never.used/history",
-        &Value::Null,
-    )
-    .await;
+    let (status, page) = get(&server, "/api/v1/channels/never.used/history").await;
     assert_eq!(status, 200, "{page}");
     assert_eq!(
         (page["events"].clone(), page["last"].clone()),
@@ -358,7 +355,7 @@ async fn history_pages_and_the_channel_list() {
     );
 
     let (_client, _) = client_of(&server, "erin").await;
-    let (status, list) = call(&server, "GET", "/api/v1/channels", &Value::Null).await;
+    let (status, list) = get(&server, "/api/v1/channels").await;
     assert_eq!(status, 200);
     assert_eq!(
         list,
@@ -440,18 +437,12 @@ async fn bad_control_calls_get_clear_errors() {
         .await;
     assert_eq!(status, 401, "no key");
     // (Bodies not declared JSON get 415 as publishes do: tests/publish.rs.)
-    let (status, _) = call(&server, "GET", "/api/v1/disconnect", &Value::Null).await;
+    let (status, _) = get(&server, "/api/v1/disconnect").await;
     assert_eq!(status, 405);
     let (status, _) = call(&server, "POST", "/api/v1/channels", &json!({})).await;
     assert_eq!(status, 405);
     for query in ["limit=0", "limit=1001", "since=-1", "limit=ten"] {
-        let (status, answer) = call(
-            &server,
-            "GET",
-            &format!("/api/v1/channels/a/history?{query}"),
-            &Value::Null,
-        )
-        .await;
+        let (status, answer) = get(&server, &format!("/api/v1/channels/a/history?{query}")).await;
         assert_eq!(status, 400, "{query}: {answer}");
     }
     assert_eq!(server.hub.stats().clients, 1, "nobody was disconnected");
@@ -530,23 +521,17 @@ async fn the_openapi_document_is_valid_served_and_true_to_the_answers() {
     record(
         "GET",
         "/api/v1/channels",
-        call(&server, "GET", "/api/v1/channels", &Value::Null).await,
+        get(&server, "/api/v1/channels").await,
     );
     record(
         "GET",
         "/api/v1/channels/{channel}/history",
-        call(&server, "GET", "/api/v1/channels/h/history", &Value::Null).await,
+        get(&server, "/api/v1/channels/h/history").await,
     );
     record(
         "GET",
         "/api/v1/channels/{channel}/history",
-        call(
-            &server,
-            "GET",
-            "/api/v1/channels/h/history?since=99",
-            &Value::Null,
-        )
-        .await,
+        get(&server, "/api/v1/channels/h/history?since=99").await,
     );
     record(
         "POST",
@@ -636,19 +621,8 @@ async fn presence_lists_members_and_announces_joins_and_leaves() {
         c.channels.push(rooms);
     })
     .await;
-    let info_token = |sub: &str, info: Value| {
-        let exp = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap()
-            .as_secs()
-            + 3600;
-        jsonwebtoken::encode(
-            &Header::default(),
-            &json!({"sub": sub, "exp": exp, "subscribe": ["*"], "info": info}),
-            &EncodingKey::from_secret(SECRET.as_bytes()),
-        )
-        .unwrap()
-    };
+    let info_token =
+        |sub: &str, info: Value| token_with(json!({"sub": sub, "subscribe": ["*"], "info": info}));
     let mut watcher = server
         .connect_with(
             &format!("?token={}", info_token("watcher", Value::Null)),
@@ -676,13 +650,7 @@ async fn presence_lists_members_and_announces_joins_and_leaves() {
         json!({"action": "join", "channel": "room.blue", "client": alice_id,
                "user": "alice", "info": {"name": "Alice"}})
     );
-    let (status, list) = call(
-        &server,
-        "GET",
-        "/api/v1/channels/room.blue/presence",
-        &Value::Null,
-    )
-    .await;
+    let (status, list) = get(&server, "/api/v1/channels/room.blue/presence").await;
     assert_eq!(status, 200, "{list}");
     assert_eq!(
         list,
@@ -711,13 +679,7 @@ async fn presence_lists_members_and_announces_joins_and_leaves() {
         (Some("no_presence"), Some("p2")),
         "{refused}"
     );
-    let (status, answer) = call(
-        &server,
-        "GET",
-        "/api/v1/channels/orders/presence",
-        &Value::Null,
-    )
-    .await;
+    let (status, answer) = get(&server, "/api/v1/channels/orders/presence").await;
     assert_eq!(status, 404, "{answer}");
     assert!(answer["error"]["message"]
         .as_str()
@@ -729,12 +691,6 @@ async fn presence_lists_members_and_announces_joins_and_leaves() {
     let leave = watcher.recv_type("presence:room.blue").await;
     assert_eq!(leave["data"]["action"], "leave");
     assert_eq!(leave["data"]["client"], alice_id.as_str());
-    let (_, list) = call(
-        &server,
-        "GET",
-        "/api/v1/channels/room.blue/presence",
-        &Value::Null,
-    )
-    .await;
+    let (_, list) = get(&server, "/api/v1/channels/room.blue/presence").await;
     assert_eq!(list["count"], 0, "{list}");
 }

@@ -131,28 +131,26 @@ pub fn parse_broadcast(body: &[u8]) -> Result<Vec<Event>, PublishError> {
 }
 
 fn event(json: &[u8], index: Option<usize>) -> Result<Event, PublishError> {
-    let bad = |message: String| PublishError {
-        code: ErrorCode::InvalidEvent,
-        message: match index {
-            Some(i) => format!("event {i}: {message}"),
-            None => message,
-        },
-        index,
-    };
+    let bad = |message: String| invalid_event(index, message);
     let incoming: Incoming<'_> = serde_json::from_slice(json).map_err(|e| bad(e.to_string()))?;
     build(incoming, index)
 }
 
-/// The event `incoming` describes, validated; `index` names it in errors.
-fn build(incoming: Incoming<'_>, index: Option<usize>) -> Result<Event, PublishError> {
-    let bad = |message: String| PublishError {
+/// An `invalid_event` error about the event at `index` (none: the body's only event).
+fn invalid_event(index: Option<usize>, message: String) -> PublishError {
+    PublishError {
         code: ErrorCode::InvalidEvent,
         message: match index {
             Some(i) => format!("event {i}: {message}"),
             None => message,
         },
         index,
-    };
+    }
+}
+
+/// The event `incoming` describes, validated; `index` names it in errors.
+fn build(incoming: Incoming<'_>, index: Option<usize>) -> Result<Event, PublishError> {
+    let bad = |message: String| invalid_event(index, message);
     let channel = Channel::new(&incoming.kind).map_err(|e| bad(format!("`type`: {e}")))?;
     if let Some(data) = incoming.data {
         serde_json::from_str::<Interoperable>(data.get())

@@ -275,26 +275,17 @@ impl Control {
     /// server keeps no history (`history.size = 0`).
     pub fn history(&self, channel: &Channel, since: u64, limit: usize) -> Option<HistoryPage> {
         let history = self.shared.hub.history()?;
-        if history.position(channel) == 0 {
-            // Nothing kept (and no log made for a name that was only asked about).
-            let recovery = match since {
-                0 => Recovery::complete(0),
-                _ => Recovery::failed(Incomplete::UnknownOffset),
-            };
-            return Some(HistoryPage {
-                channel: channel.clone(),
-                epoch: history.epoch().to_string(),
-                last: 0,
-                events: Vec::new(),
-                recovery,
-                more: false,
-            });
-        }
-        let locked = history.lock([channel]);
-        let (mut recovery, frames) = locked
-            .missed(channel, since)
-            .expect("the channel was just locked");
-        drop(locked);
+        let (mut recovery, frames) = match history.position(channel) {
+            // Nothing kept: no log is made for a name that was only asked about.
+            0 => match since {
+                0 => (Recovery::complete(0), Vec::new()),
+                _ => (Recovery::failed(Incomplete::UnknownOffset), Vec::new()),
+            },
+            _ => history
+                .lock([channel])
+                .missed(channel, since)
+                .expect("the channel was just locked"),
+        };
         let last = history.position(channel);
         let limit = limit.min(MAX_HISTORY_PAGE);
         let more = frames.len() > limit;

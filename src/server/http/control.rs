@@ -22,7 +22,7 @@ use hyper::{Request, Response, StatusCode};
 use serde::Deserialize;
 
 use super::publish::{json_body, publish_events};
-use super::response::{error, json};
+use super::response::{error, json, method_not_allowed};
 use super::ResponseBody;
 use crate::engine::control::Farewell;
 use crate::protocol::channel::Channel;
@@ -97,8 +97,79 @@ pub(super) enum Order {
     Unsubscribe,
 }
 
+/// A control API route (see the module docs); a channel's name as the path has it,
+/// percent-encoded.
+pub(super) enum Route<'a> {
+    Channels,
+    History(&'a str),
+    Presence(&'a str),
+    Command(Order),
+    Broadcast,
+}
+
+impl<'a> Route<'a> {
+    /// The control route `path` names, if it names one.
+    pub(super) fn of(path: &'a str) -> Option<Self> {
+        Some(match path {
+            "/api/v1/channels" => Self::Channels,
+            "/api/v1/disconnect" => Self::Command(Order::Disconnect),
+            "/api/v1/subscribe" => Self::Command(Order::Subscribe),
+            "/api/v1/unsubscribe" => Self::Command(Order::Unsubscribe),
+            "/api/v1/broadcast" => Self::Broadcast,
+            _ => {
+                let rest = path.strip_prefix("/api/v1/channels/")?;
+                match (
+                    rest.strip_suffix("/history"),
+                    rest.strip_suffix("/presence"),
+                ) {
+                    (Some(name), _) if !name.is_empty() => Self::History(name),
+                    (_, Some(name)) if !name.is_empty() => Self::Presence(name),
+                    _ => return None,
+                }
+            }
+        })
+    }
+
+    /// The method the route answers.
+    fn method(&self) -> &'static str {
+        match self {
+            Self::Channels | Self::History(_) | Self::Presence(_) => "GET",
+            Self::Command(_) | Self::Broadcast => "POST",
+        }
+    }
+}
+
+/// Answers a control route (its publish key already checked).
+pub(super) async fn serve<B>(
+    shared: &std::sync::Arc<Shared>,
+    req: Request<B>,
+) -> Response<ResponseBody>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let path = req.uri().path().to_owned();
+    let route = Route::of(&path).expect("routed here for a control path");
+    if req.method().as_str() != route.method() {
+        return method_not_allowed(route.method());
+    }
+    match route {
+        Route::Channels => channels(shared).await,
+        Route::History(name) => history(shared, name, req.uri().query()),
+        Route::Presence(name) => presence(shared, name).await,
+        Route::Command(order) => command(shared, req, order).await,
+        Route::Broadcast => broadcast(shared, req).await,
+    }
+}
+
+/// The channel a path names (percent-encoded), or why it names none.
+fn path_channel(name: &str) -> Result<Channel, String> {
+    let name = percent_encoding::percent_decode_str(name).decode_utf8_lossy();
+    Channel::new(&name).map_err(|e| format!("channel {name:?}: {e}"))
+}
+
 /// `POST /api/v1/disconnect`, `/subscribe` or `/unsubscribe`.
-pub(super) async fn command<B>(
+async fn command<B>(
     shared: &std::sync::Arc<Shared>,
     req: Request<B>,
     order: Order,
@@ -156,7 +227,7 @@ where
 }
 
 /// `POST /api/v1/broadcast`: one event to several channels.
-pub(super) async fn broadcast<B>(shared: &Shared, req: Request<B>) -> Response<ResponseBody>
+async fn broadcast<B>(shared: &Shared, req: Request<B>) -> Response<ResponseBody>
 where
     B: Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -168,7 +239,7 @@ where
 }
 
 /// `GET /api/v1/channels`.
-pub(super) async fn channels(shared: &std::sync::Arc<Shared>) -> Response<ResponseBody> {
+async fn channels(shared: &std::sync::Arc<Shared>) -> Response<ResponseBody> {
     let channels: Vec<_> = Control::new(shared.clone())
         .channels()
         .await
@@ -182,15 +253,14 @@ pub(super) async fn channels(shared: &std::sync::Arc<Shared>) -> Response<Respon
 
 /// `GET /api/v1/channels/{channel}/history?since&limit`; `name` is the path's channel,
 /// percent-encoded.
-pub(super) fn history(
+fn history(
     shared: &std::sync::Arc<Shared>,
     name: &str,
     query: Option<&str>,
 ) -> Response<ResponseBody> {
-    let name = percent_encoding::percent_decode_str(name).decode_utf8_lossy();
-    let channel = match Channel::new(&name) {
+    let channel = match path_channel(name) {
         Ok(channel) => channel,
-        Err(e) => return error(ErrorCode::InvalidBody, &format!("channel {name:?}: {e}")),
+        Err(message) => return error(ErrorCode::InvalidBody, &message),
     };
     let (mut since, mut limit) = (0u64, DEFAULT_HISTORY_PAGE);
     for (key, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
@@ -224,14 +294,10 @@ pub(super) fn history(
 
 /// `GET /api/v1/channels/{channel}/presence`; `name` is the path's channel,
 /// percent-encoded.
-pub(super) async fn presence(
-    shared: &std::sync::Arc<Shared>,
-    name: &str,
-) -> Response<ResponseBody> {
-    let name = percent_encoding::percent_decode_str(name).decode_utf8_lossy();
-    let channel = match Channel::new(&name) {
+async fn presence(shared: &std::sync::Arc<Shared>, name: &str) -> Response<ResponseBody> {
+    let channel = match path_channel(name) {
         Ok(channel) => channel,
-        Err(e) => return error(ErrorCode::InvalidBody, &format!("channel {name:?}: {e}")),
+        Err(message) => return error(ErrorCode::InvalidBody, &message),
     };
     match Control::new(shared.clone()).presence(&channel).await {
         Some(list) => json(StatusCode::OK, &list),

@@ -183,35 +183,12 @@ where
         }
         (_, "/api/v1/publish") => method_not_allowed("POST"),
         (&Method::GET, "/api/v1/openapi.json") => control::openapi(),
-        (method, path) if is_control(path) => {
+        (_, path) if control::Route::of(path).is_some() => {
             let address = shared.admission.client_address(peer, req.headers());
             if let Some(refused) = publish_key_refusal(&shared, req.headers(), address) {
                 return refused;
             }
-            match (method, path) {
-                (&Method::GET, "/api/v1/channels") => control::channels(&shared).await,
-                (&Method::GET, path) if path.ends_with("/presence") => {
-                    let name = &path["/api/v1/channels/".len()..path.len() - "/presence".len()];
-                    control::presence(&shared, name).await
-                }
-                (&Method::GET, path) if path.ends_with("/history") => {
-                    let name = &path["/api/v1/channels/".len()..path.len() - "/history".len()];
-                    control::history(&shared, name, req.uri().query())
-                }
-                (&Method::POST, "/api/v1/disconnect") => {
-                    control::command(&shared, req, control::Order::Disconnect).await
-                }
-                (&Method::POST, "/api/v1/subscribe") => {
-                    control::command(&shared, req, control::Order::Subscribe).await
-                }
-                (&Method::POST, "/api/v1/unsubscribe") => {
-                    control::command(&shared, req, control::Order::Unsubscribe).await
-                }
-                (&Method::POST, "/api/v1/broadcast") => control::broadcast(&shared, req).await,
-                (_, "/api/v1/channels") => method_not_allowed("GET"),
-                (_, path) if path.starts_with("/api/v1/channels/") => method_not_allowed("GET"),
-                _ => method_not_allowed("POST"),
-            }
+            control::serve(&shared, req).await
         }
         (&Method::GET, "/healthz") => json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
         (&Method::GET, "/readyz") => ready(&shared),
@@ -238,22 +215,4 @@ where
         }
         _ => error(ErrorCode::NotFound, "no such route"),
     }
-}
-
-/// Whether `path` is a control API route (see `control`).
-fn is_control(path: &str) -> bool {
-    matches!(
-        path,
-        "/api/v1/channels"
-            | "/api/v1/disconnect"
-            | "/api/v1/subscribe"
-            | "/api/v1/unsubscribe"
-            | "/api/v1/broadcast"
-    ) || path
-        .strip_prefix("/api/v1/channels/")
-        .and_then(|rest| {
-            rest.strip_suffix("/history")
-                .or_else(|| rest.strip_suffix("/presence"))
-        })
-        .is_some_and(|name| !name.is_empty())
 }

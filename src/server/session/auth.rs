@@ -187,8 +187,7 @@ impl Session {
             .filter(|c| !identity.may_subscribe(c))
             .map(|c| c.to_string())
             .collect();
-        let revoked = self.client.unsubscribe(revoked.iter().map(String::as_str));
-        self.left(&revoked.changed);
+        let revoked = self.leave(revoked.iter().map(String::as_str));
         self.deadlines.authenticated(identity.expires_at);
         // Listed under its user from its first named identity (a refreshed token names
         // the same one).

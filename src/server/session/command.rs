@@ -4,11 +4,10 @@
 use std::sync::OnceLock;
 use std::time::SystemTime;
 
-use super::reply::{subscription_reply, Resumed};
 use super::{Ending, Session};
 use crate::auth::permissions::Identity;
 use crate::broker::Completion;
-use crate::dialect::{Dialect, ServerMessage};
+use crate::dialect::Dialect;
 use crate::engine::control::Command;
 use crate::protocol::channel::Channel;
 use crate::protocol::close::CloseCode;
@@ -59,18 +58,7 @@ impl Session {
                     );
                 }
                 Command::Unsubscribe(channels) => {
-                    let change = self.client.unsubscribe(channels.iter().map(|c| c.as_str()));
-                    self.left(&change.changed);
-                    self.client.send(subscription_reply(
-                        self.client.dialect(),
-                        ServerMessage::UnsubscribeResponse,
-                        "unsubscribed",
-                        self.client.subscriptions(),
-                        &server_list(channels),
-                        &change,
-                        Resumed::default(),
-                        SystemTime::now(),
-                    ));
+                    self.unsubscribe(&server_list(channels), SystemTime::now())
                 }
             }
         }

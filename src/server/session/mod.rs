@@ -34,7 +34,7 @@ use futures_util::future::{BoxFuture, Either};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::Instrument;
 
-use self::reply::{rate_limited, subscription_reply, Resumed};
+use self::reply::rate_limited;
 use super::admission::Ticket;
 use super::analytics::ClientKey;
 use super::counters::Limit;
@@ -609,8 +609,7 @@ impl Session {
                     .filter(|c| c.starts_with(&prefix))
                     .map(|c| c.to_string())
                     .collect();
-                let change = self.client.unsubscribe(inside.iter().map(String::as_str));
-                self.left(&change.changed);
+                self.leave(inside.iter().map(String::as_str));
             }
             ClientMessage::Subscribe(list) => {
                 // Before subscribing, this node must receive what is published anywhere.
@@ -626,22 +625,7 @@ impl Session {
                     }
                 }
             }
-            ClientMessage::Unsubscribe(list) => {
-                let change = self
-                    .client
-                    .unsubscribe(list.channels.iter().map(String::as_str));
-                self.left(&change.changed);
-                self.client.send(subscription_reply(
-                    self.client.dialect(),
-                    ServerMessage::UnsubscribeResponse,
-                    "unsubscribed",
-                    self.client.subscriptions(),
-                    &list,
-                    &change,
-                    Resumed::default(),
-                    now,
-                ));
-            }
+            ClientMessage::Unsubscribe(list) => self.unsubscribe(&list, now),
             ClientMessage::Request { correlation_id, .. } => {
                 let e = MessageError {
                     code: ErrorCode::NotSupported,

@@ -47,36 +47,37 @@ impl Session {
         correlation_id: Option<CorrelationId>,
         now: SystemTime,
     ) -> Step {
-        let refusal = match Channel::new(name) {
-            Err(e) => Some((e.code().into(), e.message().to_owned())),
-            Ok(_) if !identity.may_subscribe(name) => Some((
-                ErrorCode::Forbidden,
-                "your token does not allow this channel".to_owned(),
-            )),
-            Ok(channel) if !self.shared.hub.keeps_presence(&channel) => Some((
-                ErrorCode::NoPresence,
-                format!("{channel} keeps no presence"),
-            )),
-            Ok(channel) => {
-                let control = Control::new(self.shared.clone());
-                let gathering = async move {
-                    control
-                        .presence(&channel)
-                        .await
-                        .expect("the channel keeps presence")
-                };
-                return Step::Presence(correlation_id, Box::pin(gathering));
-            }
-        };
-        if let Some((code, message)) = refusal {
+        let refuse = |code, message| {
             let e = MessageError {
                 code,
                 message,
-                correlation_id,
+                correlation_id: correlation_id.clone(),
             };
             self.refuse(&e, now);
+            Step::Done
+        };
+        let channel = match Channel::new(name) {
+            Ok(channel) => channel,
+            Err(e) => return refuse(e.code().into(), e.message().to_owned()),
+        };
+        if !identity.may_subscribe(name) {
+            let message = "your token does not allow this channel".to_owned();
+            return refuse(ErrorCode::Forbidden, message);
         }
-        Step::Done
+        if !self.shared.hub.keeps_presence(&channel) {
+            return refuse(
+                ErrorCode::NoPresence,
+                format!("{channel} keeps no presence"),
+            );
+        }
+        let control = Control::new(self.shared.clone());
+        let gathering = async move {
+            control
+                .presence(&channel)
+                .await
+                .expect("the channel keeps presence")
+        };
+        Step::Presence(correlation_id, Box::pin(gathering))
     }
 
     /// Publishes presence events to every node, without waiting for them.

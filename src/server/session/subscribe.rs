@@ -137,6 +137,31 @@ impl Session {
         self.complete_subscribe(&change, resumption);
     }
 
+    /// Unsubscribes the client from `names` and takes it off their presence.
+    pub(super) fn leave<'a>(
+        &mut self,
+        names: impl IntoIterator<Item = &'a str>,
+    ) -> SubscriptionChange {
+        let change = self.client.unsubscribe(names);
+        self.left(&change.changed);
+        change
+    }
+
+    /// An unsubscribe, the client's or the server's for it: leave, then reply.
+    pub(super) fn unsubscribe(&mut self, list: &ChannelList, now: SystemTime) {
+        let change = self.leave(list.channels.iter().map(String::as_str));
+        self.client.send(subscription_reply(
+            self.client.dialect(),
+            ServerMessage::UnsubscribeResponse,
+            "unsubscribed",
+            self.client.subscriptions(),
+            list,
+            &change,
+            Resumed::default(),
+            now,
+        ));
+    }
+
     /// The end of every subscribe, after its reply (or the welcome) is queued: the
     /// snapshots, the replay of what a resuming client missed, then the subscription
     /// itself, so nothing newer can arrive ahead of them. Releases the resumed logs.
