@@ -201,6 +201,11 @@ pub struct Config {
 
     /// The upstream SigmaVault engine, polled over JSON-RPC when `engine.url` is set.
     pub engine: UpstreamConfig,
+
+    /// Hooks into the application's backend over HTTP (TOML section `[hooks]`): who
+    /// connects, what they may subscribe to and publish, the answers to their requests.
+    /// Off unless a hook's URL is set.
+    pub hooks: HooksConfig,
 }
 
 /// Authentication (TOML section `[auth]`). With none of it set, clients are anonymous:
@@ -575,6 +580,126 @@ impl Default for UpstreamConfig {
     }
 }
 
+/// The application's backend, asked over HTTP (TOML section `[hooks]`; docs/hooks.md has
+/// the calls and their answers). Each hook is on when its URL is set.
+#[derive(Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct HooksConfig {
+    /// Asked who a client is when it presents no token, or one that is neither a publish
+    /// key nor a JWT sigmahub verifies. Default: none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-value-name" = "URL"))]
+    pub connect_url: Option<String>,
+    /// Asked whether a client may subscribe to a channel of `subscribe_channels`, after its
+    /// grant allowed it. Default: none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-value-name" = "URL"))]
+    pub subscribe_url: Option<String>,
+    /// The channels (glob patterns) whose subscribes `subscribe_url` is asked about.
+    /// Default `*`.
+    #[schemars(extend("x-value-name" = "PATTERN"))]
+    pub subscribe_channels: Vec<String>,
+    /// Asked whether a client may publish an event on a channel of `publish_channels`, and
+    /// may rewrite its data. Default: none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-value-name" = "URL"))]
+    pub publish_url: Option<String>,
+    /// The channels (glob patterns) whose publishes `publish_url` is asked about.
+    /// Default `*`.
+    #[schemars(extend("x-value-name" = "PATTERN"))]
+    pub publish_channels: Vec<String>,
+    /// Answers clients' requests: Skreaver's `request`, and Socket.IO events with an ack
+    /// that are not sigmahub's own. Default: none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-value-name" = "URL"))]
+    pub request_url: Option<String>,
+    /// Longest a hook call may take before it counts as a failure. Default 1 s.
+    #[serde(with = "humantime_serde")]
+    #[schemars(schema_with = "duration_schema")]
+    pub timeout: Duration,
+    /// What a failed call (no answer in time, an HTTP error, an open breaker) means:
+    /// `refuse` (default) or `allow`.
+    pub on_failure: crate::hooks::FailurePolicy,
+    /// How long an answer to a subscribe or publish check holds for the same user and
+    /// channel, unless the answer says (`cache_seconds`). Default 0: ask every time.
+    #[serde(with = "humantime_serde")]
+    #[schemars(schema_with = "duration_schema")]
+    pub cache: Duration,
+    /// Most answers kept. Default 100000.
+    pub cache_size: usize,
+    /// Sent with every call as `Authorization: Bearer`, so that the backend knows it is
+    /// sigmahub asking. Default: none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-secret" = true))]
+    pub secret: Option<String>,
+    /// Consecutive failures of a hook that open its circuit breaker. Default 5.
+    pub breaker_threshold: u32,
+    /// How long an open breaker refuses calls before one trial call. Default 10 s.
+    #[serde(with = "humantime_serde")]
+    #[schemars(schema_with = "duration_schema")]
+    pub breaker_reset: Duration,
+}
+
+impl Default for HooksConfig {
+    fn default() -> Self {
+        Self {
+            connect_url: None,
+            subscribe_url: None,
+            subscribe_channels: vec!["*".to_owned()],
+            publish_url: None,
+            publish_channels: vec!["*".to_owned()],
+            request_url: None,
+            timeout: Duration::from_secs(1),
+            on_failure: crate::hooks::FailurePolicy::Refuse,
+            cache: Duration::ZERO,
+            cache_size: 100_000,
+            secret: None,
+            breaker_threshold: 5,
+            breaker_reset: Duration::from_secs(10),
+        }
+    }
+}
+
+impl HooksConfig {
+    /// Whether any hook is on.
+    pub fn any(&self) -> bool {
+        self.connect_url.is_some()
+            || self.subscribe_url.is_some()
+            || self.publish_url.is_some()
+            || self.request_url.is_some()
+    }
+
+    /// A copy with the secret replaced, for printing and logging.
+    pub fn redacted(&self) -> Self {
+        Self {
+            secret: self.secret.as_ref().map(|_| "<redacted>".to_owned()),
+            ..self.clone()
+        }
+    }
+}
+
+impl std::fmt::Debug for HooksConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let shown = self.redacted();
+        f.debug_struct("HooksConfig")
+            .field("connect_url", &shown.connect_url)
+            .field("subscribe_url", &shown.subscribe_url)
+            .field("subscribe_channels", &shown.subscribe_channels)
+            .field("publish_url", &shown.publish_url)
+            .field("publish_channels", &shown.publish_channels)
+            .field("request_url", &shown.request_url)
+            .field("timeout", &shown.timeout)
+            .field("on_failure", &shown.on_failure)
+            .field("cache", &shown.cache)
+            .field("cache_size", &shown.cache_size)
+            .field("secret", &shown.secret)
+            .field("breaker_threshold", &shown.breaker_threshold)
+            .field("breaker_reset", &shown.breaker_reset)
+            .finish()
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -614,6 +739,7 @@ impl Default for Config {
             cluster: ClusterConfig::default(),
             host: HostConfig::default(),
             engine: UpstreamConfig::default(),
+            hooks: HooksConfig::default(),
         }
     }
 }
@@ -946,8 +1072,9 @@ impl Config {
             return Ok(());
         }
         let missing: Vec<&str> = [
-            (!auth.has_token_auth())
-                .then_some("client tokens (auth.jwt_secret or auth.jwt_public_key_file)"),
+            (!auth.has_token_auth() && self.hooks.connect_url.is_none()).then_some(
+                "client tokens (auth.jwt_secret or auth.jwt_public_key_file, or hooks.connect_url)",
+            ),
             auth.publish_keys
                 .is_empty()
                 .then_some("publish keys (auth.publish_keys)"),

@@ -160,6 +160,13 @@ impl Event {
         self
     }
 
+    /// This event with `data` in place of its own (an application's rewrite of a client's
+    /// publish), its channel, priority and conflation key kept.
+    pub fn with_data(mut self, data: Box<RawValue>) -> Self {
+        self.data = data;
+        self
+    }
+
     /// This event with a conflation key (or none).
     pub fn with_conflate(mut self, key: Option<ConflateKey>) -> Self {
         self.conflate = key;

@@ -30,6 +30,7 @@ pub mod dialect;
 pub mod engine;
 pub mod event;
 pub mod frame;
+pub mod hooks;
 pub mod protocol;
 pub mod server;
 pub mod snapshot;
@@ -42,7 +43,7 @@ pub mod fuzzing;
 pub use broker::{Broker, Completion, MemoryBroker, Published};
 pub use cluster::{ClusterError, NatsBroker};
 pub use config::{
-    AuthConfig, ChannelRule, ClusterConfig, CompressionConfig, Config, ConfigError,
+    AuthConfig, ChannelRule, ClusterConfig, CompressionConfig, Config, ConfigError, HooksConfig,
     SlowConsumerPolicy, SocketIoConfig,
 };
 pub use dialect::Dialect;
@@ -50,6 +51,7 @@ pub use engine::client::Client;
 pub use engine::control::Farewell;
 pub use engine::hub::{Delivery, Hub, HubStats, Swept};
 pub use event::{ConflateKey, Event, EventError, Priority};
+pub use hooks::Authorizer;
 pub use protocol::channel::Channel;
 pub use protocol::close::CloseCode;
 pub use server::control::{Control, Target};

@@ -45,6 +45,7 @@ fn main() -> ExitCode {
         let mut shown = config.clone();
         shown.auth = config.auth.redacted();
         shown.cluster = config.cluster.redacted();
+        shown.hooks = config.hooks.redacted();
         print!(
             "{}",
             toml::to_string(&shown).expect("the config serializes")

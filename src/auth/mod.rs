@@ -42,20 +42,35 @@ pub enum AuthError {
     /// No credentials arrived within `auth.timeout`.
     #[error("no credentials within the authentication timeout")]
     Timeout,
+    /// The application (a connect hook or an [`Authorizer`](crate::hooks::Authorizer))
+    /// refused the client, for this reason.
+    #[error("refused by the application: {0}")]
+    Refused(String),
+    /// No credentials where they are required; the text says how to give them.
+    #[error("authentication required: {0}")]
+    Missing(&'static str),
+    /// The application did not answer who the client is; try again later.
+    #[error("the application did not answer: {0}")]
+    Unavailable(String),
 }
 
 impl AuthError {
     /// The stable code sent in `auth_response` and counted in the stats.
     pub fn code(&self) -> ErrorCode {
         match self {
-            Self::Invalid(_) => ErrorCode::InvalidToken,
+            Self::Invalid(_) | Self::Refused(_) => ErrorCode::InvalidToken,
+            Self::Unavailable(_) => ErrorCode::Unavailable,
             Self::Expired => ErrorCode::TokenExpired,
             Self::Timeout => ErrorCode::AuthTimeout,
+            Self::Missing(_) => ErrorCode::AuthRequired,
         }
     }
 
     /// The close code the connection ends with.
     pub fn close_code(&self) -> CloseCode {
+        if let Self::Missing(_) = self {
+            return CloseCode::AUTH_FAILED;
+        }
         self.code()
             .close_code()
             .expect("every credentials error ends the connection")
@@ -305,5 +320,10 @@ mod tests {
         assert_eq!(AuthError::Expired.close_code().code, 4004);
         assert_eq!(AuthError::Invalid(String::new()).close_code().code, 4003);
         assert_eq!(AuthError::Timeout.close_code().code, 4002);
+        assert_eq!(AuthError::Refused(String::new()).close_code().code, 4003);
+        assert_eq!(
+            AuthError::Unavailable(String::new()).close_code().code,
+            1013
+        );
     }
 }

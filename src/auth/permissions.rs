@@ -91,6 +91,9 @@ pub enum Method {
     Jwt,
     /// A publish API key (a trusted service).
     ApiKey,
+    /// The application said who it is: a connect hook or an embedder's
+    /// [`Authorizer`](crate::hooks::Authorizer).
+    Application,
 }
 
 /// Who a connection is and what it may do. Shared (`Arc`) by every connection with the
@@ -128,6 +131,29 @@ impl Identity {
             publish: Patterns::none(),
             info: None,
         })
+    }
+
+    /// A user the application vouches for (see [`crate::hooks`]): it may subscribe to
+    /// any channel (the subscribe hook, if any, decides) and publish on none, until the
+    /// fields say otherwise.
+    ///
+    /// ```
+    /// use sigmahub::auth::permissions::{Identity, Patterns};
+    /// let alice = Identity {
+    ///     publish: Patterns::new(&["chat.*"]).unwrap(),
+    ///     ..Identity::user("alice")
+    /// };
+    /// assert!(alice.may_publish("chat.lobby") && alice.may_subscribe("news"));
+    /// ```
+    pub fn user(subject: impl Into<String>) -> Self {
+        Self {
+            subject: subject.into(),
+            method: Method::Application,
+            expires_at: None,
+            subscribe: Patterns::All,
+            publish: Patterns::none(),
+            info: None,
+        }
     }
 
     /// The server itself, for what the control API asks of a connection: it may subscribe

@@ -264,6 +264,8 @@ pub(crate) enum ServerMessage {
     PublishResponse,
     /// The answer to a `presence` request.
     PresenceResponse,
+    /// The application's answer to a client's request (the request hook).
+    Response,
     /// The answer to an application-level ping.
     Pong,
     /// A keep-alive ping the client must answer (Skreaver).
@@ -288,6 +290,7 @@ impl ServerMessage {
             Self::UnsubscribeResponse => "unsubscribe_response",
             Self::PublishResponse => "publish_response",
             Self::PresenceResponse => "presence_response",
+            Self::Response => "response",
             Self::Pong => "pong",
             Self::Ping => "ping",
             Self::Error => "error",

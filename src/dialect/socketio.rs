@@ -204,6 +204,11 @@ pub(crate) fn message(
     buf.finish(OpCode::Text)
 }
 
+/// Whether a message with this reply address asked for an ack.
+pub(crate) fn asks_ack(address: Option<&CorrelationId>) -> bool {
+    address.is_some_and(|a| !parse_address(a.as_raw()).1.is_empty())
+}
+
 /// The namespace (empty for the main one) and ack id (empty for none) of a reply address.
 fn parse_address(raw: &RawValue) -> (&str, &str) {
     let inner = raw
@@ -426,12 +431,14 @@ fn event(
         "subscribe" | "unsubscribe" => {
             let mut channels = channel_names(name, argument, max_channels).map_err(with_address)?;
             let mut resume = match name {
-                "subscribe" => message::resume(argument.filter(|a| a.is_object()))
-                    .map_err(with_address)?,
+                "subscribe" => {
+                    message::resume(argument.filter(|a| a.is_object())).map_err(with_address)?
+                }
                 _ => None,
             };
             if let Some(namespace) = namespace {
-                let mut scoped = |name: &mut String| match name.contains('/') {
+                let mut scoped = |name: &mut String| {
+                    match name.contains('/') {
                     true => Err(with_address(error(
                         ErrorCode::InvalidChannel,
                         format!(
@@ -443,6 +450,7 @@ fn event(
                         *name = format!("{namespace}/{name}");
                         Ok(())
                     }
+                }
                 };
                 channels.iter_mut().try_for_each(&mut scoped)?;
                 if let Some(resume) = &mut resume {
@@ -464,7 +472,10 @@ fn event(
         }
         "presence" => {
             let channel = argument
-                .and_then(|a| a.as_str().or_else(|| a.get("channel").and_then(|c| c.as_str())))
+                .and_then(|a| {
+                    a.as_str()
+                        .or_else(|| a.get("channel").and_then(|c| c.as_str()))
+                })
                 .ok_or_else(|| {
                     with_address(error(
                         ErrorCode::InvalidMessage,
@@ -488,7 +499,10 @@ fn event(
         },
         "auth" => {
             let token = argument
-                .and_then(|a| a.as_str().or_else(|| a.get("token").and_then(|t| t.as_str())))
+                .and_then(|a| {
+                    a.as_str()
+                        .or_else(|| a.get("token").and_then(|t| t.as_str()))
+                })
                 .ok_or_else(|| {
                     with_address(error(
                         ErrorCode::InvalidMessage,
@@ -504,14 +518,28 @@ fn event(
         "ping" => Ok(ClientMessage::Ping {
             correlation_id: address.or_else(|| self::address(Some(""), None)),
         }),
-        other => Err(with_address(error(
-            ErrorCode::UnknownType,
-            format!(
-                "unknown event {:?}: this server answers subscribe, unsubscribe, publish, auth and ping",
-                message::truncate(other, 64)
-            ),
-        ))),
+        // The application's, if it answers requests (the request hook).
+        other if other.len() <= MAX_EVENT_NAME => Ok(ClientMessage::Request {
+            method: Some(other.to_owned()),
+            data: argument.map(|a| a.encode()),
+            correlation_id: address,
+        }),
+        other => Err(with_address(unknown_event(other))),
     }
+}
+
+/// The longest event name passed on to the application.
+const MAX_EVENT_NAME: usize = 128;
+
+/// The error for an event neither sigmahub nor the application answers.
+pub(crate) fn unknown_event(name: &str) -> MessageError {
+    error(
+        ErrorCode::UnknownType,
+        format!(
+            "unknown event {:?}: this server answers subscribe, unsubscribe, publish, presence, auth and ping",
+            message::truncate(name, 64)
+        ),
+    )
 }
 
 /// A subscribe's or unsubscribe's channels: `{events|types|channels: […]}`, `[…]`, or one
@@ -673,12 +701,28 @@ mod tests {
         let ping = decode_str(r#"42["ping"]"#).unwrap();
         assert_eq!(address_of(&ping).as_deref(), Some(r#"",""#));
         assert_eq!(decode_str(r#"43["x"]"#).unwrap(), ClientMessage::Ack);
+        // Any other event is the application's to answer.
+        match decode_str(r#"423["launch",{"at":1}]"#).unwrap() {
+            ClientMessage::Request {
+                method,
+                data,
+                correlation_id,
+            } => {
+                assert_eq!(method.as_deref(), Some("launch"));
+                assert_eq!(data.as_deref(), Some(r#"{"at":1}"#));
+                assert!(correlation_id.is_some());
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
     fn bad_events_get_errors_addressed_to_their_ack() {
         let cases = [
-            (r#"423["launch",1]"#, ErrorCode::UnknownType),
+            (
+                &*format!(r#"423["{}",1]"#, "x".repeat(MAX_EVENT_NAME + 1)),
+                ErrorCode::UnknownType,
+            ),
             (r#"423{"not":"an array"}"#, ErrorCode::InvalidMessage),
             (r#"423[]"#, ErrorCode::InvalidMessage),
             (r#"423[5]"#, ErrorCode::InvalidMessage),

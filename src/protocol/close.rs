@@ -10,6 +10,7 @@
 //! | 1008 | `POLICY_VIOLATION` | kept sending over the inbound rate limit after a warning    | slow down     |
 //! | 1009 | `MESSAGE_TOO_BIG`  | a message over `max_message_size`                           | fix client    |
 //! | 1011 | `INTERNAL_ERROR`   | the server hit an unexpected condition                      | reconnect     |
+//! | 1013 | `TRY_AGAIN_LATER`  | the application's connect hook did not answer               | reconnect later |
 //! | 4000 | `SLOW_CONSUMER`    | the client's queue overflowed (`slow_consumer = "close"`)   | reconnect     |
 //! | 4001 | `KEEPALIVE_TIMEOUT`| no pong within `pong_timeout` after a ping                  | reconnect     |
 //! | 4002 | `AUTH_TIMEOUT`     | no credentials within `auth.timeout` (token required)       | send `auth` sooner |
@@ -47,6 +48,9 @@ impl CloseCode {
     pub const MESSAGE_TOO_BIG: Self = Self::new(1009, "message too big");
     /// The server failed; reconnect.
     pub const INTERNAL_ERROR: Self = Self::new(1011, "internal error");
+    /// The application's backend did not answer who the client is (a connect hook);
+    /// reconnect later.
+    pub const TRY_AGAIN_LATER: Self = Self::new(1013, "try again later");
     /// The client did not read fast enough and its queue overflowed; reconnect.
     pub const SLOW_CONSUMER: Self = Self::new(4000, "slow consumer");
     /// The client did not answer a ping in time; reconnect.
@@ -65,7 +69,7 @@ impl CloseCode {
     pub const DISCONNECTED: Self = Self::new(4010, "disconnected by the server");
 
     /// Every code sigmahub sends, in the order of the table above.
-    pub const ALL: [Self; 15] = [
+    pub const ALL: [Self; 16] = [
         Self::NORMAL,
         Self::GOING_AWAY,
         Self::PROTOCOL_ERROR,
@@ -74,6 +78,7 @@ impl CloseCode {
         Self::POLICY_VIOLATION,
         Self::MESSAGE_TOO_BIG,
         Self::INTERNAL_ERROR,
+        Self::TRY_AGAIN_LATER,
         Self::SLOW_CONSUMER,
         Self::KEEPALIVE_TIMEOUT,
         Self::AUTH_TIMEOUT,
@@ -90,7 +95,10 @@ impl CloseCode {
     /// Whether a client that receives this code should reconnect (true) or fix itself first.
     /// After 4004 it reconnects with a fresh token.
     pub fn should_reconnect(self) -> bool {
-        matches!(self.code, 1001 | 1011 | 4000 | 4001 | 4002 | 4004 | 4005)
+        matches!(
+            self.code,
+            1001 | 1011 | 1013 | 4000 | 4001 | 4002 | 4004 | 4005
+        )
     }
 }
 

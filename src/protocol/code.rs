@@ -116,6 +116,9 @@ codes! {
         Unauthorized => "unauthorized",
         /// Too many failed credentials from this address; wait.
         AuthBackoff => "auth_backoff",
+        /// The application's backend did not answer a hook (in time, or its breaker is
+        /// open) and `hooks.on_failure` is `refuse`; try again later.
+        Unavailable => "unavailable",
         // HTTP.
         /// No such route.
         NotFound => "not_found",
@@ -192,7 +195,9 @@ impl ErrorCode {
             | Self::AuthBackoff
             | Self::TooManyConnectionsFromAddress
             | Self::ConnectionRateExceeded => StatusCode::TOO_MANY_REQUESTS,
-            Self::FramesDropped | Self::ServerFull => StatusCode::SERVICE_UNAVAILABLE,
+            Self::FramesDropped | Self::ServerFull | Self::Unavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 
@@ -202,6 +207,7 @@ impl ErrorCode {
             Self::InvalidToken => Some(CloseCode::AUTH_FAILED),
             Self::TokenExpired => Some(CloseCode::TOKEN_EXPIRED),
             Self::AuthTimeout => Some(CloseCode::AUTH_TIMEOUT),
+            Self::Unavailable => Some(CloseCode::TRY_AGAIN_LATER),
             _ => None,
         }
     }
@@ -221,8 +227,10 @@ codes! {
         SubscriptionLimit => "subscription_limit",
         /// The channel has `max_subscribers_per_channel` already.
         ChannelFull => "channel_full",
-        /// The token does not allow this channel.
+        /// The token does not allow this channel, or the application refused it.
         Forbidden => "forbidden",
+        /// The application's subscribe hook did not answer (`hooks.on_failure = "refuse"`).
+        Unavailable => "unavailable",
     }
 }
 
@@ -235,6 +243,7 @@ impl From<RejectReason> for ErrorCode {
             RejectReason::SubscriptionLimit => Self::SubscriptionLimit,
             RejectReason::ChannelFull => Self::ChannelFull,
             RejectReason::Forbidden => Self::Forbidden,
+            RejectReason::Unavailable => Self::Unavailable,
         }
     }
 }

@@ -78,9 +78,12 @@ pub enum ClientMessage {
         /// Echoed in the reply.
         correlation_id: Option<CorrelationId>,
     },
-    /// A Skreaver `request`: answered with a `response` or an `error` with the same
-    /// `correlation_id`.
+    /// A request for the application to answer (the request hook): a Skreaver `request`,
+    /// answered with a `response` or an `error` with the same `correlation_id`; or a
+    /// Socket.IO event that is not sigmahub's own, answered by its ack, if it asked for one.
     Request {
+        /// What it asks for: the Socket.IO event's name; `None` for a Skreaver request.
+        method: Option<String>,
         /// The request's `data`, as JSON.
         data: Option<String>,
         /// Echoed in the answer.
@@ -297,6 +300,7 @@ pub fn parse_as(
             })
         }
         "request" if grammar == Grammar::Skreaver => Ok(ClientMessage::Request {
+            method: None,
             data: data.map(|d| d.encode()),
             correlation_id,
         }),

@@ -43,7 +43,7 @@ impl ClientKey {
     /// The key of a client known as `identity` connecting from `address`.
     pub(crate) fn of(identity: &Identity, address: IpAddr) -> Self {
         match identity.method {
-            Method::Jwt => Self::Subject(identity.subject.as_str().into()),
+            Method::Jwt | Method::Application => Self::Subject(identity.subject.as_str().into()),
             Method::Anonymous | Method::ApiKey => Self::Address(address),
         }
     }

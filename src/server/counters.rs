@@ -103,7 +103,8 @@ impl Limit {
             RejectReason::Forbidden => Some(Self::ForbiddenSubscribe),
             RejectReason::EmptyChannel
             | RejectReason::ChannelTooLong
-            | RejectReason::InvalidChannel => None,
+            | RejectReason::InvalidChannel
+            | RejectReason::Unavailable => None,
         }
     }
 }

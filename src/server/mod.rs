@@ -52,11 +52,12 @@ pub use session::WELCOME_MESSAGE;
 use crate::auth::host::HostPolicy;
 use crate::auth::permissions::{Identity, Method};
 use crate::auth::{AuthError, Authenticator};
-use crate::broker::{Broker, MemoryBroker};
+use crate::broker::{Broker, Completion, MemoryBroker};
 use crate::cluster::{ClusterError, NatsBroker};
 use crate::config::{Config, ConfigError};
 use crate::engine::hub::Hub;
 use crate::event::{unix_seconds, Event};
+use crate::hooks::Identified;
 use crate::protocol::close::CloseCode;
 use crate::snapshot::SnapshotCache;
 use crate::upstream::poller::Outlet;
@@ -103,6 +104,8 @@ pub(crate) struct Shared {
     pub(crate) throttle: throttle::Throttle,
     /// Socket.IO's long-polling sessions.
     pub(crate) polling: http::engineio::Sessions,
+    /// The application's hooks: who connects, what they may do, what they ask.
+    pub(crate) hooks: crate::hooks::Hooks,
     /// The connections of each authenticated user, for the control API.
     pub(crate) users: users::Users,
     /// Who is subscribed to the channels that keep presence, on this node.
@@ -132,7 +135,14 @@ impl Shared {
     pub(crate) fn new(config: Config) -> Result<Self, ConfigError> {
         let hub = Hub::new(&config);
         let snapshots = Arc::<SnapshotCache>::default();
+        let authorizer = crate::hooks::HttpHooks::new(&config.hooks)?
+            .map(|hooks| Arc::new(hooks) as Arc<dyn crate::hooks::Authorizer>);
         Ok(Self {
+            hooks: crate::hooks::Hooks::new(
+                authorizer,
+                config.hooks.on_failure,
+                config.hooks.cache_size,
+            ),
             broker: Arc::new(MemoryBroker::new(hub.clone(), snapshots.clone())),
             throttle: throttle::Throttle::new(&config.channels),
             hub,
@@ -174,12 +184,33 @@ impl Shared {
         token: &str,
     ) -> Result<Arc<Identity>, AuthError> {
         let verified = self.auth.verify(token);
-        match &verified {
+        self.record_credentials(address, verified.as_deref());
+        verified
+    }
+
+    /// Whether WebSocket clients must present a token: a JWT key is configured, or the
+    /// application's connect hook decides who clients are.
+    pub(crate) fn requires_token(&self) -> bool {
+        self.auth.requires_token() || self.hooks.authenticates()
+    }
+
+    /// Records how a client's credentials went in the backoff of `address` (see
+    /// [`verify_token`](Self::verify_token)). An application that did not answer says
+    /// nothing about them.
+    pub(crate) fn record_credentials(
+        &self,
+        address: std::net::IpAddr,
+        verified: Result<&Identity, &AuthError>,
+    ) {
+        match verified {
             Ok(identity) => match identity.method {
                 Method::Anonymous => {}
-                Method::Jwt => self.backoff.succeeded(address, Credential::Token),
+                Method::Jwt | Method::Application => {
+                    self.backoff.succeeded(address, Credential::Token)
+                }
                 Method::ApiKey => self.backoff.succeeded(address, Credential::PublishKey),
             },
+            Err(AuthError::Unavailable(_)) => {}
             Err(e) => {
                 let now = crate::clock::now();
                 self.backoff.failed(address, Credential::Token, now);
@@ -188,7 +219,43 @@ impl Shared {
                 }
             }
         }
-        verified
+    }
+
+    /// Who a client presenting `attempt.token` is: sigmahub's own checks, then, for a
+    /// client they do not know (no token, or one that is neither a publish key nor a JWT
+    /// verified here), the application's connect hook if there is one, whose answer may
+    /// name channels to join. Without a hook, a client without a token is anonymous: ask
+    /// only where that is allowed. Recorded in the backoff of `attempt.address`.
+    pub(crate) fn identify(
+        self: &Arc<Self>,
+        attempt: crate::hooks::Attempt,
+    ) -> Completion<Identified> {
+        if !self.hooks.authenticates() {
+            let verified = match attempt.token.as_deref() {
+                Some(token) => self.verify_token(attempt.address, token),
+                None => Ok(self.auth.anonymous()),
+            };
+            return Completion::Ready(verified.map(|identity| (identity, Vec::new())));
+        }
+        if let Some(token) = attempt.token.as_deref() {
+            if let Ok(identity) = self.auth.verify(token) {
+                if identity.method != Method::Anonymous {
+                    self.record_credentials(attempt.address, Ok(&identity));
+                    return Completion::Ready(Ok((identity, Vec::new())));
+                }
+            }
+        }
+        let shared = self.clone();
+        let address = attempt.address;
+        let asked = self.hooks.authenticate(attempt, self.auth.anonymous());
+        Completion::pending(async move {
+            let identified = asked.await;
+            shared.record_credentials(
+                address,
+                identified.as_ref().map(|(identity, _)| &**identity),
+            );
+            identified
+        })
     }
 
     /// Whether `key` is a publish key, recorded in the backoff of `address`.
@@ -213,8 +280,38 @@ pub struct Server {
 impl Server {
     /// Validates `config` and binds its listen address.
     pub async fn bind(config: Config) -> Result<Self, ServeError> {
+        Self::bind_hooked(config, None).await
+    }
+
+    /// [`bind`](Self::bind), with `authorizer` deciding who connects and what they may
+    /// do (see [`crate::hooks`]), under `hooks.on_failure` and with `hooks.cache_size`;
+    /// the `[hooks]` URLs must then be unset.
+    pub async fn bind_with(
+        config: Config,
+        authorizer: Arc<dyn crate::hooks::Authorizer>,
+    ) -> Result<Self, ServeError> {
+        Self::bind_hooked(config, Some(authorizer)).await
+    }
+
+    async fn bind_hooked(
+        config: Config,
+        authorizer: Option<Arc<dyn crate::hooks::Authorizer>>,
+    ) -> Result<Self, ServeError> {
         config.validate()?;
+        if authorizer.is_some() && config.hooks.any() {
+            return Err(ConfigError::Invalid {
+                field: "hooks",
+                reason: "an embedder's Authorizer replaces the HTTP hooks: unset their URLs"
+                    .to_owned(),
+            }
+            .into());
+        }
         let mut shared = Shared::new(config)?;
+        if let Some(authorizer) = authorizer {
+            let hooks = &shared.config.hooks;
+            shared.hooks =
+                crate::hooks::Hooks::new(Some(authorizer), hooks.on_failure, hooks.cache_size);
+        }
         let mut cluster = None;
         if shared.config.cluster.enabled() {
             let local = MemoryBroker::new(shared.hub.clone(), shared.snapshots.clone());

@@ -2,6 +2,7 @@
 //! clients, and `eventually` for waiting without sleeps.
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
+pub mod backend;
 pub mod binary;
 pub mod engine;
 pub mod nats;

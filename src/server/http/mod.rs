@@ -208,7 +208,7 @@ where
         {
             let address = shared.admission.client_address(peer, req.headers());
             let kind = path.strip_prefix("/api/v1/snapshot/");
-            snapshot(&shared, req.headers(), address, kind)
+            snapshot(&shared, req.headers(), address, kind).await
         }
         (&Method::GET, path) if shared.config.dashboard => {
             dashboard::asset(path).unwrap_or_else(|| error(ErrorCode::NotFound, "no such route"))

@@ -11,20 +11,25 @@ use hyper::{Response, StatusCode};
 use super::credentials::{barred, bearer, unauthorized};
 use super::response::{error, json};
 use super::ResponseBody;
+use crate::auth::AuthError;
+use crate::hooks::{Attempt, Caller, HookError};
+use crate::protocol::channel::Channel;
 use crate::protocol::code::ErrorCode;
 use crate::server::stats::Stats;
 use crate::server::{metrics, Shared};
 
-/// `GET /api/v1/snapshot[/kind]`. With token auth on, the reader needs a token (a JWT or a
-/// publish key, as `Authorization: Bearer`) and sees only the types it may subscribe to:
-/// the snapshot endpoint must not be a way around channel permissions.
-pub(super) fn snapshot(
-    shared: &Shared,
+/// `GET /api/v1/snapshot[/kind]`. With token auth on (or a connect hook), the reader
+/// needs a token (a JWT, a publish key, or one the application accepts, as
+/// `Authorization: Bearer`) and sees only the types it may subscribe to, as its grant and
+/// the application's subscribe hook say: the snapshot endpoint must not be a way around
+/// channel permissions.
+pub(super) async fn snapshot(
+    shared: &Arc<Shared>,
     headers: &hyper::HeaderMap,
     address: IpAddr,
     kind: Option<&str>,
 ) -> Response<ResponseBody> {
-    let identity = if shared.auth.requires_token() {
+    let identity = if shared.requires_token() {
         if let Some(barred) = barred(shared, address) {
             return barred;
         }
@@ -34,28 +39,66 @@ pub(super) fn snapshot(
                 "snapshots need a token: `Authorization: Bearer <token>`",
             );
         };
-        match shared.verify_token(address, token) {
-            Ok(identity) => identity,
+        let attempt = Attempt {
+            client: 0,
+            address,
+            dialect: "http",
+            token: Some(token.to_owned()),
+        };
+        match shared.identify(attempt).await {
+            Ok((identity, _)) => identity,
+            Err(e @ AuthError::Unavailable(_)) => return error(e.code(), &e.to_string()),
             Err(e) => return unauthorized(shared, &e.to_string()),
         }
     } else {
         shared.auth.anonymous()
+    };
+    let caller = Caller {
+        client: 0,
+        identity,
+    };
+    // What the grant allows, then what the application allows of it.
+    let granted: Vec<Channel> = match kind {
+        Some(kind) => match Channel::new(kind) {
+            Ok(channel) if caller.identity.may_subscribe(kind) => vec![channel],
+            _ => {
+                return error(
+                    ErrorCode::Forbidden,
+                    "your token does not allow this channel",
+                )
+            }
+        },
+        None => shared
+            .snapshots
+            .all()
+            .iter()
+            .filter(|s| caller.identity.may_subscribe(&s.channel))
+            .map(|s| s.channel.clone())
+            .collect(),
+    };
+    let refused = shared.hooks.check_subscribe(&caller, &granted).await;
+    let allowed = |channel: &str| {
+        granted.iter().any(|c| c.as_str() == channel)
+            && !refused.iter().any(|r| r.channel == channel)
     };
     let Some(kind) = kind else {
         let all: Vec<_> = shared
             .snapshots
             .all()
             .iter()
-            .filter(|s| identity.may_subscribe(&s.channel))
+            .filter(|s| allowed(&s.channel))
             .map(|s| s.to_json())
             .collect();
         return json(StatusCode::OK, &serde_json::json!({ "snapshots": all }));
     };
-    if !identity.may_subscribe(kind) {
-        return error(
-            ErrorCode::Forbidden,
-            "your token does not allow this channel",
-        );
+    if let Some(refusal) = refused.first() {
+        return match &refusal.error {
+            HookError::Unavailable(why) => error(
+                ErrorCode::Unavailable,
+                &format!("the application did not answer: {why}"),
+            ),
+            e => error(ErrorCode::Forbidden, &e.to_string()),
+        };
     }
     match shared.snapshots.get(kind) {
         Some(snapshot) => json(StatusCode::OK, &snapshot.to_json()),

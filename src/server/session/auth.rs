@@ -8,9 +8,14 @@ use serde::Serialize;
 
 use super::{Session, WELCOME_MESSAGE};
 use crate::auth::permissions::{Identity, Method};
+use crate::auth::AuthError;
+use crate::broker::Completion;
 use crate::dialect::Dialect;
 use crate::dialect::ServerMessage;
+use crate::engine::control::Command;
 use crate::event::{self, unix_seconds};
+use crate::hooks::Attempt;
+use crate::hooks::Identified;
 use crate::protocol::channel::Channel;
 use crate::protocol::close::CloseCode;
 use crate::protocol::code::ErrorCode;
@@ -22,36 +27,51 @@ impl Session {
     /// Authenticates with the upgrade's token, or starts waiting for an `auth` message (or,
     /// in a dialect that connects in band, the connect), and welcomes the client once it is
     /// known. Returns the close code of a refused token.
-    pub(super) fn start(&mut self, token: Option<Box<str>>) -> Option<CloseCode> {
-        let auth = &self.shared.auth;
+    pub(super) async fn start(&mut self, token: Option<Box<str>>) -> Option<CloseCode> {
         match token {
             _ if self.client.dialect().connects_in_band() => {
                 // The connect brings the credentials, or uses these.
                 self.token = token;
                 self.deadlines.await_auth(self.shared.config.auth.timeout);
             }
-            Some(token) => return self.authenticate(&token, None),
-            None if auth.requires_token() => {
+            Some(token) => {
+                let identified = self.identify(Some(token.into())).await;
+                return self.authenticated(identified, None);
+            }
+            None if self.shared.requires_token() => {
                 self.deadlines.await_auth(self.shared.config.auth.timeout);
             }
             None => {
-                self.identity = Some(auth.anonymous());
+                self.identity = Some(self.shared.auth.anonymous());
                 self.welcome();
             }
         }
         None
     }
 
-    /// Checks `token`, answers with `auth_response`, and on success welcomes the client
-    /// (first time) or applies the refreshed grant. Returns the close code of a refusal.
-    pub(super) fn authenticate(
+    /// Who the client presenting `token` is (see [`Shared::identify`]).
+    ///
+    /// [`Shared::identify`]: crate::server::Shared::identify
+    pub(super) fn identify(&self, token: Option<String>) -> Completion<Identified> {
+        self.shared.identify(Attempt {
+            client: self.client.id(),
+            address: self.address,
+            dialect: self.client.dialect().as_str(),
+            token,
+        })
+    }
+
+    /// Answers credentials checked as `identified` with `auth_response`, and on success
+    /// welcomes the client (first time) or applies the refreshed grant. Returns the close
+    /// code of a refusal.
+    pub(super) fn authenticated(
         &mut self,
-        token: &str,
+        identified: Identified,
         correlation_id: Option<&CorrelationId>,
     ) -> Option<CloseCode> {
         let now = SystemTime::now();
-        let identity = match self.shared.verify_token(self.address, token) {
-            Ok(identity) => identity,
+        let (identity, join) = match identified {
+            Ok(identified) => identified,
             Err(e) => {
                 self.count_refusal(&e.to_string());
                 let body = serde_json::json!({
@@ -95,41 +115,43 @@ impl Session {
         if first {
             self.welcome();
         }
+        self.join(join);
         None
     }
 
     /// A Socket.IO namespace connect: credentials from its `auth` payload, else the
     /// upgrade's, else the identity the connection already has (another namespace), else
-    /// anonymous where that is allowed. Answers `40{"sid"}` and welcomes on the first
-    /// connect, or answers a connect error (`44`) and returns the close code.
-    pub(super) fn connect(
+    /// anonymous where that is allowed. Answer it with [`connected`](Self::connected).
+    pub(super) fn connect(&mut self, token: Option<String>) -> Completion<Identified> {
+        let token = token.or_else(|| self.token.take().map(String::from));
+        let known = |identity| Completion::Ready(Ok((identity, Vec::new())));
+        match (token, &self.identity) {
+            (Some(token), _) => self.identify(Some(token)),
+            (None, Some(identity)) => known(identity.clone()),
+            (None, None) if self.shared.requires_token() => Completion::Ready(Err(
+                AuthError::Missing("connect with a token, io(url, {auth: {token}})"),
+            )),
+            (None, None) => known(self.shared.auth.anonymous()),
+        }
+    }
+
+    /// Answers a Socket.IO namespace connect whose credentials were checked as
+    /// `identified`: `40{"sid"}` and the welcome on the first connect, or a connect error
+    /// (`44`) and the close code.
+    pub(super) fn connected(
         &mut self,
-        token: Option<String>,
+        identified: Identified,
         address: Option<&CorrelationId>,
     ) -> Option<CloseCode> {
         let now = SystemTime::now();
-        let token = token.map(Box::<str>::from).or_else(|| self.token.take());
-        let verified = match (token, &self.identity) {
-            (Some(token), _) => self
-                .shared
-                .verify_token(self.address, &token)
-                .map_err(|e| (e.code(), e.to_string(), e.close_code())),
-            (None, Some(identity)) => Ok(identity.clone()),
-            (None, None) if self.shared.auth.requires_token() => Err((
-                ErrorCode::AuthRequired,
-                "authentication required: connect with a token, io(url, {auth: {token}})"
-                    .to_owned(),
-                CloseCode::AUTH_FAILED,
-            )),
-            (None, None) => Ok(self.shared.auth.anonymous()),
-        };
-        let identity = match verified {
-            Ok(identity) => identity,
-            Err((code, message, close)) => {
+        let (identity, join) = match identified {
+            Ok(identified) => identified,
+            Err(e) => {
+                let message = e.to_string();
                 self.count_refusal(&message);
-                let body = serde_json::json!({ "message": message, "data": { "code": code } });
+                let body = serde_json::json!({ "message": message, "data": { "code": e.code() } });
                 self.say(ServerMessage::ConnectError, address, now, &body);
-                return Some(close);
+                return Some(e.close_code());
             }
         };
         if let Err(e) = self.same_subject(&identity) {
@@ -143,7 +165,18 @@ impl Session {
         if first {
             self.welcome();
         }
+        self.join(join);
         None
+    }
+
+    /// Has the client join `channels` the application named, as a server-side subscribe:
+    /// after the welcome, whatever its grant.
+    fn join(&self, channels: Vec<Channel>) {
+        if !channels.is_empty() {
+            self.shared
+                .hub
+                .command(self.client.id(), Command::Subscribe(channels));
+        }
     }
 
     fn count_refusal(&self, error: &str) {

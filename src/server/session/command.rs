@@ -54,6 +54,7 @@ impl Session {
                     self.subscribe(
                         &Identity::server(),
                         &server_list(channels),
+                        &[],
                         SystemTime::now(),
                     );
                 }

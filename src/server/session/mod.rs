@@ -18,6 +18,7 @@ mod dormant;
 mod presence;
 mod publish;
 mod reply;
+mod request;
 mod subscribe;
 pub(crate) use subscribe::snapshot_frames;
 #[cfg(test)]
@@ -50,6 +51,8 @@ use crate::engine::client::Client;
 use crate::engine::outbox::Closing;
 use crate::event::unix_seconds;
 use crate::frame;
+use crate::hooks::Identified;
+use crate::hooks::{CheckedPublish, Refused};
 use crate::protocol::channel::Channel;
 use crate::protocol::close::CloseCode;
 use crate::protocol::code::ErrorCode;
@@ -178,7 +181,7 @@ where
             listening.await;
         }
     }
-    if let Some(code) = session.start(handshake.token.take()) {
+    if let Some(code) = session.start(handshake.token.take()).await {
         // A refused token: the writer sends the `auth_response`, then closes.
         outbox.close(Closing::AfterFlush(code));
     }
@@ -408,15 +411,29 @@ enum Step {
     Close(CloseCode),
     /// The client said it leaves: close normally, as if it had sent a close frame.
     Leave,
-    /// A subscribe whose channels the broker is still readying (a cluster listening in
-    /// NATS): wait for it, then subscribe.
-    Subscribe(Arc<Identity>, ChannelList, BoxFuture<'static, ()>),
+    /// A subscribe the application is asked about, or whose channels the broker is still
+    /// readying (a cluster listening in NATS): wait for both, then subscribe, but to none
+    /// of the channels the application refused.
+    Subscribe(Arc<Identity>, ChannelList, BoxFuture<'static, Vec<Refused>>),
+    /// A publish the application is deciding on: wait for it, then publish (or refuse).
+    Publish(BoxFuture<'static, CheckedPublish>, Option<CorrelationId>),
+    /// Credentials the application is being asked about: wait for its answer, then
+    /// answer the client as the credentials came.
+    Identify(BoxFuture<'static, Identified>, Credentials),
     /// A presence request whose members are being gathered (from every node): wait for
     /// them, then answer.
     Presence(
         Option<CorrelationId>,
         BoxFuture<'static, super::control::PresenceList>,
     ),
+}
+
+/// How credentials came, to answer them the same way.
+enum Credentials {
+    /// An `auth` message, with its correlation id.
+    Auth(Option<CorrelationId>),
+    /// A Socket.IO namespace connect, with its namespace.
+    Connect(Option<CorrelationId>),
 }
 
 /// Why the reading side ended.
@@ -517,9 +534,25 @@ impl Session {
                         Step::Done => {}
                         Step::Close(code) => return Ending::Refused(code),
                         Step::Leave => return Ending::Read(ReadEnd::Violation(CloseCode::NORMAL)),
-                        Step::Subscribe(identity, list, listening) => {
-                            listening.await;
-                            self.subscribe(&identity, &list, SystemTime::now());
+                        Step::Subscribe(identity, list, readying) => {
+                            let refused = readying.await;
+                            self.subscribe(&identity, &list, &refused, SystemTime::now());
+                        }
+                        Step::Publish(checking, correlation_id) => {
+                            let checked = checking.await;
+                            self.publish_checked(checked, correlation_id, SystemTime::now());
+                        }
+                        Step::Identify(identifying, credentials) => {
+                            let identified = identifying.await;
+                            let refused = match credentials {
+                                Credentials::Auth(id) => {
+                                    self.authenticated(identified, id.as_ref())
+                                }
+                                Credentials::Connect(id) => self.connected(identified, id.as_ref()),
+                            };
+                            if let Some(code) = refused {
+                                return Ending::Refused(code);
+                            }
                         }
                         Step::Presence(correlation_id, gathering) => {
                             let list = gathering.await;
@@ -565,17 +598,27 @@ impl Session {
                 token,
                 correlation_id,
             } => {
-                return self
-                    .authenticate(&token, correlation_id.as_ref())
-                    .map_or(Step::Done, Step::Close)
+                return match self.identify(Some(token)) {
+                    Completion::Ready(identified) => self
+                        .authenticated(identified, correlation_id.as_ref())
+                        .map_or(Step::Done, Step::Close),
+                    Completion::Pending(identifying) => {
+                        Step::Identify(identifying, Credentials::Auth(correlation_id))
+                    }
+                }
             }
             ClientMessage::Connect {
                 token,
                 correlation_id,
             } => {
-                return self
-                    .connect(token, correlation_id.as_ref())
-                    .map_or(Step::Done, Step::Close)
+                return match self.connect(token) {
+                    Completion::Ready(identified) => self
+                        .connected(identified, correlation_id.as_ref())
+                        .map_or(Step::Done, Step::Close),
+                    Completion::Pending(identifying) => {
+                        Step::Identify(identifying, Credentials::Connect(correlation_id))
+                    }
+                }
             }
             ClientMessage::Disconnect { namespace: None } => return Step::Leave,
             ClientMessage::Ping { correlation_id } => {
@@ -611,33 +654,17 @@ impl Session {
                     .collect();
                 self.leave(inside.iter().map(String::as_str));
             }
-            ClientMessage::Subscribe(list) => {
-                // Before subscribing, this node must receive what is published anywhere.
-                let mut wanted = list
-                    .channels
-                    .iter()
-                    .filter(|name| identity.may_subscribe(name))
-                    .filter_map(|name| Channel::new(name).ok());
-                match self.shared.broker.listen(&mut wanted, list.resume.as_ref()) {
-                    Completion::Ready(()) => self.subscribe(&identity, &list, now),
-                    Completion::Pending(listening) => {
-                        return Step::Subscribe(identity, list, listening)
-                    }
-                }
-            }
+            ClientMessage::Subscribe(list) => return self.check_subscribe(identity, list, now),
             ClientMessage::Unsubscribe(list) => self.unsubscribe(&list, now),
-            ClientMessage::Request { correlation_id, .. } => {
-                let e = MessageError {
-                    code: ErrorCode::NotSupported,
-                    message: "this server answers no requests yet".to_owned(),
-                    correlation_id,
-                };
-                self.refuse(&e, now);
-            }
+            ClientMessage::Request {
+                method,
+                data,
+                correlation_id,
+            } => self.request(&identity, method, data, correlation_id, now),
             ClientMessage::Publish {
                 body,
                 correlation_id,
-            } => self.publish(&identity, &body, correlation_id.as_ref(), now),
+            } => return self.publish(&identity, &body, correlation_id, now),
             ClientMessage::Presence {
                 channel,
                 correlation_id,

@@ -101,7 +101,12 @@ impl Session {
 
     /// Sends the client an `error` for a message it was refused.
     pub(super) fn refuse(&self, e: &MessageError, now: SystemTime) {
-        let data = serde_json::json!({ "code": e.code, "message": e.message });
-        self.say(ServerMessage::Error, e.correlation_id.as_ref(), now, &data);
+        self.client.send(refusal(self.client.dialect(), e, now));
     }
+}
+
+/// The `error` frame of a message refused with `e`, in `dialect`.
+pub(super) fn refusal(dialect: Dialect, e: &MessageError, now: SystemTime) -> Bytes {
+    let data = serde_json::json!({ "code": e.code, "message": e.message });
+    dialect.message(ServerMessage::Error, e.correlation_id.as_ref(), now, &data)
 }

@@ -5,13 +5,16 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use bytes::Bytes;
+use futures_util::future::BoxFuture;
 
 use super::reply::{subscription_reply, Resumed};
-use super::Session;
+use super::{Session, Step};
 use crate::auth::permissions::Identity;
+use crate::broker::{Broker, Completion};
 use crate::dialect::{Dialect, Encoding, ServerMessage};
 use crate::engine::client::{Client, Rejection, SubscriptionChange};
 use crate::engine::history::Locked;
+use crate::hooks::{Caller, HookError, Refused};
 use crate::protocol::channel::{self, Channel};
 use crate::protocol::code::RejectReason;
 use crate::protocol::message::{ChannelList, MessageError, Resume};
@@ -94,14 +97,75 @@ impl Session {
         plan
     }
 
+    /// A client's subscribe: asks the application about the channels its grant allows
+    /// (where it wants to be asked), has the broker ready them, and subscribes, at once
+    /// when nothing has to be waited for.
+    pub(super) fn check_subscribe(
+        &mut self,
+        identity: Arc<Identity>,
+        list: ChannelList,
+        now: SystemTime,
+    ) -> Step {
+        let wanted: Vec<Channel> = list
+            .channels
+            .iter()
+            .filter(|name| identity.may_subscribe(name))
+            .filter_map(|name| Channel::new(name).ok())
+            .collect();
+        let caller = Caller {
+            client: self.client.id(),
+            identity: identity.clone(),
+        };
+        let readying: BoxFuture<'static, Vec<Refused>> =
+            match self.shared.hooks.check_subscribe(&caller, &wanted) {
+                Completion::Ready(refused) => {
+                    match listen(
+                        &*self.shared.broker,
+                        &wanted,
+                        &refused,
+                        list.resume.as_ref(),
+                    ) {
+                        Completion::Ready(()) => {
+                            self.subscribe(&identity, &list, &refused, now);
+                            return Step::Done;
+                        }
+                        Completion::Pending(listening) => Box::pin(async move {
+                            listening.await;
+                            refused
+                        }),
+                    }
+                }
+                Completion::Pending(checking) => {
+                    let broker = self.shared.broker.clone();
+                    let resume = list.resume.clone();
+                    Box::pin(async move {
+                        let refused = checking.await;
+                        listen(&*broker, &wanted, &refused, resume.as_ref()).await;
+                        refused
+                    })
+                }
+            };
+        Step::Subscribe(identity, list, readying)
+    }
+
     /// Reply, then snapshots, then subscribe: the client sees the reply before any event
-    /// the subscription lets through. Channels the grant does not allow are refused.
-    pub(super) fn subscribe(&mut self, identity: &Identity, list: &ChannelList, now: SystemTime) {
+    /// the subscription lets through. Channels the grant does not allow, and those the
+    /// application `refused`, are refused.
+    pub(super) fn subscribe(
+        &mut self,
+        identity: &Identity,
+        list: &ChannelList,
+        refused: &[Refused],
+        now: SystemTime,
+    ) {
         let (allowed, forbidden): (Vec<&str>, Vec<&str>) = list
             .channels
             .iter()
             .map(String::as_str)
             .partition(|name| channel::validate(name).is_err() || identity.may_subscribe(name));
+        let (allowed, vetoed): (Vec<&str>, Vec<&str>) = allowed
+            .into_iter()
+            .partition(|name| !refused.iter().any(|r| r.channel == *name));
         let mut change = self.client.plan_subscribe(allowed);
         change.rejected.extend(forbidden.into_iter().map(|name| {
             Rejection::new(
@@ -110,6 +174,19 @@ impl Session {
                 "your token does not allow this channel",
             )
         }));
+        change
+            .rejected
+            .extend(vetoed.into_iter().filter_map(|name| {
+                let refusal = refused.iter().find(|r| r.channel == name)?;
+                Some(match &refusal.error {
+                    HookError::Unavailable(_) => Rejection::new(
+                        name,
+                        RejectReason::Unavailable,
+                        "the application did not answer; try again later",
+                    ),
+                    e => Rejection::new(name, RejectReason::Forbidden, e.to_string()),
+                })
+            }));
         let after: Vec<Channel> = self
             .client
             .subscriptions()
@@ -212,6 +289,21 @@ impl Session {
             self.refuse(&e, SystemTime::now());
         }
     }
+}
+
+/// Before subscribing, this node must receive what is published anywhere on the channels
+/// `wanted` but not `refused`: the broker readies them.
+fn listen(
+    broker: &dyn Broker,
+    wanted: &[Channel],
+    refused: &[Refused],
+    resume: Option<&Resume>,
+) -> Completion<()> {
+    let mut allowed = wanted
+        .iter()
+        .filter(|c| !refused.iter().any(|r| r.channel == c.as_str()))
+        .cloned();
+    broker.listen(&mut allowed, resume)
 }
 
 /// Queues the current snapshot of every channel in `change` (before the subscription is
