@@ -30,8 +30,9 @@ cargo bench --workspace --no-run --locked
 step "fuzz targets build (fuzz/ is its own workspace; run them with cargo +nightly fuzz)"
 cargo build --manifest-path fuzz/Cargo.toml --locked
 
-step "the embedding example runs"
+step "the embedding examples run"
 cargo run --locked --example embedded -- --once
+cargo run --locked --example authorizer -- --once
 
 step "tests"
 cargo test --workspace --locked

@@ -530,6 +530,93 @@ async fn python_socketio_is_put_in_a_room_and_disconnected_server_side() {
     }
 }
 
+/// Seneca's custom authentication provider and event bridge, as hooks: the application's
+/// backend (a real HTTP server) says who a connecting client is from its `auth` payload,
+/// and answers the events that are not sigmahub's own, through their acks.
+#[tokio::test]
+async fn the_applications_backend_authenticates_and_answers_acks() {
+    use common::backend::{Backend, Reply};
+    let backend = Backend::start(|call| match call.path.as_str() {
+        "/connect" if call.body["token"] == "alice-session" => {
+            Reply::Json(json!({"result": {"user": "alice"}}))
+        }
+        "/connect" => Reply::Json(json!({"error": {"message": "unknown session"}})),
+        _ => Reply::Json(json!({"result": {"data": {
+            "method": call.body["method"], "echo": call.body["data"], "user": call.body["user"],
+        }}})),
+    })
+    .await;
+    let (connect, request) = (backend.url("/connect"), backend.url("/request"));
+    let server = TestServer::with(|c| {
+        c.hooks.connect_url = Some(connect);
+        c.hooks.request_url = Some(request);
+    })
+    .await;
+    let alice = json!({"token": "alice-session"});
+    let clients = [
+        (
+            "socket.io-client websocket",
+            Driver::node(
+                &server,
+                "",
+                json!({"transports": ["websocket"], "auth": alice}),
+            ),
+        ),
+        (
+            "socket.io-client polling",
+            Driver::node(
+                &server,
+                "",
+                json!({"transports": ["polling"], "auth": alice}),
+            ),
+        ),
+        (
+            "python-socketio websocket",
+            Driver::python(&server, "websocket", alice.clone()),
+        ),
+        (
+            "python-socketio polling",
+            Driver::python(&server, "polling", alice.clone()),
+        ),
+    ];
+    for (name, mut client) in clients {
+        client.until("connect", None).await;
+        client.event("connection_established").await;
+        let answer = client.emit_ack("launch", json!([{"at": 1}])).await;
+        assert_eq!(
+            answer,
+            json!({"method": "launch", "echo": {"at": 1}, "user": "alice"}),
+            "{name}"
+        );
+        // Without an ack the event still reaches the backend; nothing comes back.
+        let before = backend.calls("/request").len();
+        client
+            .send(json!({"emit": "note", "args": ["hello"]}))
+            .await;
+        common::eventually("the note to reach the backend", || {
+            backend.calls("/request").len() == before + 1
+        })
+        .await;
+        let note = backend.calls("/request").pop().unwrap();
+        assert_eq!(note.body["method"], "note", "{name}");
+        assert_eq!(note.body["data"], "hello", "{name}");
+        client.exit().await;
+    }
+    // A session the backend does not know: the connect error carries its reason.
+    let mut stranger = Driver::node(
+        &server,
+        "",
+        json!({"transports": ["websocket"], "auth": {"token": "forged"}, "reconnection": false}),
+    );
+    let refused = stranger.until("connect_error", None).await;
+    assert_eq!(
+        refused["message"], "refused by the application: unknown session",
+        "{refused}"
+    );
+    assert_eq!(refused["data"]["code"], "invalid_token");
+    stranger.exit().await;
+}
+
 #[tokio::test]
 async fn clients_reconnect_after_a_server_restart() {
     for options in [

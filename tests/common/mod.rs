@@ -42,6 +42,20 @@ impl TestServer {
     }
 
     pub async fn with(adjust: impl FnOnce(&mut Config)) -> Self {
+        Self::serve(Server::bind(Self::config(adjust)).await.expect("bind"))
+    }
+
+    /// A server whose clients an embedder's `authorizer` decides on.
+    pub async fn with_authorizer(
+        authorizer: std::sync::Arc<dyn sigmahub::Authorizer>,
+        adjust: impl FnOnce(&mut Config),
+    ) -> Self {
+        let config = Self::config(adjust);
+        Self::serve(Server::bind_with(config, authorizer).await.expect("bind"))
+    }
+
+    /// The tests' configuration, adjusted.
+    pub fn config(adjust: impl FnOnce(&mut Config)) -> Config {
         let mut config = Config::default();
         config.listen = "127.0.0.1:0".parse().unwrap();
         // Host metrics would interleave with what most tests read; tests/upstream.rs turns
@@ -54,7 +68,10 @@ impl TestServer {
         config.max_connections_per_ip = 0;
         config.connection_rate_per_ip = 0;
         adjust(&mut config);
-        let server = Server::bind(config).await.expect("bind");
+        config
+    }
+
+    fn serve(server: Server) -> Self {
         let addr = server.local_addr();
         let hub = server.hub();
         let control = server.control();
