@@ -8,6 +8,7 @@ mod common;
 use std::time::{Duration, SystemTime};
 
 use common::backend::{Backend, Call, Reply};
+use common::scrape::{scrape, value};
 use common::{eventually, TestServer};
 use jsonwebtoken::{EncodingKey, Header};
 use serde_json::{json, Value};
@@ -409,6 +410,11 @@ async fn a_failing_backend_opens_the_breaker_and_a_recovered_one_closes_it() {
     }
     // Three failures opened it; the next two were refused without a call.
     assert_eq!(backend.calls("/subscribe").len(), 3);
+    let metrics = scrape(&server).await;
+    let breaker = Some(("hook", "subscribe"));
+    assert_eq!(value(&metrics, "sigmahub_hook_breaker_state", breaker), 2.0);
+    assert_eq!(answers(&metrics, "subscribe", "unavailable"), 5.0);
+    assert_eq!(answers(&metrics, "connect", "allowed"), 1.0);
 
     backend.set(application);
     tokio::time::sleep(Duration::from_millis(1100)).await;
@@ -425,6 +431,26 @@ async fn a_failing_backend_opens_the_breaker_and_a_recovered_one_closes_it() {
         "{reply}"
     );
     eventually("five calls", || backend.calls("/subscribe").len() == 5).await;
+    let metrics = scrape(&server).await;
+    assert_eq!(value(&metrics, "sigmahub_hook_breaker_state", breaker), 0.0);
+    assert_eq!(answers(&metrics, "subscribe", "allowed"), 1.0);
+    assert_eq!(answers(&metrics, "subscribe", "refused"), 1.0);
+}
+
+/// `sigmahub_hook_answers_total` for one hook and answer.
+fn answers(metrics: &[prometheus_parse::Sample], hook: &str, answer: &str) -> f64 {
+    let sample = metrics
+        .iter()
+        .find(|s| {
+            s.metric == "sigmahub_hook_answers_total"
+                && s.labels.get("hook") == Some(hook)
+                && s.labels.get("answer") == Some(answer)
+        })
+        .unwrap_or_else(|| panic!("no answers of {hook} {answer}"));
+    match sample.value {
+        prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => v,
+        ref other => panic!("{other:?}"),
+    }
 }
 
 #[tokio::test]

@@ -190,7 +190,7 @@ impl HttpHooks {
         }))
     }
 
-    /// The state of each hook's breaker, for `/metrics` and the stats.
+    /// The state of each hook's breaker, for `/metrics`.
     pub fn breakers(&self) -> Vec<(Hook, BreakerState)> {
         let inner = &self.inner;
         [

@@ -28,8 +28,10 @@ pub use self::http::HttpHooks;
 use crate::auth::permissions::Identity;
 use crate::auth::AuthError;
 use crate::broker::Completion;
+use crate::config::{ConfigError, HooksConfig};
 use crate::event::Event;
 use crate::protocol::channel::Channel;
+use crate::upstream::breaker::BreakerState;
 use cache::{Checked, VerdictCache};
 
 /// What an [`Authorizer`] returns: a future the connection awaits (other connections go
@@ -52,6 +54,9 @@ pub enum Hook {
 }
 
 impl Hook {
+    /// Every hook.
+    pub const ALL: [Self; 4] = [Self::Connect, Self::Subscribe, Self::Publish, Self::Request];
+
     /// The hook's name, as in logs and metrics.
     pub const fn as_str(self) -> &'static str {
         match self {
@@ -238,12 +243,92 @@ pub enum FailurePolicy {
     Allow,
 }
 
-/// The server's hooks: an [`Authorizer`] (or none), the failure policy and the cache of
-/// its answers.
+/// The server's hooks: an [`Authorizer`] (or none), the failure policy, the cache of its
+/// answers and their tally.
 pub(crate) struct Hooks {
     authorizer: Option<Arc<dyn Authorizer>>,
+    /// The same, when it is the binary's HTTP hooks: for their breakers' states.
+    http: Option<HttpHooks>,
     on_failure: FailurePolicy,
     cache: VerdictCache,
+    tally: Arc<Tally>,
+}
+
+/// What a hook answered, as `/metrics` counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Answer {
+    /// Yes.
+    Allowed,
+    /// Yes, with other data (publish).
+    Rewritten,
+    /// No.
+    Refused,
+    /// No answer: a failure.
+    Unavailable,
+    /// Answered from the cache, without asking.
+    Cached,
+}
+
+impl Answer {
+    /// Every answer, in the order of [`Tally`]'s columns.
+    pub(crate) const ALL: [Self; 5] = [
+        Self::Allowed,
+        Self::Rewritten,
+        Self::Refused,
+        Self::Unavailable,
+        Self::Cached,
+    ];
+
+    /// The answer's label.
+    pub(crate) const fn as_str(self) -> &'static str {
+        match self {
+            Self::Allowed => "allowed",
+            Self::Rewritten => "rewritten",
+            Self::Refused => "refused",
+            Self::Unavailable => "unavailable",
+            Self::Cached => "cached",
+        }
+    }
+
+    fn of(verdict: &Verdict) -> Self {
+        match verdict {
+            Verdict::Allow => Self::Allowed,
+            Verdict::Rewrite(_) => Self::Rewritten,
+            Verdict::Refuse(_) => Self::Refused,
+            Verdict::Unavailable(_) => Self::Unavailable,
+        }
+    }
+
+    fn of_error(error: &HookError) -> Self {
+        match error {
+            HookError::Refused(_) | HookError::NotSupported => Self::Refused,
+            HookError::Unavailable(_) => Self::Unavailable,
+        }
+    }
+}
+
+/// How many answers of each kind each hook gave.
+#[derive(Debug, Default)]
+pub(crate) struct Tally {
+    counts: [[std::sync::atomic::AtomicU64; Answer::ALL.len()]; Hook::ALL.len()],
+}
+
+impl Tally {
+    fn count(&self, hook: Hook, answer: Answer) {
+        let (h, a) = (hook as usize, answer as usize);
+        self.counts[h][a].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Every hook and answer, with its count.
+    pub(crate) fn counts(&self) -> impl Iterator<Item = (Hook, Answer, u64)> + '_ {
+        Hook::ALL.into_iter().flat_map(move |hook| {
+            Answer::ALL.into_iter().map(move |answer| {
+                let n = self.counts[hook as usize][answer as usize]
+                    .load(std::sync::atomic::Ordering::Relaxed);
+                (hook, answer, n)
+            })
+        })
+    }
 }
 
 /// Who a client is, and the channels the application has it join at once.
@@ -260,18 +345,40 @@ pub(crate) struct Refused {
 }
 
 impl Hooks {
-    /// The hooks of `authorizer`, under `on_failure`, caching at most `cache_size`
-    /// answers.
-    pub(crate) fn new(
-        authorizer: Option<Arc<dyn Authorizer>>,
-        on_failure: FailurePolicy,
-        cache_size: usize,
-    ) -> Self {
+    /// The binary's hooks: the HTTP calls `config` sets up, if any.
+    pub(crate) fn from_config(config: &HooksConfig) -> Result<Self, ConfigError> {
+        let http = HttpHooks::new(config)?;
+        let authorizer = http
+            .clone()
+            .map(|hooks| Arc::new(hooks) as Arc<dyn Authorizer>);
+        Ok(Self {
+            http,
+            ..Self::new(authorizer, config)
+        })
+    }
+
+    /// An embedder's `authorizer`, under `config`'s failure policy and cache size.
+    pub(crate) fn new(authorizer: Option<Arc<dyn Authorizer>>, config: &HooksConfig) -> Self {
         Self {
             authorizer,
-            on_failure,
-            cache: VerdictCache::new(cache_size),
+            http: None,
+            on_failure: config.on_failure,
+            cache: VerdictCache::new(config.cache_size),
+            tally: Arc::default(),
         }
+    }
+
+    /// The state of each HTTP hook's circuit breaker.
+    pub(crate) fn breakers(&self) -> Vec<(Hook, BreakerState)> {
+        self.http
+            .as_ref()
+            .map(HttpHooks::breakers)
+            .unwrap_or_default()
+    }
+
+    /// How the hooks have answered: nothing when there are none.
+    pub(crate) fn tally(&self) -> Option<&Tally> {
+        self.authorizer.as_ref().map(|_| &*self.tally)
     }
 
     fn wants(&self, hook: Hook, channel: Option<&Channel>) -> Option<&Arc<dyn Authorizer>> {
@@ -296,8 +403,16 @@ impl Hooks {
             .expect("asked only when it authenticates")
             .authenticate(attempt);
         let on_failure = self.on_failure;
+        let tally = self.tally.clone();
         Box::pin(async move {
-            match asked.await {
+            let answered = asked.await;
+            tally.count(
+                Hook::Connect,
+                answered
+                    .as_ref()
+                    .map_or_else(Answer::of_error, |_| Answer::Allowed),
+            );
+            match answered {
                 Ok(connected) => Ok((Arc::new(connected.identity), connected.join)),
                 Err(HookError::Refused(reason)) => Err(AuthError::Refused(reason)),
                 Err(HookError::Unavailable(why)) if on_failure == FailurePolicy::Allow => {
@@ -326,7 +441,11 @@ impl Hooks {
                 continue;
             };
             let key = (Hook::Subscribe, &*caller.identity.subject, channel);
-            match self.cache.get(key) {
+            let cached = self.cache.get(key);
+            if cached.is_some() {
+                self.tally.count(Hook::Subscribe, Answer::Cached);
+            }
+            match cached {
                 Some(Checked::Allowed) => {}
                 Some(Checked::Refused(reason)) => refused.push(Refused {
                     channel: channel.to_string(),
@@ -342,12 +461,14 @@ impl Hooks {
             return Completion::Ready(refused);
         }
         let cache = self.cache.clone();
+        let tally = self.tally.clone();
         let subject = caller.identity.subject.clone();
         let on_failure = self.on_failure;
         Completion::pending(async move {
             let (channels, rulings): (Vec<_>, Vec<_>) = asked.into_iter().unzip();
             let rulings = futures_util::future::join_all(rulings).await;
             for (channel, ruling) in channels.into_iter().zip(rulings) {
+                tally.count(Hook::Subscribe, Answer::of(&ruling.verdict));
                 cache.put((Hook::Subscribe, &subject, &channel), &ruling);
                 let error = match ruling.verdict {
                     Verdict::Allow | Verdict::Rewrite(_) => continue,
@@ -377,7 +498,11 @@ impl Hooks {
                 continue;
             };
             let key = (Hook::Publish, &*caller.identity.subject, event.channel());
-            match self.cache.get(key) {
+            let cached = self.cache.get(key);
+            if cached.is_some() {
+                self.tally.count(Hook::Publish, Answer::Cached);
+            }
+            match cached {
                 Some(Checked::Allowed) => {}
                 Some(Checked::Refused(reason)) => {
                     return Completion::Ready(Err((i, HookError::Refused(reason))))
@@ -389,6 +514,7 @@ impl Hooks {
             return Completion::Ready(Ok(events));
         }
         let cache = self.cache.clone();
+        let tally = self.tally.clone();
         let subject = caller.identity.subject.clone();
         let on_failure = self.on_failure;
         Completion::pending(async move {
@@ -396,6 +522,7 @@ impl Hooks {
             let rulings = futures_util::future::join_all(rulings).await;
             let mut events = events;
             for (i, ruling) in indices.into_iter().zip(rulings) {
+                tally.count(Hook::Publish, Answer::of(&ruling.verdict));
                 cache.put((Hook::Publish, &subject, events[i].channel()), &ruling);
                 match ruling.verdict {
                     Verdict::Allow => {}
@@ -414,8 +541,18 @@ impl Hooks {
         &self,
         request: Request,
     ) -> Option<Decision<Result<Box<RawValue>, HookError>>> {
-        self.wants(Hook::Request, None)
-            .map(|authorizer| authorizer.request(request))
+        let asked = self.wants(Hook::Request, None)?.request(request);
+        let tally = self.tally.clone();
+        Some(Box::pin(async move {
+            let answered = asked.await;
+            tally.count(
+                Hook::Request,
+                answered
+                    .as_ref()
+                    .map_or_else(Answer::of_error, |_| Answer::Allowed),
+            );
+            answered
+        }))
     }
 }
 

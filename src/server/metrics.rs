@@ -443,6 +443,22 @@ impl Collector for Scrape {
                 (method.to_owned(), state)
             }),
         )?;
+        family(
+            &mut e,
+            "sigmahub_hook_breaker_state",
+            "Circuit breaker of each HTTP hook: 0 closed, 1 half-open, 2 open",
+            Gauge,
+            "hook",
+            shared.hooks.breakers().into_iter().map(|(hook, state)| {
+                let state = match state {
+                    BreakerState::Closed => 0.0,
+                    BreakerState::HalfOpen => 1.0,
+                    BreakerState::Open => 2.0,
+                };
+                (hook.as_str().to_owned(), state)
+            }),
+        )?;
+        hook_answers(&mut e, &shared.hooks)?;
         let mut faults = e.encode_descriptor(
             "sigmahub_upstream_translation_faults",
             "Engine answers with no usable value for a protocol field, by method and field",
@@ -468,4 +484,24 @@ impl Collector for Scrape {
         )?;
         Ok(())
     }
+}
+
+/// `sigmahub_hook_answers_total{hook, answer}`, on a server with hooks.
+fn hook_answers(e: &mut DescriptorEncoder<'_>, hooks: &crate::hooks::Hooks) -> std::fmt::Result {
+    let Some(tally) = hooks.tally() else {
+        return Ok(());
+    };
+    let mut answers = e.encode_descriptor(
+        "sigmahub_hook_answers",
+        "What the application's hooks answered: allowed, rewritten, refused, \
+         unavailable (no answer), or cached (not asked)",
+        None,
+        MetricType::Counter,
+    )?;
+    for (hook, answer, n) in tally.counts() {
+        answers
+            .encode_family(&[("hook", hook.as_str()), ("answer", answer.as_str())])?
+            .encode_counter::<NoLabelSet, _, u64>(&n, None)?;
+    }
+    Ok(())
 }

@@ -135,14 +135,8 @@ impl Shared {
     pub(crate) fn new(config: Config) -> Result<Self, ConfigError> {
         let hub = Hub::new(&config);
         let snapshots = Arc::<SnapshotCache>::default();
-        let authorizer = crate::hooks::HttpHooks::new(&config.hooks)?
-            .map(|hooks| Arc::new(hooks) as Arc<dyn crate::hooks::Authorizer>);
         Ok(Self {
-            hooks: crate::hooks::Hooks::new(
-                authorizer,
-                config.hooks.on_failure,
-                config.hooks.cache_size,
-            ),
+            hooks: crate::hooks::Hooks::from_config(&config.hooks)?,
             broker: Arc::new(MemoryBroker::new(hub.clone(), snapshots.clone())),
             throttle: throttle::Throttle::new(&config.channels),
             hub,
@@ -308,9 +302,7 @@ impl Server {
         }
         let mut shared = Shared::new(config)?;
         if let Some(authorizer) = authorizer {
-            let hooks = &shared.config.hooks;
-            shared.hooks =
-                crate::hooks::Hooks::new(Some(authorizer), hooks.on_failure, hooks.cache_size);
+            shared.hooks = crate::hooks::Hooks::new(Some(authorizer), &shared.config.hooks);
         }
         let mut cluster = None;
         if shared.config.cluster.enabled() {
