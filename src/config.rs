@@ -639,6 +639,25 @@ pub struct HooksConfig {
     #[serde(with = "humantime_serde")]
     #[schemars(schema_with = "duration_schema")]
     pub breaker_reset: Duration,
+    /// Where to POST notices of what happened (`webhook_events`), in batches. Default:
+    /// none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-value-name" = "URL"))]
+    pub webhook_url: Option<String>,
+    /// Which notices to send: `connect`, `disconnect`, `channel_occupied`,
+    /// `channel_vacated`. Default all four.
+    pub webhook_events: Vec<crate::hooks::webhook::Notice>,
+    /// Longest a notice waits to be sent with others. Default 1 s.
+    #[serde(with = "humantime_serde")]
+    #[schemars(schema_with = "duration_schema")]
+    pub webhook_interval: Duration,
+    /// Most notices in one POST. Default 100.
+    pub webhook_batch_size: usize,
+    /// How long a batch the backend did not take is retried (with growing pauses) before
+    /// it is dropped. Default 60 s.
+    #[serde(with = "humantime_serde")]
+    #[schemars(schema_with = "duration_schema")]
+    pub webhook_retry_for: Duration,
 }
 
 impl Default for HooksConfig {
@@ -657,6 +676,11 @@ impl Default for HooksConfig {
             secret: None,
             breaker_threshold: 5,
             breaker_reset: Duration::from_secs(10),
+            webhook_url: None,
+            webhook_events: crate::hooks::webhook::Notice::ALL.to_vec(),
+            webhook_interval: Duration::from_secs(1),
+            webhook_batch_size: 100,
+            webhook_retry_for: Duration::from_secs(60),
         }
     }
 }
@@ -696,6 +720,11 @@ impl std::fmt::Debug for HooksConfig {
             .field("secret", &shown.secret)
             .field("breaker_threshold", &shown.breaker_threshold)
             .field("breaker_reset", &shown.breaker_reset)
+            .field("webhook_url", &shown.webhook_url)
+            .field("webhook_events", &shown.webhook_events)
+            .field("webhook_interval", &shown.webhook_interval)
+            .field("webhook_batch_size", &shown.webhook_batch_size)
+            .field("webhook_retry_for", &shown.webhook_retry_for)
             .finish()
     }
 }
@@ -1013,10 +1042,35 @@ impl Config {
             channel::validate(room)
                 .map_err(|e| invalid("socketio.default_room", format!("{room:?}: {e}")))?;
         }
+        self.validate_hooks()?;
         self.validate_auth()
     }
 
     /// The `[auth]` checks, secure-by-default included.
+    fn validate_hooks(&self) -> Result<(), ConfigError> {
+        let hooks = &self.hooks;
+        let hour = Duration::from_secs(3600);
+        if !(Duration::from_millis(1)..=Duration::from_secs(60)).contains(&hooks.timeout) {
+            return Err(invalid("hooks.timeout", "must be 1ms to 60s"));
+        }
+        if hooks.cache > MAX_DURATION {
+            return Err(invalid("hooks.cache", "must be at most 10 years"));
+        }
+        if hooks.breaker_reset > hour {
+            return Err(invalid("hooks.breaker_reset", "must be at most 1h"));
+        }
+        if !(1..=10_000).contains(&hooks.webhook_batch_size) {
+            return Err(invalid("hooks.webhook_batch_size", "must be 1 to 10000"));
+        }
+        if !(Duration::from_millis(1)..=hour).contains(&hooks.webhook_interval) {
+            return Err(invalid("hooks.webhook_interval", "must be 1ms to 1h"));
+        }
+        if hooks.webhook_retry_for > Duration::from_secs(24 * 3600) {
+            return Err(invalid("hooks.webhook_retry_for", "must be at most 24h"));
+        }
+        Ok(())
+    }
+
     fn validate_auth(&self) -> Result<(), ConfigError> {
         let auth = &self.auth;
         if let Some(secret) = &auth.jwt_secret {

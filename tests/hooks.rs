@@ -468,3 +468,163 @@ async fn answers_that_are_not_the_protocol_count_as_failures() {
     assert!(message.contains("unknown field `admin`"), "{message}");
     assert_eq!(client.closed().await, Some(1013));
 }
+
+/// Every notice the backend was sent, refused tries included, in order.
+fn notices(backend: &Backend) -> Vec<Value> {
+    backend
+        .calls("/events")
+        .into_iter()
+        .flat_map(|c| c.body["events"].as_array().cloned().unwrap_or_default())
+        .collect()
+}
+
+#[tokio::test]
+async fn webhooks_report_connects_disconnects_and_occupancy_in_batches_retried_until_taken() {
+    // The events endpoint refuses the first two POSTs: their notices must come again.
+    let tries = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = tries.clone();
+    let backend = Backend::start(move |call| match call.path.as_str() {
+        "/events" if counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < 2 => {
+            Reply::Status(503)
+        }
+        "/events" => Reply::Json(json!({})),
+        _ => application(call),
+    })
+    .await;
+    let events = backend.url("/events");
+    let server = server_for(&backend, |c| {
+        c.default_subscriptions = vec!["lobby".into()];
+        c.hooks.webhook_url = Some(events);
+        c.hooks.webhook_interval = Duration::from_millis(50);
+    })
+    .await;
+    let mut alice = connect_alice(&server).await;
+    alice.subscribe(&["room.x"]).await;
+    alice.close().await;
+    eventually("the notices of alice's visit", || {
+        notices(&backend)
+            .iter()
+            .any(|n| n["event"] == "channel_vacated" && n["channel"] == "room.x")
+            && tries.load(std::sync::atomic::Ordering::SeqCst) > 2
+    })
+    .await;
+    // The refused tries' notices are the first ones taken: nothing lost, nothing twice.
+    let taken: Vec<Value> = backend.calls("/events")[2..]
+        .iter()
+        .flat_map(|c| c.body["events"].as_array().cloned().unwrap())
+        .collect();
+    let summary: Vec<String> = taken
+        .iter()
+        .map(|n| {
+            format!(
+                "{} {}",
+                n["event"].as_str().unwrap(),
+                n["channel"].as_str().or(n["user"].as_str()).unwrap()
+            )
+        })
+        .collect();
+    let at = |s: &str| {
+        summary
+            .iter()
+            .position(|x| x == s)
+            .unwrap_or_else(|| panic!("no {s:?} in {summary:?}"))
+    };
+    assert!(
+        at("channel_occupied lobby") < at("channel_occupied room.x"),
+        "{summary:?}"
+    );
+    assert!(
+        at("connect alice") < at("channel_occupied room.x"),
+        "{summary:?}"
+    );
+    assert!(
+        at("channel_occupied room.x") < at("disconnect alice"),
+        "{summary:?}"
+    );
+    assert!(at("channel_vacated room.x") < summary.len(), "{summary:?}");
+    assert_eq!(
+        summary.len(),
+        summary
+            .iter()
+            .collect::<std::collections::HashSet<_>>()
+            .len(),
+        "each notice once: {summary:?}"
+    );
+    let connect = &taken[at("connect alice")];
+    assert_eq!(connect["dialect"], "sigmavault");
+    assert_eq!(connect["address"], "127.0.0.1");
+    assert!(
+        connect["client"].is_u64() && connect["time_ms"].is_u64(),
+        "{connect}"
+    );
+    let left = &taken[at("disconnect alice")];
+    assert_eq!(left["reason"], "client_closed", "{left}");
+    assert_eq!(left["code"], 1000);
+    // Batched: the retried batch held several notices.
+    assert!(
+        backend.calls("/events")[0].body["events"]
+            .as_array()
+            .unwrap()
+            .len()
+            > 1
+    );
+    // Sent with the hooks' secret.
+    assert_eq!(
+        backend.calls("/events")[0].authorization.as_deref(),
+        Some(format!("Bearer {SECRET}").as_str())
+    );
+    let metrics = scrape(&server).await;
+    assert_eq!(
+        value(&metrics, "sigmahub_webhook_failed_tries_total", None),
+        2.0
+    );
+    assert_eq!(
+        value(
+            &metrics,
+            "sigmahub_webhook_notices_total",
+            Some(("outcome", "delivered"))
+        ),
+        taken.len() as f64
+    );
+}
+
+#[tokio::test]
+async fn a_webhook_batch_the_backend_never_takes_is_dropped_and_counted() {
+    let backend = Backend::start(|call| match call.path.as_str() {
+        "/events" => Reply::Status(500),
+        _ => application(call),
+    })
+    .await;
+    let events = backend.url("/events");
+    let server = server_for(&backend, |c| {
+        c.default_subscriptions.clear();
+        c.hooks.webhook_url = Some(events);
+        c.hooks.webhook_interval = Duration::from_millis(10);
+        c.hooks.webhook_retry_for = Duration::from_millis(600);
+        c.hooks.webhook_events = vec![sigmahub::hooks::webhook::Notice::Connect];
+    })
+    .await;
+    let (_bob, _) = connect(&server, "bob-session").await;
+    eventually_dropped(&server).await;
+    // 0.25 s, then 0.5 s would pass 0.6 s: two tries.
+    assert_eq!(backend.calls("/events").len(), 2);
+    let only = &backend.calls("/events")[0].body["events"];
+    assert_eq!(only.as_array().unwrap().len(), 1, "{only}");
+    assert_eq!(only[0]["event"], "connect");
+}
+
+async fn eventually_dropped(server: &TestServer) {
+    for _ in 0..200 {
+        let metrics = scrape(server).await;
+        if value(
+            &metrics,
+            "sigmahub_webhook_notices_total",
+            Some(("outcome", "dropped")),
+        ) == 1.0
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("the notice was never dropped");
+}

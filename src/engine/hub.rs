@@ -33,6 +33,7 @@ use super::outbox::{Closing, Outbox, Push};
 use super::slots::Slots;
 pub use super::slots::SlotsExhausted;
 use super::state::HubState;
+pub use super::topics::Occupancy;
 use super::topics::Topics;
 use crate::compression::{DeflateStats, Deflater};
 use crate::config::Config;
@@ -467,6 +468,17 @@ impl Hub {
         self.inner.rules.presence(channel)
     }
 
+    /// Tells `watcher` whenever a channel gets its first subscriber on this hub or loses
+    /// its last, from now on (the changes of one channel in order). It is called where the
+    /// subscription changes, under that channel's lock: make it quick (a queue push).
+    /// Only one watcher may be set; false if one was.
+    pub fn watch_occupancy(
+        &self,
+        watcher: impl Fn(&Channel, Occupancy) + Send + Sync + 'static,
+    ) -> bool {
+        self.inner.topics.watch_occupancy(Box::new(watcher))
+    }
+
     /// The number of clients subscribed to `channel`.
     pub fn subscriber_count(&self, channel: &str) -> usize {
         self.inner.topics.subscriber_count(channel)
@@ -725,6 +737,26 @@ mod tests {
         drop(b);
         assert!(!hub.command(gone, bye), "a client that left is not found");
         assert_eq!(hub.take_commands(gone), [], "its commands left with it");
+    }
+
+    #[test]
+    fn a_watcher_hears_each_channels_first_subscriber_and_last_leave_once() {
+        let hub = hub();
+        let heard = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let into = heard.clone();
+        assert!(hub.watch_occupancy(move |c, o| into.lock().push((c.to_string(), o))));
+        assert!(!hub.watch_occupancy(|_, _| {}), "one watcher");
+        let (mut a, mut b) = (hub.connect().unwrap(), hub.connect().unwrap());
+        a.subscribe(["room", "solo"]);
+        b.subscribe(["room"]);
+        a.unsubscribe(["room"]);
+        drop(a);
+        use Occupancy::{Occupied, Vacated};
+        let expected = [("room", Occupied), ("solo", Occupied), ("solo", Vacated)];
+        let expected: Vec<_> = expected.map(|(c, o)| (c.to_owned(), o)).into();
+        assert_eq!(*heard.lock(), expected);
+        drop(b);
+        assert_eq!(heard.lock().last(), Some(&("room".to_owned(), Vacated)));
     }
 
     fn drain(client: &Client) -> Vec<Bytes> {

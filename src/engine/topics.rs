@@ -104,7 +104,23 @@ struct Shard {
 pub(crate) struct Topics {
     shards: Box<[Shard]>,
     hasher: RandomState,
+    /// Told when a channel gets its first subscriber or loses its last, if anyone asked
+    /// ([`Hub::watch_occupancy`](super::hub::Hub::watch_occupancy)). Called under the
+    /// channel's shard lock, so the changes of one channel come in order.
+    occupancy: std::sync::OnceLock<OccupancyWatcher>,
 }
+
+/// Whether a channel has subscribers on this hub.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Occupancy {
+    /// It got its first subscriber.
+    Occupied,
+    /// Its last subscriber left.
+    Vacated,
+}
+
+/// What [`Hub::watch_occupancy`](super::hub::Hub::watch_occupancy) is given.
+pub(crate) type OccupancyWatcher = Box<dyn Fn(&Channel, Occupancy) + Send + Sync>;
 
 impl Topics {
     pub(crate) fn new() -> Self {
@@ -116,6 +132,19 @@ impl Topics {
                 })
                 .collect(),
             hasher: RandomState::new(),
+            occupancy: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Tells `watcher` of every channel that gets its first subscriber or loses its last,
+    /// from now on. False if a watcher was set already.
+    pub(crate) fn watch_occupancy(&self, watcher: OccupancyWatcher) -> bool {
+        self.occupancy.set(watcher).is_ok()
+    }
+
+    fn occupancy_changed(&self, channel: &Channel, change: Occupancy) {
+        if let Some(watcher) = self.occupancy.get() {
+            watcher(channel, change);
         }
     }
 
@@ -184,13 +213,17 @@ impl Topics {
                 topic
             }
         };
-        let added = match topic.subscribers.load().with(slot, encoding) {
+        let (added, first) = match topic.subscribers.load().with(slot, encoding) {
             Some(next) => {
+                let first = next.len() == 1;
                 Self::replace(&topic.subscribers, next);
-                true
+                (true, first)
             }
-            None => false,
+            None => (false, false),
         };
+        if first {
+            self.occupancy_changed(&topic.name, Occupancy::Occupied);
+        }
         Ok((added, topic.name.clone()))
     }
 
@@ -212,6 +245,7 @@ impl Topics {
             let mut next_map = Map::clone(&map);
             next_map.remove(channel);
             Self::replace(&shard.map, next_map);
+            self.occupancy_changed(&topic.name, Occupancy::Vacated);
         }
         true
     }

@@ -15,6 +15,7 @@
 
 mod cache;
 mod http;
+pub mod webhook;
 
 use std::net::IpAddr;
 use std::sync::Arc;

@@ -459,6 +459,29 @@ impl Collector for Scrape {
             }),
         )?;
         hook_answers(&mut e, &shared.hooks)?;
+        if let Some(webhook) = &shared.webhook {
+            let counts = webhook.counts();
+            family(
+                &mut e,
+                "sigmahub_webhook_notices",
+                "Webhook notices the backend took (delivered) or that were dropped (the queue \
+                 was full, or their batch ran out of retries)",
+                Counter,
+                "outcome",
+                [
+                    ("delivered", &counts.delivered),
+                    ("dropped", &counts.dropped),
+                ]
+                .map(|(outcome, n)| (outcome.to_owned(), n.load(Ordering::Relaxed) as f64)),
+            )?;
+            single(
+                &mut e,
+                "sigmahub_webhook_failed_tries",
+                "Webhook POSTs the backend did not take (each batch is retried for webhook_retry_for)",
+                Counter,
+                counts.failed_tries.load(Ordering::Relaxed),
+            )?;
+        }
         let mut faults = e.encode_descriptor(
             "sigmahub_upstream_translation_faults",
             "Engine answers with no usable value for a protocol field, by method and field",

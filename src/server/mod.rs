@@ -56,7 +56,9 @@ use crate::broker::{Broker, Completion, MemoryBroker};
 use crate::cluster::{ClusterError, NatsBroker};
 use crate::config::{Config, ConfigError};
 use crate::engine::hub::Hub;
+use crate::engine::hub::Occupancy;
 use crate::event::{unix_seconds, Event};
+use crate::hooks::webhook::{About, Notice};
 use crate::hooks::Identified;
 use crate::protocol::close::CloseCode;
 use crate::snapshot::SnapshotCache;
@@ -106,6 +108,8 @@ pub(crate) struct Shared {
     pub(crate) polling: http::engineio::Sessions,
     /// The application's hooks: who connects, what they may do, what they ask.
     pub(crate) hooks: crate::hooks::Hooks,
+    /// Where notices of connects, disconnects and channel occupancy go, if anywhere.
+    pub(crate) webhook: Option<crate::hooks::webhook::Webhook>,
     /// The connections of each authenticated user, for the control API.
     pub(crate) users: users::Users,
     /// Who is subscribed to the channels that keep presence, on this node.
@@ -135,7 +139,23 @@ impl Shared {
     pub(crate) fn new(config: Config) -> Result<Self, ConfigError> {
         let hub = Hub::new(&config);
         let snapshots = Arc::<SnapshotCache>::default();
+        let shutdown = CancellationToken::new();
+        let webhook = crate::hooks::webhook::Webhook::start(&config.hooks, shutdown.clone())?;
+        if let Some(webhook) = webhook
+            .clone()
+            .filter(|w| w.wants(Notice::ChannelOccupied) || w.wants(Notice::ChannelVacated))
+        {
+            hub.watch_occupancy(move |channel, change| {
+                let kind = match change {
+                    Occupancy::Occupied => Notice::ChannelOccupied,
+                    Occupancy::Vacated => Notice::ChannelVacated,
+                };
+                let channel = channel.clone();
+                webhook.notify(kind, About::Channel { channel });
+            });
+        }
         Ok(Self {
+            webhook,
             hooks: crate::hooks::Hooks::from_config(&config.hooks)?,
             broker: Arc::new(MemoryBroker::new(hub.clone(), snapshots.clone())),
             throttle: throttle::Throttle::new(&config.channels),
@@ -158,7 +178,7 @@ impl Shared {
             polling: http::engineio::Sessions::default(),
             users: users::Users::default(),
             presence: presence::Presence::default(),
-            shutdown: CancellationToken::new(),
+            shutdown,
             tasks: TaskTracker::new(),
             runtime: tokio::runtime::Handle::try_current().ok(),
         })

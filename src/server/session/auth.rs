@@ -14,6 +14,7 @@ use crate::dialect::Dialect;
 use crate::dialect::ServerMessage;
 use crate::engine::control::Command;
 use crate::event::{self, unix_seconds};
+use crate::hooks::webhook::{About, Notice};
 use crate::hooks::Attempt;
 use crate::hooks::Identified;
 use crate::protocol::channel::Channel;
@@ -228,6 +229,9 @@ impl Session {
             self.shared.users.add(&identity.subject, self.client.id());
         }
         let first = self.identity.replace(identity).is_none();
+        if first {
+            self.notify(Notice::Connect, None, None);
+        }
         (first, revoked.changed)
     }
 
@@ -310,6 +314,25 @@ impl Session {
             },
         );
         self.complete_subscribe(&change, resumption);
+    }
+
+    /// Tells the application's webhook, if there is one, of this client: `kind`, and for a
+    /// disconnect, why and with which close code.
+    pub(super) fn notify(&self, kind: Notice, reason: Option<&'static str>, code: Option<u16>) {
+        let (Some(webhook), Some(identity)) = (&self.shared.webhook, &self.identity) else {
+            return;
+        };
+        webhook.notify(
+            kind,
+            About::Client {
+                client: self.client.id(),
+                user: identity.subject.clone(),
+                address: self.address,
+                dialect: self.client.dialect().as_str(),
+                reason,
+                code,
+            },
+        );
     }
 
     /// The epoch of this server's offsets, if it keeps history.

@@ -343,6 +343,11 @@ where
             (None, _) => {}
         }
         let duration = crate::clock::now().saturating_duration_since(started);
+        session.notify(
+            crate::hooks::webhook::Notice::Disconnect,
+            Some(reason.as_str()),
+            code.map(|c| c.code),
+        );
         let address = session.address;
         let key = session
             .identity
