@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::SystemTime;
 
 use common::{Client, TestServer};
@@ -453,12 +452,7 @@ async fn bad_control_calls_get_clear_errors() {
 /// validator).
 #[tokio::test]
 async fn the_openapi_document_is_valid_served_and_true_to_the_answers() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/openapi");
-    let status = std::process::Command::new(dir.join("setup.sh"))
-        .status()
-        .expect("run tests/openapi/setup.sh");
-    assert!(status.success(), "tests/openapi/setup.sh failed");
-    let spec = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/openapi.json");
+    let spec = common::openapi::spec();
 
     let server = server().await;
     let (status, served) = server
@@ -580,30 +574,7 @@ async fn the_openapi_document_is_valid_served_and_true_to_the_answers() {
     );
     assert!(answers.iter().all(|a| a["status"] != 404), "{answers:?}");
 
-    let input: String = answers.iter().map(|a| format!("{a}\n")).collect();
-    let output = tokio::task::spawn_blocking(move || {
-        use std::io::Write;
-        let mut child = std::process::Command::new(dir.join(".venv/bin/python"))
-            .arg(dir.join("check.py"))
-            .arg(spec)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("run check.py");
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(input.as_bytes())
-            .unwrap();
-        child.wait_with_output().unwrap()
-    })
-    .await
-    .unwrap();
-    let said = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{said}{stderr}");
+    let stderr = common::openapi::check(&answers).await;
     assert!(stderr.contains("checked 12 answers"), "{stderr}");
 }
 

@@ -628,3 +628,69 @@ async fn eventually_dropped(server: &TestServer) {
     }
     panic!("the notice was never dropped");
 }
+
+/// Every call sigmahub makes to the backend, and every answer the test's backend gives,
+/// is as docs/openapi.json's `webhooks` say (checked by openapi-schema-validator).
+#[tokio::test]
+async fn the_calls_and_answers_are_as_the_openapi_document_says() {
+    let backend = Backend::start(|call| match call.path.as_str() {
+        "/events" => Reply::Json(json!({})),
+        _ => application(call),
+    })
+    .await;
+    let events = backend.url("/events");
+    let server = server_for(&backend, |c| {
+        c.hooks.webhook_url = Some(events);
+        c.hooks.webhook_interval = Duration::from_millis(10);
+    })
+    .await;
+    let mut alice = connect_alice(&server).await;
+    alice.subscribe(&["private.alice", "private.bob"]).await;
+    alice
+        .send(&json!({"type": "publish", "data": {"type": "chat.blocked", "data": {"text": "x"}}}))
+        .await;
+    alice.recv_type("error").await;
+    alice
+        .send(&json!({"type": "publish", "data": {"type": "chat.lobby", "data": {"text": "y"}}}))
+        .await;
+    alice.recv_type("publish_response").await;
+    let (mut stranger, _) = connect(&server, "forged").await;
+    stranger.closed().await;
+    let mut agent = server.raw_client_at("/skreaver/ws?token=bob-session").await;
+    agent.recv_type("auth_response").await;
+    agent
+        .send(&json!({"type": "request", "data": {"q": 1}, "correlation_id": "r"}))
+        .await;
+    agent.recv_type("response").await;
+    alice.close().await;
+    eventually("alice's disconnect notice", || {
+        notices(&backend).iter().any(|n| n["event"] == "disconnect")
+    })
+    .await;
+
+    let mut lines = Vec::new();
+    for (path, webhook) in [
+        ("/connect", "connect"),
+        ("/subscribe", "subscribe"),
+        ("/publish", "publish"),
+        ("/request", "request"),
+        ("/events", "events"),
+    ] {
+        let calls = backend.calls(path);
+        assert!(!calls.is_empty(), "no call to {path}");
+        for call in calls {
+            lines.push(json!({"webhook": webhook, "body": call.body}));
+            if path == "/events" {
+                continue;
+            }
+            if let Reply::Json(answer) = application(&call) {
+                lines.push(json!({"webhook": webhook, "answer": answer}));
+            }
+        }
+    }
+    let report = common::openapi::check(&lines).await;
+    assert!(
+        report.contains(&format!("checked {} answers", lines.len())),
+        "{report}"
+    );
+}

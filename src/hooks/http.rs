@@ -104,16 +104,23 @@ struct ConnectResult {
     info: Option<Box<RawValue>>,
 }
 
+/// The body of a subscribe or publish check.
 #[derive(Serialize)]
-struct Asked<'a> {
+struct Check<'a> {
     client: u64,
     user: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    channel: Option<&'a str>,
+    channel: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     data: Option<&'a RawValue>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+}
+
+/// The body of a request.
+#[derive(Serialize)]
+struct Asking<'a> {
+    client: u64,
+    user: &'a str,
     method: Option<&'a str>,
+    data: &'a RawValue,
 }
 
 impl HttpHooks {
@@ -345,7 +352,7 @@ impl Authorizer for HttpHooks {
     fn check_subscribe(&self, caller: Caller, channel: Channel) -> Decision<Ruling> {
         let inner = self.inner.clone();
         Box::pin(async move {
-            let body = asked(&caller, Some(&channel), None, None);
+            let body = check(&caller, &channel, None);
             inner.check(Hook::Subscribe, body).await
         })
     }
@@ -353,7 +360,7 @@ impl Authorizer for HttpHooks {
     fn check_publish(&self, caller: Caller, event: Event) -> Decision<Ruling> {
         let inner = self.inner.clone();
         Box::pin(async move {
-            let body = asked(&caller, Some(event.channel()), Some(event.data()), None);
+            let body = check(&caller, event.channel(), Some(event.data()));
             inner.check(Hook::Publish, body).await
         })
     }
@@ -361,12 +368,13 @@ impl Authorizer for HttpHooks {
     fn request(&self, request: Request) -> Decision<Result<Box<RawValue>, HookError>> {
         let inner = self.inner.clone();
         Box::pin(async move {
-            let body = asked(
-                &request.caller,
-                None,
-                Some(&request.data),
-                request.method.as_deref(),
-            );
+            let body = serde_json::to_vec(&Asking {
+                client: request.caller.client,
+                user: &request.caller.identity.subject,
+                method: request.method.as_deref(),
+                data: &request.data,
+            })
+            .expect("a request serializes");
             let answer = inner
                 .call(Hook::Request, body)
                 .await
@@ -387,21 +395,15 @@ impl Authorizer for HttpHooks {
     }
 }
 
-/// The body of a check or request.
-fn asked(
-    caller: &Caller,
-    channel: Option<&Channel>,
-    data: Option<&RawValue>,
-    method: Option<&str>,
-) -> Vec<u8> {
-    serde_json::to_vec(&Asked {
+/// The body of a subscribe or publish check.
+fn check(caller: &Caller, channel: &Channel, data: Option<&RawValue>) -> Vec<u8> {
+    serde_json::to_vec(&Check {
         client: caller.client,
         user: &caller.identity.subject,
-        channel: channel.map(|c| c.as_str()),
+        channel,
         data,
-        method,
     })
-    .expect("a hook call serializes")
+    .expect("a check serializes")
 }
 
 /// The identity a connect hook's `result` describes.

@@ -6,6 +6,7 @@ pub mod backend;
 pub mod binary;
 pub mod engine;
 pub mod nats;
+pub mod openapi;
 pub mod raw;
 pub mod scrape;
 

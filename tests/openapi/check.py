@@ -5,7 +5,10 @@
 SPEC is validated with openapi-spec-validator. Each line of stdin is an answer
 {"method", "path" (the template, as in the document), "status", "body"}; its body is
 validated against the schema the document gives for that status (or "default"), with
-openapi-schema-validator. Prints one line per failure and exits 1 if any.
+openapi-schema-validator. A line {"webhook": name, "body"} is a call sigmahub made to the
+application's backend, validated against that webhook's request body; a line
+{"webhook": name, "answer"} is a backend's answer, validated against its 200 response.
+Prints one line per failure and exits 1 if any.
 """
 import json
 import sys
@@ -24,6 +27,21 @@ for line in sys.stdin:
     if not line.strip():
         continue
     answer = json.loads(line)
+    if "webhook" in answer:
+        operation = spec["webhooks"][answer["webhook"]]["post"]
+        if "body" in answer:
+            schema = operation["requestBody"]["content"]["application/json"]["schema"]
+            instance, what = answer["body"], "call"
+        else:
+            schema = operation["responses"]["200"]["content"]["application/json"]["schema"]
+            instance, what = answer["answer"], "answer"
+        full = dict(schema)
+        full["components"] = spec["components"]
+        checked += 1
+        for error in OAS31Validator(full).iter_errors(instance):
+            print(f"webhook {answer['webhook']} {what}: {error.message}: {instance}")
+            failures += 1
+        continue
     operation = spec["paths"][answer["path"]][answer["method"].lower()]
     responses = operation["responses"]
     response = responses.get(str(answer["status"])) or responses.get("default")
