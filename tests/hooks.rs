@@ -694,3 +694,29 @@ async fn the_calls_and_answers_are_as_the_openapi_document_says() {
         "{report}"
     );
 }
+
+/// At shutdown, the clients' disconnects (1001) still reach the backend: the sender
+/// finishes once they are in.
+#[tokio::test]
+async fn a_stopping_server_sends_its_clients_disconnects_before_it_returns() {
+    let backend = Backend::start(|call| match call.path.as_str() {
+        "/events" => Reply::Json(json!({})),
+        _ => application(call),
+    })
+    .await;
+    let events = backend.url("/events");
+    let server = server_for(&backend, |c| {
+        c.hooks.webhook_url = Some(events);
+        c.hooks.webhook_events = vec![sigmahub::hooks::webhook::Notice::Disconnect];
+        // Long enough that only the finish can have sent it.
+        c.hooks.webhook_interval = Duration::from_secs(600);
+    })
+    .await;
+    let _alice = connect_alice(&server).await;
+    server.shutdown().await;
+    let notices = notices(&backend);
+    assert_eq!(notices.len(), 1, "{notices:?}");
+    assert_eq!(notices[0]["event"], "disconnect");
+    assert_eq!(notices[0]["user"], "alice");
+    assert_eq!(notices[0]["code"], 1001, "{}", notices[0]);
+}

@@ -102,6 +102,9 @@ pub(crate) struct Webhook {
     queue: mpsc::Sender<Happened>,
     wanted: Arc<[Notice]>,
     counts: Arc<Counts>,
+    /// Tells the sender to send what waits, once, and end.
+    finishing: CancellationToken,
+    sending: Arc<parking_lot::Mutex<Option<tokio::task::JoinHandle<()>>>>,
 }
 
 /// What became of the notices, for `/metrics`.
@@ -117,11 +120,8 @@ pub(crate) struct Counts {
 
 impl Webhook {
     /// Starts the sender configured by `config`, if `webhook_url` is set. It runs until
-    /// `shutdown`, then sends what is waiting once (no retries) and ends.
-    pub(crate) fn start(
-        config: &HooksConfig,
-        shutdown: CancellationToken,
-    ) -> Result<Option<Self>, ConfigError> {
+    /// [`finish`](Self::finish).
+    pub(crate) fn start(config: &HooksConfig) -> Result<Option<Self>, ConfigError> {
         let Some(url) = &config.webhook_url else {
             return Ok(None);
         };
@@ -160,12 +160,27 @@ impl Webhook {
             retry_for: config.webhook_retry_for,
             counts: counts.clone(),
         };
-        tokio::spawn(sender.run(waiting, shutdown));
+        let finishing = CancellationToken::new();
+        let sending = tokio::spawn(sender.run(waiting, finishing.clone()));
         Ok(Some(Self {
             queue,
             wanted: config.webhook_events.clone().into(),
             counts,
+            finishing,
+            sending: Arc::new(parking_lot::Mutex::new(Some(sending))),
         }))
+    }
+
+    /// At shutdown, once the clients are gone: sends what waits, once (a batch that is
+    /// being retried gets one more try), by `deadline` at the latest.
+    pub(crate) async fn finish(&self, deadline: tokio::time::Instant) {
+        self.finishing.cancel();
+        let Some(sending) = self.sending.lock().take() else {
+            return;
+        };
+        if tokio::time::timeout_at(deadline, sending).await.is_err() {
+            tracing::warn!("shutdown deadline passed while sending the last webhook notices");
+        }
     }
 
     /// Whether notices of `kind` are sent.
@@ -208,7 +223,7 @@ struct Sender {
 }
 
 impl Sender {
-    async fn run(self, mut waiting: mpsc::Receiver<Happened>, shutdown: CancellationToken) {
+    async fn run(self, mut waiting: mpsc::Receiver<Happened>, finishing: CancellationToken) {
         let mut batch = Vec::with_capacity(self.batch_size);
         loop {
             // The first notice of a batch, then more until it is full or has waited long
@@ -218,7 +233,7 @@ impl Sender {
                     Some(happened) => batch.push(happened),
                     None => return,
                 },
-                () = shutdown.cancelled() => break,
+                () = finishing.cancelled() => break,
             }
             let deadline = tokio::time::Instant::now() + self.interval;
             while batch.len() < self.batch_size {
@@ -228,12 +243,12 @@ impl Sender {
                         None => break,
                     },
                     () = tokio::time::sleep_until(deadline) => break,
-                    () = shutdown.cancelled() => break,
+                    () = finishing.cancelled() => break,
                 }
             }
-            self.deliver(&mut batch, &shutdown).await;
+            self.deliver(&mut batch, &finishing).await;
         }
-        // Shutting down: what is waiting gets one try.
+        // Finishing (the server is shutting down): what is waiting gets one try.
         while let Ok(happened) = waiting.try_recv() {
             batch.push(happened);
             if batch.len() == self.batch_size {
@@ -247,7 +262,7 @@ impl Sender {
 
     /// Sends `batch` until the backend takes it or `retry_for` has passed (only one try
     /// once shutting down); empties it either way.
-    async fn deliver(&self, batch: &mut Vec<Happened>, shutdown: &CancellationToken) {
+    async fn deliver(&self, batch: &mut Vec<Happened>, finishing: &CancellationToken) {
         let body = body(batch);
         let started = tokio::time::Instant::now();
         let mut pause = Duration::from_millis(250);
@@ -262,7 +277,7 @@ impl Sender {
                 Err(why) => {
                     self.counts.failed_tries.fetch_add(1, Ordering::Relaxed);
                     let out_of_time = started.elapsed() + pause > self.retry_for;
-                    if out_of_time || shutdown.is_cancelled() {
+                    if out_of_time || finishing.is_cancelled() {
                         tracing::warn!(
                             url = %self.uri,
                             why,
@@ -277,7 +292,7 @@ impl Sender {
                     tracing::debug!(url = %self.uri, why, ?pause, "webhook batch not taken; retrying");
                     tokio::select! {
                         () = tokio::time::sleep(pause) => {}
-                        () = shutdown.cancelled() => {}
+                        () = finishing.cancelled() => {}
                     }
                     pause = (pause * 2).min(MAX_PAUSE);
                 }

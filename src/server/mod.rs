@@ -139,8 +139,7 @@ impl Shared {
     pub(crate) fn new(config: Config) -> Result<Self, ConfigError> {
         let hub = Hub::new(&config);
         let snapshots = Arc::<SnapshotCache>::default();
-        let shutdown = CancellationToken::new();
-        let webhook = crate::hooks::webhook::Webhook::start(&config.hooks, shutdown.clone())?;
+        let webhook = crate::hooks::webhook::Webhook::start(&config.hooks)?;
         if let Some(webhook) = webhook
             .clone()
             .filter(|w| w.wants(Notice::ChannelOccupied) || w.wants(Notice::ChannelVacated))
@@ -178,7 +177,7 @@ impl Shared {
             polling: http::engineio::Sessions::default(),
             users: users::Users::default(),
             presence: presence::Presence::default(),
-            shutdown,
+            shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             runtime: tokio::runtime::Handle::try_current().ok(),
         })
@@ -513,6 +512,10 @@ impl Server {
             }
         };
         tokio::join!(leave_cluster, drain_clients);
+        // The clients' disconnect notices are in: the application hears of them.
+        if let Some(webhook) = &shared.webhook {
+            webhook.finish(deadline).await;
+        }
         Ok(())
     }
 }
