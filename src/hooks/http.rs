@@ -132,19 +132,9 @@ impl HttpHooks {
         let endpoint = |hook: Hook, field: &'static str, url: &Option<String>| {
             url.as_deref()
                 .map(|url| {
-                    let uri: Uri = url.parse().map_err(|e| ConfigError::Invalid {
-                        field,
-                        reason: format!("{url:?} is not a URL: {e}"),
-                    })?;
-                    if uri.scheme_str() != Some("http") || uri.host().is_none() {
-                        return Err(ConfigError::Invalid {
-                            field,
-                            reason: format!("{url:?} must be an http:// URL with a host"),
-                        });
-                    }
                     Ok(Endpoint {
                         hook,
-                        uri,
+                        uri: http_uri(field, url)?,
                         breaker: Mutex::new(Breaker::new(
                             config.breaker_threshold,
                             config.breaker_reset,
@@ -159,18 +149,7 @@ impl HttpHooks {
                 reason: e.to_string(),
             })
         };
-        let authorization = config
-            .secret
-            .as_deref()
-            .map(|secret| {
-                HeaderValue::from_str(&format!("Bearer {secret}")).map_err(|_| {
-                    ConfigError::Invalid {
-                        field: "hooks.secret",
-                        reason: "must be printable ASCII, as an HTTP header is".to_owned(),
-                    }
-                })
-            })
-            .transpose()?;
+        let authorization = bearer(config)?;
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(config.timeout));
         connector.set_nodelay(true);
@@ -393,6 +372,34 @@ impl Authorizer for HttpHooks {
                 .unwrap_or_else(|| RawValue::from_string("null".into()).expect("null is JSON")))
         })
     }
+}
+
+/// `url`, checked: `http://` with a host (`field` names the setting in errors).
+pub(super) fn http_uri(field: &'static str, url: &str) -> Result<Uri, ConfigError> {
+    let invalid = |reason: String| ConfigError::Invalid { field, reason };
+    let uri: Uri = url
+        .parse()
+        .map_err(|e| invalid(format!("{url:?} is not a URL: {e}")))?;
+    if uri.scheme_str() != Some("http") || uri.host().is_none() {
+        return Err(invalid(format!(
+            "{url:?} must be an http:// URL with a host"
+        )));
+    }
+    Ok(uri)
+}
+
+/// The `Authorization` header of every call, from `hooks.secret`, if set.
+pub(super) fn bearer(config: &HooksConfig) -> Result<Option<HeaderValue>, ConfigError> {
+    config
+        .secret
+        .as_deref()
+        .map(|secret| {
+            HeaderValue::from_str(&format!("Bearer {secret}")).map_err(|_| ConfigError::Invalid {
+                field: "hooks.secret",
+                reason: "must be printable ASCII, as an HTTP header is".to_owned(),
+            })
+        })
+        .transpose()
 }
 
 /// The body of a subscribe or publish check.

@@ -125,27 +125,8 @@ impl Webhook {
         let Some(url) = &config.webhook_url else {
             return Ok(None);
         };
-        let invalid = |reason: String| ConfigError::Invalid {
-            field: "hooks.webhook_url",
-            reason,
-        };
-        let uri: Uri = url
-            .parse()
-            .map_err(|e| invalid(format!("{url:?} is not a URL: {e}")))?;
-        if uri.scheme_str() != Some("http") || uri.host().is_none() {
-            return Err(invalid(format!(
-                "{url:?} must be an http:// URL with a host"
-            )));
-        }
-        let authorization = match &config.secret {
-            Some(secret) => Some(HeaderValue::from_str(&format!("Bearer {secret}")).map_err(
-                |_| ConfigError::Invalid {
-                    field: "hooks.secret",
-                    reason: "must be printable ASCII, as an HTTP header is".to_owned(),
-                },
-            )?),
-            None => None,
-        };
+        let uri = super::http::http_uri("hooks.webhook_url", url)?;
+        let authorization = super::http::bearer(config)?;
         let (queue, waiting) = mpsc::channel(MAX_WAITING);
         let counts = Arc::new(Counts::default());
         let mut connector = HttpConnector::new();
