@@ -28,6 +28,7 @@ use crate::config::{ConfigError, HooksConfig};
 use crate::event::Event;
 use crate::protocol::channel::Channel;
 use crate::upstream::breaker::{Breaker, BreakerState};
+use crate::upstream::rpc::error_chain;
 
 /// The largest answer read from the backend.
 const MAX_ANSWER: usize = 1024 * 1024;
@@ -76,6 +77,19 @@ struct Refusal {
     message: Option<String>,
     #[serde(default)]
     cache_seconds: Option<u64>,
+}
+
+impl Answer {
+    /// The `result`, or the refusal in `error`.
+    fn result(self) -> Result<Box<RawValue>, HookError> {
+        match (self.result, self.error) {
+            (_, Some(refusal)) => Err(HookError::Refused(
+                refusal.message.unwrap_or_else(|| "refused".into()),
+            )),
+            (Some(result), None) => Ok(result),
+            (None, None) => unreachable!("checked when read: result or error"),
+        }
+    }
 }
 
 /// A `result` that may say how long it holds, and may carry `data`.
@@ -228,15 +242,11 @@ impl Inner {
     }
 
     async fn exchange(&self, endpoint: &Endpoint, body: Vec<u8>) -> Result<Answer, String> {
-        let mut request = hyper::Request::post(endpoint.uri.clone())
-            .header(CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(body)))
-            .map_err(|e| e.to_string())?;
-        if let Some(authorization) = &self.authorization {
-            request
-                .headers_mut()
-                .insert(AUTHORIZATION, authorization.clone());
-        }
+        let request = post(
+            &endpoint.uri,
+            self.authorization.as_ref(),
+            Bytes::from(body),
+        );
         let exchange = async {
             let response = self
                 .client
@@ -312,16 +322,8 @@ impl Authorizer for HttpHooks {
         let inner = self.inner.clone();
         Box::pin(async move {
             let body = serde_json::to_vec(&attempt).expect("an attempt serializes");
-            let answer = inner
-                .call(Hook::Connect, body)
-                .await
-                .map_err(HookError::Unavailable)?;
-            if let Some(refusal) = answer.error {
-                return Err(HookError::Refused(
-                    refusal.message.unwrap_or_else(|| "refused".into()),
-                ));
-            }
-            let result = answer.result.expect("checked: result or error");
+            let answer = inner.call(Hook::Connect, body).await;
+            let result = answer.map_err(HookError::Unavailable)?.result()?;
             connected(result.get()).map_err(|e| {
                 HookError::Unavailable(format!("the connect hook's result is invalid: {e}"))
             })
@@ -354,16 +356,8 @@ impl Authorizer for HttpHooks {
                 data: &request.data,
             })
             .expect("a request serializes");
-            let answer = inner
-                .call(Hook::Request, body)
-                .await
-                .map_err(HookError::Unavailable)?;
-            if let Some(refusal) = answer.error {
-                return Err(HookError::Refused(
-                    refusal.message.unwrap_or_else(|| "refused".into()),
-                ));
-            }
-            let result = answer.result.expect("checked: result or error");
+            let answer = inner.call(Hook::Request, body).await;
+            let result = answer.map_err(HookError::Unavailable)?.result()?;
             let granted: Granted = serde_json::from_str(result.get()).map_err(|e| {
                 HookError::Unavailable(format!("the request hook's result is invalid: {e}"))
             })?;
@@ -372,6 +366,23 @@ impl Authorizer for HttpHooks {
                 .unwrap_or_else(|| RawValue::from_string("null".into()).expect("null is JSON")))
         })
     }
+}
+
+/// A `POST` of the JSON `body` to `uri`, with the secret's header if there is one.
+pub(super) fn post(
+    uri: &Uri,
+    authorization: Option<&HeaderValue>,
+    body: Bytes,
+) -> hyper::Request<Full<Bytes>> {
+    let mut request = hyper::Request::new(Full::new(body));
+    *request.method_mut() = hyper::Method::POST;
+    *request.uri_mut() = uri.clone();
+    let headers = request.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if let Some(authorization) = authorization {
+        headers.insert(AUTHORIZATION, authorization.clone());
+    }
+    request
 }
 
 /// `url`, checked: `http://` with a host (`field` names the setting in errors).
@@ -456,17 +467,6 @@ fn log_transition(hook: Hook, transition: Option<crate::upstream::breaker::Trans
             "hook circuit breaker changed state"
         );
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 #[cfg(test)]

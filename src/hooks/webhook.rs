@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
+use hyper::header::HeaderValue;
 use hyper::Uri;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -292,21 +292,13 @@ impl Sender {
     }
 
     async fn post(&self, body: Bytes) -> Result<(), String> {
-        let mut request = hyper::Request::post(self.uri.clone())
-            .header(CONTENT_TYPE, "application/json")
-            .body(Full::new(body))
-            .map_err(|e| e.to_string())?;
-        if let Some(authorization) = &self.authorization {
-            request
-                .headers_mut()
-                .insert(AUTHORIZATION, authorization.clone());
-        }
+        let request = super::http::post(&self.uri, self.authorization.as_ref(), body);
         let exchange = async {
             let response = self
                 .client
                 .request(request)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| crate::upstream::rpc::error_chain(&e))?;
             let status = response.status();
             // Read the body, so the connection can be used again.
             let _ = response.into_body().collect().await;

@@ -191,7 +191,8 @@ fn parse_response(body: &[u8], id: u64) -> Result<Box<RawValue>, UpstreamError> 
     }
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
+/// `e` and each of its sources, joined by `: `.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
