@@ -589,3 +589,40 @@ async fn a_slow_handler_is_reported_and_loses_nothing_unreported() {
     client.close().await;
     server.stop();
 }
+
+#[tokio::test]
+async fn presence_lists_who_is_subscribed_and_refuses_a_channel_without_it() {
+    let dir = std::env::temp_dir().join(format!("sigmahub-client-presence-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("presence.toml");
+    std::fs::write(
+        &config,
+        "[[channels]]\npattern = \"room.*\"\npresence = true\n",
+    )
+    .unwrap();
+    let server = spawn(&[
+        "--auth-jwt-secret",
+        SECRET,
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+    let alice = Client::with_options(quick(ws_url(server.addr)).token(token("alice", 3600)));
+    let bob = Client::with_options(quick(ws_url(server.addr)).token(token("bob", 3600)));
+    let _a = alice.subscribe::<Value>("room.blue").await.unwrap();
+    let _b = bob.subscribe::<Value>("room.blue").await.unwrap();
+
+    let presence = within(alice.presence("room.blue")).await.unwrap();
+    assert_eq!(presence.channel, "room.blue");
+    assert_eq!((presence.count, presence.nodes), (2, 1));
+    let mut users: Vec<&str> = presence.members.iter().map(|m| m.user.as_str()).collect();
+    users.sort_unstable();
+    assert_eq!(users, ["alice", "bob"]);
+    match within(bob.presence("orders.x")).await {
+        Err(Error::Refused { code, .. }) => assert_eq!(code, "no_presence"),
+        other => panic!("{other:?}"),
+    }
+    alice.close().await;
+    bob.close().await;
+    server.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+}

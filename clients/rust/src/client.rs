@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::driver::{Command, Driver};
 use crate::error::Error;
-use crate::event::{Notice, PublishAck, State};
+use crate::event::{Notice, Presence, PublishAck, State};
 use crate::options::Options;
 use crate::subscription::Subscription;
 use crate::wire::valid_channel;
@@ -152,6 +152,24 @@ impl Client {
             .send(Command::Publish {
                 channel: channel.to_owned(),
                 data,
+                done,
+            })
+            .map_err(|_| self.closed())?;
+        answer.await.map_err(|_| self.closed())?
+    }
+
+    /// Who is subscribed to `channel`, a channel that keeps presence (a `[[channels]]`
+    /// rule with `presence = true`), across every node of a cluster. Waits for the
+    /// connection first. The server refuses a channel without presence (`no_presence`)
+    /// or one the token may not subscribe to (`forbidden`): [`Error::Refused`].
+    pub async fn presence(&self, channel: &str) -> Result<Presence, Error> {
+        check_channel(channel)?;
+        self.ready().await?;
+        let (done, answer) = oneshot::channel();
+        self.inner
+            .commands
+            .send(Command::Presence {
+                channel: channel.to_owned(),
                 done,
             })
             .map_err(|_| self.closed())?;

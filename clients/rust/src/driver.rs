@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::ending::{Ending, Next};
 use crate::error::{BoxError, Error};
-use crate::event::{Gap, Notice, PublishAck, State};
+use crate::event::{Gap, Notice, Presence, PublishAck, State};
 use crate::options::Options;
 use crate::position::{Admit, Position};
 use crate::subscription::{Item, RawEvent};
@@ -54,6 +54,10 @@ pub(crate) enum Command {
         data: Box<RawValue>,
         done: oneshot::Sender<Result<PublishAck, Error>>,
     },
+    Presence {
+        channel: String,
+        done: oneshot::Sender<Result<Presence, Error>>,
+    },
 }
 
 /// A channel the application subscribed to.
@@ -78,7 +82,23 @@ enum Pending {
     Subscribe,
     Unsubscribe,
     Publish(oneshot::Sender<Result<PublishAck, Error>>),
+    Presence(oneshot::Sender<Result<Presence, Error>>),
     Auth,
+}
+
+impl Pending {
+    /// Tells a caller waiting for this answer that it will not come: `error`.
+    fn fail(self, error: Error) {
+        match self {
+            Self::Publish(done) => {
+                let _ = done.send(Err(error));
+            }
+            Self::Presence(done) => {
+                let _ = done.send(Err(error));
+            }
+            Self::Subscribe | Self::Unsubscribe | Self::Auth => {}
+        }
+    }
 }
 
 /// The connection's end as the session saw it, and whether it had been welcomed.
@@ -397,6 +417,16 @@ impl Driver {
                     let _ = done.send(ack);
                 }
             }
+            "presence_response" => {
+                let pending = message.correlation().and_then(|id| self.pending.remove(id));
+                if let Some(Pending::Presence(done)) = pending {
+                    let presence = message.data::<Presence>().map_err(|e| Error::Refused {
+                        code: "invalid_reply".into(),
+                        message: e.to_string(),
+                    });
+                    let _ = done.send(presence);
+                }
+            }
             "error" => {
                 let body: wire::ErrorBody = message.data().unwrap_or(wire::ErrorBody {
                     code: "unknown".into(),
@@ -404,11 +434,11 @@ impl Driver {
                 });
                 let pending = message.correlation().and_then(|id| self.pending.remove(id));
                 match pending {
-                    Some(Pending::Publish(done)) => {
-                        let _ = done.send(Err(Error::Refused {
+                    Some(pending @ (Pending::Publish(_) | Pending::Presence(_))) => {
+                        pending.fail(Error::Refused {
                             code: body.code,
                             message: body.message,
-                        }));
+                        })
                     }
                     _ => self.notice_error(&body.code, body.message),
                 }
@@ -686,6 +716,11 @@ impl Driver {
                 };
                 send(socket, "publish", &id, event).await?;
             }
+            Command::Presence { channel, done } => {
+                let id = self.correlation(Pending::Presence(done));
+                let ask = wire::PresenceAsk { channel: &channel };
+                send(socket, "presence", &id, ask).await?;
+            }
         }
         Ok(())
     }
@@ -725,6 +760,9 @@ impl Driver {
                     Some(Command::Publish { done, .. }) => {
                         let _ = done.send(Err(Error::Disconnected));
                     }
+                    Some(Command::Presence { done, .. }) => {
+                        let _ = done.send(Err(Error::Disconnected));
+                    }
                 },
             }
         }
@@ -734,9 +772,7 @@ impl Driver {
     /// next connection.
     fn disconnected(&mut self) {
         for (_, pending) in self.pending.drain() {
-            if let Pending::Publish(done) = pending {
-                let _ = done.send(Err(Error::Disconnected));
-            }
+            pending.fail(Error::Disconnected);
         }
         for channel in self.channels.values_mut() {
             channel.live = false;
@@ -759,6 +795,9 @@ impl Driver {
                     let _ = done.send(Err(Error::Closed(reason.clone())));
                 }
                 Command::Publish { done, .. } => {
+                    let _ = done.send(Err(Error::Closed(reason.clone())));
+                }
+                Command::Presence { done, .. } => {
                     let _ = done.send(Err(Error::Closed(reason.clone())));
                 }
                 Command::Unsubscribe { .. } => {}

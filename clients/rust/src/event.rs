@@ -122,6 +122,34 @@ pub enum Notice {
     },
 }
 
+/// Who is subscribed to a channel that keeps presence: the answer to
+/// [`Client::presence`](crate::Client::presence).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[non_exhaustive]
+pub struct Presence {
+    /// The channel.
+    pub channel: String,
+    /// How many members.
+    pub count: u64,
+    /// Who they are.
+    pub members: Vec<Member>,
+    /// How many server nodes answered (1 without a cluster).
+    pub nodes: u64,
+}
+
+/// One subscriber of a channel that keeps presence.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[non_exhaustive]
+pub struct Member {
+    /// Its client id.
+    pub client: String,
+    /// Its user: its token's `sub`, or `anonymous`.
+    pub user: String,
+    /// What its token says about it (the `info` claim), if anything.
+    #[serde(default)]
+    pub info: Option<serde_json::Value>,
+}
+
 /// The server's answer to a [`Client::publish`](crate::Client::publish).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct PublishAck {

@@ -36,6 +36,8 @@
 //! - **Bounds memory**: a subscription holds at most [`Options::buffer`] events; a full
 //!   one makes the client stop reading (see [`Notice::SlowHandler`]).
 //!
+//! [`Client::presence`] asks who is subscribed to a channel that keeps presence.
+//!
 //! It speaks the SigmaVault dialect of `/ws`; `wss://` needs a TLS build of
 //! `tokio-tungstenite`, which this crate does not enable yet.
 
@@ -53,6 +55,6 @@ mod wire;
 pub use backoff::Backoff;
 pub use client::Client;
 pub use error::{BoxError, Error};
-pub use event::{Event, Gap, GapReason, Notice, PublishAck, State};
+pub use event::{Event, Gap, GapReason, Member, Notice, Presence, PublishAck, State};
 pub use options::{Options, TokenSource};
 pub use subscription::{Interruption, Subscription};

@@ -132,6 +132,12 @@ pub(crate) struct Publish<'a> {
     pub(crate) data: &'a RawValue,
 }
 
+/// `presence` data.
+#[derive(Debug, Serialize)]
+pub(crate) struct PresenceAsk<'a> {
+    pub(crate) channel: &'a str,
+}
+
 /// `auth` data.
 #[derive(Debug, Serialize)]
 pub(crate) struct Auth<'a> {
