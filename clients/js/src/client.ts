@@ -5,6 +5,7 @@ import {
   type ClientError,
   type Event,
   type Gap,
+  type Presence,
   type PublishAck,
   SigmahubError,
   type State,
@@ -108,7 +109,8 @@ interface Channel {
 
 type Pending =
   | { kind: "subscribe" | "unsubscribe" | "auth" | "ping" }
-  | { kind: "publish"; resolve: (ack: PublishAck) => void; reject: (e: Error) => void };
+  | { kind: "publish"; resolve: (ack: PublishAck) => void; reject: (e: Error) => void }
+  | { kind: "presence"; resolve: (presence: Presence) => void; reject: (e: Error) => void };
 
 type Ending =
   | { kind: "closed"; code: number; reason: string }
@@ -265,6 +267,26 @@ export class Client<Events extends object = SigmaVaultEvents & Record<string, un
     return new Promise((resolve, reject) => {
       const id = this.correlation({ kind: "publish", resolve, reject });
       if (!this.send("publish", id, { type: channel, data })) {
+        this.pending.delete(id);
+        reject(new SigmahubError("disconnected", "not connected"));
+      }
+    });
+  }
+
+  /**
+   * Who is subscribed to `channel`, a channel that keeps presence (a `[[channels]]` rule
+   * with `presence = true`), across every node of a cluster. Waits for the connection
+   * first. Rejects with the server's code: `no_presence` for a channel without presence,
+   * `forbidden` for one the token may not subscribe to.
+   */
+  async presence(channel: string): Promise<Presence> {
+    if (!validChannel(channel)) {
+      throw new SigmahubError("invalid_channel", `${JSON.stringify(channel)} is not a channel name`);
+    }
+    await this.ready();
+    return new Promise((resolve, reject) => {
+      const id = this.correlation({ kind: "presence", resolve, reject });
+      if (!this.send("presence", id, { channel })) {
         this.pending.delete(id);
         reject(new SigmahubError("disconnected", "not connected"));
       }
@@ -459,10 +481,10 @@ export class Client<Events extends object = SigmaVaultEvents & Record<string, un
     this.timers = {};
   }
 
-  /** Unanswered publishes fail; subscriptions wait for the next connection. */
+  /** Unanswered publishes and presence requests fail; subscriptions wait for the next connection. */
   private disconnected(): void {
     for (const pending of this.pending.values()) {
-      if (pending.kind === "publish") {
+      if ("reject" in pending) {
         pending.reject(new SigmahubError("disconnected", "the connection was lost before the server answered"));
       }
     }
@@ -484,7 +506,7 @@ export class Client<Events extends object = SigmaVaultEvents & Record<string, un
     }
     this.channels.clear();
     for (const pending of this.pending.values()) {
-      if (pending.kind === "publish") pending.reject(new SigmahubError("closed", reason));
+      if ("reject" in pending) pending.reject(new SigmahubError("closed", reason));
     }
     this.pending.clear();
     const g = globalThis as any;
@@ -583,6 +605,12 @@ export class Client<Events extends object = SigmaVaultEvents & Record<string, un
         if (pending?.kind === "publish") pending.resolve(data as PublishAck);
         return;
       }
+      case "presence_response": {
+        const pending = id ? this.pending.get(id) : undefined;
+        if (id) this.pending.delete(id);
+        if (pending?.kind === "presence") pending.resolve(data as Presence);
+        return;
+      }
       case "gap":
         // Events held back while this client was behind (the server's `degrade` policy).
         if (typeof data.channel === "string" && typeof data.missed === "number") {
@@ -599,7 +627,7 @@ export class Client<Events extends object = SigmaVaultEvents & Record<string, un
         const pending = id ? this.pending.get(id) : undefined;
         if (id) this.pending.delete(id);
         const error = { code: String(data.code ?? "unknown"), message: String(data.message ?? "") };
-        if (pending?.kind === "publish") pending.reject(new SigmahubError(error.code, error.message));
+        if (pending && "reject" in pending) pending.reject(new SigmahubError(error.code, error.message));
         else this.emit("error", error);
         return;
       }

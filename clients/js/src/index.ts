@@ -23,5 +23,5 @@ export type {
 export { DEFAULT_BACKOFF, ceiling, delay } from "./backoff.js";
 export type { Backoff } from "./backoff.js";
 export { SigmahubError } from "./types.js";
-export type { ClientError, Event, Gap, GapReason, PublishAck, State } from "./types.js";
+export type { ClientError, Event, Gap, GapReason, Member, Presence, PublishAck, State } from "./types.js";
 export type * from "./sigmavault.js";

@@ -55,6 +55,26 @@ export interface PublishAck {
   offsets?: number[];
 }
 
+/** Who is subscribed to a channel that keeps presence: the answer to `presence`. */
+export interface Presence {
+  channel: string;
+  /** How many members. */
+  count: number;
+  members: Member[];
+  /** How many server nodes answered (1 without a cluster). */
+  nodes: number;
+}
+
+/** One subscriber of a channel that keeps presence. */
+export interface Member {
+  /** Its client id. */
+  client: string;
+  /** Its user: its token's `sub`, or `anonymous`. */
+  user: string;
+  /** What its token says about it (the `info` claim), if anything. */
+  info?: unknown;
+}
+
 /** An error the client reports: an `error` from the server, or a failed token refresh. */
 export interface ClientError {
   code: string;

@@ -1,6 +1,9 @@
 // The TypeScript client (its ESM build) against the real sigmahub binary, over Node's
 // built-in WebSocket (undici) and the `ws` package.
 import assert from "node:assert/strict";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { after, test } from "node:test";
 import WS from "ws";
 
@@ -350,4 +353,24 @@ test("a stopped cluster node is replaced by another, without loss", async () => 
   } finally {
     await nats.stop();
   }
+});
+
+test("presence lists who is subscribed, and a channel without it is refused", async () => {
+  const dir = mkdtempSync(join(tmpdir(), "sigmahub-js-presence-"));
+  const config = join(dir, "presence.toml");
+  writeFileSync(config, '[[channels]]\npattern = "room.*"\npresence = true\n');
+  const s = await server(["--auth-jwt-secret", SECRET, "--config", config]);
+  const alice = new Client(s.url, { ...quick, token: token("alice", 3600) });
+  const bob = new Client(s.url, { ...quick, token: token("bob", 3600) });
+  await alice.subscribe("room.blue", () => {}).ready;
+  await bob.subscribe("room.blue", () => {}).ready;
+  const presence = await alice.presence("room.blue");
+  assert.equal(presence.channel, "room.blue");
+  assert.equal(presence.count, 2);
+  assert.equal(presence.nodes, 1);
+  assert.deepEqual(presence.members.map((m) => m.user).sort(), ["alice", "bob"]);
+  await assert.rejects(bob.presence("orders.x"), (e) => e instanceof SigmahubError && e.code === "no_presence");
+  alice.close();
+  bob.close();
+  rmSync(dir, { recursive: true, force: true });
 });
