@@ -782,6 +782,8 @@ async fn presence_spans_the_nodes_and_a_killed_nodes_clients_leave() {
             name,
             "--config",
             &presence_config(),
+            "--log",
+            "info,sigmahub::cluster=debug",
         ])
     };
     let (a, b) = (spawn("a"), spawn("b"));
@@ -824,6 +826,20 @@ async fn presence_spans_the_nodes_and_a_killed_nodes_clients_leave() {
         (json!(2), json!(2)),
         "{list}"
     );
+    // Both nodes say every second that they answer: once a has listened for a beat and a
+    // half, its gatherings end when both have answered, not at the end of their window.
+    let message = |line: &Value| line["fields"]["message"].as_str().unwrap_or("").to_owned();
+    let ended_early = |nodes: u64| {
+        let a = &a;
+        move || async move {
+            let list = presence(a).await;
+            list["nodes"] == nodes
+                && a.logs().iter().any(|l| {
+                    message(l) == "every live node answered" && l["fields"]["nodes"] == nodes
+                })
+        }
+    };
+    common::eventually_async("a gathering ended by both nodes' answers", ended_early(2)).await;
 
     b.kill();
     let list = presence(&a).await;
@@ -832,6 +848,18 @@ async fn presence_spans_the_nodes_and_a_killed_nodes_clients_leave() {
         (json!(1), json!(1)),
         "{list}"
     );
+    // Until b has been silent for 3 s it is waited for (the window ends the gathering);
+    // then a alone is enough.
+    let late = |l: &Value| message(l) == "nodes that did not answer within the window";
+    let waited = a.wait_for_log("b waited for", late);
+    assert!(
+        waited["fields"]["waiting"]
+            .as_str()
+            .unwrap_or("")
+            .contains('b'),
+        "{waited}"
+    );
+    common::eventually_async("a gathering ended by a's answer alone", ended_early(1)).await;
 }
 
 /// A config file with presence on `room.*`, written once per test binary.

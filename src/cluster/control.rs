@@ -3,9 +3,10 @@
 //! A request is published once on `{prefix}.control` (core NATS: not stored, so a node
 //! that is down meanwhile never applies it later) with a reply inbox. Every node, the
 //! asking one included, applies it to its own connections and answers on the inbox with
-//! what it did; the asking node gathers the answers that arrive within [`GATHER_WINDOW`].
-//! How many nodes a cluster has is known nowhere, so the window is the only end: a node
-//! slower than that still applies the request, but its count is missed.
+//! what it did; the asking node gathers the answers until every node it has heard from
+//! lately (see `nodes`) has answered, or [`GATHER_WINDOW`] has passed. A node slower than
+//! that still applies the request, but its count is missed; one that joined in the last
+//! second may answer in time or not.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,13 +23,17 @@ pub const GATHER_WINDOW: Duration = Duration::from_millis(500);
 impl Cluster {
     /// Applies every control request of the cluster here with `handler`, answering each
     /// on its inbox, until the link closes.
-    pub(super) async fn serve_control(&self, handler: ControlHandler) -> Result<(), ClusterError> {
+    pub(super) async fn serve_control(
+        self: &Arc<Self>,
+        handler: ControlHandler,
+    ) -> Result<(), ClusterError> {
         let mut requests = self
             .client
             .subscribe(subject::control(&self.prefix))
             .await
             .map_err(|e| ClusterError::Subscribe(e.into()))?;
         let client = self.client.clone();
+        let node = self.node.clone();
         let task = tokio::spawn(async move {
             while let Some(message) = requests.next().await {
                 let request: ControlRequest = match serde_json::from_slice(&message.payload) {
@@ -38,7 +43,8 @@ impl Cluster {
                         continue;
                     }
                 };
-                let answer = handler(&request);
+                let mut answer = handler(&request);
+                answer.node.clone_from(&node);
                 let Some(inbox) = message.reply else {
                     continue;
                 };
@@ -49,10 +55,12 @@ impl Cluster {
             }
         });
         self.tasks.lock().push(task);
-        Ok(())
+        // Now that this node answers, it says so.
+        self.beat().await
     }
 
-    /// Sends `request` to every node and gathers their answers for [`GATHER_WINDOW`].
+    /// Sends `request` to every node and gathers their answers: until every node heard
+    /// from lately has answered, for [`GATHER_WINDOW`] at most.
     pub(super) async fn gather(
         self: Arc<Self>,
         request: ControlRequest,
@@ -72,12 +80,26 @@ impl Cluster {
             .await
             .map_err(|e| ClusterError::Publish(e.into()))?;
         let deadline = tokio::time::Instant::now() + GATHER_WINDOW;
-        let mut gathered = Vec::new();
+        // Not listened long enough to know every node (just started): wait out the window.
+        let live = self.nodes.live(crate::clock::now());
+        let known = live.is_some();
+        let mut waiting = live.unwrap_or_default();
+        let mut gathered: Vec<NodeAnswer> = Vec::new();
         while let Ok(Some(message)) = tokio::time::timeout_at(deadline, answers.next()).await {
-            match serde_json::from_slice(&message.payload) {
-                Ok(answer) => gathered.push(answer),
+            match serde_json::from_slice::<NodeAnswer>(&message.payload) {
+                Ok(answer) => {
+                    waiting.remove(&answer.node);
+                    gathered.push(answer);
+                    if known && waiting.is_empty() {
+                        tracing::debug!(nodes = gathered.len(), "every live node answered");
+                        return Ok(gathered);
+                    }
+                }
                 Err(e) => tracing::warn!(error = %e, "not a sigmahub control answer; ignored"),
             }
+        }
+        if !waiting.is_empty() {
+            tracing::debug!(?waiting, "nodes that did not answer within the window");
         }
         Ok(gathered)
     }

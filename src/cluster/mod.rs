@@ -23,6 +23,7 @@ mod control;
 mod headers;
 mod interest;
 mod leader;
+mod nodes;
 mod receiver;
 mod snapshots;
 pub(crate) mod subject;
@@ -128,6 +129,8 @@ pub(crate) struct Cluster {
     reconnects: tokio::sync::watch::Sender<u64>,
     /// Whether this node holds the poller leadership.
     leader: std::sync::atomic::AtomicBool,
+    /// The nodes that answer control requests, by when each last said so.
+    nodes: nodes::Nodes,
     /// Background tasks (snapshot follower, leadership), stopped by [`Cluster::close`].
     tasks: Mutex<Vec<JoinHandle<()>>>,
     /// The leader key's store and revision while this node holds it, to resign on close.
@@ -299,6 +302,7 @@ impl Cluster {
             history_size: config.history.size,
             reconnects,
             leader: std::sync::atomic::AtomicBool::new(false),
+            nodes: nodes::Nodes::default(),
             tasks: Mutex::new(Vec::new()),
             held: tokio::sync::Mutex::new(None),
         });

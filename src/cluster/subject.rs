@@ -41,6 +41,11 @@ pub(crate) fn control(prefix: &str) -> String {
     format!("{prefix}.control")
 }
 
+/// Where each node says, every second, that it answers control requests (core NATS).
+pub(crate) fn alive(prefix: &str) -> String {
+    format!("{prefix}.alive")
+}
+
 /// Every snapshot's live subject.
 pub(crate) fn snapshots_live(prefix: &str) -> String {
     format!("{prefix}.live.$snap.>")

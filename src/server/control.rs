@@ -74,6 +74,9 @@ pub enum ControlRequest {
 /// What one node did with a [`ControlRequest`].
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 pub struct NodeAnswer {
+    /// The node that answered (set by the cluster link).
+    #[serde(default)]
+    pub node: String,
     /// Connections told (a command).
     #[serde(default)]
     pub connections: usize,
