@@ -770,7 +770,7 @@ async fn control_calls_on_one_node_reach_every_node() {
 /// the companion channel's subscribers on every node, and the members of a node that is
 /// killed leave the list at once (a dead node answers nothing).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn presence_spans_the_nodes_and_a_killed_nodes_clients_leave() {
+async fn presence_spans_the_nodes_and_a_killed_nodes_clients_leave_with_their_events() {
     use common::binary::Binary;
     let nats = NatsServer::start();
     let url = nats.url();
@@ -860,6 +860,21 @@ async fn presence_spans_the_nodes_and_a_killed_nodes_clients_leave() {
         "{waited}"
     );
     common::eventually_async("a gathering ended by a's answer alone", ended_early(1)).await;
+
+    // b cannot say its member left; once b has been silent 3 s, a (the one live node)
+    // says so for it, through the stream, to every watcher.
+    let leave = on_a
+        .recv_until("b's member leaving", |m| {
+            m["type"] == "presence:room.blue"
+                && m["data"]["action"] == "leave"
+                && m["data"]["client"] == id_on_b.as_str()
+        })
+        .await;
+    assert_eq!(leave["data"]["user"], "anonymous", "{leave}");
+    let gone = a.wait_for_log("b's members announced", |l| {
+        message(l) == "a node is gone; its presence members leave"
+    });
+    assert_eq!(gone["fields"]["members"], 1, "{gone}");
 }
 
 /// A config file with presence on `room.*`, written once per test binary.

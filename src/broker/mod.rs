@@ -67,6 +67,13 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
     /// Housekeeping, called about once a second.
     fn sweep(&self) {}
 
+    /// Tells the other nodes of presence `changes` made here (the join and leave events
+    /// just published), so that they can announce this node's members as leaving if it
+    /// dies. Nothing for one node.
+    fn roster(&self, changes: &[Event]) {
+        let _ = changes;
+    }
+
     /// Sends a control request to every node (this one included) and gathers their
     /// answers (see `cluster::control`). `None` for a broker without other nodes: the
     /// caller applies the request here.

@@ -33,7 +33,7 @@ impl Cluster {
             .await
             .map_err(|e| ClusterError::Subscribe(e.into()))?;
         let client = self.client.clone();
-        let node = self.node.clone();
+        let node = self.instance.clone();
         let task = tokio::spawn(async move {
             while let Some(message) = requests.next().await {
                 let request: ControlRequest = match serde_json::from_slice(&message.payload) {
@@ -55,8 +55,9 @@ impl Cluster {
             }
         });
         self.tasks.lock().push(task);
-        // Now that this node answers, it says so.
-        self.beat().await
+        // Now that this node answers, it says so, and keeps the others' presence.
+        self.beat().await?;
+        self.keep_roster().await
     }
 
     /// Sends `request` to every node and gathers their answers: until every node heard

@@ -25,6 +25,7 @@ mod interest;
 mod leader;
 mod nodes;
 mod receiver;
+mod roster;
 mod snapshots;
 pub(crate) mod subject;
 
@@ -129,8 +130,13 @@ pub(crate) struct Cluster {
     reconnects: tokio::sync::watch::Sender<u64>,
     /// Whether this node holds the poller leadership.
     leader: std::sync::atomic::AtomicBool,
+    /// This process among the nodes: its name and a random suffix, so that a node
+    /// restarted under the same name is another node.
+    instance: String,
     /// The nodes that answer control requests, by when each last said so.
     nodes: nodes::Nodes,
+    /// The other nodes' presence members.
+    roster: roster::Roster,
     /// Background tasks (snapshot follower, leadership), stopped by [`Cluster::close`].
     tasks: Mutex<Vec<JoinHandle<()>>>,
     /// The leader key's store and revision while this node holds it, to resign on close.
@@ -206,6 +212,10 @@ impl Broker for NatsBroker {
 
     fn status(&self) -> Option<serde_json::Value> {
         Some(self.link.status())
+    }
+
+    fn roster(&self, changes: &[Event]) {
+        self.link.tell_roster(changes);
     }
 
     fn sweep(&self) {
@@ -289,6 +299,7 @@ impl Cluster {
             history.number_elsewhere(epoch.clone());
         }
         tracing::info!(%url, node, stream = name, epoch, "joined the cluster");
+        let instance = format!("{node}#{:08x}", getrandom::u32().unwrap_or_default());
         let this = Arc::new(Self {
             client,
             js,
@@ -302,7 +313,9 @@ impl Cluster {
             history_size: config.history.size,
             reconnects,
             leader: std::sync::atomic::AtomicBool::new(false),
+            instance,
             nodes: nodes::Nodes::default(),
+            roster: roster::Roster::default(),
             tasks: Mutex::new(Vec::new()),
             held: tokio::sync::Mutex::new(None),
         });

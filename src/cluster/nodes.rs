@@ -81,7 +81,7 @@ impl Cluster {
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 ticks.tick().await;
-                let node = bytes::Bytes::from(this.node.clone());
+                let node = bytes::Bytes::from(this.instance.clone());
                 if let Err(e) = this
                     .client
                     .publish(subject::alive(&this.prefix), node)

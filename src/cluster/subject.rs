@@ -46,6 +46,11 @@ pub(crate) fn alive(prefix: &str) -> String {
     format!("{prefix}.alive")
 }
 
+/// Where each node tells the others of its presence changes (core NATS).
+pub(crate) fn roster(prefix: &str) -> String {
+    format!("{prefix}.roster")
+}
+
 /// Every snapshot's live subject.
 pub(crate) fn snapshots_live(prefix: &str) -> String {
     format!("{prefix}.live.$snap.>")

@@ -69,6 +69,8 @@ pub enum ControlRequest {
         /// The channel.
         channel: Channel,
     },
+    /// Every channel's members: for a node that keeps the whole cluster's roster.
+    Roster,
 }
 
 /// What one node did with a [`ControlRequest`].
@@ -86,6 +88,9 @@ pub struct NodeAnswer {
     /// A channel's members (a [`ControlRequest::Presence`]).
     #[serde(default)]
     pub members: Vec<Member>,
+    /// Every channel's members (a [`ControlRequest::Roster`]).
+    #[serde(default)]
+    pub roster: Vec<(Channel, Vec<Member>)>,
 }
 
 /// What a command did across the nodes that answered.
@@ -234,6 +239,10 @@ impl Control {
             },
             ControlRequest::Presence { channel } => NodeAnswer {
                 members: self.shared.presence.members(channel),
+                ..NodeAnswer::default()
+            },
+            ControlRequest::Roster => NodeAnswer {
+                roster: self.shared.presence.all(),
                 ..NodeAnswer::default()
             },
         }

@@ -11,7 +11,8 @@
 //! rules (a scan of `[[channels]]`, an empty loop without any) and stops there. Across a
 //! cluster, a channel's members are every node's, gathered when asked (see
 //! [`crate::server::control`]); a node that is gone answers nothing, so its clients leave
-//! the list at once (and their `leave` events are not sent).
+//! the list at once. Their `leave` events are sent by another node once the dead one has
+//! been silent a few seconds (see `cluster::roster`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -66,7 +67,7 @@ impl Presence {
             return None;
         }
         drop(channels);
-        change("join", channel, client, identity)
+        change("join", channel, Member::of(client, identity))
     }
 
     /// Takes `client` off `channel`; returns the `leave` event to publish, if it was there.
@@ -78,7 +79,22 @@ impl Presence {
             channels.remove(channel);
         }
         drop(channels);
-        change("leave", channel, client, &identity)
+        change("leave", channel, Member::of(client, &identity))
+    }
+
+    /// Every channel's members here, for a node that keeps the whole cluster's roster.
+    pub(crate) fn all(&self) -> Vec<(Channel, Vec<Member>)> {
+        let channels = self.channels.lock();
+        channels
+            .iter()
+            .map(|(channel, members)| {
+                let members = members
+                    .iter()
+                    .map(|(client, identity)| Member::of(*client, identity))
+                    .collect();
+                (channel.clone(), members)
+            })
+            .collect()
     }
 
     /// `channel`'s members here, by client id.
@@ -101,9 +117,14 @@ pub fn companion(channel: &str) -> Option<Channel> {
     Channel::new(&format!("presence:{channel}")).ok()
 }
 
+/// The `leave` event of `member` on `channel`: for a member of a node that is gone.
+pub(crate) fn departure(channel: &Channel, member: Member) -> Option<Event> {
+    change("leave", channel, member)
+}
+
 /// A join or leave event on `channel`'s companion; none if the companion's name would
 /// be too long (the channel's presence is still kept).
-fn change(action: &str, channel: &Channel, client: u64, identity: &Identity) -> Option<Event> {
+fn change(action: &str, channel: &Channel, member: Member) -> Option<Event> {
     let Some(companion) = companion(channel) else {
         tracing::debug!(%channel, "no presence events: `presence:{channel}` is too long");
         return None;
@@ -118,7 +139,7 @@ fn change(action: &str, channel: &Channel, client: u64, identity: &Identity) -> 
     let change = Change {
         action,
         channel,
-        member: Member::of(client, identity),
+        member,
     };
     Event::new(companion.as_str(), &change).ok()
 }

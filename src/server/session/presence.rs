@@ -85,6 +85,7 @@ impl Session {
         if events.is_empty() {
             return;
         }
+        self.shared.broker.roster(&events);
         if let Completion::Pending(publishing) =
             self.shared.broker.publish(events, SystemTime::now())
         {
