@@ -887,3 +887,53 @@ fn presence_config() -> String {
     .unwrap();
     path.to_string_lossy().into_owned()
 }
+
+/// A node cut off from NATS for longer than the silence is taken for gone: its members
+/// are announced as leaving. When its link is back, it announces them joining again, so a
+/// watcher that follows presence by its events ends where the list is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cut_off_has_its_members_leave_then_join_again() {
+    let nats = NatsServer::start();
+    let proxy = common::nats::Proxy::start(nats.port).await;
+    let presence_node = |url: String, name: &'static str| {
+        TestServer::with(move |c| {
+            c.cluster.nats_url = Some(url);
+            c.cluster.node_name = Some(name.to_owned());
+            let mut rule = sigmahub::ChannelRule::new("room.*");
+            rule.presence = Some(true);
+            c.channels = vec![rule];
+        })
+    };
+    let a = presence_node(nats.url(), "a").await;
+    let b = presence_node(proxy.url(), "b").await;
+    let mut watcher = a.client().await;
+    watcher.subscribe(&["presence:room.blue"]).await;
+    let mut member = b.raw_client().await;
+    let id = member.recv_type("notification").await["data"]["client_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    member.subscribe(&["room.blue"]).await;
+    let change = |action: &'static str| {
+        let id = id.clone();
+        move |m: &Value| {
+            m["type"] == "presence:room.blue"
+                && m["data"]["action"] == action
+                && m["data"]["client"] == id.as_str()
+        }
+    };
+    watcher
+        .recv_until("the member's join", change("join"))
+        .await;
+
+    proxy.cut();
+    watcher
+        .recv_until("the cut-off node's member leaving", change("leave"))
+        .await;
+    proxy.restore();
+    watcher
+        .recv_until("the member joining again", change("join"))
+        .await;
+    let (_, list) = common::http_get_json(a.addr, "/api/v1/channels/room.blue/presence").await;
+    assert_eq!(list["count"], 1, "{list}");
+}

@@ -34,6 +34,7 @@ impl Cluster {
             .map_err(|e| ClusterError::Subscribe(e.into()))?;
         let client = self.client.clone();
         let node = self.instance.clone();
+        let own = handler.clone();
         let task = tokio::spawn(async move {
             while let Some(message) = requests.next().await {
                 let request: ControlRequest = match serde_json::from_slice(&message.payload) {
@@ -57,7 +58,7 @@ impl Cluster {
         self.tasks.lock().push(task);
         // Now that this node answers, it says so, and keeps the others' presence.
         self.beat().await?;
-        self.keep_roster().await
+        self.keep_roster(own).await
     }
 
     /// Sends `request` to every node and gathers their answers: until every node heard

@@ -24,9 +24,9 @@ pub(super) const SILENCE: Duration = Duration::from_secs(3);
 #[derive(Debug, Default)]
 pub(super) struct Nodes {
     heard: Mutex<HashMap<String, Instant>>,
-    /// When this node began to listen: until it has listened for a beat and more, it may
-    /// not have heard every node yet.
-    since: std::sync::OnceLock<Instant>,
+    /// When this node began to listen, or last got its link back: until it has listened
+    /// for a beat and more since, it may not have heard every node yet.
+    since: Mutex<Option<Instant>>,
 }
 
 impl Nodes {
@@ -43,7 +43,7 @@ impl Nodes {
     /// The nodes heard from within [`SILENCE`] of `now` (forgetting the others); `None`
     /// while this node has not listened long enough to have heard every node.
     pub(super) fn live(&self, now: Instant) -> Option<BTreeSet<String>> {
-        let since = *self.since.get()?;
+        let since = (*self.since.lock())?;
         if now.saturating_duration_since(since) < BEAT + BEAT / 2 {
             return None;
         }
@@ -52,8 +52,9 @@ impl Nodes {
         Some(heard.keys().cloned().collect())
     }
 
-    fn listening(&self, now: Instant) {
-        let _ = self.since.set(now);
+    /// This node listens from `now` on (again, after its link came back).
+    pub(super) fn listening(&self, now: Instant) {
+        *self.since.lock() = Some(now);
     }
 }
 

@@ -9,6 +9,10 @@
 //! through the stream, once: a watcher hears of a dead node's members leaving within about
 //! four seconds. (Two nodes that disagree for a moment about who sorts first may both
 //! publish them; a `leave` for a member already gone is harmless.)
+//!
+//! A node cut off from NATS announces nothing meanwhile. When its link comes back it may
+//! have been announced as gone, so it announces its own members as joining again, and
+//! reads the others' anew.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -23,8 +27,8 @@ use super::nodes::BEAT;
 use super::{subject, Cluster, ClusterError};
 use crate::event::Event;
 use crate::protocol::channel::Channel;
-use crate::server::control::ControlRequest;
-use crate::server::presence::{departure, Member};
+use crate::server::control::{ControlHandler, ControlRequest};
+use crate::server::presence::{arrival, departure, Member};
 
 /// Each node's members, by channel and client.
 #[derive(Debug, Default)]
@@ -143,7 +147,10 @@ impl Cluster {
 
     /// Keeps the other nodes' presence, and announces the members of those that die,
     /// until the link closes.
-    pub(super) async fn keep_roster(self: &Arc<Self>) -> Result<(), ClusterError> {
+    pub(super) async fn keep_roster(
+        self: &Arc<Self>,
+        own: ControlHandler,
+    ) -> Result<(), ClusterError> {
         let mut told = self
             .client
             .subscribe(subject::roster(&self.prefix))
@@ -160,6 +167,7 @@ impl Cluster {
             }
         });
         let this = self.clone();
+        let mut reconnects = self.reconnects.subscribe();
         let watching = tokio::spawn(async move {
             // Once every node has been heard, what they hold already.
             tokio::time::sleep(BEAT * 2).await;
@@ -167,12 +175,47 @@ impl Cluster {
             let mut ticks = tokio::time::interval(BEAT);
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                ticks.tick().await;
-                this.announce_the_gone().await;
+                tokio::select! {
+                    _ = ticks.tick() => this.announce_the_gone().await,
+                    changed = reconnects.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                        this.rejoin(&own).await;
+                    }
+                }
             }
         });
         self.tasks.lock().extend([listening, watching]);
         Ok(())
+    }
+
+    /// After the link came back: hears every node again before judging who is gone,
+    /// announces this node's members as joining (the others may have announced them as
+    /// leaving), and reads the others' members anew.
+    async fn rejoin(self: &Arc<Self>, own: &ControlHandler) {
+        self.nodes.listening(crate::clock::now());
+        let arrivals: Vec<Event> = own(&ControlRequest::Roster)
+            .roster
+            .into_iter()
+            .flat_map(|(channel, members)| {
+                members
+                    .into_iter()
+                    .filter_map(move |member| arrival(&channel, member))
+            })
+            .collect();
+        if !arrivals.is_empty() {
+            tracing::info!(
+                members = arrivals.len(),
+                "link back: this node's presence members are announced again"
+            );
+            self.tell_roster(&arrivals);
+            let _ = self
+                .publish_or_deliver_here(&arrivals, SystemTime::now())
+                .await;
+        }
+        tokio::time::sleep(BEAT * 2).await;
+        self.seed_roster().await;
     }
 
     async fn seed_roster(self: &Arc<Self>) {
@@ -189,6 +232,10 @@ impl Cluster {
     /// Forgets the nodes gone silent; if this node is the live one that sorts first,
     /// publishes their members' `leave` events.
     async fn announce_the_gone(&self) {
+        // Cut off, this node cannot tell who is gone: everyone is silent to it.
+        if !self.is_connected() {
+            return;
+        }
         let Some(mut live) = self.nodes.live(crate::clock::now()) else {
             return;
         };

@@ -117,6 +117,12 @@ pub fn companion(channel: &str) -> Option<Channel> {
     Channel::new(&format!("presence:{channel}")).ok()
 }
 
+/// The `join` event of `member` on `channel`: for a node that announces its members again
+/// after it was cut off from the others.
+pub(crate) fn arrival(channel: &Channel, member: Member) -> Option<Event> {
+    change("join", channel, member)
+}
+
 /// The `leave` event of `member` on `channel`: for a member of a node that is gone.
 pub(crate) fn departure(channel: &Channel, member: Member) -> Option<Event> {
     change("leave", channel, member)
