@@ -889,10 +889,74 @@ fn presence_config() -> String {
 }
 
 /// A node cut off from NATS for longer than the silence is taken for gone: its members
-/// are announced as leaving. When its link is back, it announces them joining again, so a
+/// are announced as leaving. When its link is back it announces them joining again, so a
 /// watcher that follows presence by its events ends where the list is.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_cut_off_has_its_members_leave_then_join_again() {
+    taken_for_gone_then_back(|proxy| proxy.cut()).await;
+}
+
+/// A link that only stalls makes the others take the node for gone all the same; once it
+/// passes bytes again, the node's members are announced joining again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_node_has_its_members_leave_then_join_again() {
+    taken_for_gone_then_back(|proxy| proxy.stall()).await;
+}
+
+/// A node told on `{prefix}.gone` that it was taken for gone (its beats were late, say)
+/// while it is still here announces its members joining again. Here the test says so
+/// itself, through NATS, naming b as its beats name it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_told_it_was_taken_for_gone_announces_its_members_again() {
+    use futures_util::StreamExt;
+    let nats = NatsServer::start();
+    let presence_node = |name: &'static str| {
+        let url = nats.url();
+        TestServer::with(move |c| {
+            c.cluster.nats_url = Some(url);
+            c.cluster.node_name = Some(name.to_owned());
+            let mut rule = sigmahub::ChannelRule::new("room.*");
+            rule.presence = Some(true);
+            c.channels = vec![rule];
+        })
+    };
+    let a = presence_node("a").await;
+    let b = presence_node("b").await;
+    let mut watcher = a.client().await;
+    watcher.subscribe(&["presence:room.blue"]).await;
+    let mut member = b.raw_client().await;
+    let id = member.recv_type("notification").await["data"]["client_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    member.subscribe(&["room.blue"]).await;
+    let joined = |m: &Value| {
+        m["type"] == "presence:room.blue"
+            && m["data"]["action"] == "join"
+            && m["data"]["client"] == id.as_str()
+    };
+    watcher.recv_until("the member's join", joined).await;
+
+    let nats_client = async_nats::connect(nats.url()).await.unwrap();
+    let mut beats = nats_client.subscribe("sigmahub.alive").await.unwrap();
+    let b_instance = loop {
+        let beat = common::within(beats.next()).await.unwrap();
+        let instance = String::from_utf8(beat.payload.to_vec()).unwrap();
+        if instance.starts_with("b#") {
+            break instance;
+        }
+    };
+    nats_client
+        .publish("sigmahub.gone", b_instance.into())
+        .await
+        .unwrap();
+    let again = watcher.recv_until("the member joining again", joined).await;
+    assert_eq!(again["data"]["user"], "anonymous", "{again}");
+}
+
+/// b behind a proxy that `interrupt` breaks, then restored: a's watcher sees b's member
+/// join, leave, and join again; the list counts it.
+async fn taken_for_gone_then_back(interrupt: impl FnOnce(&common::nats::Proxy)) {
     let nats = NatsServer::start();
     let proxy = common::nats::Proxy::start(nats.port).await;
     let presence_node = |url: String, name: &'static str| {
@@ -926,7 +990,7 @@ async fn a_node_cut_off_has_its_members_leave_then_join_again() {
         .recv_until("the member's join", change("join"))
         .await;
 
-    proxy.cut();
+    interrupt(&proxy);
     watcher
         .recv_until("the cut-off node's member leaving", change("leave"))
         .await;
@@ -934,6 +998,9 @@ async fn a_node_cut_off_has_its_members_leave_then_join_again() {
     watcher
         .recv_until("the member joining again", change("join"))
         .await;
-    let (_, list) = common::http_get_json(a.addr, "/api/v1/channels/room.blue/presence").await;
-    assert_eq!(list["count"], 1, "{list}");
+    common::eventually_async("the member listed again", || async {
+        let (_, list) = common::http_get_json(a.addr, "/api/v1/channels/room.blue/presence").await;
+        list["count"] == 1
+    })
+    .await;
 }

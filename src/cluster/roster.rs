@@ -12,7 +12,8 @@
 //!
 //! A node cut off from NATS announces nothing meanwhile. When its link comes back it may
 //! have been announced as gone, so it announces its own members as joining again, and
-//! reads the others' anew.
+//! reads the others' anew. A node taken for gone while it was not (its beats held up
+//! past the silence) hears so on `{prefix}.gone`, and does the same.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -166,6 +167,23 @@ impl Cluster {
                 }
             }
         });
+        // Taken for gone while still here: say again who is here.
+        let mut gone = self
+            .client
+            .subscribe(subject::gone(&self.prefix))
+            .await
+            .map_err(|e| ClusterError::Subscribe(e.into()))?;
+        let this = self.clone();
+        let me = own.clone();
+        let contradicting = tokio::spawn(async move {
+            while let Some(message) = gone.next().await {
+                if *message.payload == *this.instance.as_bytes() {
+                    tracing::info!("this node was taken for gone; its members are announced again");
+                    this.announce_own(&me).await;
+                }
+            }
+        });
+        self.tasks.lock().push(contradicting);
         let this = self.clone();
         let mut reconnects = self.reconnects.subscribe();
         let watching = tokio::spawn(async move {
@@ -195,6 +213,13 @@ impl Cluster {
     /// leaving), and reads the others' members anew.
     async fn rejoin(self: &Arc<Self>, own: &ControlHandler) {
         self.nodes.listening(crate::clock::now());
+        self.announce_own(own).await;
+        tokio::time::sleep(BEAT * 2).await;
+        self.seed_roster().await;
+    }
+
+    /// Announces this node's members as joining, to the watchers and the other nodes.
+    async fn announce_own(&self, own: &ControlHandler) {
         let arrivals: Vec<Event> = own(&ControlRequest::Roster)
             .roster
             .into_iter()
@@ -207,15 +232,13 @@ impl Cluster {
         if !arrivals.is_empty() {
             tracing::info!(
                 members = arrivals.len(),
-                "link back: this node's presence members are announced again"
+                "this node's presence members are announced again"
             );
             self.tell_roster(&arrivals);
             let _ = self
                 .publish_or_deliver_here(&arrivals, SystemTime::now())
                 .await;
         }
-        tokio::time::sleep(BEAT * 2).await;
-        self.seed_roster().await;
     }
 
     async fn seed_roster(self: &Arc<Self>) {
@@ -242,7 +265,19 @@ impl Cluster {
         live.insert(self.instance.clone());
         let first = live.first().is_some_and(|node| *node == self.instance);
         for (node, members) in self.roster.take_gone(&live) {
-            if members.is_empty() || !first {
+            if !first {
+                tracing::debug!(node, "a node is gone; another node announces it");
+                continue;
+            }
+            // Should it be here after all, it announces its members again.
+            let said = self
+                .client
+                .publish(subject::gone(&self.prefix), node.clone().into())
+                .await;
+            if let Err(e) = said {
+                tracing::debug!(error = %e, "could not say which node is gone");
+            }
+            if members.is_empty() {
                 continue;
             }
             tracing::info!(

@@ -51,6 +51,11 @@ pub(crate) fn roster(prefix: &str) -> String {
     format!("{prefix}.roster")
 }
 
+/// Where a node says which node it took for gone (core NATS).
+pub(crate) fn gone(prefix: &str) -> String {
+    format!("{prefix}.gone")
+}
+
 /// Every snapshot's live subject.
 pub(crate) fn snapshots_live(prefix: &str) -> String {
     format!("{prefix}.live.$snap.>")
