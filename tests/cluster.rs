@@ -877,6 +877,19 @@ async fn presence_spans_the_nodes_and_a_killed_nodes_clients_leave_with_their_ev
     assert_eq!(gone["fields"]["members"], 1, "{gone}");
 }
 
+/// A node on NATS at `url` named `name`, with presence on `room.*`.
+async fn presence_node(url: String, name: &str) -> TestServer {
+    let name = name.to_owned();
+    TestServer::with(move |c| {
+        c.cluster.nats_url = Some(url);
+        c.cluster.node_name = Some(name);
+        let mut rule = sigmahub::ChannelRule::new("room.*");
+        rule.presence = Some(true);
+        c.channels = vec![rule];
+    })
+    .await
+}
+
 /// A config file with presence on `room.*`, written once per test binary.
 fn presence_config() -> String {
     let path = std::env::temp_dir().join(format!("sigmahub-presence-{}.toml", std::process::id()));
@@ -910,18 +923,8 @@ async fn a_stalled_node_has_its_members_leave_then_join_again() {
 async fn a_node_told_it_was_taken_for_gone_announces_its_members_again() {
     use futures_util::StreamExt;
     let nats = NatsServer::start();
-    let presence_node = |name: &'static str| {
-        let url = nats.url();
-        TestServer::with(move |c| {
-            c.cluster.nats_url = Some(url);
-            c.cluster.node_name = Some(name.to_owned());
-            let mut rule = sigmahub::ChannelRule::new("room.*");
-            rule.presence = Some(true);
-            c.channels = vec![rule];
-        })
-    };
-    let a = presence_node("a").await;
-    let b = presence_node("b").await;
+    let a = presence_node(nats.url(), "a").await;
+    let b = presence_node(nats.url(), "b").await;
     let mut watcher = a.client().await;
     watcher.subscribe(&["presence:room.blue"]).await;
     let mut member = b.raw_client().await;
@@ -959,15 +962,6 @@ async fn a_node_told_it_was_taken_for_gone_announces_its_members_again() {
 async fn taken_for_gone_then_back(interrupt: impl FnOnce(&common::nats::Proxy)) {
     let nats = NatsServer::start();
     let proxy = common::nats::Proxy::start(nats.port).await;
-    let presence_node = |url: String, name: &'static str| {
-        TestServer::with(move |c| {
-            c.cluster.nats_url = Some(url);
-            c.cluster.node_name = Some(name.to_owned());
-            let mut rule = sigmahub::ChannelRule::new("room.*");
-            rule.presence = Some(true);
-            c.channels = vec![rule];
-        })
-    };
     let a = presence_node(nats.url(), "a").await;
     let b = presence_node(proxy.url(), "b").await;
     let mut watcher = a.client().await;

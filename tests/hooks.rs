@@ -469,6 +469,14 @@ async fn answers_that_are_not_the_protocol_count_as_failures() {
     assert_eq!(client.closed().await, Some(1013));
 }
 
+/// [`application`], which also takes every webhook batch.
+fn application_taking_events(call: &Call) -> Reply {
+    match call.path.as_str() {
+        "/events" => Reply::Json(json!({})),
+        _ => application(call),
+    }
+}
+
 /// Every notice the backend was sent, refused tries included, in order.
 fn notices(backend: &Backend) -> Vec<Value> {
     backend
@@ -633,11 +641,7 @@ async fn eventually_dropped(server: &TestServer) {
 /// is as docs/openapi.json's `webhooks` say (checked by openapi-schema-validator).
 #[tokio::test]
 async fn the_calls_and_answers_are_as_the_openapi_document_says() {
-    let backend = Backend::start(|call| match call.path.as_str() {
-        "/events" => Reply::Json(json!({})),
-        _ => application(call),
-    })
-    .await;
+    let backend = Backend::start(application_taking_events).await;
     let events = backend.url("/events");
     let server = server_for(&backend, |c| {
         c.hooks.webhook_url = Some(events);
@@ -699,11 +703,7 @@ async fn the_calls_and_answers_are_as_the_openapi_document_says() {
 /// finishes once they are in.
 #[tokio::test]
 async fn a_stopping_server_sends_its_clients_disconnects_before_it_returns() {
-    let backend = Backend::start(|call| match call.path.as_str() {
-        "/events" => Reply::Json(json!({})),
-        _ => application(call),
-    })
-    .await;
+    let backend = Backend::start(application_taking_events).await;
     let events = backend.url("/events");
     let server = server_for(&backend, |c| {
         c.hooks.webhook_url = Some(events);

@@ -27,11 +27,7 @@ impl Cluster {
         self: &Arc<Self>,
         handler: ControlHandler,
     ) -> Result<(), ClusterError> {
-        let mut requests = self
-            .client
-            .subscribe(subject::control(&self.prefix))
-            .await
-            .map_err(|e| ClusterError::Subscribe(e.into()))?;
+        let mut requests = self.follow(subject::control(&self.prefix)).await?;
         let client = self.client.clone();
         let node = self.instance.clone();
         let own = handler.clone();
@@ -71,11 +67,7 @@ impl Cluster {
             return Err(ClusterError::Disconnected);
         }
         let inbox = self.client.new_inbox();
-        let mut answers = self
-            .client
-            .subscribe(inbox.clone())
-            .await
-            .map_err(|e| ClusterError::Subscribe(e.into()))?;
+        let mut answers = self.follow(inbox.clone()).await?;
         let body = serde_json::to_vec(&request).expect("serializing to memory cannot fail");
         self.client
             .publish_with_reply(subject::control(&self.prefix), inbox, body.into())

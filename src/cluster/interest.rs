@@ -66,11 +66,7 @@ impl Cluster {
         let start = latest(&self.stream, &subjects.publish)
             .await
             .map_err(ClusterError::Subscribe)?;
-        let subscriber = self
-            .client
-            .subscribe(subjects.live)
-            .await
-            .map_err(|e| ClusterError::Subscribe(e.into()))?;
+        let subscriber = self.follow(subjects.live).await?;
         // A flush only empties our buffer. A request on the same connection is answered
         // after the server has taken the SUB sent before it: from its answer on, every
         // event the stream stores comes to us.

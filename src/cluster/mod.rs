@@ -244,6 +244,17 @@ impl std::fmt::Debug for NatsBroker {
 }
 
 impl Cluster {
+    /// A core NATS subscription to `subject`.
+    pub(super) async fn follow(
+        &self,
+        subject: String,
+    ) -> Result<async_nats::Subscriber, ClusterError> {
+        self.client
+            .subscribe(subject)
+            .await
+            .map_err(|e| ClusterError::Subscribe(e.into()))
+    }
+
     async fn connect(config: &Config, local: MemoryBroker) -> Result<Arc<Self>, ClusterError> {
         let cluster = &config.cluster;
         let url = cluster.nats_url.clone().ok_or(ClusterError::NoUrl)?;

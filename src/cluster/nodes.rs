@@ -62,11 +62,7 @@ impl Cluster {
     /// Says every [`BEAT`] that this node answers control requests, and listens for the
     /// others saying so, until the link closes.
     pub(super) async fn beat(self: &Arc<Self>) -> Result<(), ClusterError> {
-        let mut beats = self
-            .client
-            .subscribe(subject::alive(&self.prefix))
-            .await
-            .map_err(|e| ClusterError::Subscribe(e.into()))?;
+        let mut beats = self.follow(subject::alive(&self.prefix)).await?;
         self.nodes.listening(crate::clock::now());
         let this = self.clone();
         let listening = tokio::spawn(async move {

@@ -152,11 +152,7 @@ impl Cluster {
         self: &Arc<Self>,
         own: ControlHandler,
     ) -> Result<(), ClusterError> {
-        let mut told = self
-            .client
-            .subscribe(subject::roster(&self.prefix))
-            .await
-            .map_err(|e| ClusterError::Subscribe(e.into()))?;
+        let mut told = self.follow(subject::roster(&self.prefix)).await?;
         let this = self.clone();
         let listening = tokio::spawn(async move {
             while let Some(message) = told.next().await {
@@ -168,11 +164,7 @@ impl Cluster {
             }
         });
         // Taken for gone while still here: say again who is here.
-        let mut gone = self
-            .client
-            .subscribe(subject::gone(&self.prefix))
-            .await
-            .map_err(|e| ClusterError::Subscribe(e.into()))?;
+        let mut gone = self.follow(subject::gone(&self.prefix)).await?;
         let this = self.clone();
         let me = own.clone();
         let contradicting = tokio::spawn(async move {

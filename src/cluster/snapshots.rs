@@ -13,11 +13,7 @@ impl Cluster {
     /// each snapshot through the stream, and every node (the leader too) stores and
     /// broadcasts it to its own subscribers. At start, the latest of each is read back.
     pub(super) async fn follow_snapshots(&self) -> Result<(), ClusterError> {
-        let mut subscriber = self
-            .client
-            .subscribe(subject::snapshots_live(&self.prefix))
-            .await
-            .map_err(|e| ClusterError::Subscribe(e.into()))?;
+        let mut subscriber = self.follow(subject::snapshots_live(&self.prefix)).await?;
         for channel in crate::snapshot::STATUS_TYPES {
             let subject = subject::snapshot_of(&self.prefix, channel).publish;
             if let Ok(message) = self.stream.direct_get_last_for_subject(subject).await {

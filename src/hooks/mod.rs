@@ -30,8 +30,10 @@ use crate::auth::permissions::Identity;
 use crate::auth::AuthError;
 use crate::broker::Completion;
 use crate::config::{ConfigError, HooksConfig};
+use crate::engine::client::Rejection;
 use crate::event::Event;
 use crate::protocol::channel::Channel;
+use crate::protocol::code::RejectReason;
 use crate::upstream::breaker::BreakerState;
 use cache::{Checked, VerdictCache};
 
@@ -343,6 +345,20 @@ pub(crate) type CheckedPublish = Result<Vec<Event>, (usize, HookError)>;
 pub(crate) struct Refused {
     pub(crate) channel: String,
     pub(crate) error: HookError,
+}
+
+impl Refused {
+    /// The subscribe reply's rejection of the channel.
+    pub(crate) fn rejection(&self) -> Rejection {
+        match &self.error {
+            HookError::Unavailable(_) => Rejection::new(
+                &self.channel,
+                RejectReason::Unavailable,
+                "the application did not answer; try again later",
+            ),
+            e => Rejection::new(&self.channel, RejectReason::Forbidden, e.to_string()),
+        }
+    }
 }
 
 impl Hooks {

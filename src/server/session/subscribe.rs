@@ -14,7 +14,7 @@ use crate::broker::{Broker, Completion};
 use crate::dialect::{Dialect, Encoding, ServerMessage};
 use crate::engine::client::{Client, Rejection, SubscriptionChange};
 use crate::engine::history::Locked;
-use crate::hooks::{Caller, HookError, Refused};
+use crate::hooks::{Caller, Refused};
 use crate::protocol::channel::{self, Channel};
 use crate::protocol::code::RejectReason;
 use crate::protocol::message::{ChannelList, MessageError, Resume};
@@ -163,9 +163,17 @@ impl Session {
             .iter()
             .map(String::as_str)
             .partition(|name| channel::validate(name).is_err() || identity.may_subscribe(name));
-        let (allowed, vetoed): (Vec<&str>, Vec<&str>) = allowed
+        let mut vetoed = Vec::new();
+        let allowed: Vec<&str> = allowed
             .into_iter()
-            .partition(|name| !refused.iter().any(|r| r.channel == *name));
+            .filter(|name| match refused.iter().find(|r| r.channel == *name) {
+                Some(refusal) => {
+                    vetoed.push(refusal.rejection());
+                    false
+                }
+                None => true,
+            })
+            .collect();
         let mut change = self.client.plan_subscribe(allowed);
         change.rejected.extend(forbidden.into_iter().map(|name| {
             Rejection::new(
@@ -174,19 +182,7 @@ impl Session {
                 "your token does not allow this channel",
             )
         }));
-        change
-            .rejected
-            .extend(vetoed.into_iter().filter_map(|name| {
-                let refusal = refused.iter().find(|r| r.channel == name)?;
-                Some(match &refusal.error {
-                    HookError::Unavailable(_) => Rejection::new(
-                        name,
-                        RejectReason::Unavailable,
-                        "the application did not answer; try again later",
-                    ),
-                    e => Rejection::new(name, RejectReason::Forbidden, e.to_string()),
-                })
-            }));
+        change.rejected.extend(vetoed);
         let after: Vec<Channel> = self
             .client
             .subscriptions()
