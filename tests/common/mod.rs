@@ -25,6 +25,20 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+/// Sends the servers' log lines to the test's captured output, which a failing test
+/// prints: warnings, and the cluster's debug lines, unless `SIGMAHUB_TEST_LOG` says which.
+pub fn capture_logs() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let filter = std::env::var("SIGMAHUB_TEST_LOG")
+            .unwrap_or_else(|_| "warn,sigmahub::cluster=debug".to_owned());
+        let _ = tracing_subscriber::fmt()
+            .with_test_writer()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .try_init();
+    });
+}
+
 /// How long any single wait in a test may take before the test fails.
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
@@ -57,6 +71,7 @@ impl TestServer {
 
     /// The tests' configuration, adjusted.
     pub fn config(adjust: impl FnOnce(&mut Config)) -> Config {
+        capture_logs();
         let mut config = Config::default();
         config.listen = "127.0.0.1:0".parse().unwrap();
         // Host metrics would interleave with what most tests read; tests/upstream.rs turns
