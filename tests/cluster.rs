@@ -877,6 +877,47 @@ async fn presence_spans_the_nodes_and_a_killed_nodes_clients_leave_with_their_ev
     assert_eq!(gone["fields"]["members"], 1, "{gone}");
 }
 
+/// The other nodes hear of a member before any subscriber can see it join, and forget it
+/// only once its leave is stored: a node that dies in between has its member announced
+/// as leaving, never kept. Read on NATS itself, where one subscriber sees the roster's
+/// messages and the stream's in the order they were sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_nodes_hear_of_a_join_before_it_is_published_and_of_a_leave_after() {
+    use futures_util::StreamExt;
+    let nats = NatsServer::start();
+    let node = presence_node(nats.url(), "a").await;
+    let observer = async_nats::connect(nats.url()).await.unwrap();
+    let mut seen = observer.subscribe("sigmahub.>").await.unwrap();
+    observer.flush().await.unwrap();
+
+    let mut member = node.client().await;
+    member.subscribe(&["room.blue"]).await;
+    member
+        .send(&json!({"type": "unsubscribe", "data": {"channels": ["room.blue"]}}))
+        .await;
+    let mut order = Vec::new();
+    while order.len() < 4 {
+        let message = common::within(seen.next()).await.unwrap();
+        let body: Value = serde_json::from_slice(&message.payload).unwrap_or_default();
+        match message.subject.as_str() {
+            "sigmahub.roster" => order.push(format!("told {}", body["change"]["action"])),
+            "sigmahub.ev.presence:room.blue" => {
+                order.push(format!("published {}", body["data"]["action"]));
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(
+        order,
+        [
+            r#"told "join""#,
+            r#"published "join""#,
+            r#"published "leave""#,
+            r#"told "leave""#
+        ]
+    );
+}
+
 /// A node on NATS at `url` named `name`, with presence on `room.*`.
 async fn presence_node(url: String, name: &str) -> TestServer {
     let name = name.to_owned();

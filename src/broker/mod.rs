@@ -28,6 +28,7 @@ use crate::event::Event;
 use crate::protocol::channel::Channel;
 use crate::protocol::message::Resume;
 use crate::server::control::{ControlRequest, NodeAnswer};
+use crate::server::presence::Action;
 use crate::snapshot::Snapshot;
 
 /// Carries publishes, snapshots and interest between this node and every other.
@@ -67,11 +68,20 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
     /// Housekeeping, called about once a second.
     fn sweep(&self) {}
 
-    /// Tells the other nodes of presence `changes` made here (the join and leave events
-    /// just published), so that they can announce this node's members as leaving if it
-    /// dies. Nothing for one node.
-    fn roster(&self, changes: &[Event]) {
-        let _ = changes;
+    /// Publishes presence `changes` made here (join or leave events, as `action` says)
+    /// like [`publish`](Broker::publish), and tells the other nodes of them, so that they
+    /// can announce this node's members as leaving if it dies. The others must hear of a
+    /// join before any subscriber can, and of a leave only once every subscriber may
+    /// have: a node that dies in between then has its member announced as leaving (once
+    /// more, perhaps), never kept for ever. One node only publishes them.
+    fn publish_presence(
+        &self,
+        changes: Vec<Event>,
+        action: Action,
+        now: SystemTime,
+    ) -> Completion<Published> {
+        let _ = action;
+        self.publish(changes, now)
     }
 
     /// Sends a control request to every node (this one included) and gathers their

@@ -51,6 +51,7 @@ use crate::event::Event;
 use crate::protocol::channel::Channel;
 use crate::protocol::message::Resume;
 use crate::server::control::{ControlHandler, ControlRequest, NodeAnswer};
+use crate::server::presence::Action;
 use crate::snapshot::Snapshot;
 use futures_util::future::BoxFuture;
 
@@ -214,8 +215,14 @@ impl Broker for NatsBroker {
         Some(self.link.status())
     }
 
-    fn roster(&self, changes: &[Event]) {
-        self.link.tell_roster(changes);
+    fn publish_presence(
+        &self,
+        changes: Vec<Event>,
+        action: Action,
+        now: SystemTime,
+    ) -> Completion<Published> {
+        let link = self.link.clone();
+        Completion::pending(async move { link.publish_presence(&changes, action, now).await })
     }
 
     fn sweep(&self) {

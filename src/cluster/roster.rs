@@ -1,8 +1,10 @@
 //! The presence of every node, kept by every node, so that the members of a node that
 //! dies are announced as leaving.
 //!
-//! Each node tells the others of its presence changes on core NATS (`{prefix}.roster`),
-//! and every node keeps what the others told it, by node. A node that starts seeds its
+//! Each node tells the others of its presence changes on core NATS (`{prefix}.roster`):
+//! of a join before it publishes the event, of a leave after, so that a member any
+//! subscriber has seen join is known to every node until its leave is stored. Every node
+//! keeps what the others told it, by node. A node that starts seeds its
 //! roster with one gathering ([`ControlRequest::Roster`]) once it has heard every node.
 //! When a node has been silent for [`SILENCE`](super::nodes::SILENCE), every node forgets
 //! its members, and the live node whose id sorts first publishes their `leave` events
@@ -26,10 +28,11 @@ use serde_json::value::RawValue;
 
 use super::nodes::BEAT;
 use super::{subject, Cluster, ClusterError};
+use crate::broker::Published;
 use crate::event::Event;
 use crate::protocol::channel::Channel;
 use crate::server::control::{ControlHandler, ControlRequest};
-use crate::server::presence::{arrival, departure, Member};
+use crate::server::presence::{arrival, departure, Action, Member};
 
 /// Each node's members, by channel and client.
 #[derive(Debug, Default)]
@@ -57,7 +60,7 @@ struct Heard {
 /// A presence event's data.
 #[derive(Deserialize)]
 struct Change {
-    action: String,
+    action: Action,
     channel: Channel,
     client: String,
     user: String,
@@ -69,8 +72,8 @@ impl Roster {
     fn apply(&self, node: String, change: Change) {
         let mut nodes = self.nodes.lock();
         let channels = nodes.entry(node).or_default();
-        match change.action.as_str() {
-            "join" => {
+        match change.action {
+            Action::Join => {
                 let member = Member {
                     client: change.client.clone(),
                     user: change.user,
@@ -81,7 +84,7 @@ impl Roster {
                     .or_default()
                     .insert(change.client, member);
             }
-            _ => {
+            Action::Leave => {
                 if let Some(members) = channels.get_mut(&change.channel) {
                     members.remove(&change.client);
                     if members.is_empty() {
@@ -128,21 +131,39 @@ impl Roster {
 }
 
 impl Cluster {
-    /// Tells the other nodes of this node's presence `changes` (join and leave events).
-    pub(super) fn tell_roster(&self, changes: &[Event]) {
+    /// Publishes this node's presence `changes` through the stream, and tells the other
+    /// nodes of them: of joins first, of leaves after. On one connection the roster's
+    /// message reaches NATS before the stream's, so no subscriber sees a join the others
+    /// do not know of; and a leave is forgotten only once it is stored (see
+    /// [`Broker::publish_presence`](crate::broker::Broker::publish_presence)).
+    pub(super) async fn publish_presence(
+        &self,
+        changes: &[Event],
+        action: Action,
+        now: SystemTime,
+    ) -> Published {
+        if action == Action::Join {
+            self.tell_roster(changes).await;
+        }
+        let published = self.publish_or_deliver_here(changes, now).await;
+        if action == Action::Leave {
+            self.tell_roster(changes).await;
+        }
+        published
+    }
+
+    /// Tells the other nodes of this node's presence `changes`, in order.
+    async fn tell_roster(&self, changes: &[Event]) {
+        let subject = subject::roster(&self.prefix);
         for change in changes {
             let told = Told {
                 node: &self.instance,
                 change: change.data(),
             };
             let body = serde_json::to_vec(&told).expect("serializing to memory cannot fail");
-            let client = self.client.clone();
-            let subject = subject::roster(&self.prefix);
-            tokio::spawn(async move {
-                if let Err(e) = client.publish(subject, body.into()).await {
-                    tracing::debug!(error = %e, "presence change not told to the cluster");
-                }
-            });
+            if let Err(e) = self.client.publish(subject.clone(), body.into()).await {
+                tracing::debug!(error = %e, "presence change not told to the cluster");
+            }
         }
     }
 
@@ -226,9 +247,8 @@ impl Cluster {
                 members = arrivals.len(),
                 "this node's presence members are announced again"
             );
-            self.tell_roster(&arrivals);
             let _ = self
-                .publish_or_deliver_here(&arrivals, SystemTime::now())
+                .publish_presence(&arrivals, Action::Join, SystemTime::now())
                 .await;
         }
     }
@@ -292,9 +312,9 @@ impl Cluster {
 mod tests {
     use super::*;
 
-    fn change(action: &str, channel: &str, client: &str) -> Change {
+    fn change(action: Action, channel: &str, client: &str) -> Change {
         Change {
-            action: action.to_owned(),
+            action,
             channel: Channel::new(channel).unwrap(),
             client: client.to_owned(),
             user: "u".to_owned(),
@@ -305,10 +325,10 @@ mod tests {
     #[test]
     fn a_gone_nodes_members_are_taken_once() {
         let roster = Roster::default();
-        roster.apply("a".into(), change("join", "room", "1"));
-        roster.apply("a".into(), change("join", "room", "2"));
-        roster.apply("a".into(), change("leave", "room", "1"));
-        roster.apply("b".into(), change("join", "room", "3"));
+        roster.apply("a".into(), change(Action::Join, "room", "1"));
+        roster.apply("a".into(), change(Action::Join, "room", "2"));
+        roster.apply("a".into(), change(Action::Leave, "room", "1"));
+        roster.apply("b".into(), change(Action::Join, "room", "3"));
         let member = Member {
             client: "4".into(),
             user: "u".into(),

@@ -67,7 +67,7 @@ impl Presence {
             return None;
         }
         drop(channels);
-        change("join", channel, Member::of(client, identity))
+        change(Action::Join, channel, Member::of(client, identity))
     }
 
     /// Takes `client` off `channel`; returns the `leave` event to publish, if it was there.
@@ -79,7 +79,7 @@ impl Presence {
             channels.remove(channel);
         }
         drop(channels);
-        change("leave", channel, Member::of(client, &identity))
+        change(Action::Leave, channel, Member::of(client, &identity))
     }
 
     /// Every channel's members here, for a node that keeps the whole cluster's roster.
@@ -112,6 +112,16 @@ impl Presence {
     }
 }
 
+/// What a presence event says of its member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// It subscribed (`"join"`).
+    Join,
+    /// It unsubscribed or went away (`"leave"`).
+    Leave,
+}
+
 /// The companion channel of `channel`'s joins and leaves, if its name fits.
 pub fn companion(channel: &str) -> Option<Channel> {
     Channel::new(&format!("presence:{channel}")).ok()
@@ -120,24 +130,24 @@ pub fn companion(channel: &str) -> Option<Channel> {
 /// The `join` event of `member` on `channel`: for a node that announces its members again
 /// after it was cut off from the others.
 pub(crate) fn arrival(channel: &Channel, member: Member) -> Option<Event> {
-    change("join", channel, member)
+    change(Action::Join, channel, member)
 }
 
 /// The `leave` event of `member` on `channel`: for a member of a node that is gone.
 pub(crate) fn departure(channel: &Channel, member: Member) -> Option<Event> {
-    change("leave", channel, member)
+    change(Action::Leave, channel, member)
 }
 
 /// A join or leave event on `channel`'s companion; none if the companion's name would
 /// be too long (the channel's presence is still kept).
-fn change(action: &str, channel: &Channel, member: Member) -> Option<Event> {
+fn change(action: Action, channel: &Channel, member: Member) -> Option<Event> {
     let Some(companion) = companion(channel) else {
         tracing::debug!(%channel, "no presence events: `presence:{channel}` is too long");
         return None;
     };
     #[derive(Serialize)]
     struct Change<'a> {
-        action: &'a str,
+        action: Action,
         channel: &'a Channel,
         #[serde(flatten)]
         member: Member,

@@ -10,6 +10,7 @@ use crate::protocol::channel::Channel;
 use crate::protocol::code::ErrorCode;
 use crate::protocol::message::{CorrelationId, MessageError};
 use crate::server::control::Control;
+use crate::server::presence::Action;
 
 impl Session {
     /// Records the client on those of `channels` that keep presence, just subscribed.
@@ -23,7 +24,7 @@ impl Session {
             .filter(|c| hub.keeps_presence(c))
             .filter_map(|c| self.shared.presence.join(c, self.client.id(), identity))
             .collect();
-        self.announce(events);
+        self.announce(events, Action::Join);
     }
 
     /// Takes the client off those of `channels` that keep presence, just left.
@@ -34,7 +35,7 @@ impl Session {
             .filter(|c| hub.keeps_presence(c))
             .filter_map(|c| self.shared.presence.leave(c, self.client.id()))
             .collect();
-        self.announce(events);
+        self.announce(events, Action::Leave);
     }
 
     /// Answers a client's `presence` request for `name`: refused unless its grant allows
@@ -81,13 +82,13 @@ impl Session {
     }
 
     /// Publishes presence events to every node, without waiting for them.
-    fn announce(&self, events: Vec<crate::event::Event>) {
+    fn announce(&self, events: Vec<crate::event::Event>, action: Action) {
         if events.is_empty() {
             return;
         }
-        self.shared.broker.roster(&events);
+        let broker = &self.shared.broker;
         if let Completion::Pending(publishing) =
-            self.shared.broker.publish(events, SystemTime::now())
+            broker.publish_presence(events, action, SystemTime::now())
         {
             match tokio::runtime::Handle::try_current() {
                 Ok(runtime) => drop(runtime.spawn(publishing)),
