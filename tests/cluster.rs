@@ -918,6 +918,34 @@ async fn the_nodes_hear_of_a_join_before_it_is_published_and_of_a_leave_after() 
     );
 }
 
+/// A client that subscribes and at once unsubscribes has its join and leave published in
+/// that order, so a watcher ends where the list is: without it. Ten times over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quick_join_and_leave_are_published_in_order() {
+    let nats = NatsServer::start();
+    let node = presence_node(nats.url(), "a").await;
+    let mut watcher = node.client().await;
+    watcher.subscribe(&["presence:room.blue"]).await;
+    let mut member = node.client().await;
+    for _ in 0..10 {
+        member
+            .send(&json!({"type": "subscribe", "data": {"channels": ["room.blue"]}}))
+            .await;
+        member
+            .send(&json!({"type": "unsubscribe", "data": {"channels": ["room.blue"]}}))
+            .await;
+    }
+    let mut actions = Vec::new();
+    while actions.len() < 20 {
+        let change = watcher.recv_type("presence:room.blue").await;
+        actions.push(change["data"]["action"].as_str().unwrap().to_owned());
+    }
+    let expected: Vec<&str> = ["join", "leave"].repeat(10);
+    assert_eq!(actions, expected);
+    let (_, list) = common::http_get_json(node.addr, "/api/v1/channels/room.blue/presence").await;
+    assert_eq!(list["count"], 0, "{list}");
+}
+
 /// A node on NATS at `url` named `name`, with presence on `room.*`.
 async fn presence_node(url: String, name: &str) -> TestServer {
     let name = name.to_owned();

@@ -69,19 +69,21 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
     fn sweep(&self) {}
 
     /// Publishes presence `changes` made here (join or leave events, as `action` says)
-    /// like [`publish`](Broker::publish), and tells the other nodes of them, so that they
-    /// can announce this node's members as leaving if it dies. The others must hear of a
-    /// join before any subscriber can, and of a leave only once every subscriber may
-    /// have: a node that dies in between then has its member announced as leaving (once
-    /// more, perhaps), never kept for ever. One node only publishes them.
-    fn publish_presence(
-        &self,
-        changes: Vec<Event>,
-        action: Action,
-        now: SystemTime,
-    ) -> Completion<Published> {
+    /// like [`publish`](Broker::publish), without waiting, after the changes passed
+    /// before; and tells the other nodes of them, so that they can announce this node's
+    /// members as leaving if it dies. The others must hear of a join before any
+    /// subscriber can, and of a leave only once every subscriber may have: a node that
+    /// dies in between then has its member announced as leaving (once more, perhaps),
+    /// never kept for ever. The default publishes them on a task of their own, which
+    /// keeps their order only for a broker whose publish completes at once (one node).
+    fn publish_presence(&self, changes: Vec<Event>, action: Action, now: SystemTime) {
         let _ = action;
-        self.publish(changes, now)
+        if let Completion::Pending(publishing) = self.publish(changes, now) {
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => drop(runtime.spawn(publishing)),
+                Err(_) => tracing::debug!("presence events not sent: no runtime (shutting down)"),
+            }
+        }
     }
 
     /// Sends a control request to every node (this one included) and gathers their

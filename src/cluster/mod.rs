@@ -19,6 +19,7 @@
 //! `history.max_age`); each node also keeps what it received in its in-memory history.
 //! The stream's creation time is the epoch.
 
+mod announcing;
 mod control;
 mod headers;
 mod interest;
@@ -138,6 +139,8 @@ pub(crate) struct Cluster {
     nodes: nodes::Nodes,
     /// The other nodes' presence members.
     roster: roster::Roster,
+    /// This node's presence changes, published in order (see [`announcing`]).
+    announcements: announcing::Queue,
     /// Background tasks (snapshot follower, leadership), stopped by [`Cluster::close`].
     tasks: Mutex<Vec<JoinHandle<()>>>,
     /// The leader key's store and revision while this node holds it, to resign on close.
@@ -215,14 +218,8 @@ impl Broker for NatsBroker {
         Some(self.link.status())
     }
 
-    fn publish_presence(
-        &self,
-        changes: Vec<Event>,
-        action: Action,
-        now: SystemTime,
-    ) -> Completion<Published> {
-        let link = self.link.clone();
-        Completion::pending(async move { link.publish_presence(&changes, action, now).await })
+    fn publish_presence(&self, changes: Vec<Event>, action: Action, now: SystemTime) {
+        self.link.announce(changes, action, now);
     }
 
     fn sweep(&self) {
@@ -318,6 +315,7 @@ impl Cluster {
         }
         tracing::info!(%url, node, stream = name, epoch, "joined the cluster");
         let instance = format!("{node}#{:08x}", getrandom::u32().unwrap_or_default());
+        let (announcements, to_announce) = announcing::queue();
         let this = Arc::new(Self {
             client,
             js,
@@ -334,9 +332,11 @@ impl Cluster {
             instance,
             nodes: nodes::Nodes::default(),
             roster: roster::Roster::default(),
+            announcements,
             tasks: Mutex::new(Vec::new()),
             held: tokio::sync::Mutex::new(None),
         });
+        announcing::start(Arc::downgrade(&this), to_announce);
         for name in &config.default_subscriptions {
             if let Ok(channel) = Channel::new(name) {
                 this.listen(&channel, true).await?;

@@ -192,7 +192,7 @@ impl Cluster {
             while let Some(message) = gone.next().await {
                 if *message.payload == *this.instance.as_bytes() {
                     tracing::info!("this node was taken for gone; its members are announced again");
-                    this.announce_own(&me).await;
+                    this.announce_own(&me);
                 }
             }
         });
@@ -226,13 +226,13 @@ impl Cluster {
     /// leaving), and reads the others' members anew.
     async fn rejoin(self: &Arc<Self>, own: &ControlHandler) {
         self.nodes.listening(crate::clock::now());
-        self.announce_own(own).await;
+        self.announce_own(own);
         tokio::time::sleep(BEAT * 2).await;
         self.seed_roster().await;
     }
 
     /// Announces this node's members as joining, to the watchers and the other nodes.
-    async fn announce_own(&self, own: &ControlHandler) {
+    fn announce_own(&self, own: &ControlHandler) {
         let arrivals: Vec<Event> = own(&ControlRequest::Roster)
             .roster
             .into_iter()
@@ -247,9 +247,7 @@ impl Cluster {
                 members = arrivals.len(),
                 "this node's presence members are announced again"
             );
-            let _ = self
-                .publish_presence(&arrivals, Action::Join, SystemTime::now())
-                .await;
+            self.announce(arrivals, Action::Join, SystemTime::now());
         }
     }
 

@@ -5,7 +5,6 @@ use std::time::SystemTime;
 
 use super::{Session, Step};
 use crate::auth::permissions::Identity;
-use crate::broker::Completion;
 use crate::protocol::channel::Channel;
 use crate::protocol::code::ErrorCode;
 use crate::protocol::message::{CorrelationId, MessageError};
@@ -81,19 +80,11 @@ impl Session {
         Step::Presence(correlation_id, Box::pin(gathering))
     }
 
-    /// Publishes presence events to every node, without waiting for them.
+    /// Publishes presence events to every node, in order, without waiting for them.
     fn announce(&self, events: Vec<crate::event::Event>, action: Action) {
-        if events.is_empty() {
-            return;
-        }
-        let broker = &self.shared.broker;
-        if let Completion::Pending(publishing) =
-            broker.publish_presence(events, action, SystemTime::now())
-        {
-            match tokio::runtime::Handle::try_current() {
-                Ok(runtime) => drop(runtime.spawn(publishing)),
-                Err(_) => tracing::debug!("presence events not sent: no runtime (shutting down)"),
-            }
+        if !events.is_empty() {
+            let broker = &self.shared.broker;
+            broker.publish_presence(events, action, SystemTime::now());
         }
     }
 }
