@@ -6,46 +6,10 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use common::binary::Binary;
 use common::engine::Engine;
 use common::TestServer;
-
-fn setup_browser() {
-    let setup = Command::new(browser_dir().join("setup.sh"))
-        .status()
-        .expect("run tests/browser/setup.sh");
-    assert!(
-        setup.success(),
-        "installing chromium and playwright-core failed"
-    );
-}
-
-/// Runs `node tests/browser/<script> <args>` off the runtime; its output, and whether it
-/// succeeded.
-async fn node(script: &str, args: Vec<String>) -> (bool, String) {
-    let script = browser_dir().join(script);
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new("node")
-            .arg(script)
-            .args(args)
-            .output()
-            .expect("run node")
-    })
-    .await
-    .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    (output.status.success(), text)
-}
-
-fn browser_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser")
-}
 
 fn artifact(name: &str) -> PathBuf {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
@@ -58,7 +22,7 @@ fn artifact(name: &str) -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_shows_the_live_server_in_a_real_browser() {
-    setup_browser();
+    common::browser::setup();
 
     // The binary with its embedded defaults, host metrics every second.
     let server = Binary::spawn(&["--host-status-interval", "1s"]);
@@ -75,7 +39,7 @@ async fn the_dashboard_shows_the_live_server_in_a_real_browser() {
     let base = server.url("/");
     // Three clients and the page's own WebSocket.
     let args = vec![base, "4".into(), screenshot.display().to_string()];
-    let (ok, output) = node("dashboard.mjs", args).await;
+    let (ok, output) = common::browser::run("dashboard.mjs", args).await;
     println!("{output}");
     assert!(
         ok,
@@ -102,11 +66,12 @@ async fn the_dashboard_shows_the_live_server_in_a_real_browser() {
 /// reads `memory_pct`, `load_average[0]` and a valid date.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_seed_client_reads_the_engines_status_in_a_real_browser() {
-    setup_browser();
+    common::browser::setup();
     let engine = Engine::start().await;
     let url = engine.url();
     let server = TestServer::with(move |c| c.engine.url = Some(url)).await;
-    let (ok, output) = node("seed_client.mjs", vec![format!("http://{}/", server.addr)]).await;
+    let (ok, output) =
+        common::browser::run("seed_client.mjs", vec![format!("http://{}/", server.addr)]).await;
     println!("{output}");
     assert!(ok, "the seed's client failed:\n{output}");
     // It read system.status compressed: Chromium negotiates permessage-deflate by default.

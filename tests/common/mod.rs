@@ -4,6 +4,7 @@
 
 pub mod backend;
 pub mod binary;
+pub mod browser;
 pub mod engine;
 pub mod nats;
 pub mod openapi;
