@@ -586,11 +586,18 @@ impl Default for UpstreamConfig {
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct HooksConfig {
-    /// Asked who a client is when it presents no token, or one that is neither a publish
-    /// key nor a JWT sigmahub verifies. Default: none.
+    /// Asked who a client is when it presents a token that is neither a publish key nor a
+    /// JWT sigmahub verifies, or (with `connect_headers`) no token but one of those
+    /// headers. Default: none.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schemars(extend("x-value-name" = "URL"))]
     pub connect_url: Option<String>,
+    /// Headers of a client's upgrade request (or Socket.IO handshake) sent to the connect
+    /// hook, such as `cookie`: with them a client that brings no token is asked about at
+    /// once, judged by its headers, and the answer is final as for a token. Case does not
+    /// matter. Default: none.
+    #[schemars(extend("x-value-name" = "HEADER"))]
+    pub connect_headers: Vec<String>,
     /// Asked whether a client may subscribe to a channel of `subscribe_channels`, after its
     /// grant allowed it. Default: none.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -664,6 +671,7 @@ impl Default for HooksConfig {
     fn default() -> Self {
         Self {
             connect_url: None,
+            connect_headers: Vec::new(),
             subscribe_url: None,
             subscribe_channels: vec!["*".to_owned()],
             publish_url: None,
@@ -708,6 +716,7 @@ impl std::fmt::Debug for HooksConfig {
         let shown = self.redacted();
         f.debug_struct("HooksConfig")
             .field("connect_url", &shown.connect_url)
+            .field("connect_headers", &shown.connect_headers)
             .field("subscribe_url", &shown.subscribe_url)
             .field("subscribe_channels", &shown.subscribe_channels)
             .field("publish_url", &shown.publish_url)
@@ -778,6 +787,9 @@ pub const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
 /// The shortest and longest `[[channels]]` `throttle`.
 const MIN_THROTTLE: Duration = Duration::from_millis(1);
+
+/// Most headers `hooks.connect_headers` may name.
+const MAX_CONNECT_HEADERS: usize = 32;
 const MAX_THROTTLE: Duration = Duration::from_secs(3600);
 
 /// The longest `low_priority_delay`.
@@ -1056,6 +1068,22 @@ impl Config {
         if hooks.cache > MAX_DURATION {
             return Err(invalid("hooks.cache", "must be at most 10 years"));
         }
+        if hooks.connect_headers.len() > MAX_CONNECT_HEADERS {
+            return Err(invalid(
+                "hooks.connect_headers",
+                format!("names at most {MAX_CONNECT_HEADERS} headers"),
+            ));
+        }
+        if let Some(bad) = hooks
+            .connect_headers
+            .iter()
+            .find(|name| hyper::header::HeaderName::from_bytes(name.as_bytes()).is_err())
+        {
+            return Err(invalid(
+                "hooks.connect_headers",
+                format!("{bad:?} is not a header name"),
+            ));
+        }
         if hooks.breaker_reset > hour {
             return Err(invalid("hooks.breaker_reset", "must be at most 1h"));
         }
@@ -1157,6 +1185,25 @@ mod tests {
     #[test]
     fn defaults_are_valid() {
         Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn connect_headers_must_be_header_names() {
+        let mut c: Config =
+            toml::from_str("[hooks]\nconnect_headers = [\"Cookie\", \"x-tenant\"]\n").unwrap();
+        c.validate().unwrap();
+        c.hooks.connect_headers.push("not a header".into());
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("hooks.connect_headers"), "{err}");
+        assert!(
+            err.contains("\"not a header\" is not a header name"),
+            "{err}"
+        );
+        c.hooks.connect_headers = (0..=MAX_CONNECT_HEADERS)
+            .map(|n| format!("x-{n}"))
+            .collect();
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("at most 32"), "{err}");
     }
 
     #[test]

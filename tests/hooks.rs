@@ -176,6 +176,128 @@ async fn the_connect_hook_names_the_user_and_the_channels_it_joins() {
     assert_eq!(told.connections, 1);
 }
 
+/// The backend of an application that knows its users by a session cookie.
+fn cookie_application(call: &Call) -> Reply {
+    let cookie = call.body["headers"]["cookie"].as_str().unwrap_or_default();
+    if cookie.split("; ").any(|c| c == "session=alice-session") {
+        ok(json!({"user": "alice", "subscribe": ["news"]}))
+    } else if call.body["token"] == "bob-session" {
+        ok(json!({"user": "bob"}))
+    } else {
+        no("log in first")
+    }
+}
+
+/// A server whose connect hook is shown the `cookie` and `x-tenant` headers.
+async fn cookie_server(backend: &Backend) -> TestServer {
+    let connect = backend.url("/connect");
+    TestServer::with(move |c| {
+        c.hooks.connect_url = Some(connect);
+        c.hooks.connect_headers = vec!["Cookie".into(), "x-tenant".into()];
+    })
+    .await
+}
+
+/// With `hooks.connect_headers`, a client that brings no token is asked about at once,
+/// with the headers named (and only those): a frontend that knows its user by a session
+/// cookie connects unchanged. A refusal is final, as for a token; a client that sends
+/// none of the headers waits for an `auth` message as before, whose call carries none.
+#[tokio::test]
+async fn the_connect_hook_is_shown_the_headers_it_names() {
+    let backend = Backend::start(cookie_application).await;
+    let server = cookie_server(&backend).await;
+    let headers = [
+        ("cookie", "theme=dark; session=alice-session"),
+        ("x-tenant", "acme"),
+        ("user-agent", "not-forwarded/1.0"),
+    ];
+    let mut alice = server.connect_with("", &headers).await.unwrap();
+    let answer = alice.recv_type("auth_response").await;
+    assert_eq!(answer["data"]["subject"], "alice", "{answer}");
+    alice.recv_type("notification").await;
+    let call = backend.calls("/connect").pop().unwrap();
+    assert_eq!(call.body["token"], Value::Null, "{}", call.body);
+    assert_eq!(
+        call.body["headers"],
+        json!({"cookie": "theme=dark; session=alice-session", "x-tenant": "acme"})
+    );
+    let reply = alice.subscribe(&["news", "orders"]).await;
+    assert_eq!(reply["data"]["subscribed"], json!(["news"]), "{reply}");
+
+    // A cookie the application does not know: refused, closed 4003.
+    let mut stranger = server
+        .connect_with("", &[("cookie", "session=forged")])
+        .await
+        .unwrap();
+    let answer = stranger.recv_type("auth_response").await;
+    assert_eq!(answer["data"]["success"], false, "{answer}");
+    assert_eq!(
+        answer["data"]["error"]["message"],
+        "refused by the application: log in first"
+    );
+    assert_eq!(stranger.closed().await, Some(4003));
+
+    // None of the headers: nothing to ask about until an `auth` message.
+    let asked = backend.calls("/connect").len();
+    let mut late = server.raw_client().await;
+    late.send(&json!({"type": "auth", "data": {"token": "bob-session"}}))
+        .await;
+    let answer = late.recv_type("auth_response").await;
+    assert_eq!(answer["data"]["subject"], "bob", "{answer}");
+    let calls = backend.calls("/connect");
+    assert_eq!(calls.len(), asked + 1);
+    assert!(
+        calls[asked].body.get("headers").is_none(),
+        "{}",
+        calls[asked].body
+    );
+
+    // The snapshot route takes the cookie too.
+    let (status, _, _) = server
+        .request_raw(
+            "GET",
+            "/api/v1/snapshot",
+            Vec::new(),
+            &[("cookie", "session=alice-session")],
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, _, _) = server
+        .request_raw(
+            "GET",
+            "/api/v1/snapshot",
+            Vec::new(),
+            &[("cookie", "session=forged")],
+        )
+        .await;
+    assert_eq!(status, 401);
+}
+
+/// The same in a real browser: Chromium, holding the session cookie for the server's host,
+/// sends it with the upgrade by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browsers_session_cookie_identifies_it() {
+    common::browser::setup();
+    let backend = Backend::start(cookie_application).await;
+    let server = cookie_server(&backend).await;
+    let base = format!("http://{}/", server.addr);
+    let args = |value: &str| vec![base.clone(), "session".to_owned(), value.to_owned()];
+    let (ok, output) = common::browser::run("cookie_client.mjs", args("alice-session")).await;
+    assert!(ok, "the browser failed:\n{output}");
+    let seen: Value = serde_json::from_str(output.lines().last().unwrap()).unwrap();
+    assert_eq!(seen[0]["type"], "auth_response", "{seen}");
+    assert_eq!(seen[0]["data"]["subject"], "alice", "{seen}");
+    assert_eq!(seen[1]["type"], "notification", "{seen}");
+    let call = backend.calls("/connect").pop().unwrap();
+    assert_eq!(call.body["headers"]["cookie"], "session=alice-session");
+
+    let (ok, output) = common::browser::run("cookie_client.mjs", args("forged")).await;
+    assert!(ok, "the browser failed:\n{output}");
+    let seen: Value = serde_json::from_str(output.lines().last().unwrap()).unwrap();
+    assert_eq!(seen[0]["data"]["success"], false, "{seen}");
+    assert_eq!(seen[1]["closed"], 4003, "{seen}");
+}
+
 #[tokio::test]
 async fn a_token_sigmahub_verifies_itself_is_not_sent_to_the_backend() {
     let backend = Backend::start(application).await;
@@ -646,10 +768,17 @@ async fn the_calls_and_answers_are_as_the_openapi_document_says() {
     let server = server_for(&backend, |c| {
         c.hooks.webhook_url = Some(events);
         c.hooks.webhook_interval = Duration::from_millis(10);
+        c.hooks.connect_headers = vec!["cookie".into()];
     })
     .await;
     let mut alice = connect_alice(&server).await;
     alice.subscribe(&["private.alice", "private.bob"]).await;
+    // A connect call with headers.
+    let mut by_cookie = server
+        .connect_with("", &[("cookie", "session=unknown")])
+        .await
+        .unwrap();
+    by_cookie.closed().await;
     alice
         .send(&json!({"type": "publish", "data": {"type": "chat.blocked", "data": {"text": "x"}}}))
         .await;

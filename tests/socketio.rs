@@ -57,6 +57,16 @@ impl Driver {
 
     /// python-socketio over `transports` (comma-separated), with `auth`.
     fn python(server: &TestServer, transports: &str, auth: Value) -> Self {
+        Self::python_with_headers(server, transports, auth, json!({}))
+    }
+
+    /// The same, sending `headers` (a JSON object) with its requests.
+    fn python_with_headers(
+        server: &TestServer,
+        transports: &str,
+        auth: Value,
+        headers: Value,
+    ) -> Self {
         setup();
         let mut command = Command::new(dir().join(".venv/bin/python"));
         command
@@ -64,7 +74,8 @@ impl Driver {
             .arg(dir().join("driver.py"))
             .env("SIO_URL", format!("http://{}", server.addr))
             .env("SIO_TRANSPORTS", transports)
-            .env("SIO_AUTH", auth.to_string());
+            .env("SIO_AUTH", auth.to_string())
+            .env("SIO_HEADERS", headers.to_string());
         Self::spawn(command)
     }
 
@@ -614,6 +625,99 @@ async fn the_applications_backend_authenticates_and_answers_acks() {
         "{refused}"
     );
     assert_eq!(refused["data"]["code"], "invalid_token");
+    stranger.exit().await;
+}
+
+/// Flask-SocketIO applications know their users by the session cookie, which a browser
+/// sends by itself. With `hooks.connect_headers = ["cookie"]` the connect hook is shown it,
+/// so those clients connect unchanged, without a token: socket.io-client (sending the
+/// cookie as a browser would) and python-socketio, over both transports.
+#[tokio::test]
+async fn a_session_cookie_identifies_socketio_clients_without_a_token() {
+    use common::backend::{Backend, Reply};
+    let backend = Backend::start(|call| {
+        let cookie = call.body["headers"]["cookie"].as_str().unwrap_or_default();
+        if cookie.split("; ").any(|c| c == "session=alice-session") {
+            Reply::Json(json!({"result": {"user": "alice", "subscribe": ["news"]}}))
+        } else {
+            Reply::Json(json!({"error": {"message": "log in first"}}))
+        }
+    })
+    .await;
+    let connect = backend.url("/connect");
+    let server = TestServer::with(|c| {
+        c.hooks.connect_url = Some(connect);
+        c.hooks.connect_headers = vec!["Cookie".into()];
+    })
+    .await;
+    let cookie = json!({"cookie": "theme=dark; session=alice-session"});
+    let clients = [
+        (
+            "socket.io-client websocket",
+            Driver::node(
+                &server,
+                "",
+                json!({"transports": ["websocket"], "extraHeaders": cookie}),
+            ),
+        ),
+        (
+            "socket.io-client polling",
+            Driver::node(
+                &server,
+                "",
+                json!({"transports": ["polling"], "extraHeaders": cookie}),
+            ),
+        ),
+        (
+            "python-socketio websocket",
+            Driver::python_with_headers(&server, "websocket", Value::Null, cookie.clone()),
+        ),
+        (
+            "python-socketio polling",
+            Driver::python_with_headers(&server, "polling", Value::Null, cookie.clone()),
+        ),
+    ];
+    for (name, mut client) in clients {
+        client.until("connect", None).await;
+        client.event("connection_established").await;
+        let call = backend.calls("/connect").pop().unwrap();
+        assert_eq!(call.body["token"], Value::Null, "{name}: {}", call.body);
+        assert_eq!(call.body["dialect"], "socketio", "{name}");
+        assert_eq!(
+            call.body["headers"]["cookie"], "theme=dark; session=alice-session",
+            "{name}: {}",
+            call.body
+        );
+        // Only the headers named are shown.
+        assert_eq!(
+            call.body["headers"].as_object().unwrap().len(),
+            1,
+            "{name}: {}",
+            call.body
+        );
+        // The grant is the application's.
+        let answer = client
+            .emit_ack("subscribe", json!([{"events": ["news", "orders"]}]))
+            .await;
+        assert_eq!(answer["subscribed"], json!(["news"]), "{name}: {answer}");
+        assert_eq!(
+            answer["rejected"][0]["channel"], "orders",
+            "{name}: {answer}"
+        );
+        client.exit().await;
+    }
+    // Without the session cookie, the application's refusal is the connect error.
+    let mut stranger = Driver::node(
+        &server,
+        "",
+        json!({"transports": ["websocket"], "extraHeaders": {"cookie": "theme=dark"},
+               "reconnection": false}),
+    );
+    let refused = stranger.until("connect_error", None).await;
+    assert_eq!(
+        refused["message"], "refused by the application: log in first",
+        "{refused}"
+    );
     stranger.exit().await;
 }
 

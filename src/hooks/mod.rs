@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
+use hyper::header::{HeaderMap, HeaderName, COOKIE};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
@@ -82,7 +83,14 @@ pub struct Attempt {
     pub dialect: &'static str,
     /// The token it presented, if any.
     pub token: Option<String>,
+    /// The headers of its upgrade request that `hooks.connect_headers` names and it sent.
+    #[serde(skip_serializing_if = "Headers::is_empty")]
+    pub headers: Headers,
 }
+
+/// Request headers shown to the connect hook: lowercase name to value (a header sent more
+/// than once has its values joined with `, `, or `; ` for `cookie`).
+pub type Headers = std::collections::BTreeMap<String, String>;
 
 /// Who the application says a connecting client is.
 #[derive(Debug, Clone)]
@@ -255,6 +263,8 @@ pub(crate) struct Hooks {
     on_failure: FailurePolicy,
     cache: VerdictCache,
     tally: Arc<Tally>,
+    /// The headers shown to the connect hook (`hooks.connect_headers`).
+    connect_headers: Box<[HeaderName]>,
 }
 
 /// What a hook answered, as `/metrics` counts it.
@@ -382,7 +392,35 @@ impl Hooks {
             on_failure: config.on_failure,
             cache: VerdictCache::new(config.cache_size),
             tally: Arc::default(),
+            connect_headers: config
+                .connect_headers
+                .iter()
+                .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
+                .collect(),
         }
+    }
+
+    /// The headers of `request` that the connect hook is shown (`hooks.connect_headers`),
+    /// those it sent; none without a connect hook.
+    pub(crate) fn forwarded(&self, request: &HeaderMap) -> Headers {
+        let mut forwarded = Headers::new();
+        if !self.authenticates() {
+            return forwarded;
+        }
+        for name in &*self.connect_headers {
+            let separator = if *name == COOKIE { "; " } else { ", " };
+            let mut values = request.get_all(name).iter();
+            let Some(first) = values.next() else {
+                continue;
+            };
+            let mut value = String::from_utf8_lossy(first.as_bytes()).into_owned();
+            for more in values {
+                value.push_str(separator);
+                value.push_str(&String::from_utf8_lossy(more.as_bytes()));
+            }
+            forwarded.insert(name.as_str().to_owned(), value);
+        }
+        forwarded
     }
 
     /// The state of each HTTP hook's circuit breaker.
@@ -579,5 +617,59 @@ impl std::fmt::Debug for Hooks {
             .field("authorizer", &self.authorizer.is_some())
             .field("on_failure", &self.on_failure)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An authorizer that authenticates (and says nothing else).
+    struct Connects;
+
+    impl Authorizer for Connects {
+        fn checks(&self, hook: Hook, _channel: Option<&Channel>) -> bool {
+            hook == Hook::Connect
+        }
+    }
+
+    fn request(headers: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in headers {
+            map.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                value.parse().unwrap(),
+            );
+        }
+        map
+    }
+
+    #[test]
+    fn the_connect_hook_is_shown_the_headers_named_and_sent() {
+        let config = HooksConfig {
+            connect_headers: vec![
+                "Cookie".into(),
+                "X-Forwarded-Host".into(),
+                "x-absent".into(),
+            ],
+            ..HooksConfig::default()
+        };
+        let hooks = Hooks::new(Some(Arc::new(Connects)), &config);
+        let shown = hooks.forwarded(&request(&[
+            ("cookie", "a=1"),
+            ("cookie", "b=2"),
+            ("x-forwarded-host", "one"),
+            ("x-forwarded-host", "two"),
+            ("user-agent", "ua"),
+        ]));
+        let expected: Headers = [
+            ("cookie".to_owned(), "a=1; b=2".to_owned()),
+            ("x-forwarded-host".to_owned(), "one, two".to_owned()),
+        ]
+        .into();
+        assert_eq!(shown, expected);
+        // Without a connect hook nothing is shown.
+        let none = Hooks::new(None, &config);
+        assert!(none.forwarded(&request(&[("cookie", "a=1")])).is_empty());
     }
 }

@@ -1,6 +1,7 @@
 """Drives the real python-socketio client for tests/socketio.rs, like driver.mjs: connects
-to SIO_URL with the transports in SIO_TRANSPORTS (comma-separated) and the auth in SIO_AUTH
-(JSON), prints what happens as JSON lines, and takes the same JSON-line commands on stdin."""
+to SIO_URL with the transports in SIO_TRANSPORTS (comma-separated), the auth in SIO_AUTH
+(JSON) and extra request headers in SIO_HEADERS (a JSON object), prints what happens as
+JSON lines, and takes the same JSON-line commands on stdin."""
 import json
 import os
 import sys
@@ -44,8 +45,9 @@ def any_event(name, *args):
 
 auth = json.loads(os.environ.get("SIO_AUTH", "null"))
 transports = os.environ.get("SIO_TRANSPORTS", "polling,websocket").split(",")
+headers = json.loads(os.environ.get("SIO_HEADERS", "{}"))
 try:
-    sio.connect(os.environ["SIO_URL"], transports=transports, auth=auth, wait_timeout=10)
+    sio.connect(os.environ["SIO_URL"], transports=transports, auth=auth, headers=headers, wait_timeout=10)
 except socketio.exceptions.ConnectionError as e:
     show({"ev": "connect_failed", "message": str(e)})
     sys.exit(0)

@@ -33,17 +33,20 @@ pub(super) async fn snapshot(
         if let Some(barred) = barred(shared, address) {
             return barred;
         }
-        let Some(token) = bearer(headers) else {
+        let token = bearer(headers).map(str::to_owned);
+        let forwarded = shared.hooks.forwarded(headers);
+        if token.is_none() && forwarded.is_empty() {
             return unauthorized(
                 shared,
                 "snapshots need a token: `Authorization: Bearer <token>`",
             );
-        };
+        }
         let attempt = Attempt {
             client: 0,
             address,
             dialect: "http",
-            token: Some(token.to_owned()),
+            token,
+            headers: forwarded,
         };
         match shared.identify(attempt).await {
             Ok((identity, _)) => identity,

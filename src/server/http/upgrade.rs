@@ -110,6 +110,7 @@ pub(super) fn websocket<B>(
                 dialect,
                 deflate: agreed.map(|agreed| agreed.window),
                 token: upgrade_token(&req),
+                headers: shared.hooks.forwarded(req.headers()),
                 resume,
                 greeting,
                 place: None,

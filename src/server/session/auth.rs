@@ -6,7 +6,7 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
-use super::{Session, WELCOME_MESSAGE};
+use super::{Presented, Session, WELCOME_MESSAGE};
 use crate::auth::permissions::{Identity, Method};
 use crate::auth::AuthError;
 use crate::broker::Completion;
@@ -15,8 +15,8 @@ use crate::dialect::ServerMessage;
 use crate::engine::control::Command;
 use crate::event::{self, unix_seconds};
 use crate::hooks::webhook::{About, Notice};
-use crate::hooks::Attempt;
 use crate::hooks::Identified;
+use crate::hooks::{Attempt, Headers};
 use crate::protocol::channel::Channel;
 use crate::protocol::close::CloseCode;
 use crate::protocol::code::ErrorCode;
@@ -25,18 +25,30 @@ use crate::protocol::recovery::Recovery;
 use crate::server::analytics::ClientKey;
 
 impl Session {
-    /// Authenticates with the upgrade's token, or starts waiting for an `auth` message (or,
-    /// in a dialect that connects in band, the connect), and welcomes the client once it is
-    /// known. Returns the close code of a refused token.
-    pub(super) async fn start(&mut self, token: Option<Box<str>>) -> Option<CloseCode> {
+    /// Authenticates with the upgrade's token (or, with `hooks.connect_headers`, its
+    /// headers), or starts waiting for an `auth` message (or, in a dialect that connects
+    /// in band, the connect), and welcomes the client once it is known. Returns the close
+    /// code of refused credentials.
+    pub(super) async fn start(
+        &mut self,
+        token: Option<Box<str>>,
+        headers: Headers,
+    ) -> Option<CloseCode> {
+        let by_headers = !headers.is_empty();
+        if self.client.dialect().connects_in_band() {
+            // The connect brings the credentials, or uses these.
+            self.keep(token, headers);
+            self.deadlines.await_auth(self.shared.config.auth.timeout);
+            return None;
+        }
+        self.keep(None, headers);
         match token {
-            _ if self.client.dialect().connects_in_band() => {
-                // The connect brings the credentials, or uses these.
-                self.token = token;
-                self.deadlines.await_auth(self.shared.config.auth.timeout);
-            }
             Some(token) => {
                 let identified = self.identify(Some(token.into())).await;
+                return self.authenticated(identified, None);
+            }
+            None if by_headers => {
+                let identified = self.identify(None).await;
                 return self.authenticated(identified, None);
             }
             None if self.shared.requires_token() => {
@@ -50,7 +62,15 @@ impl Session {
         None
     }
 
-    /// Who the client presenting `token` is (see [`Shared::identify`]).
+    /// Keeps what the upgrade brought for the connect hook, if anything.
+    fn keep(&mut self, token: Option<Box<str>>, headers: Headers) {
+        if token.is_some() || !headers.is_empty() {
+            self.presented = Some(Box::new(Presented { token, headers }));
+        }
+    }
+
+    /// Who the client presenting `token` (and the upgrade's headers) is (see
+    /// [`Shared::identify`]).
     ///
     /// [`Shared::identify`]: crate::server::Shared::identify
     pub(super) fn identify(&self, token: Option<String>) -> Completion<Identified> {
@@ -59,6 +79,11 @@ impl Session {
             address: self.address,
             dialect: self.client.dialect().as_str(),
             token,
+            headers: self
+                .presented
+                .as_ref()
+                .map(|presented| presented.headers.clone())
+                .unwrap_or_default(),
         })
     }
 
@@ -124,11 +149,17 @@ impl Session {
     /// upgrade's, else the identity the connection already has (another namespace), else
     /// anonymous where that is allowed. Answer it with [`connected`](Self::connected).
     pub(super) fn connect(&mut self, token: Option<String>) -> Completion<Identified> {
-        let token = token.or_else(|| self.token.take().map(String::from));
+        let presented = self.presented.as_deref_mut();
+        let by_headers = presented
+            .as_ref()
+            .is_some_and(|presented| !presented.headers.is_empty());
+        let upgrade_token = presented.and_then(|presented| presented.token.take());
+        let token = token.or_else(|| upgrade_token.map(String::from));
         let known = |identity| Completion::Ready(Ok((identity, Vec::new())));
         match (token, &self.identity) {
             (Some(token), _) => self.identify(Some(token)),
             (None, Some(identity)) => known(identity.clone()),
+            (None, None) if by_headers => self.identify(None),
             (None, None) if self.shared.requires_token() => Completion::Ready(Err(
                 AuthError::Missing("connect with a token, io(url, {auth: {token}})"),
             )),

@@ -52,7 +52,7 @@ use crate::engine::outbox::Closing;
 use crate::event::unix_seconds;
 use crate::frame;
 use crate::hooks::Identified;
-use crate::hooks::{CheckedPublish, Refused};
+use crate::hooks::{CheckedPublish, Headers, Refused};
 use crate::protocol::channel::Channel;
 use crate::protocol::close::CloseCode;
 use crate::protocol::code::ErrorCode;
@@ -76,6 +76,8 @@ pub(crate) struct Handshake {
     pub(crate) deflate: Option<Window>,
     /// Its credential (`?token=` or `Authorization: Bearer`), if any.
     pub(crate) token: Option<Box<str>>,
+    /// The headers the connect hook is shown (`hooks.connect_headers`), those it sent.
+    pub(crate) headers: Headers,
     /// Where it left off on the channels it gets on connect (`?since=…&epoch=…`).
     pub(crate) resume: Option<Box<Resume>>,
     /// What the server says first, before anything else (Socket.IO's Engine.IO open
@@ -134,7 +136,7 @@ where
         address,
         client,
         identity: None,
-        token: None,
+        presented: None,
     };
     let reader = MessageReader::new(read, config.max_message_size, encoding.is_deflated());
     let conn = Conn {
@@ -181,7 +183,8 @@ where
             listening.await;
         }
     }
-    if let Some(code) = session.start(handshake.token.take()).await {
+    let headers = std::mem::take(&mut handshake.headers);
+    if let Some(code) = session.start(handshake.token.take(), headers).await {
         // A refused token: the writer sends the `auth_response`, then closes.
         outbox.close(Closing::AfterFlush(code));
     }
@@ -465,8 +468,17 @@ struct Session {
     deadlines: Deadlines,
     /// The upgrade's `since`, until the welcome uses it.
     resume: Option<Box<Resume>>,
+    /// What the upgrade brought for the connect hook, while the connection may need it.
+    presented: Option<Box<Presented>>,
+}
+
+/// What a client's upgrade brought for the application's connect hook.
+#[derive(Debug, Default)]
+struct Presented {
     /// The upgrade's token, until a connect in band (Socket.IO) uses it.
     token: Option<Box<str>>,
+    /// The headers `hooks.connect_headers` names, shown with every connect call.
+    headers: Headers,
 }
 
 impl Drop for Session {

@@ -29,7 +29,7 @@ fn session(shared: &Arc<Shared>) -> Session {
         limit: TokenBucket::new(100, 10, std::time::Instant::now()),
         deadlines: Deadlines::default(),
         resume: None,
-        token: None,
+        presented: None,
     }
 }
 
@@ -63,7 +63,7 @@ fn with_jwt() -> Arc<Shared> {
 async fn welcome_comes_first_and_lists_the_defaults() {
     let shared = Arc::new(Shared::new(Config::default()).unwrap());
     let mut s = session(&shared);
-    assert_eq!(s.start(None).await, None);
+    assert_eq!(s.start(None, Default::default()).await, None);
     let got = replies(&s.client);
     assert_eq!(got[0]["type"], "notification");
     assert_eq!(got[0]["data"]["message"], WELCOME_MESSAGE);
@@ -158,7 +158,7 @@ async fn a_list_longer_than_the_allowance_is_refused_in_a_small_error() {
 async fn a_required_token_holds_everything_back_until_auth() {
     let shared = with_jwt();
     let mut s = session(&shared);
-    assert_eq!(s.start(None).await, None);
+    assert_eq!(s.start(None, Default::default()).await, None);
     assert!(replies(&s.client).is_empty(), "nothing before auth");
     send(
         &mut s,
@@ -192,7 +192,7 @@ async fn denied_channels_are_listed_and_the_rest_subscribed() {
     let shared = with_jwt();
     let mut s = session(&shared);
     let t = token(serde_json::json!({"sub": "a", "exp": in_an_hour(), "subscribe": ["orders.*"]}));
-    assert_eq!(s.start(Some(t.into())).await, None);
+    assert_eq!(s.start(Some(t.into()), Default::default()).await, None);
     replies(&s.client);
     send(
         &mut s,
@@ -222,7 +222,7 @@ async fn socket_publish_needs_the_grant_for_every_event() {
     let t = token(
         serde_json::json!({"sub": "a", "exp": in_an_hour(), "subscribe": ["chat.*"], "publish": ["chat.a"]}),
     );
-    s.start(Some(t.into())).await;
+    s.start(Some(t.into()), Default::default()).await;
     send(
         &mut s,
         r#"{"type":"subscribe","data":{"channels":["chat.a","chat.b"]}}"#,
@@ -255,7 +255,7 @@ async fn bad_tokens_are_answered_then_closed_with_their_code() {
     let mut s = session(&shared);
     let expired = token(serde_json::json!({"sub": "a", "exp": 1_000_000_000}));
     assert_eq!(
-        s.start(Some(expired.into())).await,
+        s.start(Some(expired.into()), Default::default()).await,
         Some(CloseCode::TOKEN_EXPIRED)
     );
     let got = replies(&s.client);
@@ -264,7 +264,7 @@ async fn bad_tokens_are_answered_then_closed_with_their_code() {
 
     let mut s = session(&shared);
     assert_eq!(
-        s.start(Some("garbage".into())).await,
+        s.start(Some("garbage".into()), Default::default()).await,
         Some(CloseCode::AUTH_FAILED)
     );
     assert_eq!(
@@ -278,7 +278,7 @@ async fn a_refresh_keeps_the_subject_and_drops_what_is_no_longer_allowed() {
     let shared = with_jwt();
     let mut s = session(&shared);
     let wide = token(serde_json::json!({"sub": "a", "exp": in_an_hour(), "subscribe": ["*"]}));
-    s.start(Some(wide.into())).await;
+    s.start(Some(wide.into()), Default::default()).await;
     send(
         &mut s,
         r#"{"type":"subscribe","data":{"channels":["secret"]}}"#,

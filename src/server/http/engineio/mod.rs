@@ -246,6 +246,7 @@ async fn handshake<B>(
         // Long-polling: plain frames, read as bytes (and kept so after an upgrade).
         deflate: None,
         token: upgrade_token(&req),
+        headers: shared.hooks.forwarded(req.headers()),
         resume: None,
         greeting: Some(open_packet(shared, &sid, true)),
         place: None,
