@@ -149,12 +149,14 @@ impl Session {
     /// upgrade's, else the identity the connection already has (another namespace), else
     /// anonymous where that is allowed. Answer it with [`connected`](Self::connected).
     pub(super) fn connect(&mut self, token: Option<String>) -> Completion<Identified> {
-        let presented = self.presented.as_deref_mut();
-        let by_headers = presented
+        let token = token.or_else(|| {
+            let presented = self.presented.as_deref_mut()?;
+            presented.token.take().map(String::from)
+        });
+        let by_headers = self
+            .presented
             .as_ref()
             .is_some_and(|presented| !presented.headers.is_empty());
-        let upgrade_token = presented.and_then(|presented| presented.token.take());
-        let token = token.or_else(|| upgrade_token.map(String::from));
         let known = |identity| Completion::Ready(Ok((identity, Vec::new())));
         match (token, &self.identity) {
             (Some(token), _) => self.identify(Some(token)),
