@@ -787,10 +787,10 @@ pub const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
 /// The shortest and longest `[[channels]]` `throttle`.
 const MIN_THROTTLE: Duration = Duration::from_millis(1);
+const MAX_THROTTLE: Duration = Duration::from_secs(3600);
 
 /// Most headers `hooks.connect_headers` may name.
 const MAX_CONNECT_HEADERS: usize = 32;
-const MAX_THROTTLE: Duration = Duration::from_secs(3600);
 
 /// The longest `low_priority_delay`.
 const MAX_LOW_PRIORITY_DELAY: Duration = Duration::from_secs(10);

@@ -994,20 +994,8 @@ async fn a_node_told_it_was_taken_for_gone_announces_its_members_again() {
     let nats = NatsServer::start();
     let a = presence_node(nats.url(), "a").await;
     let b = presence_node(nats.url(), "b").await;
-    let mut watcher = a.client().await;
-    watcher.subscribe(&["presence:room.blue"]).await;
-    let mut member = b.raw_client().await;
-    let id = member.recv_type("notification").await["data"]["client_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    member.subscribe(&["room.blue"]).await;
-    let joined = |m: &Value| {
-        m["type"] == "presence:room.blue"
-            && m["data"]["action"] == "join"
-            && m["data"]["client"] == id.as_str()
-    };
-    watcher.recv_until("the member's join", joined).await;
+    let (mut watcher, _member, id) = watched_member(&a, &b).await;
+    let joined = change(&id, "join");
 
     let nats_client = async_nats::connect(nats.url()).await.unwrap();
     let mut beats = nats_client.subscribe("sigmahub.alive").await.unwrap();
@@ -1026,13 +1014,12 @@ async fn a_node_told_it_was_taken_for_gone_announces_its_members_again() {
     assert_eq!(again["data"]["user"], "anonymous", "{again}");
 }
 
-/// b behind a proxy that `interrupt` breaks, then restored: a's watcher sees b's member
-/// join, leave, and join again; the list counts it.
-async fn taken_for_gone_then_back(interrupt: impl FnOnce(&common::nats::Proxy)) {
-    let nats = NatsServer::start();
-    let proxy = common::nats::Proxy::start(nats.port).await;
-    let a = presence_node(nats.url(), "a").await;
-    let b = presence_node(proxy.url(), "b").await;
+/// A watcher of `presence:room.blue` on `a`, and a member of `room.blue` on `b` whose
+/// join the watcher has seen; with the member's client id.
+async fn watched_member(
+    a: &TestServer,
+    b: &TestServer,
+) -> (common::Client, common::Client, String) {
     let mut watcher = a.client().await;
     watcher.subscribe(&["presence:room.blue"]).await;
     let mut member = b.raw_client().await;
@@ -1041,25 +1028,38 @@ async fn taken_for_gone_then_back(interrupt: impl FnOnce(&common::nats::Proxy)) 
         .unwrap()
         .to_owned();
     member.subscribe(&["room.blue"]).await;
-    let change = |action: &'static str| {
-        let id = id.clone();
-        move |m: &Value| {
-            m["type"] == "presence:room.blue"
-                && m["data"]["action"] == action
-                && m["data"]["client"] == id.as_str()
-        }
-    };
     watcher
-        .recv_until("the member's join", change("join"))
+        .recv_until("the member's join", change(&id, "join"))
         .await;
+    (watcher, member, id)
+}
+
+/// Whether a message is client `id`'s `action` on `presence:room.blue`.
+fn change(id: &str, action: &'static str) -> impl Fn(&Value) -> bool {
+    let id = id.to_owned();
+    move |m: &Value| {
+        m["type"] == "presence:room.blue"
+            && m["data"]["action"] == action
+            && m["data"]["client"] == id.as_str()
+    }
+}
+
+/// b behind a proxy that `interrupt` breaks, then restored: a's watcher sees b's member
+/// join, leave, and join again; the list counts it.
+async fn taken_for_gone_then_back(interrupt: impl FnOnce(&common::nats::Proxy)) {
+    let nats = NatsServer::start();
+    let proxy = common::nats::Proxy::start(nats.port).await;
+    let a = presence_node(nats.url(), "a").await;
+    let b = presence_node(proxy.url(), "b").await;
+    let (mut watcher, _member, id) = watched_member(&a, &b).await;
 
     interrupt(&proxy);
     watcher
-        .recv_until("the cut-off node's member leaving", change("leave"))
+        .recv_until("the cut-off node's member leaving", change(&id, "leave"))
         .await;
     proxy.restore();
     watcher
-        .recv_until("the member joining again", change("join"))
+        .recv_until("the member joining again", change(&id, "join"))
         .await;
     common::eventually_async("the member listed again", || async {
         let (_, list) = common::http_get_json(a.addr, "/api/v1/channels/room.blue/presence").await;

@@ -870,14 +870,7 @@ async fn every_dialect_on_two_nodes_gets_every_event_of_a_burst_once_in_order() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seed_002s_vue_client_receives_its_events_in_chromium() {
     setup();
-    let browser = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
-    let status = std::process::Command::new(browser.join("setup.sh"))
-        .status()
-        .expect("run tests/browser/setup.sh");
-    assert!(
-        status.success(),
-        "installing chromium and playwright-core failed"
-    );
+    common::browser::setup();
     // Seneca's frontend subscribes to nothing: its server put it in the rooms. Here the
     // defaults do.
     let server = TestServer::with(|c| {
@@ -886,19 +879,6 @@ async fn seed_002s_vue_client_receives_its_events_in_chromium() {
     })
     .await;
     let base = format!("http://{}/", server.addr);
-    let output = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("node")
-            .arg(browser.join("seneca_client.mjs"))
-            .arg(base)
-            .output()
-            .expect("run node")
-    })
-    .await
-    .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(output.status.success(), "{text}");
+    let (ok, output) = common::browser::run("seneca_client.mjs", vec![base]).await;
+    assert!(ok, "{output}");
 }

@@ -59,6 +59,22 @@ pub(super) fn start(link: Weak<Cluster>, mut queued: mpsc::UnboundedReceiver<Cha
 }
 
 impl Cluster {
+    /// Publishes this node's presence `changes` through the stream, and tells the other
+    /// nodes of them: of joins first, of leaves after. On one connection the roster's
+    /// message reaches NATS before the stream's, so no subscriber sees a join the others
+    /// do not know of; and a leave is forgotten only once it is stored (see
+    /// [`Broker::publish_presence`](crate::broker::Broker::publish_presence)).
+    async fn publish_presence(&self, changes: &[Event], action: Action, now: SystemTime) {
+        if action == Action::Join {
+            self.tell_roster(changes).await;
+        }
+        // Not lost to an outage: then delivered on this node only.
+        let _ = self.publish_or_deliver_here(changes, now).await;
+        if action == Action::Leave {
+            self.tell_roster(changes).await;
+        }
+    }
+
     /// Queues presence `changes` made here, all joins or all leaves as `action` says, to
     /// be published after those queued before.
     pub(super) fn announce(&self, events: Vec<Event>, action: Action, now: SystemTime) {

@@ -28,11 +28,10 @@ use serde_json::value::RawValue;
 
 use super::nodes::BEAT;
 use super::{subject, Cluster, ClusterError};
-use crate::broker::Published;
 use crate::event::Event;
 use crate::protocol::channel::Channel;
 use crate::server::control::{ControlHandler, ControlRequest};
-use crate::server::presence::{arrival, departure, Action, Member};
+use crate::server::presence::{change, Action, Member};
 
 /// Each node's members, by channel and client.
 #[derive(Debug, Default)]
@@ -131,29 +130,8 @@ impl Roster {
 }
 
 impl Cluster {
-    /// Publishes this node's presence `changes` through the stream, and tells the other
-    /// nodes of them: of joins first, of leaves after. On one connection the roster's
-    /// message reaches NATS before the stream's, so no subscriber sees a join the others
-    /// do not know of; and a leave is forgotten only once it is stored (see
-    /// [`Broker::publish_presence`](crate::broker::Broker::publish_presence)).
-    pub(super) async fn publish_presence(
-        &self,
-        changes: &[Event],
-        action: Action,
-        now: SystemTime,
-    ) -> Published {
-        if action == Action::Join {
-            self.tell_roster(changes).await;
-        }
-        let published = self.publish_or_deliver_here(changes, now).await;
-        if action == Action::Leave {
-            self.tell_roster(changes).await;
-        }
-        published
-    }
-
     /// Tells the other nodes of this node's presence `changes`, in order.
-    async fn tell_roster(&self, changes: &[Event]) {
+    pub(super) async fn tell_roster(&self, changes: &[Event]) {
         let subject = subject::roster(&self.prefix);
         for change in changes {
             let told = Told {
@@ -239,7 +217,7 @@ impl Cluster {
             .flat_map(|(channel, members)| {
                 members
                     .into_iter()
-                    .filter_map(move |member| arrival(&channel, member))
+                    .filter_map(move |member| change(Action::Join, &channel, member))
             })
             .collect();
         if !arrivals.is_empty() {
@@ -297,7 +275,7 @@ impl Cluster {
             );
             let leaves: Vec<Event> = members
                 .into_iter()
-                .filter_map(|(channel, member)| departure(&channel, member))
+                .filter_map(|(channel, member)| change(Action::Leave, &channel, member))
                 .collect();
             let _ = self
                 .publish_or_deliver_here(&leaves, SystemTime::now())

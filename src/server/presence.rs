@@ -127,20 +127,10 @@ pub fn companion(channel: &str) -> Option<Channel> {
     Channel::new(&format!("presence:{channel}")).ok()
 }
 
-/// The `join` event of `member` on `channel`: for a node that announces its members again
-/// after it was cut off from the others.
-pub(crate) fn arrival(channel: &Channel, member: Member) -> Option<Event> {
-    change(Action::Join, channel, member)
-}
-
-/// The `leave` event of `member` on `channel`: for a member of a node that is gone.
-pub(crate) fn departure(channel: &Channel, member: Member) -> Option<Event> {
-    change(Action::Leave, channel, member)
-}
-
-/// A join or leave event on `channel`'s companion; none if the companion's name would
-/// be too long (the channel's presence is still kept).
-fn change(action: Action, channel: &Channel, member: Member) -> Option<Event> {
+/// The `action` event of `member` on `channel`'s companion; none if the companion's name
+/// would be too long (the channel's presence is still kept). Also for the members of
+/// other nodes: a dead node's leaving, this node's joining again after a cut.
+pub(crate) fn change(action: Action, channel: &Channel, member: Member) -> Option<Event> {
     let Some(companion) = companion(channel) else {
         tracing::debug!(%channel, "no presence events: `presence:{channel}` is too long");
         return None;
